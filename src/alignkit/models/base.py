@@ -1,0 +1,191 @@
+"""The model interface every backend and every alignment method implements.
+
+One idea runs through alignkit: every alignment method is itself a language model. So everything that
+takes a model (generation, the server, evaluation, token-shift analysis, the CLI) takes a
+:class:`LanguageModel` and nothing else.
+
+The interface is batch-first:
+
+* ``generate(prompts, config)`` -> one :class:`~alignkit.types.Completion` per prompt;
+* ``stream(prompts, config)`` -> :class:`~alignkit.types.StreamEvent` pieces as they are produced;
+* ``score(prompts, continuations, top_k=..., reduce=...)`` -> teacher-forced per-token scores. With
+  ``reduce`` a caller sees the model's *full-vocabulary* next-token log-distribution at every continuation
+  position, a chunk of positions at a time, and keeps only what it needs per position (a rank, a KL, a
+  top-k): the model never hands out a whole ``T x V`` tensor for many sequences.
+
+A prompt is raw text (completion) or a list of :class:`~alignkit.types.Message` (chat); a backend renders
+chat through the model's own chat template and refuses if it has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from alignkit.errors import CapabilityError
+from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: ``reduce(logprobs, targets) -> per-position results``. ``logprobs`` is a float32 tensor ``[n, V]`` of
+#: log-softmaxed next-token scores for ``n`` consecutive continuation positions of one sequence; ``targets``
+#: is the ``[n]`` tensor of the continuation tokens at those positions. It must return ``n`` results.
+PositionReducer = Callable[["torch.Tensor", "torch.Tensor"], Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can do. Callers check what they need when they are built (see :func:`require`)."""
+
+    full_vocab_logits: bool = False
+    """Exact next-token distributions over the whole vocabulary (``score(..., reduce=...)``)."""
+    topk_logprobs: int = 0
+    """The largest top-k of log-probabilities the model can report per position (0: none)."""
+    chat_template: bool = False
+    """Can take a list of messages (renders them with its own chat template or a chat endpoint)."""
+    streaming: bool = False
+    """``stream()`` yields output as it is produced (not only at the end)."""
+    adapters: bool = False
+    """Can load LoRA adapters."""
+    prefix_reuse: bool = False
+    """Reuses the key/value cache of a prompt prefix shared by many requests."""
+    token_ids: bool = False
+    """Exposes its tokenizer: token ids in and out, and exact token counts."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_ALTERNATIVES = {
+    "full_vocab_logits": "use a local backend (hf:, a folder or a .gguf file) instead of an API model",
+    "chat_template": "use an in-context alignment method (--method urial) or a model with a chat template",
+    "token_ids": "use a local backend that exposes its tokenizer",
+    "streaming": "use generate() instead",
+}
+
+
+def require(model: LanguageModel, *needs: str, purpose: str) -> None:
+    """Fail early, with what to do instead, if ``model`` lacks a capability ``purpose`` needs.
+
+    ``needs`` are attribute names of :class:`Capabilities`; ``"topk_logprobs>=K"`` asks for a top-k of K.
+    """
+    caps = model.capabilities
+    for need in needs:
+        name, _, k = need.partition(">=")
+        have = getattr(caps, name)
+        ok = have >= int(k) if k else bool(have)
+        if not ok:
+            hint = _ALTERNATIVES.get(name, "")
+            detail = f" (it offers {have})" if k else ""
+            raise CapabilityError(
+                f"{purpose} needs {need} but model {model.spec!r} ({model.backend} backend) lacks it{detail}"
+                + (f"; {hint}" if hint else "")
+            )
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A language model, local or remote, plain or wrapped by an alignment method."""
+
+    spec: str
+    """The spec string it was loaded from (recorded in provenance)."""
+    backend: str
+    """Backend name: ``hf``, ``openai``, ... or a method name for wrappers."""
+    capabilities: Capabilities
+
+    @property
+    def context_length(self) -> int | None:
+        """Maximum number of tokens (prompt + output) the model accepts, if known."""
+        ...
+
+    def generate(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None
+    ) -> list[Completion]:
+        """Generate one completion per prompt. ``config`` is one config for all or one per prompt."""
+        ...
+
+    def stream(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None
+    ) -> Iterator[StreamEvent]:
+        """Like :meth:`generate`, yielding text pieces as they are produced; each prompt ends with an event
+        that has ``finish_reason`` and the full completion."""
+        ...
+
+    def score(
+        self,
+        prompts: Sequence[Prompt],
+        continuations: Sequence[str | Sequence[int]],
+        *,
+        top_k: int = 0,
+        reduce: PositionReducer | None = None,
+    ) -> list[TokenScores]:
+        """Teacher-forced scores of each continuation (text, or token ids) after its prompt."""
+        ...
+
+    def render(self, prompt: Prompt) -> str:
+        """The text the model actually sees for ``prompt`` (chat rendered by its template)."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """Provenance: spec, backend, source, options, package versions."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (threads, connections, memory)."""
+        ...
+
+
+# ----------------------------------------------------------------------------- helpers for backends
+
+
+def configs_for(
+    n: int, config: GenerationConfig | Sequence[GenerationConfig] | None
+) -> list[GenerationConfig]:
+    """One config per prompt, from one shared config, a list, or None (defaults)."""
+    if config is None:
+        return [GenerationConfig()] * n
+    if isinstance(config, GenerationConfig):
+        return [config] * n
+    configs = list(config)
+    if len(configs) != n:
+        raise ValueError(f"got {len(configs)} generation configs for {n} prompts")
+    return configs
+
+
+def find_stop(text: str, stops: Sequence[str], start: int = 0) -> tuple[int, str] | None:
+    """Earliest occurrence at or after ``start`` of any stop string: ``(index, stop)`` or None."""
+    best: tuple[int, str] | None = None
+    for s in stops:
+        i = text.find(s, start)
+        if i != -1 and (best is None or i < best[0]):
+            best = (i, s)
+    return best
+
+
+def stream_safe_length(text: str, stops: Sequence[str]) -> int:
+    """How much of ``text`` can be shown while streaming without leaking the start of a stop string or a
+    half-decoded character: the text minus its longest suffix that is a proper prefix of a stop string."""
+    n = len(text)
+    while n > 0 and text[n - 1] == "\ufffd":  # an incomplete multi-byte character
+        n -= 1
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, n), 0, -1):
+            if text[n - k : n] == s[:k]:
+                hold = max(hold, k)
+                break
+    return n - hold
+
+
+def run_stream_to_completions(events: Iterator[StreamEvent], n: int) -> list[Completion]:
+    """Collect the final completions of a stream."""
+    out: list[Completion | None] = [None] * n
+    for ev in events:
+        if ev.completion is not None:
+            out[ev.index] = ev.completion
+    missing = [i for i, c in enumerate(out) if c is None]
+    if missing:
+        raise RuntimeError(f"stream ended without completions for prompts {missing}")
+    return out  # type: ignore[return-value]

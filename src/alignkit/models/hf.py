@@ -1,0 +1,328 @@
+"""The transformers backend: a hub id, a local folder, a .gguf file or a PEFT LoRA adapter.
+
+Exact everywhere: full-vocabulary scoring (one teacher-forced pass per batch of sequences, the output
+head applied a chunk of positions at a time), batched generation with prefix reuse, streaming.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.errors import CapabilityError, ModelLoadError
+from alignkit.models.base import Capabilities, PositionReducer, configs_for, run_stream_to_completions
+from alignkit.models.hf_decode import DecodeEngine
+from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float64": torch.float64,
+}
+
+
+def resolve_dtype(name: str) -> torch.dtype | str:
+    if name == "auto":
+        return "auto"
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {name!r}; use one of auto, {', '.join(_DTYPES)}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+class HFModel:
+    """A causal LM from transformers (optionally with a PEFT adapter) behind the LanguageModel interface."""
+
+    backend = "hf"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        spec: str,
+        source: dict[str, Any] | None = None,
+        min_prefix_tokens: int = 32,
+        score_batch_size: int = 8,
+        score_chunk: int = 64,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.source = dict(source or {})
+        self.score_batch_size = score_batch_size
+        self.score_chunk = score_chunk
+        self._lock = threading.RLock()
+        self._causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        cfg = self._causal_lm.config
+        self._softcap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
+        self.capabilities = Capabilities(
+            full_vocab_logits=True,
+            topk_logprobs=self.vocab_size,
+            chat_template=bool(getattr(tokenizer, "chat_template", None)),
+            streaming=True,
+            adapters=True,
+            prefix_reuse=True,
+            token_ids=True,
+        )
+        eos = set()
+        for src in (getattr(model, "generation_config", None), tokenizer):
+            e = getattr(src, "eos_token_id", None)
+            eos.update(e if isinstance(e, (list, tuple)) else ([e] if e is not None else []))
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = next(iter(eos)) if eos else 0
+        self.engine = DecodeEngine(
+            model,
+            eos_ids=eos,
+            pad_id=pad,
+            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            context_length=self.context_length,
+            min_prefix=min_prefix_tokens,
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def context_length(self) -> int | None:
+        cfg = self._causal_lm.config.get_text_config()
+        n = getattr(cfg, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._causal_lm.get_output_embeddings().weight.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def info(self) -> dict[str, Any]:
+        import transformers
+
+        import alignkit
+
+        return {
+            "spec": self.spec,
+            "backend": self.backend,
+            **self.source,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "alignkit": alignkit.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }
+
+    def close(self) -> None:
+        self.engine.store.clear()
+
+    # ------------------------------------------------------------------ tokens
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if not self.capabilities.chat_template:
+            raise CapabilityError(
+                f"model {self.spec!r} has no chat template, so it cannot take a list of messages; "
+                "give it raw text, or align it in context (--method urial)"
+            )
+        msgs = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: raw text gets the tokenizer's special tokens (BOS); a rendered chat template
+        already contains them."""
+        text = self.render(prompt)
+        return list(self.tokenizer(text, add_special_tokens=isinstance(prompt, str)).input_ids)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a piece of text, without special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(self.encode_prompt(prompt))
+
+    # ------------------------------------------------------------------ generation
+    def stream(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+        *,
+        reuse_prefix: bool = True,
+    ) -> Iterator[StreamEvent]:
+        configs = configs_for(len(prompts), config)
+        if not prompts:
+            return
+        ids = [self.encode_prompt(p) for p in prompts]
+        with self._lock:
+            yield from self.engine.run(ids, configs, reuse=reuse_prefix)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+        *,
+        reuse_prefix: bool = True,
+    ) -> list[Completion]:
+        if not prompts:
+            return []
+        return run_stream_to_completions(self.stream(prompts, config, reuse_prefix=reuse_prefix), len(prompts))
+
+    # ------------------------------------------------------------------ scoring
+    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        decoder = self._causal_lm.get_decoder()
+        out = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+        return out.last_hidden_state
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self._causal_lm.get_output_embeddings()(hidden)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def score(
+        self,
+        prompts: Sequence[Prompt],
+        continuations: Sequence[str | Sequence[int]],
+        *,
+        top_k: int = 0,
+        reduce: PositionReducer | None = None,
+    ) -> list[TokenScores]:
+        if len(prompts) != len(continuations):
+            raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
+        pairs = []
+        for p, c in zip(prompts, continuations):
+            cont = self.encode(c) if isinstance(c, str) else [int(t) for t in c]
+            pairs.append((self.encode_prompt(p), cont))
+        results: list[TokenScores | None] = [None] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        with self._lock, torch.no_grad():
+            for start in range(0, len(order), self.score_batch_size):
+                batch = order[start : start + self.score_batch_size]
+                for i, res in zip(batch, self._score_batch([pairs[i] for i in batch], top_k, reduce)):
+                    results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _score_batch(self, pairs, top_k: int, reduce: PositionReducer | None) -> list[TokenScores]:
+        seqs = [(p + c)[:-1] if c else p for p, c in pairs]
+        width = max(len(s) for s in seqs)
+        pad = self.engine.pad_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        if self.context_length and width > self.context_length:
+            from alignkit.errors import ContextLengthError
+
+            raise ContextLengthError(f"a prompt + continuation has {width + 1} tokens; the context holds {self.context_length}")
+        hidden = self._hidden(ids, mask)
+        out = []
+        for row, (p, c) in enumerate(pairs):
+            out.append(self._score_row(hidden[row], len(p), c, top_k, reduce))
+        return out
+
+    def _score_row(self, hidden: torch.Tensor, plen: int, cont: list[int], top_k: int, reduce) -> TokenScores:
+        logps: list[float] = []
+        tops: list[tuple[tuple[str, float], ...]] = []
+        reduced: list[Any] = []
+        for a in range(0, len(cont), self.score_chunk):
+            b = min(a + self.score_chunk, len(cont))
+            lp = torch.log_softmax(self._head(hidden[plen - 1 + a : plen - 1 + b]), dim=-1)
+            tgt = torch.tensor(cont[a:b], dtype=torch.long, device=lp.device)
+            logps.extend(lp.gather(1, tgt.unsqueeze(1)).squeeze(1).tolist())
+            if top_k:
+                vals, idx = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
+                for vrow, irow in zip(vals.tolist(), idx.tolist()):
+                    tops.append(tuple(zip(self.tokenizer.convert_ids_to_tokens(irow), vrow)))
+            if reduce is not None:
+                part = list(reduce(lp, tgt))
+                if len(part) != b - a:
+                    raise ValueError(f"reduce returned {len(part)} results for {b - a} positions")
+                reduced.extend(part)
+        return TokenScores(
+            token_ids=tuple(cont),
+            tokens=tuple(self.tokenizer.convert_ids_to_tokens(cont)),
+            logprobs=tuple(logps),
+            top_logprobs=tuple(tops) if top_k else None,
+            reduced=tuple(reduced) if reduce is not None else None,
+        )
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_hf(
+    source: str,
+    *,
+    spec: str,
+    gguf_file: str | None = None,
+    adapter: str | None = None,
+    merge_adapter: bool = False,
+    dtype: str = "auto",
+    device: str = "cpu",
+    revision: str | None = None,
+    min_prefix_tokens: int = 32,
+) -> HFModel:
+    """Load a transformers model from a hub id or local folder (with ``gguf_file`` for a GGUF inside it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        where = f"{source}/{gguf_file}" if gguf_file else source
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load a causal LM from {where!r}: {first}") from e
+    model.to(dev)
+    src: dict[str, Any] = {"source": source, "gguf_file": gguf_file, "revision": revision}
+    if adapter:
+        model = attach_adapter(model, adapter, merge=merge_adapter)
+        src.update(adapter=str(adapter), adapter_merged=merge_adapter)
+    return HFModel(model, tokenizer, spec=spec, source=src, min_prefix_tokens=min_prefix_tokens)
+
+
+def attach_adapter(model: torch.nn.Module, adapter: str, *, merge: bool = False) -> torch.nn.Module:
+    """Wrap ``model`` with a PEFT adapter from a folder, checking the folder first."""
+    path = Path(adapter)
+    if not path.is_dir():
+        raise ModelLoadError(f"adapter folder {adapter!r} does not exist")
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{adapter!r} is not a PEFT adapter folder (no adapter_config.json in it)")
+    try:
+        from peft import PeftModel
+    except ImportError:
+        from alignkit.errors import BackendUnavailableError
+
+        raise BackendUnavailableError("hf", "hf", "peft") from None
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(path))
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"could not attach adapter {adapter!r}: {str(e).splitlines()[0]}") from e
+    peft_model.eval()
+    return peft_model.merge_and_unload() if merge else peft_model

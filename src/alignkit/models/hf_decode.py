@@ -1,0 +1,258 @@
+"""Batched decoding for the transformers backend: prefill with prefix reuse, then a step loop with
+per-request sampling, stop strings and streaming (imports torch; used by :mod:`alignkit.models.hf`).
+
+Prefill has two paths that give the same tokens:
+
+* **plain**: the prompts, left-padded into one batch, in one forward pass;
+* **prefix reuse**: when the prompts share a prefix of at least ``min_prefix`` tokens (a constant in-context
+  preamble), its key/values are computed once -- or taken from the :class:`PrefixStore` filled by an
+  earlier call -- and each prompt's remaining tokens are run on a copy; the rows are then merged into one
+  left-padded batch for decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from alignkit.models.base import find_stop, stream_safe_length
+from alignkit.models.kvcache import (
+    PrefixStore,
+    cache_from_layers,
+    cache_layers,
+    common_prefix_length,
+    merge_left_padded,
+    new_cache,
+)
+from alignkit.types import Completion, GenerationConfig, StreamEvent
+
+
+@dataclass
+class _Row:
+    index: int
+    prompt_ids: list[int]
+    config: GenerationConfig
+    generator: torch.Generator | None
+    processors: LogitsProcessorList
+    gen: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish: str | None = None
+    stop: str | None = None
+
+
+def _processors(cfg: GenerationConfig) -> LogitsProcessorList:
+    procs = LogitsProcessorList()
+    if cfg.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+    if not cfg.greedy:
+        if cfg.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.top_k > 0:
+            procs.append(TopKLogitsWarper(cfg.top_k))
+        if cfg.top_p < 1.0:
+            procs.append(TopPLogitsWarper(cfg.top_p))
+    return procs
+
+
+class DecodeEngine:
+    """Runs batches of token-id prompts through a causal LM."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        eos_ids: set[int],
+        pad_id: int,
+        decode: Callable[[list[int]], str],
+        context_length: int | None,
+        min_prefix: int = 32,
+    ) -> None:
+        self.model = model
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.decode = decode
+        self.context_length = context_length
+        self.min_prefix = min_prefix
+        self.store = PrefixStore()
+        self.device = next(model.parameters()).device
+
+    # ------------------------------------------------------------------ prefill
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache):
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=pos.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float()
+
+    def _plain_prefill(self, rows: Sequence[Sequence[int]], extra: int):
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = new_cache()
+        logits = self._forward(ids, mask, pos, cache)
+        return cache, mask, logits
+
+    def _prefix_kv(self, rows: Sequence[Sequence[int]], common: int):
+        """Key/values of the first ``common`` tokens, from the store when it has them."""
+        have = min(self.store.match(rows), common)
+        if have >= self.min_prefix:
+            self.store.hits += 1
+            return have, self.store.get(have)
+        self.store.misses += 1
+        ids = torch.tensor([list(rows[0][:common])], dtype=torch.long)
+        mask = torch.ones_like(ids)
+        pos = torch.arange(common).unsqueeze(0)
+        cache = new_cache()
+        with torch.no_grad():
+            self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=pos.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.store.put(rows[0][:common], cache_layers(cache))
+        return common, self.store.get(common)
+
+    def _reuse_prefill(self, rows: Sequence[Sequence[int]], common: int, extra: int):
+        plen, kv = self._prefix_kv(rows, common)
+        row_kv, logits = [], []
+        for r in rows:
+            cache = cache_from_layers(kv, extra_capacity=len(r) - plen)
+            suffix = torch.tensor([list(r[plen:])], dtype=torch.long)
+            mask = torch.ones((1, len(r)), dtype=torch.long)
+            pos = torch.arange(plen, len(r)).unsqueeze(0)
+            logits.append(self._forward(suffix, mask, pos, cache))
+            row_kv.append(cache_layers(cache))
+        cache, pads = merge_left_padded(row_kv, extra_capacity=extra)
+        width = max(len(r) for r in rows)
+        mask = torch.ones((len(rows), width), dtype=torch.long)
+        for i, p in enumerate(pads):
+            mask[i, :p] = 0
+        return cache, mask, torch.cat(logits, dim=0)
+
+    def prefill(self, rows: Sequence[Sequence[int]], extra: int, reuse: bool = True):
+        """Run the prompts; returns (cache, attention mask, last-position logits)."""
+        common = len(rows[0]) if len(rows) == 1 else min(common_prefix_length(rows[0], r) for r in rows[1:])
+        common = min(common, min(len(r) for r in rows) - 1)  # every row keeps >= 1 token of its own
+        stored = min(self.store.match(rows), common)
+        if reuse and (common >= self.min_prefix or stored >= self.min_prefix):
+            return self._reuse_prefill(rows, common, extra)
+        return self._plain_prefill(rows, extra)
+
+    # ------------------------------------------------------------------ decoding
+    def _check_fits(self, rows: Sequence[Sequence[int]]) -> None:
+        if self.context_length is None:
+            return
+        for i, r in enumerate(rows):
+            if len(r) >= self.context_length:
+                from alignkit.errors import ContextLengthError
+
+                raise ContextLengthError(
+                    f"prompt {i} has {len(r)} tokens; the model's context holds {self.context_length}"
+                )
+
+    def _select(self, row: _Row, logits: torch.Tensor) -> int:
+        scores = logits.unsqueeze(0)
+        if len(row.processors):
+            seen = torch.tensor([row.prompt_ids + row.gen], dtype=torch.long, device=scores.device)
+            scores = row.processors(seen, scores)
+        if row.config.greedy:
+            return int(scores.argmax(-1))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _advance(self, row: _Row, token: int) -> str:
+        """Add a token to a row, update its text and finish state; return the text to emit."""
+        row.gen.append(token)
+        cfg = row.config
+        if token in self.eos_ids:
+            row.finish = "stop"
+            row.text = self.decode(row.gen[:-1])
+        else:
+            prev_len = len(row.text)
+            row.text = self.decode(row.gen)
+            longest = max((len(s) for s in cfg.stop), default=0)
+            hit = find_stop(row.text, cfg.stop, max(0, min(prev_len, row.emitted) - longest))
+            if hit is not None:
+                row.text, row.stop, row.finish = row.text[: hit[0]], hit[1], "stop"
+            elif len(row.gen) >= cfg.max_new_tokens:
+                row.finish = "length"
+            elif self.context_length and len(row.prompt_ids) + len(row.gen) >= self.context_length:
+                row.finish = "length"
+        upto = len(row.text) if row.finish else stream_safe_length(row.text, cfg.stop)
+        delta = row.text[row.emitted : upto] if upto > row.emitted else ""
+        row.emitted = max(row.emitted, upto)
+        return delta
+
+    def _event(self, row: _Row, delta: str) -> StreamEvent:
+        if not row.finish:
+            return StreamEvent(row.index, delta)
+        comp = Completion(
+            text=row.text,
+            finish_reason=row.finish,  # type: ignore[arg-type]
+            prompt_tokens=len(row.prompt_ids),
+            completion_tokens=len(row.gen),
+            token_ids=tuple(row.gen),
+            stop=row.stop,
+        )
+        return StreamEvent(row.index, delta, row.finish, comp)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def run(
+        self, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], reuse: bool = True
+    ) -> Iterator[StreamEvent]:
+        """Generate for every prompt, yielding text pieces as they appear and a final event per prompt."""
+        self._check_fits(prompts)
+        rows = []
+        for i, (ids, cfg) in enumerate(zip(prompts, configs)):
+            gen = None
+            if not cfg.greedy:
+                gen = torch.Generator(device="cpu")
+                gen.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,))))
+            rows.append(_Row(i, list(ids), cfg, gen, _processors(cfg)))
+        steps = max(c.max_new_tokens for c in configs)
+        cache, mask, logits = self.prefill(prompts, extra=steps, reuse=reuse)
+        positions = mask.sum(-1)  # next position of every row
+        active = list(range(len(rows)))
+        while active:
+            tokens, keep = [], []
+            for j, ri in enumerate(active):
+                row = rows[ri]
+                tok = self._select(row, logits[j].cpu())
+                delta = self._advance(row, tok)
+                if delta or row.finish:
+                    yield self._event(row, delta)
+                if not row.finish:
+                    keep.append(j)
+                    tokens.append(tok)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, dtype=torch.long)
+                cache.batch_select_indices(idx.to(self.device))
+                mask, positions = mask[idx], positions[idx]
+                active = [active[j] for j in keep]
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+            ids = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)
+            logits = self._forward(ids, mask, positions.unsqueeze(1), cache)
+            positions = positions + 1

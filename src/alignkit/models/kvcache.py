@@ -1,0 +1,187 @@
+"""Key/value cache helpers for the transformers backend (imports torch; only loaded by ``hf``).
+
+* :class:`GrowableLayer` is a full-attention cache layer with preallocated, doubling capacity, so a decode
+  step appends in place instead of re-concatenating the whole cache (which ``DynamicLayer`` does, copying
+  every cached key and value once per generated token).
+* :class:`PrefixStore` keeps the key/values of one prompt prefix (batch 1) so that requests sharing it --
+  in one batch or across calls -- compute it once.
+
+Layers are all full-length, also for sliding-window models: the model's own mask functions apply the
+window by position, which keeps left-padded batches exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class GrowableLayer(DynamicLayer):
+    """A full-attention cache layer ``[batch, heads, seq, dim]`` that grows by doubling its capacity."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._kbuf: torch.Tensor | None = None
+        self._vbuf: torch.Tensor | None = None
+        self._len = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def _reserve(self, key_states: torch.Tensor, value_states: torch.Tensor, need: int) -> None:
+        cap = 0 if self._kbuf is None else self._kbuf.shape[-2]
+        if need <= cap:
+            return
+        new_cap = max(need, 2 * cap, 64)
+        b, h, _, dk = key_states.shape
+        dv = value_states.shape[-1]
+        kbuf = key_states.new_empty((b, h, new_cap, dk))
+        vbuf = value_states.new_empty((b, h, new_cap, dv))
+        if self._len:
+            kbuf[:, :, : self._len] = self._kbuf[:, :, : self._len]
+            vbuf[:, :, : self._len] = self._vbuf[:, :, : self._len]
+        self._kbuf, self._vbuf = kbuf, vbuf
+
+    def _refresh_views(self) -> None:
+        self.keys = self._kbuf[:, :, : self._len]
+        self.values = self._vbuf[:, :, : self._len]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        self._reserve(key_states, value_states, self._len + n)
+        self._kbuf[:, :, self._len : self._len + n] = key_states
+        self._vbuf[:, :, self._len : self._len + n] = value_states
+        self._len += n
+        self._refresh_views()
+        return self.keys, self.values
+
+    def load(self, keys: torch.Tensor, values: torch.Tensor, extra_capacity: int = 0) -> None:
+        """Fill the layer with given key/values (copied), reserving room for ``extra_capacity`` more."""
+        self.lazy_initialization(keys, values)
+        self._kbuf = self._vbuf = None
+        self._len = 0
+        self._reserve(keys, values, keys.shape[-2] + extra_capacity)
+        self._kbuf[:, :, : keys.shape[-2]] = keys
+        self._vbuf[:, :, : values.shape[-2]] = values
+        self._len = keys.shape[-2]
+        self._refresh_views()
+
+    def get_seq_length(self) -> int:
+        return self._len
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self._len + query_length, 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove")
+        if tokens_to_remove and self._len:
+            self._len = max(0, self._len + tokens_to_remove)
+            self._refresh_views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self._kbuf is not None:
+            self._kbuf = self._kbuf[indices]
+            self._vbuf = self._vbuf[indices]
+            self._refresh_views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self._kbuf is not None:
+            self._kbuf = self._kbuf.repeat_interleave(repeats, dim=0)
+            self._vbuf = self._vbuf.repeat_interleave(repeats, dim=0)
+            self._refresh_views()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def reset(self) -> None:
+        self._kbuf = self._vbuf = None
+        self._len = 0
+        self.keys = self.values = None
+        self.is_initialized = False
+
+
+def new_cache() -> Cache:
+    """An empty cache whose layers are created on first use."""
+    return Cache(layer_class_to_replicate=GrowableLayer)
+
+
+def cache_from_layers(kv: Sequence[tuple[torch.Tensor, torch.Tensor]], extra_capacity: int = 0) -> Cache:
+    """A cache holding copies of the given per-layer ``(keys, values)``."""
+    layers = []
+    for k, v in kv:
+        layer = GrowableLayer()
+        layer.load(k, v, extra_capacity)
+        layers.append(layer)
+    return Cache(layers=layers)
+
+
+def cache_layers(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The per-layer ``(keys, values)`` views of a cache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def merge_left_padded(
+    rows: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], extra_capacity: int
+) -> tuple[Cache, list[int]]:
+    """Stack per-row caches (batch 1 each, lengths may differ) into one batch, each row right-aligned
+    (left padding). Returns the cache and the pad length of each row."""
+    lengths = [row[0][0].shape[-2] for row in rows]
+    width = max(lengths)
+    pads = [width - n for n in lengths]
+    layers = []
+    for li in range(len(rows[0])):
+        k0, v0 = rows[0][li]
+        b = len(rows)
+        kb = k0.new_zeros((b, k0.shape[1], width + extra_capacity, k0.shape[-1]))
+        vb = v0.new_zeros((b, v0.shape[1], width + extra_capacity, v0.shape[-1]))
+        for i, row in enumerate(rows):
+            k, v = row[li]
+            kb[i, :, pads[i] : width] = k[0]
+            vb[i, :, pads[i] : width] = v[0]
+        layer = GrowableLayer()
+        layer.lazy_initialization(kb, vb)
+        layer._kbuf, layer._vbuf, layer._len = kb, vb, width
+        layer._refresh_views()
+        layers.append(layer)
+    return Cache(layers=layers), pads
+
+
+class PrefixStore:
+    """Holds the key/values of one token prefix (batch 1) for reuse by later requests."""
+
+    def __init__(self) -> None:
+        self.ids: tuple[int, ...] = ()
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.hits = 0
+        self.misses = 0
+
+    def match(self, rows: Sequence[Sequence[int]]) -> int:
+        """Length of the stored prefix that every row starts with."""
+        if not self.ids:
+            return 0
+        return min(common_prefix_length(self.ids, r) for r in rows)
+
+    def put(self, ids: Sequence[int], kv: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.ids = tuple(ids)
+        self.kv = [(k.clone(), v.clone()) for k, v in kv]
+
+    def get(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views of the first ``length`` cached positions of every layer."""
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in self.kv]
+
+    def clear(self) -> None:
+        self.ids, self.kv = (), []
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

