@@ -1,0 +1,147 @@
+"""``alignkit generate``: JSONL of prompts in, JSONL of completions out, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
+from alignkit.errors import InputError
+from alignkit.io import BadLine, JsonlAppender, read_jsonl, written_ids
+from alignkit.models.catalog import DEFAULT_MODEL
+from alignkit.models.registry import ModelOptions
+from alignkit.types import GenerationConfig, as_messages
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    input: str = field(default="", metadata={"help": "JSONL file: records with an id and a prompt or messages", "required": True})
+    output: str = field(default="", metadata={"help": "JSONL file the completions are appended to", "required": True})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "model spec (see `alignkit models`)"})
+    max_new_tokens: int = field(default=256, metadata={"help": "most tokens to generate per prompt"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 is greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold"})
+    top_k: int = field(default=0, metadata={"help": "sample from the k most likely tokens (0: off)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty for repeating tokens (1: off)"})
+    seed: int | None = field(default=None, metadata={"help": "random seed for sampling (each record gets seed + its index)"})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "stop string; the output ends before it"})
+    batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
+    resume: bool = field(default=False, metadata={"help": "skip ids already in the output file"})
+    on_error: str = field(
+        default="stop", metadata={"help": "what to do with malformed input lines", "choices": ["stop", "skip"]}
+    )
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate completions for a JSONL file of prompts",
+        description="Generate a completion for every record of a JSONL file. Each input record has an "
+        "'id' and either a 'prompt' (raw text) or 'messages' (a list of {role, content}); other fields are "
+        "carried over. Output records are appended and flushed one by one; --resume skips ids already "
+        "written.",
+    )
+    p.add_argument("--config", help="YAML file of options (flags override it)")
+    add_dataclass_arguments(p, GenerateJob)
+    add_dataclass_arguments(p, ModelOptions, group="model options")
+    p.set_defaults(func=run)
+
+
+def parse_records(path: str, on_error: str) -> list[tuple[int, dict[str, Any]]]:
+    """Read and check the input; malformed lines are reported with their line numbers."""
+    good, bad, seen = [], [], {}
+    for lineno, rec in read_jsonl(path):
+        if isinstance(rec, BadLine):
+            bad.append(rec)
+            continue
+        problem = _check_record(rec)
+        if problem is None and str(rec["id"]) in seen:
+            problem = f"duplicate id {rec['id']!r} (first on line {seen[str(rec['id'])]})"
+        if problem:
+            bad.append(BadLine(path, lineno, problem))
+            continue
+        seen[str(rec["id"])] = lineno
+        good.append((lineno, rec))
+    if bad:
+        shown = "\n".join(f"  {b}" for b in bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        if on_error == "stop":
+            raise InputError(f"{len(bad)} malformed input line(s), nothing generated (use --on-error skip to "
+                             f"skip them):\n{shown}")
+        print(f"alignkit generate: skipping {len(bad)} malformed input line(s):\n{shown}", file=sys.stderr)
+    return good
+
+
+def _check_record(rec: dict[str, Any]) -> str | None:
+    if "id" not in rec or not isinstance(rec["id"], (str, int)) or isinstance(rec["id"], bool) or rec["id"] == "":
+        return "record needs an 'id' (a non-empty string or an integer)"
+    has_prompt, has_msgs = "prompt" in rec, "messages" in rec
+    if has_prompt == has_msgs:
+        return "record needs exactly one of 'prompt' (text) or 'messages' (a list of {role, content})"
+    if has_prompt and (not isinstance(rec["prompt"], str) or not rec["prompt"]):
+        return "'prompt' must be a non-empty string"
+    if has_msgs:
+        try:
+            as_messages(rec["messages"])
+        except ValueError as e:
+            return f"bad 'messages': {e}"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    file_values = load_config_file(args.config, GenerateJob, ModelOptions)
+    job: GenerateJob = build(GenerateJob, args, file_values)
+    options: ModelOptions = build(ModelOptions, args, file_values)
+    records = parse_records(job.input, job.on_error)
+    done = written_ids(job.output) if job.resume else set()
+    if not job.resume and done == set() and _nonempty(job.output):
+        raise InputError(f"output file {job.output!r} already has records; pass --resume to continue it, "
+                         "or choose another output file")
+    todo = [(n, r) for n, r in records if str(r["id"]) not in done]
+    if not todo:
+        print(f"alignkit generate: nothing to do ({len(records)} records, all already in {job.output})", file=sys.stderr)
+        return 0
+
+    from alignkit.models.registry import load_model
+
+    base_cfg = GenerationConfig(
+        max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p, top_k=job.top_k,
+        repetition_penalty=job.repetition_penalty, seed=job.seed, stop=job.stop,
+    )
+    model = load_model(job.model, options)
+    provenance = {"model": model.info(), "generation": base_cfg.to_dict()}
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    index = {str(r["id"]): i for i, (_, r) in enumerate(records)}
+    progress = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        transient=False, disable=not sys.stderr.isatty())
+    with JsonlAppender(job.output) as out, progress:
+        task = progress.add_task("generate", total=len(todo))
+        for start in range(0, len(todo), job.batch_size):
+            batch = [r for _, r in todo[start : start + job.batch_size]]
+            prompts = [r["prompt"] if "prompt" in r else as_messages(r["messages"]) for r in batch]
+            configs = [_record_config(base_cfg, index[str(r["id"])]) for r in batch]
+            for rec, comp in zip(batch, model.generate(prompts, configs)):
+                out.write({**rec, "output": comp.text, "finish_reason": comp.finish_reason, "stop": comp.stop,
+                           "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
+                           "provenance": provenance})
+            progress.advance(task, len(batch))
+    print(f"alignkit generate: wrote {len(todo)} record(s) to {job.output}", file=sys.stderr)
+    return 0
+
+
+def _record_config(cfg: GenerationConfig, i: int) -> GenerationConfig:
+    """Each record's own seed, so its output does not depend on which batch it lands in."""
+    if cfg.seed is None:
+        return cfg
+    from dataclasses import replace
+
+    return replace(cfg, seed=cfg.seed + i)
+
+
+def _nonempty(path: str) -> bool:
+    from pathlib import Path
+
+    p = Path(path)
+    return p.is_file() and p.stat().st_size > 0

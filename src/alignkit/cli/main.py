@@ -1,0 +1,62 @@
+"""The ``alignkit`` command. Each subcommand lives in its own module with ``add_parser`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from alignkit import __version__
+from alignkit.errors import AlignkitError
+
+#: subcommand -> module (imported lazily so `alignkit --help` stays fast and torch-free)
+COMMANDS = {
+    "models": "alignkit.cli.models",
+    "generate": "alignkit.cli.generate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignkit",
+        description="Align language models cheaply and see what alignment changes.",
+        epilog="Run `alignkit COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"alignkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI in-process; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except AlignkitError as e:
+        print(f"alignkit {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"alignkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:  # logging settings only: this module does not import torch
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def entrypoint() -> None:
+    sys.exit(main())
