@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 ROLES = ("system", "user", "assistant")
 
@@ -34,7 +34,7 @@ class Message:
 
 
 #: A prompt is either raw text (completion) or a conversation (chat).
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 
 FinishReason = Literal["stop", "length"]
 

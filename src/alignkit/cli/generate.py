@@ -26,7 +26,9 @@ class GenerateJob:
     top_k: int = field(default=0, metadata={"help": "sample from the k most likely tokens (0: off)"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "penalty for repeating tokens (1: off)"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling (each record gets seed + its index)"})
-    stop: tuple[str, ...] = field(default=(), metadata={"help": "stop string; the output ends before it"})
+    stop: tuple[str, ...] = field(
+        default=(), metadata={"help": "stop string; the output ends before it (\\n and \\t escapes are understood)"}
+    )
     batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
     resume: bool = field(default=False, metadata={"help": "skip ids already in the output file"})
     on_error: str = field(
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     base_cfg = GenerationConfig(
         max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p, top_k=job.top_k,
-        repetition_penalty=job.repetition_penalty, seed=job.seed, stop=job.stop,
+        repetition_penalty=job.repetition_penalty, seed=job.seed, stop=tuple(unescape(s) for s in job.stop),
     )
     model = load_model(job.model, options)
     provenance = {"model": model.info(), "generation": base_cfg.to_dict()}
@@ -129,6 +131,19 @@ def run(args: argparse.Namespace) -> int:
             progress.advance(task, len(batch))
     print(f"alignkit generate: wrote {len(todo)} record(s) to {job.output}", file=sys.stderr)
     return 0
+
+
+def unescape(text: str) -> str:
+    """Turn the escapes people type on a command line (\\n, \\t, \\\\) into the characters they mean."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def _record_config(cfg: GenerationConfig, i: int) -> GenerationConfig:

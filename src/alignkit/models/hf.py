@@ -94,6 +94,8 @@ class HFModel:
             pad_id=pad,
             decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
             context_length=self.context_length,
+            decoder=self._causal_lm.get_decoder(),
+            head=self._head,
             min_prefix=min_prefix_tokens,
         )
 
@@ -188,8 +190,7 @@ class HFModel:
 
     # ------------------------------------------------------------------ scoring
     def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        decoder = self._causal_lm.get_decoder()
-        out = decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+        out = self.engine.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
         return out.last_hidden_state
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:

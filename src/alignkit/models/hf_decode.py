@@ -30,6 +30,7 @@ from alignkit.models.kvcache import (
     cache_from_layers,
     cache_layers,
     common_prefix_length,
+    layer_windows,
     merge_left_padded,
     new_cache,
 )
@@ -75,15 +76,20 @@ class DecodeEngine:
         pad_id: int,
         decode: Callable[[list[int]], str],
         context_length: int | None,
+        decoder: torch.nn.Module,
+        head: Callable[[torch.Tensor], torch.Tensor],
         min_prefix: int = 32,
     ) -> None:
         self.model = model
+        self.decoder = decoder
+        self.head = head
         self.eos_ids = eos_ids
         self.pad_id = pad_id
         self.decode = decode
         self.context_length = context_length
         self.min_prefix = min_prefix
         self.store = PrefixStore()
+        self.windows = layer_windows(model.config)
         self.device = next(model.parameters()).device
 
     # ------------------------------------------------------------------ prefill
@@ -106,7 +112,7 @@ class DecodeEngine:
             ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = new_cache()
+        cache = new_cache(self.windows)
         logits = self._forward(ids, mask, pos, cache)
         return cache, mask, logits
 
@@ -120,7 +126,7 @@ class DecodeEngine:
         ids = torch.tensor([list(rows[0][:common])], dtype=torch.long)
         mask = torch.ones_like(ids)
         pos = torch.arange(common).unsqueeze(0)
-        cache = new_cache()
+        cache = new_cache(self.windows)
         with torch.no_grad():
             self.model(
                 input_ids=ids.to(self.device),
@@ -134,21 +140,37 @@ class DecodeEngine:
         return common, self.store.get(common)
 
     def _reuse_prefill(self, rows: Sequence[Sequence[int]], common: int, extra: int):
+        """Suffixes of all rows in one batch on top of the shared prefix, right-padded (exact: under a causal
+        mask real tokens never see the pads after them); the cache is then re-aligned to left padding, which
+        keeps decoding exact for sliding-window layers too."""
         plen, kv = self._prefix_kv(rows, common)
-        row_kv, logits = [], []
-        for r in rows:
-            cache = cache_from_layers(kv, extra_capacity=len(r) - plen)
-            suffix = torch.tensor([list(r[plen:])], dtype=torch.long)
-            mask = torch.ones((1, len(r)), dtype=torch.long)
-            pos = torch.arange(plen, len(r)).unsqueeze(0)
-            logits.append(self._forward(suffix, mask, pos, cache))
-            row_kv.append(cache_layers(cache))
-        cache, pads = merge_left_padded(row_kv, extra_capacity=extra)
-        width = max(len(r) for r in rows)
-        mask = torch.ones((len(rows), width), dtype=torch.long)
+        lens = [len(r) - plen for r in rows]
+        smax, b = max(lens), len(rows)
+        ids = torch.full((b, smax), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, plen + smax), dtype=torch.long)
+        mask[:, :plen] = 1
+        for i, r in enumerate(rows):
+            ids[i, : lens[i]] = torch.tensor(list(r[plen:]), dtype=torch.long)
+            mask[i, plen : plen + lens[i]] = 1
+        pos = torch.arange(plen, plen + smax).unsqueeze(0).expand(b, -1)
+        cache = cache_from_layers([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv], smax, self.windows)
+        hidden = self.decoder(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=pos.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        last = torch.tensor([n - 1 for n in lens], device=hidden.device)
+        logits = self.head(hidden[torch.arange(b, device=hidden.device), last])  # only the rows' last tokens
+        layers = cache_layers(cache)
+        row_kv = [[(k[i : i + 1, :, : plen + lens[i]], v[i : i + 1, :, : plen + lens[i]]) for k, v in layers]
+                  for i in range(b)]
+        cache, pads = merge_left_padded(row_kv, extra_capacity=extra, windows=self.windows)
+        mask = torch.ones((b, plen + smax), dtype=torch.long)
         for i, p in enumerate(pads):
             mask[i, :p] = 0
-        return cache, mask, torch.cat(logits, dim=0)
+        return cache, mask, logits
 
     def prefill(self, rows: Sequence[Sequence[int]], extra: int, reuse: bool = True):
         """Run the prompts; returns (cache, attention mask, last-position logits)."""

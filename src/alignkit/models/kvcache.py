@@ -106,16 +106,60 @@ class GrowableLayer(DynamicLayer):
         self.is_initialized = False
 
 
-def new_cache() -> Cache:
-    """An empty cache whose layers are created on first use."""
-    return Cache(layer_class_to_replicate=GrowableLayer)
+class GrowableSlidingLayer(GrowableLayer):
+    """A sliding-window layer: keeps every position (so prefixes can be cropped and reused) but hands
+    attention only the keys inside the window, with the same mask sizes as transformers'
+    ``DynamicSlidingWindowLayer``."""
+
+    is_sliding = True
+
+    def __init__(self, sliding_window: int, **kwargs):
+        super().__init__(**kwargs)
+        self.sliding_window = sliding_window
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        q = key_states.shape[-2]
+        super().update(key_states, value_states)
+        visible = min(self._len - q, self.sliding_window - 1) + q
+        start = self._len - visible
+        return self._kbuf[:, :, start : self._len], self._vbuf[:, :, start : self._len]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        kv_offset = max(self._len - self.sliding_window + 1, 0)
+        return min(self._len, self.sliding_window - 1) + query_length, kv_offset
 
 
-def cache_from_layers(kv: Sequence[tuple[torch.Tensor, torch.Tensor]], extra_capacity: int = 0) -> Cache:
+#: per model layer, its sliding window (None: full attention); None for the whole list: build lazily
+LayerWindows = Sequence[int | None] | None
+
+
+def layer_windows(config) -> LayerWindows:
+    """Sliding windows of a model's layers, from its config (``layer_types`` + ``sliding_window``)."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types, window = getattr(cfg, "layer_types", None), getattr(cfg, "sliding_window", None)
+    if not types or not window:
+        return None  # full layers everywhere: always exact (the model's masks apply any window)
+    return [window if t == "sliding_attention" else None for t in types]
+
+
+def _layer(window: int | None) -> GrowableLayer:
+    return GrowableSlidingLayer(window) if window else GrowableLayer()
+
+
+def new_cache(windows: LayerWindows = None) -> Cache:
+    """An empty cache (layers created on first use when ``windows`` is None)."""
+    if windows is None:
+        return Cache(layer_class_to_replicate=GrowableLayer)
+    return Cache(layers=[_layer(w) for w in windows])
+
+
+def cache_from_layers(
+    kv: Sequence[tuple[torch.Tensor, torch.Tensor]], extra_capacity: int = 0, windows: LayerWindows = None
+) -> Cache:
     """A cache holding copies of the given per-layer ``(keys, values)``."""
     layers = []
-    for k, v in kv:
-        layer = GrowableLayer()
+    for i, (k, v) in enumerate(kv):
+        layer = _layer(windows[i] if windows else None)
         layer.load(k, v, extra_capacity)
         layers.append(layer)
     return Cache(layers=layers)
@@ -127,7 +171,7 @@ def cache_layers(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def merge_left_padded(
-    rows: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], extra_capacity: int
+    rows: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], extra_capacity: int, windows: LayerWindows = None
 ) -> tuple[Cache, list[int]]:
     """Stack per-row caches (batch 1 each, lengths may differ) into one batch, each row right-aligned
     (left padding). Returns the cache and the pad length of each row."""
@@ -144,7 +188,7 @@ def merge_left_padded(
             k, v = row[li]
             kb[i, :, pads[i] : width] = k[0]
             vb[i, :, pads[i] : width] = v[0]
-        layer = GrowableLayer()
+        layer = _layer(windows[li] if windows else None)
         layer.lazy_initialization(kb, vb)
         layer._kbuf, layer._vbuf, layer._len = kb, vb, width
         layer._refresh_views()

