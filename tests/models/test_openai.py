@@ -54,3 +54,19 @@ def test_usage_is_reported(server):
     m = load_model(f"openai:tiny@{server.url}")
     c = m.generate(["The quick"], GenerationConfig(max_new_tokens=4))[0]
     assert c.prompt_tokens > 0 and c.completion_tokens == 4
+
+
+def test_a_slow_server_times_out_with_a_clear_error(server):
+    m = load_model(f"openai:tiny@{server.url}", timeout=0.5, max_retries=0)
+    server.app.state.delay = 2.0
+    try:
+        with pytest.raises(ModelConnectionError, match="timed out"):
+            m.generate(["The quick"], GenerationConfig(max_new_tokens=2))
+    finally:
+        server.app.state.delay = 0.0
+
+
+def test_api_key_comes_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-test-123")
+    m = load_model(f"openai:tiny@{server.url}", api_key_env="MY_KEY")
+    assert m.client.api_key == "sk-test-123"

@@ -82,3 +82,25 @@ def test_openai_spec_errors(monkeypatch):
 
     with pytest.raises(ModelConnectionError, match="cannot reach the OpenAI-compatible server at http://127.0.0.1:9/v1"):
         load_model("openai:m@http://127.0.0.1:9/v1", max_retries=0, timeout=5)
+
+
+def test_hub_ids_load_through_the_real_hub_code_path(tiny_dir, tmp_path):
+    """A hub id resolves through huggingface_hub's cache, here filled from local files (offline)."""
+    import shutil
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-model"
+    shutil.copytree(tiny_dir["base"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = (
+        "from alignkit import load_model, GenerationConfig\n"
+        "m = load_model('tiny-org/tiny-model')\n"
+        "print(m.source['kind'], m.generate(['The quick'], GenerationConfig(max_new_tokens=4))[0].completion_tokens)"
+    )
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "hub 4"

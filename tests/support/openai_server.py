@@ -37,10 +37,15 @@ def build_app(model, name: str) -> FastAPI:
     app = FastAPI()
     app.state.fail: list[int] = []
     app.state.requests = 0
+    app.state.delay = 0.0
 
     @app.middleware("http")
     async def inject(request: Request, call_next):
         app.state.requests += 1
+        if app.state.delay:
+            import asyncio
+
+            await asyncio.sleep(app.state.delay)
         if app.state.fail:
             code = app.state.fail.pop(0)
             return JSONResponse({"error": {"message": f"injected {code}"}}, status_code=code,
