@@ -99,6 +99,8 @@ class Completion:
     completion_tokens: int
     token_ids: tuple[int, ...] = ()
     stop: str | None = None
+    meta: dict[str, Any] | None = field(default=None, compare=False)
+    """Per-completion details a method adds (e.g. which in-context examples were selected)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,71 @@
+"""Alignment methods. Each wraps a model and is one (see :mod:`alignkit.methods.base`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignkit.errors import InputError
+
+METHODS = ("urial", "template", "none", "auto")
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    method: str = field(default="none", metadata={
+        "help": "how to talk to the model: urial (in-context alignment of a base model), template (the model's "
+                "own chat template), none (raw completion), auto (template if the model has one, else urial)",
+        "choices": list(METHODS)})
+    template: str | None = field(default=None, metadata={
+        "help": "in-context alignment template: a shipped name (urial-k0, urial-k1, urial-k3, urial-k8, "
+                "urial-k3-helpful) or a YAML file"})
+    k: int | None = field(default=None, metadata={
+        "help": "number of in-context examples (fixed selection: picks the shipped urial-kK template)"})
+    select: str = field(default="fixed", metadata={
+        "help": "in-context examples: fixed (the template's) or similar (the K most similar to each query from "
+                "the example pool, by sentence embedding)", "choices": ["fixed", "similar"]})
+
+
+def apply_method(model: Any, options: MethodOptions) -> Any:
+    """Wrap ``model`` according to ``options``."""
+    method = options.method
+    if method == "auto":
+        method = "template" if model.capabilities.chat_template else "urial"
+    if method != "urial" and (options.template or options.k is not None or options.select != "fixed"):
+        raise InputError("--template, --k and --select apply to --method urial only")
+    if method == "none":
+        from alignkit.methods.wrappers import RawCompletion
+
+        return RawCompletion(model)
+    if method == "template":
+        from alignkit.methods.wrappers import ChatTemplate
+
+        return ChatTemplate(model)
+    if method == "urial":
+        return _urial(model, options)
+    raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _urial(model: Any, options: MethodOptions) -> Any:
+    from alignkit.methods.templates import DEFAULT_TEMPLATE, load_template, shipped_templates
+    from alignkit.methods.urial import InContextAligned
+
+    name = options.template
+    if options.select == "similar":
+        from alignkit.methods.retrieval import SimilarExamples
+
+        template = load_template(name or DEFAULT_TEMPLATE)
+        k = 3 if options.k is None else options.k
+        return InContextAligned(model, template, selector=SimilarExamples.from_template(template, k))
+    if options.k is not None:
+        wanted = f"urial-k{options.k}"
+        if name is None:
+            if wanted not in shipped_templates():
+                raise InputError(f"no shipped template with K={options.k} (shipped: K=0, 1, 3, 8); pass --select "
+                                 "similar to choose any K examples from the pool, or --template FILE")
+            name = wanted
+        else:
+            t = load_template(name)
+            if t.k != options.k:
+                raise InputError(f"template {name!r} has {t.k} examples but --k {options.k} was given")
+    return InContextAligned(model, load_template(name or DEFAULT_TEMPLATE))

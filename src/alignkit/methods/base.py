@@ -1,0 +1,122 @@
+"""Alignment methods are models: a wrapper that changes what the wrapped model sees and cleans what it
+says, behind the same :class:`~alignkit.models.base.LanguageModel` interface (so every command, the
+server, evaluation and analysis take it like any other model)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from alignkit.models.base import Capabilities, LanguageModel, PositionReducer, configs_for
+from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a method sends to the wrapped model for one request."""
+
+    prompt: Prompt
+    stop: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
+
+
+class MethodModel:
+    """Base for wrappers: subclasses implement :meth:`prepare` (and :meth:`clean` if needed)."""
+
+    backend = "method"
+    method = "method"
+
+    def __init__(self, base: LanguageModel) -> None:
+        self.base = base
+        self.spec = base.spec
+        self.capabilities: Capabilities = base.capabilities
+
+    # -- to implement
+    def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
+        raise NotImplementedError
+
+    def clean(self, text: str) -> str:
+        return text
+
+    def stream_cleaner(self) -> StreamCleaner:
+        return StreamCleaner(self.clean, hold=lambda t: len(t))
+
+    def method_info(self) -> dict[str, Any]:
+        return {}
+
+    # -- the LanguageModel interface
+    @property
+    def context_length(self) -> int | None:
+        return self.base.context_length
+
+    def info(self) -> dict[str, Any]:
+        return {**self.base.info(), "method": self.method, **self.method_info()}
+
+    def close(self) -> None:
+        self.base.close()
+
+    def render(self, prompt: Prompt) -> str:
+        prepared = self.prepare(prompt, GenerationConfig())
+        return self.base.render(prepared.prompt)
+
+    def _prepare_all(self, prompts: Sequence[Prompt], config) -> tuple[list[Prepared], list[GenerationConfig]]:
+        configs = configs_for(len(prompts), config)
+        prepared = [self.prepare(p, c) for p, c in zip(prompts, configs)]
+        merged = [replace(c, stop=tuple(dict.fromkeys(c.stop + p.stop))) for p, c in zip(prepared, configs)]
+        return prepared, merged
+
+    def generate(self, prompts: Sequence[Prompt], config=None) -> list[Completion]:
+        prepared, configs = self._prepare_all(prompts, config)
+        comps = self.base.generate([p.prompt for p in prepared], configs)
+        return [replace(c, text=self.clean(c.text), meta=p.meta) for c, p in zip(comps, prepared)]
+
+    def stream(self, prompts: Sequence[Prompt], config=None) -> Iterator[StreamEvent]:
+        prepared, configs = self._prepare_all(prompts, config)
+        cleaners = [self.stream_cleaner() for _ in prepared]
+        for ev in self.base.stream([p.prompt for p in prepared], configs):
+            cl = cleaners[ev.index]
+            if ev.completion is None:
+                piece = cl.feed(ev.text)
+                if piece:
+                    yield StreamEvent(ev.index, piece)
+                continue
+            cl.feed(ev.text)
+            piece, final = cl.finish()
+            comp = replace(ev.completion, text=final, meta=prepared[ev.index].meta)
+            yield StreamEvent(ev.index, piece, ev.finish_reason, comp)
+
+    def score(
+        self,
+        prompts: Sequence[Prompt],
+        continuations: Sequence[str | Sequence[int]],
+        *,
+        top_k: int = 0,
+        reduce: PositionReducer | None = None,
+    ) -> list[TokenScores]:
+        prepared = [self.prepare(p, GenerationConfig()) for p in prompts]
+        return self.base.score([p.prompt for p in prepared], continuations, top_k=top_k, reduce=reduce)
+
+
+class StreamCleaner:
+    """Streams cleaned text: shows only the part of the raw output that cleaning can no longer change,
+    and at the end the rest of the cleaned text. ``hold(text)`` is how much of ``text`` is safe to show."""
+
+    def __init__(self, clean, hold) -> None:
+        self._clean, self._hold = clean, hold
+        self.raw, self.emitted = "", 0
+
+    def feed(self, delta: str) -> str:
+        self.raw += delta
+        text = self.raw.lstrip()
+        safe = self._hold(text)
+        if safe <= self.emitted:
+            return ""
+        piece = text[self.emitted : safe]
+        self.emitted = safe
+        return piece
+
+    def finish(self) -> tuple[str, str]:
+        final = self._clean(self.raw)
+        piece = final[self.emitted :] if len(final) >= self.emitted else ""
+        return piece, final

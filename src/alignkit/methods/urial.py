@@ -1,0 +1,187 @@
+"""In-context alignment (URIAL-style): a base model becomes an assistant through a preamble and K
+restyled example conversations, with no tuning at all.
+
+The rendered prompt::
+
+    {preamble}
+
+    # Query:
+    ````
+    {example query}
+    ````
+
+    # Answer:
+    ````
+    {example answer}
+    ````
+
+    ... (K examples, then the conversation's earlier turns the same way) ...
+
+    # Query:
+    ````
+    {user message}
+    ````
+
+    # Answer:
+    ````
+
+The base model writes the answer and closes the fence; generation stops at the fence or at a new header,
+and the text comes back clean. **Injection safety**: every text goes inside a fence made of more
+backticks than the longest run of backticks in any text of the conversation or the examples, so no user
+text can close its block, forge a turn or inject an answer, whatever headers or fences it contains. The
+usual fence (four backticks) leaves room for ordinary ``` code blocks inside answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from alignkit.errors import ContextLengthError, InputError
+from alignkit.methods.base import MethodModel, Prepared, StreamCleaner
+from alignkit.methods.templates import Example, Template
+from alignkit.models.base import LanguageModel
+from alignkit.types import GenerationConfig, Message, Prompt
+
+log = logging.getLogger("alignkit")
+
+QUERY_HEADER = "# Query:"
+ANSWER_HEADER = "# Answer:"
+SYSTEM_HEADER = "# Additional instructions"
+MIN_FENCE = 4
+_TICKS = re.compile(r"`+")
+
+
+def fence_for(texts: Sequence[str]) -> str:
+    """A fence no text contains: more backticks than the longest backtick run in any of them."""
+    longest = max((len(m.group()) for t in texts for m in _TICKS.finditer(t)), default=0)
+    return "`" * max(MIN_FENCE, longest + 1)
+
+
+def block(header: str, text: str, fence: str) -> str:
+    return f"{header}\n{fence}\n{text}\n{fence}"
+
+
+def render_conversation(preamble: str, examples: Sequence[Example], messages: Sequence[Message]) -> tuple[str, str]:
+    """The prompt for a conversation that ends with a user message, and its fence."""
+    system = [m.content for m in messages if m.role == "system"]
+    turns = [m for m in messages if m.role != "system"]
+    texts = [preamble, *system, *(e.query for e in examples), *(e.answer for e in examples), *(m.content for m in turns)]
+    fence = fence_for(texts)
+    parts = [preamble.strip()]
+    if system:
+        parts.append(block(SYSTEM_HEADER, "\n\n".join(s.strip() for s in system), fence))
+    for e in examples:
+        parts.append(block(QUERY_HEADER, e.query, fence))
+        parts.append(block(ANSWER_HEADER, e.answer, fence))
+    for m in turns:
+        parts.append(block(QUERY_HEADER if m.role == "user" else ANSWER_HEADER, m.content.strip(), fence))
+    parts.append(f"{ANSWER_HEADER}\n{fence}\n")
+    return "\n\n".join(parts), fence
+
+
+def stop_strings(fence: str) -> tuple[str, ...]:
+    """Where the base model's answer ends: its closing fence, or a new header if it forgets the fence."""
+    return (fence, "\n" + QUERY_HEADER, "\n" + ANSWER_HEADER)
+
+
+def clean_answer(text: str) -> str:
+    """The answer without surrounding blank space or a dangling fence line."""
+    text = text.strip()
+    while text:
+        head, _, last = text.rpartition("\n")
+        if last.strip() and set(last.strip()) == {"`"}:
+            text = head.rstrip()
+        else:
+            break
+    return text
+
+
+def _safe_to_show(text: str) -> int:
+    """Streaming: the length of ``text`` that cleaning cannot change any more."""
+    end = len(text.rstrip())
+    start = text.rfind("\n", 0, end) + 1
+    last = text[start:end].strip()
+    if last and set(last) == {"`"}:
+        end = len(text[:start].rstrip())
+    return end
+
+
+def as_conversation(prompt: Prompt) -> list[Message]:
+    """A raw string is one user message; a conversation must end with a user message."""
+    if isinstance(prompt, str):
+        msgs = [Message("user", prompt)]
+    else:
+        msgs = [m if isinstance(m, Message) else Message.from_dict(m) for m in prompt]
+    turns = [m for m in msgs if m.role != "system"]
+    if not turns or turns[-1].role != "user":
+        raise InputError("a conversation must end with a user message")
+    return msgs
+
+
+class InContextAligned(MethodModel):
+    """A base model aligned in context by a template (and optionally examples chosen per query)."""
+
+    backend = "urial"
+    method = "urial"
+
+    def __init__(self, base: LanguageModel, template: Template, *, selector: Any = None) -> None:
+        super().__init__(base)
+        self.template = template
+        self.selector = selector
+        caps = base.capabilities
+        from dataclasses import replace
+
+        self.capabilities = replace(caps, chat_template=True)
+
+    def method_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"template": self.template.provenance()}
+        if self.selector is not None:
+            info["selection"] = self.selector.info()
+        return info
+
+    def examples_for(self, messages: Sequence[Message]) -> tuple[Example, ...]:
+        if self.selector is None:
+            return self.template.examples
+        last_user = [m for m in messages if m.role == "user"][-1].content
+        return self.selector.select(last_user)
+
+    def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
+        msgs = as_conversation(prompt)
+        examples = self.examples_for(msgs)
+        text, fence = self._fit(msgs, examples, config.max_new_tokens)
+        meta = {"examples": [e.id for e in examples]} if self.selector is not None else None
+        return Prepared(text, stop_strings(fence), meta)
+
+    def _fit(self, msgs: list[Message], examples, max_new_tokens: int) -> tuple[str, str]:
+        """Render; drop the oldest turns (never the preamble or examples) while it does not fit."""
+        text, fence = render_conversation(self.template.preamble, examples, msgs)
+        limit = self.context_length
+        count = getattr(self.base, "count_tokens", None)
+        if not limit or count is None:
+            return text, fence
+        budget = limit - max_new_tokens
+        dropped = 0
+        while count(text) > budget:
+            system = [m for m in msgs if m.role == "system"]
+            turns = [m for m in msgs if m.role != "system"]
+            if len(turns) <= 1:
+                raise ContextLengthError(
+                    f"the preamble, {len(examples)} examples and the last message take {count(text)} tokens; with "
+                    f"{max_new_tokens} new tokens that exceeds the model's context of {limit}"
+                )
+            cut = 2 if len(turns) > 2 and turns[0].role == "user" and turns[1].role == "assistant" else 1
+            msgs = system + turns[cut:]
+            dropped += cut
+            text, fence = render_conversation(self.template.preamble, examples, msgs)
+        if dropped:
+            log.warning("conversation too long for the context: dropped the %d oldest turn(s)", dropped)
+        return text, fence
+
+    def clean(self, text: str) -> str:
+        return clean_answer(text)
+
+    def stream_cleaner(self) -> StreamCleaner:
+        return StreamCleaner(clean_answer, _safe_to_show)
