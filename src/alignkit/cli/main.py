@@ -15,6 +15,7 @@ from alignkit.errors import AlignkitError
 COMMANDS = {
     "models": "alignkit.cli.models",
     "generate": "alignkit.cli.generate",
+    "chat": "alignkit.cli.chat",
 }
 
 

@@ -1,0 +1,82 @@
+"""Pieces shared by the commands that run a model."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
+
+from alignkit.methods import MethodOptions, apply_method
+from alignkit.models.registry import ModelOptions, load_model
+from alignkit.types import GenerationConfig, Prompt
+
+
+@dataclass(frozen=True)
+class Decoding:
+    max_new_tokens: int = field(default=256, metadata={"help": "most tokens to generate per answer"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 is greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold"})
+    top_k: int = field(default=0, metadata={"help": "sample from the k most likely tokens (0: off)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty for repeating tokens (1: off)"})
+    seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
+    stop: tuple[str, ...] = field(
+        default=(), metadata={"help": "extra stop string; the output ends before it (\\n and \\t escapes work)"}
+    )
+
+    def config(self) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty, seed=self.seed, stop=tuple(unescape(s) for s in self.stop),
+        )
+
+
+def unescape(text: str) -> str:
+    """Turn the escapes people type on a command line (\\n, \\t, \\\\) into the characters they mean."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def open_model(spec: str, options: ModelOptions, method: MethodOptions) -> Any:
+    """Load a model and wrap it in the chosen method."""
+    _log_warnings_to_stderr()
+    return apply_method(load_model(spec, options), method)
+
+
+def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextIO | None = None, label: str = "") -> None:
+    """Print exactly what the underlying model sees, and where it stops, without running it."""
+    out = out or sys.stdout
+    prepared = model.prepare(prompt, config)
+    stops = tuple(dict.fromkeys(config.stop + prepared.stop))
+    rendered = model.base.render(prepared.prompt)
+    head = f"===== prompt{(' ' + label) if label else ''} ({model.method}) ====="
+    print(head, file=out)
+    print(rendered, end="" if rendered.endswith("\n") else "\n", file=out)
+    print("===== stop strings =====", file=out)
+    for s in stops:
+        print(repr(s), file=out)
+    if prepared.meta:
+        print(f"===== meta: {prepared.meta} =====", file=out)
+
+
+def _log_warnings_to_stderr() -> None:
+    log = logging.getLogger("alignkit")
+    if not any(getattr(h, "_alignkit", False) for h in log.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("alignkit: warning: %(message)s"))
+        h._alignkit = True  # type: ignore[attr-defined]
+        log.addHandler(h)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+
+
+def with_seed(cfg: GenerationConfig, i: int) -> GenerationConfig:
+    """Each record's own seed, so its output does not depend on which batch it lands in."""
+    return cfg if cfg.seed is None else replace(cfg, seed=cfg.seed + i)
