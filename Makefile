@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the embedded *base* model, aligned in context (URIAL, K=3), answers instructions.
 demo: $(STAMP)
 	$(BIN)/alignkit models
-	$(BIN)/alignkit generate --model gemma-3-270m --input examples/prompts.jsonl \
-		--output runs/demo/generations.jsonl --max-new-tokens 64 --stop "\nQ:" --stop "\n\n" --resume
-	$(BIN)/python -c "import json; [print(f\"[{r['id']}] {r['prompt'].splitlines()[0]}\n    ->{r['output']}\n\") for r in map(json.loads, open('runs/demo/generations.jsonl'))]"
+	$(BIN)/alignkit generate --model gemma-3-270m --method urial --input examples/instructions.jsonl \
+		--output runs/demo/urial.jsonl --max-new-tokens 200 --resume
+	$(BIN)/python -c "import json; [print(f\"### {r['prompt']}\n{r['output']}\n\") for r in map(json.loads, open('runs/demo/urial.jsonl'))]"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -33,6 +34,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/prefix_cache.py
+	$(BIN)/python bench/urial_throughput.py
+	$(BIN)/python bench/urial_selfstop.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

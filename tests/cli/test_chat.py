@@ -75,6 +75,7 @@ def test_generate_with_urial_records_template_provenance(tiny_dir, tmp_path):
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     prov = recs[0]["provenance"]["model"]
     assert prov["method"] == "urial" and prov["template"]["id"] == "short" and len(prov["template"]["hash"]) == 16
+    assert recs[0]["provenance"]["generation"]["repetition_penalty"] == 1.15  # urial's recommended decoding
     assert all("````" not in r["output"] for r in recs)
 
 

@@ -59,6 +59,13 @@ def test_sampling_does_not_depend_on_batch_company(tiny_base):
     assert alone.token_ids == together.token_ids
 
 
+def test_repetition_penalty_looks_at_the_answer_not_the_prompt(tiny_base):
+    prompt = "The quick brown fox jumps over the lazy dog. " * 3
+    plain = tiny_base.generate([prompt], GenerationConfig(max_new_tokens=1))[0]
+    penal = tiny_base.generate([prompt], GenerationConfig(max_new_tokens=1, repetition_penalty=5.0))[0]
+    assert plain.token_ids == penal.token_ids  # nothing generated yet: nothing to penalise
+
+
 def test_repetition_penalty_changes_greedy_output(tiny_base):
     plain = tiny_base.generate(["The quick"], GenerationConfig(max_new_tokens=16))[0]
     penal = tiny_base.generate(["The quick"], GenerationConfig(max_new_tokens=16, repetition_penalty=3.0))[0]

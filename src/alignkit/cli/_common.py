@@ -18,16 +18,22 @@ class Decoding:
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 is greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold"})
     top_k: int = field(default=0, metadata={"help": "sample from the k most likely tokens (0: off)"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty for repeating tokens (1: off)"})
+    repetition_penalty: float | None = field(default=None, metadata={
+        "help": "penalty for repeating tokens of the answer so far (1: off; default: the method's recommendation, "
+                "1.15 for urial, else 1.0)"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
     stop: tuple[str, ...] = field(
         default=(), metadata={"help": "extra stop string; the output ends before it (\\n and \\t escapes work)"}
     )
 
-    def config(self) -> GenerationConfig:
+    def config(self, model: Any = None) -> GenerationConfig:
+        """The generation config; unset options take the method's recommended decoding."""
+        rp = self.repetition_penalty
+        if rp is None:
+            rp = getattr(model, "recommended", {}).get("repetition_penalty", 1.0)
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty, seed=self.seed, stop=tuple(unescape(s) for s in self.stop),
+            repetition_penalty=rp, seed=self.seed, stop=tuple(unescape(s) for s in self.stop),
         )
 
 

@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     file_values = load_config_file(args.config, ChatJob, Decoding, MethodOptions, ModelOptions)
     job: ChatJob = build(ChatJob, args, file_values)
-    cfg = build(Decoding, args, file_values).config()
+    decoding: Decoding = build(Decoding, args, file_values)
     file_values.setdefault("method", "auto")  # chat talks to whatever the model is best talked to with
     method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if job.show_prompt and one_shot is None:
         raise InputError("--show-prompt needs a message: pass --message TEXT or pipe one in")
     model = open_model(job.model, options, method)
+    cfg = decoding.config(model)
     if one_shot is not None:
         history.append(Message("user", one_shot))
         if job.show_prompt:

@@ -92,13 +92,14 @@ def _check_record(rec: dict[str, Any]) -> str | None:
 def run(args: argparse.Namespace) -> int:
     file_values = load_config_file(args.config, GenerateJob, Decoding, MethodOptions, ModelOptions)
     job: GenerateJob = build(GenerateJob, args, file_values)
-    base_cfg = build(Decoding, args, file_values).config()
+    decoding: Decoding = build(Decoding, args, file_values)
     method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
     records = parse_records(job.input, job.on_error)
     index = {str(r["id"]): i for i, (_, r) in enumerate(records)}
     if job.show_prompt:
         model = open_model(job.model, options, method)
+        base_cfg = decoding.config(model)
         for _, r in records:
             show_prompt(model, _prompt(r), with_seed(base_cfg, index[str(r["id"])]), label=f"id={r['id']}")
         return 0
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"alignkit generate: nothing to do ({len(records)} records, all already in {job.output})", file=sys.stderr)
         return 0
     model = open_model(job.model, options, method)
+    base_cfg = decoding.config(model)
     provenance = {"model": model.info(), "generation": base_cfg.to_dict()}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -126,6 +126,9 @@ class InContextAligned(MethodModel):
 
     backend = "urial"
     method = "urial"
+    #: decoding that measured best on the embedded 270M base (bench/urial_selfstop.py): a mild penalty on
+    #: repeating the answer's own tokens breaks the loops small base models fall into
+    recommended = {"repetition_penalty": 1.15}
 
     def __init__(self, base: LanguageModel, template: Template, *, selector: Any = None) -> None:
         super().__init__(base)

@@ -196,8 +196,13 @@ class DecodeEngine:
     def _select(self, row: _Row, logits: torch.Tensor) -> int:
         scores = logits.unsqueeze(0)
         if len(row.processors):
-            seen = torch.tensor([row.prompt_ids + row.gen], dtype=torch.long, device=scores.device)
-            scores = row.processors(seen, scores)
+            # the repetition penalty looks at the answer so far, not the prompt: a prompt full of examples
+            # (in-context alignment) holds the very tokens an answer must be free to use -- its closing
+            # fence, the phrasing of a polite refusal
+            seen = torch.tensor([row.gen], dtype=torch.long, device=scores.device)
+            for proc in row.processors:
+                if row.gen or not isinstance(proc, RepetitionPenaltyLogitsProcessor):
+                    scores = proc(seen, scores)
         if row.config.greedy:
             return int(scores.argmax(-1))
         probs = torch.softmax(scores, dim=-1)
