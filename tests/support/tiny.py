@@ -48,45 +48,20 @@ def build_model(tokenizer, seed: int, arch: str = "gemma3", init: float = 0.3):
     import torch
 
     torch.manual_seed(seed)
-    vocab = len(tokenizer)
-    if arch == "gemma3":
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, initializer_range=init, pad_token_id=0, eos_token_id=1,
+        bos_token_id=2,
+    )
+    if arch == "gemma3":  # the embedded default's architecture, with a sliding window small enough to matter
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-        cfg = Gemma3TextConfig(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            sliding_window=8,
-            layer_types=["sliding_attention", "full_attention"],
-            max_position_embeddings=512,
-            initializer_range=init,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=2,
-        )
-        model = Gemma3ForCausalLM(cfg)
-    else:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        cfg = Gemma3TextConfig(**common, head_dim=16, sliding_window=8,
+                               layer_types=["sliding_attention", "full_attention"])
+        return Gemma3ForCausalLM(cfg).eval()
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-        cfg = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            initializer_range=init,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=2,
-        )
-        model = LlamaForCausalLM(cfg)
-    return model.eval()
+    return LlamaForCausalLM(LlamaConfig(**common)).eval()
 
 
 def save_model(path: Path, model, tokenizer, chat_template: str | None = None) -> Path:

@@ -102,7 +102,8 @@ class DecodeEngine:
             use_cache=True,
             logits_to_keep=1,
         )
-        return out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :]
+        return logits if logits.dtype == torch.float64 else logits.float()
 
     def _plain_prefill(self, rows: Sequence[Sequence[int]], extra: int):
         width = max(len(r) for r in rows)
@@ -124,18 +125,11 @@ class DecodeEngine:
             return have, self.store.get(have)
         self.store.misses += 1
         ids = torch.tensor([list(rows[0][:common])], dtype=torch.long)
-        mask = torch.ones_like(ids)
-        pos = torch.arange(common).unsqueeze(0)
         cache = new_cache(self.windows)
-        with torch.no_grad():
-            self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=pos.to(self.device),
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        with torch.no_grad():  # the decoder trunk only: the prefix needs key/values, not logits
+            self.decoder(input_ids=ids.to(self.device), attention_mask=torch.ones_like(ids).to(self.device),
+                         position_ids=torch.arange(common).unsqueeze(0).to(self.device), past_key_values=cache,
+                         use_cache=True)
         self.store.put(rows[0][:common], cache_layers(cache))
         return common, self.store.get(common)
 
