@@ -63,3 +63,16 @@ def test_cli_generate_uses_the_embedded_default(gemma, tmp_path):
     assert main(["generate", "--input", str(inp), "--output", str(out), "--max-new-tokens", "6"]) == 0
     rec = json.loads(out.read_text())
     assert rec["provenance"]["model"]["spec"] == "gemma-3-270m" and "Paris" in rec["output"]
+
+
+def test_piped_chat_with_urial_prints_a_clean_answer(gemma, monkeypatch, capsys):
+    """echo "How do I boil an egg?" | alignkit chat --model gemma-3-270m --method urial"""
+    import io
+
+    from alignkit.cli.main import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("How do I boil an egg?\n"))
+    assert main(["chat", "--model", "gemma-3-270m", "--method", "urial", "--max-new-tokens", "120"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out and "```" not in out and "# Query" not in out and "# Answer" not in out
+    assert "egg" in out.lower()
