@@ -16,6 +16,7 @@ COMMANDS = {
     "models": "alignkit.cli.models",
     "generate": "alignkit.cli.generate",
     "chat": "alignkit.cli.chat",
+    "shift": "alignkit.cli.shift",
 }
 
 

@@ -97,6 +97,22 @@ class MethodModel:
         prepared = [self.prepare(p, GenerationConfig()) for p in prompts]
         return self.base.score([p.prompt for p in prepared], continuations, top_k=top_k, reduce=reduce)
 
+    def iter_logprobs(self, prompts: Sequence[Prompt], continuations, **kwargs):
+        """The wrapped model's full-vocabulary log-probabilities, given what this method shows it."""
+        if not hasattr(self.base, "iter_logprobs"):
+            from alignkit.errors import CapabilityError
+
+            raise CapabilityError(f"model {self.spec!r} gives no full-vocabulary log-probabilities")
+        prepared = [self.prepare(p, GenerationConfig()) for p in prompts]
+        return self.base.iter_logprobs([p.prompt for p in prepared], continuations, **kwargs)
+
+    def __getattr__(self, name: str):
+        # tokenizer-level helpers (encode, token_text, vocab_fingerprint, count_tokens, ...) come from the
+        # wrapped model
+        if name in ("encode", "token_text", "vocab_fingerprint", "count_tokens", "tokenizer"):
+            return getattr(self.base, name)
+        raise AttributeError(name)
+
 
 class StreamCleaner:
     """Streams cleaned text: shows only the part of the raw output that cleaning can no longer change,

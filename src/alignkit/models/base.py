@@ -36,6 +36,21 @@ PositionReducer = Callable[["torch.Tensor", "torch.Tensor"], Sequence[Any]]
 
 
 @dataclass(frozen=True)
+class LogprobChunk:
+    """Full-vocabulary next-token log-probabilities for consecutive continuation positions of one sequence.
+
+    ``logprobs`` is ``[n, V]`` (float32, log-softmaxed), ``targets`` the ``[n]`` continuation tokens at
+    positions ``start .. start + n - 1`` of continuation number ``index``; ``last`` marks its final chunk.
+    """
+
+    index: int
+    start: int
+    logprobs: torch.Tensor
+    targets: torch.Tensor
+    last: bool
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a model can do. Callers check what they need when they are built (see :func:`require`)."""
 
@@ -127,6 +142,11 @@ class LanguageModel(Protocol):
     def render(self, prompt: Prompt) -> str:
         """The text the model actually sees for ``prompt`` (chat rendered by its template)."""
         ...
+
+    # Backends with ``capabilities.full_vocab_logits`` also offer:
+    #   iter_logprobs(prompts, continuations, *, batch_size=None) -> Iterator[LogprobChunk]
+    # yielding, in input order, every continuation's chunks; one teacher-forced pass per batch. Two models
+    # given the same inputs and batch size yield chunks in the same order, so they can be zipped.
 
     def info(self) -> dict[str, Any]:
         """Provenance: spec, backend, source, options, package versions."""

@@ -14,7 +14,13 @@ from typing import Any
 import torch
 
 from alignkit.errors import CapabilityError, ModelLoadError
-from alignkit.models.base import Capabilities, PositionReducer, configs_for, run_stream_to_completions
+from alignkit.models.base import (
+    Capabilities,
+    LogprobChunk,
+    PositionReducer,
+    configs_for,
+    run_stream_to_completions,
+)
 from alignkit.models.hf_decode import DecodeEngine
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
 
@@ -201,6 +207,57 @@ class HFModel:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
+    def _pairs(self, prompts, continuations) -> list[tuple[list[int], list[int]]]:
+        if len(prompts) != len(continuations):
+            raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
+        pairs = []
+        for p, c in zip(prompts, continuations):
+            cont = self.encode(c) if isinstance(c, str) else [int(t) for t in c]
+            pairs.append((self.encode_prompt(p), cont))
+        return pairs
+
+    def iter_logprobs(
+        self,
+        prompts: Sequence[Prompt],
+        continuations: Sequence[str | Sequence[int]],
+        *,
+        batch_size: int | None = None,
+    ) -> Iterator[LogprobChunk]:
+        """Full-vocabulary log-probabilities at every continuation position, a chunk at a time, in input
+        order: one teacher-forced pass of the decoder per batch, the output head applied per chunk."""
+        pairs = self._pairs(prompts, continuations)
+        bs = batch_size or self.score_batch_size
+        with self._lock, torch.no_grad():
+            for start in range(0, len(pairs), bs):
+                batch = pairs[start : start + bs]
+                hidden = self._batch_hidden(batch)
+                for row, (p, c) in enumerate(batch):
+                    if not c:
+                        empty = torch.empty((0, self.vocab_size))
+                        yield LogprobChunk(start + row, 0, empty, torch.empty(0, dtype=torch.long), True)
+                        continue
+                    for a in range(0, len(c), self.score_chunk):
+                        b = min(a + self.score_chunk, len(c))
+                        lp = torch.log_softmax(self._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b]), dim=-1)
+                        tgt = torch.tensor(c[a:b], dtype=torch.long, device=lp.device)
+                        yield LogprobChunk(start + row, a, lp, tgt, b == len(c))
+
+    def _batch_hidden(self, pairs) -> torch.Tensor:
+        seqs = [(p + c)[:-1] if c else p for p, c in pairs]
+        width = max(len(s) for s in seqs)
+        if self.context_length and width >= self.context_length:
+            from alignkit.errors import ContextLengthError
+
+            raise ContextLengthError(
+                f"a prompt + continuation has {width + 1} tokens; the context holds {self.context_length}"
+            )
+        ids = torch.full((len(seqs), width), self.engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return self._hidden(ids, mask)
+
     def score(
         self,
         prompts: Sequence[Prompt],
@@ -209,65 +266,41 @@ class HFModel:
         top_k: int = 0,
         reduce: PositionReducer | None = None,
     ) -> list[TokenScores]:
-        if len(prompts) != len(continuations):
-            raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
-        pairs = []
-        for p, c in zip(prompts, continuations):
-            cont = self.encode(c) if isinstance(c, str) else [int(t) for t in c]
-            pairs.append((self.encode_prompt(p), cont))
-        results: list[TokenScores | None] = [None] * len(pairs)
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        with self._lock, torch.no_grad():
-            for start in range(0, len(order), self.score_batch_size):
-                batch = order[start : start + self.score_batch_size]
-                for i, res in zip(batch, self._score_batch([pairs[i] for i in batch], top_k, reduce)):
-                    results[i] = res
-        return results  # type: ignore[return-value]
-
-    def _score_batch(self, pairs, top_k: int, reduce: PositionReducer | None) -> list[TokenScores]:
-        seqs = [(p + c)[:-1] if c else p for p, c in pairs]
-        width = max(len(s) for s in seqs)
-        pad = self.engine.pad_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-        if self.context_length and width > self.context_length:
-            from alignkit.errors import ContextLengthError
-
-            raise ContextLengthError(f"a prompt + continuation has {width + 1} tokens; the context holds {self.context_length}")
-        hidden = self._hidden(ids, mask)
-        out = []
-        for row, (p, c) in enumerate(pairs):
-            out.append(self._score_row(hidden[row], len(p), c, top_k, reduce))
-        return out
-
-    def _score_row(self, hidden: torch.Tensor, plen: int, cont: list[int], top_k: int, reduce) -> TokenScores:
-        logps: list[float] = []
-        tops: list[tuple[tuple[str, float], ...]] = []
-        reduced: list[Any] = []
-        for a in range(0, len(cont), self.score_chunk):
-            b = min(a + self.score_chunk, len(cont))
-            lp = torch.log_softmax(self._head(hidden[plen - 1 + a : plen - 1 + b]), dim=-1)
-            tgt = torch.tensor(cont[a:b], dtype=torch.long, device=lp.device)
-            logps.extend(lp.gather(1, tgt.unsqueeze(1)).squeeze(1).tolist())
-            if top_k:
-                vals, idx = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
+        pairs = self._pairs(prompts, continuations)
+        acc: list[dict[str, list]] = [{"lp": [], "top": [], "red": []} for _ in pairs]
+        for ch in self.iter_logprobs(prompts, [c for _, c in pairs]):
+            a = acc[ch.index]
+            a["lp"].extend(ch.logprobs.gather(1, ch.targets.unsqueeze(1)).squeeze(1).tolist())
+            if top_k and len(ch.targets):
+                vals, idx = ch.logprobs.topk(min(top_k, ch.logprobs.shape[-1]), dim=-1)
                 for vrow, irow in zip(vals.tolist(), idx.tolist()):
-                    tops.append(tuple(zip(self.tokenizer.convert_ids_to_tokens(irow), vrow)))
-            if reduce is not None:
-                part = list(reduce(lp, tgt))
-                if len(part) != b - a:
-                    raise ValueError(f"reduce returned {len(part)} results for {b - a} positions")
-                reduced.extend(part)
-        return TokenScores(
-            token_ids=tuple(cont),
-            tokens=tuple(self.tokenizer.convert_ids_to_tokens(cont)),
-            logprobs=tuple(logps),
-            top_logprobs=tuple(tops) if top_k else None,
-            reduced=tuple(reduced) if reduce is not None else None,
-        )
+                    a["top"].append(tuple(zip(self.tokenizer.convert_ids_to_tokens(irow), vrow)))
+            if reduce is not None and len(ch.targets):
+                part = list(reduce(ch.logprobs, ch.targets))
+                if len(part) != len(ch.targets):
+                    raise ValueError(f"reduce returned {len(part)} results for {len(ch.targets)} positions")
+                a["red"].extend(part)
+        return [
+            TokenScores(
+                token_ids=tuple(c),
+                tokens=tuple(self.tokenizer.convert_ids_to_tokens(c)),
+                logprobs=tuple(a["lp"]),
+                top_logprobs=tuple(a["top"]) if top_k else None,
+                reduced=tuple(a["red"]) if reduce is not None else None,
+            )
+            for (_, c), a in zip(pairs, acc)
+        ]
+
+    def token_text(self, token_id: int) -> str:
+        """How one token reads on its own (for displays)."""
+        return self.tokenizer.decode([token_id])
+
+    def vocab_fingerprint(self) -> str:
+        """A hash of the tokenizer's vocabulary: two models can be compared token by token only if equal."""
+        import hashlib
+
+        items = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        return hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in items).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- loading

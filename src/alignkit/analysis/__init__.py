@@ -1,0 +1,1 @@
+"""Token-distribution-shift analysis: what alignment changes, token by token."""

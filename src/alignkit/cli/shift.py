@@ -1,0 +1,211 @@
+"""``alignkit shift``: run a base model over an aligned model's answers and measure, token by token, where
+their distributions differ; JSONL per answer, a summary, and an HTML report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignkit.cli._common import _log_warnings_to_stderr
+from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
+from alignkit.errors import InputError
+from alignkit.io import BadLine, JsonlAppender, read_jsonl
+from alignkit.methods import MethodOptions, apply_method
+from alignkit.models.catalog import DEFAULT_MODEL
+from alignkit.models.registry import ModelOptions, load_model
+from alignkit.types import GenerationConfig
+
+
+@dataclass(frozen=True)
+class ShiftJob:
+    input: str = field(default="", metadata={
+        "help": "JSONL: records with an id and an 'instruction' (or 'prompt'); an 'answer' (or 'output') if the "
+                "aligned model's answers exist already; optional 'category'", "required": True})
+    output: str = field(default="", metadata={"help": "JSONL of per-position results, one record per answer",
+                                              "required": True})
+    base: str = field(default=DEFAULT_MODEL, metadata={"help": "the base model spec"})
+    aligned: tuple[str, ...] = field(default=(), metadata={"help": "an aligned model spec (default: the base model "
+                                                                   "itself, aligned in context)"})
+    aligned_method: tuple[str, ...] = field(default=(), metadata={
+        "help": "how to talk to each --aligned model, in order: urial, template, none or auto (default: auto; with "
+                "no --aligned, urial)"})
+    template: str | None = field(default=None, metadata={"help": "in-context alignment template for urial models"})
+    report: str | None = field(default=None, metadata={"help": "write the HTML report here (figures beside it)"})
+    max_new_tokens: int = field(default=256, metadata={"help": "answer length when the aligned model generates"})
+    resume: bool = field(default=False, metadata={"help": "skip answers already in the output file"})
+    json: bool = field(default=False, metadata={"help": "print the summary as JSON on stdout"})
+
+
+def add_parser(sub) -> None:
+    from alignkit.analysis.shift import ShiftOptions
+
+    p = sub.add_parser(
+        "shift",
+        help="token-distribution-shift analysis: what alignment changes, token by token",
+        description="Run the base model over the aligned model's answers (generated first, greedy, when the input "
+        "has only instructions) and measure at every answer position the base rank of the answer token, both "
+        "probabilities, KL(aligned || base), both entropies and top-k; positions are unshifted (base rank 0), "
+        "marginal (1-2) or shifted (>= 3). Example: alignkit shift --base gemma-3-270m --aligned gemma-3-270m "
+        "--aligned-method urial --input instructions.jsonl --output shift.jsonl --report shift.html",
+    )
+    p.add_argument("--config", help="YAML file of options (flags override it)")
+    add_dataclass_arguments(p, ShiftJob)
+    add_dataclass_arguments(p, ShiftOptions, group="analysis")
+    add_dataclass_arguments(p, ModelOptions, group="model options")
+    p.set_defaults(func=run)
+
+
+def _items(path: str) -> list[tuple[str, str, str | None, dict[str, Any]]]:
+    out, bad, seen = [], [], set()
+    for lineno, rec in read_jsonl(path):
+        if isinstance(rec, BadLine):
+            bad.append(str(rec))
+            continue
+        rid = rec.get("id")
+        text = rec.get("instruction", rec.get("prompt"))
+        answer = rec.get("answer", rec.get("output"))
+        if rid is None or not isinstance(text, str) or not text.strip():
+            bad.append(f"{path}:{lineno}: record needs an 'id' and a non-empty 'instruction' (or 'prompt')")
+            continue
+        if answer is not None and not isinstance(answer, str):
+            bad.append(f"{path}:{lineno}: 'answer' must be a string")
+            continue
+        if str(rid) in seen:
+            bad.append(f"{path}:{lineno}: duplicate id {rid!r}")
+            continue
+        seen.add(str(rid))
+        extra = {"category": rec["category"]} if "category" in rec else {}
+        out.append((str(rid), text, answer, extra))
+    if bad:
+        raise InputError(f"{len(bad)} malformed input line(s):\n  " + "\n  ".join(bad[:20]))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from alignkit.analysis.aggregate import summarize
+    from alignkit.analysis.shift import ShiftAnalyzer, ShiftOptions
+
+    _log_warnings_to_stderr()
+    file_values = load_config_file(args.config, ShiftJob, ShiftOptions, ModelOptions)
+    job: ShiftJob = build(ShiftJob, args, file_values)
+    sopts: ShiftOptions = build(ShiftOptions, args, file_values)
+    mopts: ModelOptions = build(ModelOptions, args, file_values)
+    items = _items(job.input)
+    specs = list(job.aligned) or [job.base]
+    methods = list(job.aligned_method) or (["urial"] if not job.aligned else ["auto"])
+    if len(methods) == 1:
+        methods = methods * len(specs)
+    if len(methods) != len(specs):
+        raise InputError(f"{len(specs)} --aligned model(s) but {len(methods)} --aligned-method value(s)")
+    if len(specs) > 1 and any(a is not None for _, _, a, _ in items):
+        raise InputError("the input carries answers, which belong to one aligned model; give one --aligned")
+
+    loaded: dict[str, Any] = {}
+
+    def model(spec: str) -> Any:  # one copy of each model in memory, however many roles it plays
+        if spec not in loaded:
+            loaded[spec] = load_model(spec, mopts)
+        return loaded[spec]
+
+    base = model(job.base)
+    done = _done(job.output) if job.resume else set()
+    if not job.resume and _nonempty(job.output):
+        raise InputError(f"output file {job.output!r} already has records; pass --resume, or choose another file")
+    with JsonlAppender(job.output) as out:
+        for spec, method in zip(specs, methods):
+            aligned = open_model_from(model(spec), MethodOptions(method=method, template=job.template
+                                                                 if method == "urial" else None))
+            label = f"{aligned.method}:{spec}"
+            analyzer = ShiftAnalyzer(base, aligned, label=label, options=sopts,
+                                     template=getattr(aligned, "template", None))
+            todo = [it for it in items if (label, it[0]) not in done]
+            _run_one(analyzer, aligned, todo, job, out)
+    records = _read(job.output)
+    summary = summarize(records)
+    if job.report:
+        from alignkit.analysis.report import write_report
+
+        prov = {"base": job.base, "aligned": [f"{m}:{s}" for s, m in zip(specs, methods)], **sopts.__dict__}
+        path = write_report(records, summary, job.report, prov)
+        print(f"alignkit shift: report written to {path}", file=sys.stderr)
+    if job.json:
+        print(json.dumps({lab: {k: v for k, v in s.items() if k != "curves"} for lab, s in summary.items()}, indent=2))
+    else:
+        _print_table(summary)
+    return 0
+
+
+def open_model_from(model: Any, method: MethodOptions) -> Any:
+    """Wrap an already loaded model in a method (models are loaded once per spec)."""
+    return apply_method(model, method)
+
+
+def _run_one(analyzer, aligned, todo, job: ShiftJob, out: JsonlAppender) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from alignkit.analysis.shift import Item, answer_ids
+
+    cfg = GenerationConfig(max_new_tokens=job.max_new_tokens,
+                           repetition_penalty=getattr(aligned, "recommended", {}).get("repetition_penalty", 1.0))
+    prov = analyzer.provenance()
+    progress = Progress(TextColumn(f"shift {analyzer.label}"), BarColumn(), MofNCompleteColumn(),
+                        disable=not sys.stderr.isatty())
+    with progress:
+        task = progress.add_task("shift", total=len(todo))
+        bs = analyzer.options.batch_size
+        for start in range(0, len(todo), bs):
+            chunk = todo[start : start + bs]
+            missing = [i for i, (_, _, a, _) in enumerate(chunk) if a is None]
+            comps = dict(zip(missing, aligned.generate([chunk[i][1] for i in missing], cfg))) if missing else {}
+            batch = []
+            for i, (rid, text, a, extra) in enumerate(chunk):
+                c = comps.get(i)
+                ids = answer_ids(aligned, c) if c is not None and analyzer.mode == "exact" else None
+                batch.append(Item(rid, text, c.text if c is not None else (a or ""), {**extra, "generated": c is not None}, ids))
+            for rec in analyzer.analyse(batch):
+                out.write({**rec, "provenance": {**prov, "generation": cfg.to_dict() if rec["generated"] else None}})
+            progress.advance(task, len(chunk))
+
+
+def _read(path: str) -> list[dict[str, Any]]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _done(path: str) -> set[tuple[str, str]]:
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return set()
+    return {(r["aligned"], str(r["id"])) for r in _read(path) if "aligned" in r and "id" in r}
+
+
+def _nonempty(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_file() and Path(path).stat().st_size > 0
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="token-distribution shift")
+    for col in ("aligned model", "answers", "positions", "unshifted", "marginal", "shifted", "mean KL"):
+        t.add_column(col)
+    for lab, s in summary.items():
+        t.add_row(lab, str(s["answers"]), str(s["positions"]), f"{s['unshifted']:.1%}", f"{s['marginal']:.1%}",
+                  f"{s['shifted']:.1%}", f"{s['mean_kl']:.3f}")
+    Console().print(t)
+    for lab, s in summary.items():
+        toks = ", ".join(f"{t!r}×{n}" for t, n in s["top_shifted_tokens"][:12])
+        print(f"{lab}: most frequent shifted tokens: {toks}")

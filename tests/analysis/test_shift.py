@@ -1,0 +1,169 @@
+"""Token-shift analysis: metrics by hand, invariants on tiny models, exact vs approximate, guards, CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from alignkit import GenerationConfig, load_model
+from alignkit.analysis.aggregate import summarize
+from alignkit.analysis.metrics import approx_position, category, exact_positions
+from alignkit.analysis.shift import Item, ShiftAnalyzer, ShiftOptions, answer_ids
+from alignkit.errors import InputError
+from alignkit.methods import MethodOptions, apply_method
+from alignkit.methods.templates import parse_template
+
+INSTRUCTIONS = ["The quick brown", "Thank you for asking!", "def add(a, b):", "Photosynthesis turns light"]
+
+
+def _greedy_items(model, n_tokens=10):
+    comps = model.generate(INSTRUCTIONS, GenerationConfig(max_new_tokens=n_tokens))
+    return [Item(str(i), q, c.text, {"category": "cat" + str(i % 2)}, answer_ids(model, c))
+            for i, (q, c) in enumerate(zip(INSTRUCTIONS, comps))]
+
+
+def test_categories():
+    assert [category(r) for r in (0, 1, 2, 3, 100)] == ["unshifted", "marginal", "marginal", "shifted", "shifted"]
+
+
+def test_exact_metrics_by_hand():
+    pa = torch.tensor([[0.5, 0.2, 0.2, 0.1, 0.0 + 1e-30], [0.25, 0.25, 0.25, 0.25, 1e-30]], dtype=torch.float64)
+    pb = torch.tensor([[0.1, 0.6, 0.2, 0.05, 0.05], [0.7, 0.1, 0.1, 0.05, 0.05]], dtype=torch.float64)
+    pa, pb = pa / pa.sum(1, keepdim=True), pb / pb.sum(1, keepdim=True)
+    tgt = torch.tensor([0, 3])
+    out = exact_positions(pa.log(), pb.log(), tgt, top_k=2, token_text=lambda i: "abcde"[i], start=7)
+    p0, p1 = out
+    assert (p0["t"], p0["token"], p0["base_rank"], p0["aligned_rank"]) == (7, "a", 2, 0)
+    assert p0["category"] == "marginal" and p1["base_rank"] == 3 and p1["category"] == "shifted"
+    assert p0["p_base"] == pytest.approx(0.1) and p0["p_aligned"] == pytest.approx(0.5)
+    kl0 = sum(a * math.log(a / b) for a, b in zip(pa[0].tolist(), pb[0].tolist()) if a > 0)
+    assert p0["kl"] == pytest.approx(kl0)
+    assert p0["h_base"] == pytest.approx(-sum(b * math.log(b) for b in pb[0].tolist()))
+    assert p1["h_aligned"] == pytest.approx(math.log(4), abs=1e-6)
+    assert p0["top_base"] == [["b", pytest.approx(0.6)], ["c", pytest.approx(0.2)]]
+    assert p0["top_aligned"][0] == ["a", pytest.approx(0.5)]
+
+
+def test_approximate_metrics_by_hand():
+    top_a = [("x", math.log(0.6)), ("y", math.log(0.3))]
+    top_b = [("y", math.log(0.5)), ("z", math.log(0.2)), ("w", math.log(0.1))]
+    p = approx_position(0, "x", math.log(0.6), math.log(0.01), top_a, top_b)
+    assert p["base_rank"] == 3 and not p["rank_exact"] and p["category"] == "shifted"
+    # shared token y, then one tail bucket: A's tail 0.7, B's tail 0.5
+    assert p["kl"] == pytest.approx(0.3 * math.log(0.3 / 0.5) + 0.7 * math.log(0.7 / 0.5))
+    q = approx_position(1, "z", math.log(0.2), math.log(0.2), top_a, top_b)
+    assert q["base_rank"] == 1 and q["rank_exact"] and q["category"] == "marginal"
+
+
+def test_a_model_against_itself_has_no_shift(tiny_base):
+    same = apply_method(tiny_base, MethodOptions(method="none"))
+    an = ShiftAnalyzer(tiny_base, same, label="self", options=ShiftOptions(context="raw"))
+    recs = list(an.analyse(_greedy_items(same)))
+    s = summarize(recs)["self"]
+    assert s["positions"] > 20
+    assert s["shifted"] == 0 and s["marginal"] == 0 and s["unshifted"] == 1
+    assert s["mean_kl"] == pytest.approx(0, abs=1e-9)
+
+
+def test_in_context_alignment_against_its_own_context_has_no_shift(tiny_base):
+    t = parse_template({"id": "short", "preamble": "Be kind.", "examples": [{"query": "Hi", "answer": "Hello!"}]})
+    from alignkit.methods.urial import InContextAligned
+
+    urial = InContextAligned(tiny_base, t)
+    items = _greedy_items(urial, 6)
+    same = ShiftAnalyzer(tiny_base, urial, label="u", options=ShiftOptions(context="urial"), template=t)
+    assert summarize(same.analyse(items))["u"]["mean_kl"] == pytest.approx(0, abs=1e-9)
+    plain = ShiftAnalyzer(tiny_base, urial, label="u", options=ShiftOptions(context="plain"))
+    assert summarize(plain.analyse(items))["u"]["mean_kl"] > 1e-3
+
+
+def test_exact_and_approximate_agree_when_k_covers_the_vocabulary(tiny_base, tiny_aligned):
+    aligned = apply_method(tiny_aligned, MethodOptions(method="none"))
+    items = [Item(it.id, it.instruction, it.answer) for it in _greedy_items(aligned)]
+    vocab = tiny_base.vocab_size
+    ex = list(ShiftAnalyzer(tiny_base, aligned, label="a", options=ShiftOptions(context="raw")).analyse(items))
+    ap = list(ShiftAnalyzer(tiny_base, aligned, label="a",
+                            options=ShiftOptions(context="raw", mode="approx", top_k=vocab)).analyse(items))
+    assert [r["mode"] for r in ex + ap] == ["exact"] * len(ex) + ["approx"] * len(ap)
+    for e, a in zip(ex, ap):
+        assert [p["base_rank"] for p in e["positions"]] == [p["base_rank"] for p in a["positions"]]
+        for pe, pa in zip(e["positions"], a["positions"]):
+            assert pa["kl"] == pytest.approx(pe["kl"], abs=1e-6)
+            assert pa["p_base"] == pytest.approx(pe["p_base"], rel=1e-6)
+    # with a small k the approximate KL is a lower bound and ranks beyond k are flagged
+    small = list(ShiftAnalyzer(tiny_base, aligned, label="a",
+                               options=ShiftOptions(context="raw", mode="approx", top_k=3)).analyse(items))
+    for e, a in zip(ex, small):
+        for pe, pa in zip(e["positions"], a["positions"]):
+            assert pa["kl"] <= pe["kl"] + 1e-9
+            assert pa["category"] == pe["category"]
+
+
+def test_different_tokenizers_are_refused(tiny_base, tmp_path):
+    from tests.support import tiny
+
+    other = tiny.build_tokenizer(vocab_size=300)
+    path = tiny.save_model(tmp_path / "other", tiny.build_model(other, seed=9), other)
+    with pytest.raises(InputError, match="different tokenizers"):
+        ShiftAnalyzer(tiny_base, apply_method(load_model(str(path)), MethodOptions(method="none")), label="x")
+
+
+def test_empty_and_too_long_answers(tiny_base, caplog):
+    same = apply_method(tiny_base, MethodOptions(method="none"))
+    an = ShiftAnalyzer(tiny_base, same, label="s", options=ShiftOptions(context="raw"))
+    with caplog.at_level(logging.WARNING, logger="alignkit"):
+        recs = list(an.analyse([Item("e", "Hi", ""), Item("long", "Hi", "The quick brown fox. " * 120)]))
+    assert recs[0]["empty"] and recs[0]["positions"] == []
+    assert recs[1]["truncated"] and len(recs[1]["positions"]) < 510
+    assert "is empty" in caplog.text and "truncated" in caplog.text
+
+
+def test_memory_is_one_chunk_per_model(tiny_base):
+    """The analysis never holds more than one [chunk, V] block per model: chunks stream through."""
+    seen = []
+    real = tiny_base.iter_logprobs
+
+    def spy(*a, **k):
+        for ch in real(*a, **k):
+            seen.append(ch.logprobs.shape[0])
+            yield ch
+
+    tiny_base.iter_logprobs = spy
+    try:
+        tiny_base.score_chunk = 4
+        same = apply_method(tiny_base, MethodOptions(method="none"))
+        list(ShiftAnalyzer(tiny_base, same, label="s", options=ShiftOptions(context="raw")).analyse(_greedy_items(same)))
+    finally:
+        del tiny_base.iter_logprobs
+        tiny_base.score_chunk = 64
+    assert seen and max(seen) <= 4
+
+
+def test_cli_writes_records_summary_and_report(tiny_dir, tmp_path, capsys):
+    from alignkit.cli.main import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "instruction": q, "category": ["a", "b"][i % 2]}) + "\n"
+                           for i, q in enumerate(INSTRUCTIONS)))
+    out, rep = tmp_path / "shift.jsonl", tmp_path / "report" / "shift.html"
+    args = ["shift", "--base", str(tiny_dir["base"]), "--aligned", str(tiny_dir["aligned"]), "--aligned-method",
+            "template", "--input", str(inp), "--output", str(out), "--report", str(rep), "--json",
+            "--max-new-tokens", "8", "--batch-size", "3"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    s = summary[f"template:{tiny_dir['aligned']}"]
+    assert {"unshifted", "marginal", "shifted", "mean_kl"} <= set(s)
+    assert s["unshifted"] + s["marginal"] + s["shifted"] == pytest.approx(1)
+    assert set(s["by_category"]) == {"a", "b"}
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(recs) == 4 and recs[0]["provenance"]["mode"] == "exact" and recs[0]["generated"]
+    html = rep.read_text()
+    assert "<script src" not in html and "http://" not in html.replace("http://www.w3.org", "")
+    assert (tmp_path / "report" / "shift_figures" / "shares.png").stat().st_size > 1000
+    assert main(args + ["--resume"]) == 0  # nothing new: no duplicates
+    assert len(out.read_text().splitlines()) == 4
+    assert main(args) == 2  # existing output without --resume is refused
