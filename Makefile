@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alignkit-installed
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint clean chromium
 
 # torch first, pinned to the CPU build these machines carry (pip finds it via find-links); an unpinned
 # torch would pull the newest CUDA build (several GB). Then the package with every extra and the test tools.
@@ -26,7 +26,12 @@ demo: $(STAMP)
 		--output runs/demo/urial.jsonl --max-new-tokens 200 --resume
 	$(BIN)/python -c "import json; [print(f\"### {r['prompt']}\n{r['output']}\n\") for r in map(json.loads, open('runs/demo/urial.jsonl'))]"
 
-test: $(STAMP)
+# the report test drives Debian's Chromium (no browser download): install it if it is missing
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "warning: could not install chromium; the browser test of the shift report will be skipped"
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -16,6 +16,14 @@ from alignkit.analysis.metrics import CATEGORIES
 COLORS = {"unshifted": "#e8eef7", "marginal": "#ffd76e", "shifted": "#ff7b6b"}
 
 
+def short_label(label: str) -> str:
+    """``method:/long/path/to/model`` -> ``method:model`` for figure legends."""
+    method, sep, spec = label.partition(":")
+    if not sep:
+        return label
+    return f"{method}:{Path(spec.rstrip('/')).name or spec}"
+
+
 def figures(summary: dict[str, Any]) -> dict[str, bytes]:
     """PNG figures: category shares, and curves over answer position of KL, base probability and shifted share."""
     import matplotlib
@@ -23,6 +31,7 @@ def figures(summary: dict[str, Any]) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    summary = {short_label(k): v for k, v in summary.items()}
     labels = list(summary)
     out: dict[str, bytes] = {}
 
@@ -117,12 +126,19 @@ def _token_lists(summary: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _visible(token: str) -> str:
+    """Token text as shown: line breaks and tabs get a visible mark (they are often the shifted tokens)."""
+    if token == "":
+        return "∅"
+    return token.replace("\t", "→\t").replace("\n", "↵\n")
+
+
 def _answers(records: list[dict[str, Any]]) -> tuple[str, list[Any]]:
     cards = []
     for ri, r in enumerate(records):
         spans = []
         for pi, p in enumerate(r["positions"]):
-            spans.append(f"<span class='t {p['category']}' data-r='{ri}' data-p='{pi}'>{_esc(p['token'])}</span>")
+            spans.append(f"<span class='t {p['category']}' data-r='{ri}' data-p='{pi}'>{_esc(_visible(p['token']))}</span>")
         n_shift = sum(p["category"] == "shifted" for p in r["positions"])
         note = " (truncated)" if r.get("truncated") else ""
         cat = f" · {_esc(r['category'])}" if r.get("category") else ""
