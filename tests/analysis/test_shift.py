@@ -167,3 +167,30 @@ def test_cli_writes_records_summary_and_report(tiny_dir, tmp_path, capsys):
     assert main(args + ["--resume"]) == 0  # nothing new: no duplicates
     assert len(out.read_text().splitlines()) == 4
     assert main(args) == 2  # existing output without --resume is refused
+
+
+def test_api_models_get_the_labelled_approximate_mode(tiny_base, tiny_aligned):
+    pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from tests.support.openai_server import ServerThread, build_app
+
+    local = apply_method(tiny_aligned, MethodOptions(method="none"))
+    items = [Item(it.id, it.instruction, it.answer) for it in _greedy_items(local, 8)]
+    exact = list(ShiftAnalyzer(tiny_base, local, label="a", options=ShiftOptions(context="raw")).analyse(items))
+    with ServerThread(build_app(tiny_base, "base")) as sb, ServerThread(build_app(tiny_aligned, "aligned")) as sa:
+        api_base = load_model(f"openai:base@{sb.url}")
+        api_aligned = apply_method(load_model(f"openai:aligned@{sa.url}"), MethodOptions(method="none"))
+        an = ShiftAnalyzer(api_base, api_aligned, label="a", options=ShiftOptions(context="raw", top_k=5))
+        assert an.mode == "approx"
+        approx = list(an.analyse(items))
+    for e, a in zip(exact, approx):
+        assert a["mode"] == "approx"
+        assert [p["category"] for p in a["positions"]] == [p["category"] for p in e["positions"]]
+        for pe, pa in zip(e["positions"], a["positions"]):
+            assert pa["p_base"] == pytest.approx(pe["p_base"], rel=1e-5)  # the answer token's own log-prob is exact
+            if pe["base_rank"] < 5:
+                assert pa["rank_exact"] and pa["base_rank"] == pe["base_rank"]
+    from alignkit.errors import CapabilityError
+
+    with pytest.raises(CapabilityError, match="exact mode needs"):
+        ShiftAnalyzer(tiny_base, api_aligned, label="a", options=ShiftOptions(mode="exact"))
