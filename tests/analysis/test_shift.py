@@ -194,3 +194,16 @@ def test_api_models_get_the_labelled_approximate_mode(tiny_base, tiny_aligned):
 
     with pytest.raises(CapabilityError, match="exact mode needs"):
         ShiftAnalyzer(tiny_base, api_aligned, label="a", options=ShiftOptions(mode="exact"))
+
+
+def test_generated_answers_are_the_aligned_models_greedy_tokens(tiny_dir, tmp_path, capsys):
+    """The CLI generates plain greedy answers, so every answer token is the aligned model's own top choice."""
+    from alignkit.cli.main import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "instruction": q}) + "\n" for i, q in enumerate(INSTRUCTIONS)))
+    assert main(["shift", "--base", str(tiny_dir["base"]), "--aligned", str(tiny_dir["base"]), "--aligned-method",
+                 "none", "--context", "raw", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"), "--json",
+                 "--max-new-tokens", "10"]) == 0
+    s = next(iter(json.loads(capsys.readouterr().out).values()))
+    assert s["aligned_top1"] == 1.0 and s["shifted"] == 0.0 and s["mean_kl"] == pytest.approx(0, abs=1e-6)

@@ -22,6 +22,9 @@ def _shares(positions: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"base_top{k}"] = sum(p["base_rank"] < k for p in positions) / n if n else 0.0
     pb = [p["p_base"] for p in positions if p["p_base"] is not None]
     out["mean_p_base"] = sum(pb) / len(pb) if pb else None
+    ar = [p["aligned_rank"] for p in positions if p.get("aligned_rank") is not None]
+    # sanity: for greedy answers of the aligned model this is ~1 (re-tokenised text can lower it a little)
+    out["aligned_top1"] = sum(r == 0 for r in ar) / len(ar) if ar else None
     return out
 
 

@@ -92,7 +92,7 @@ def _esc(s: Any) -> str:
 def _summary_table(summary: dict[str, Any]) -> str:
     head = ("<tr><th>aligned model</th><th>mode</th><th>answers</th><th>positions</th><th>unshifted</th>"
             "<th>marginal</th><th>shifted</th><th>mean KL</th><th>in base top-1 / 3 / 5</th>"
-            "<th>shifted in first fifth</th></tr>")
+            "<th>shifted in first fifth</th><th>answer token = aligned top-1</th></tr>")
     rows = []
     for lab, s in summary.items():
         rows.append(
@@ -100,7 +100,8 @@ def _summary_table(summary: dict[str, Any]) -> str:
             f"<td>{s['positions']}</td><td>{s['unshifted']:.1%}</td><td>{s['marginal']:.1%}</td>"
             f"<td><b>{s['shifted']:.1%}</b></td><td>{s['mean_kl']:.3f}</td>"
             f"<td>{s['base_top1']:.1%} / {s['base_top3']:.1%} / {s['base_top5']:.1%}</td>"
-            f"<td>{s['shifted_in_first_fifth']:.1%}</td></tr>")
+            f"<td>{s['shifted_in_first_fifth']:.1%}</td>"
+            f"<td>{'n/a' if s['aligned_top1'] is None else format(s['aligned_top1'], '.1%')}</td></tr>")
     return f"<table class='sum'>{head}{''.join(rows)}</table>"
 
 

@@ -148,8 +148,9 @@ def _run_one(analyzer, aligned, todo, job: ShiftJob, out: JsonlAppender) -> None
 
     from alignkit.analysis.shift import Item, answer_ids
 
-    cfg = GenerationConfig(max_new_tokens=job.max_new_tokens,
-                           repetition_penalty=getattr(aligned, "recommended", {}).get("repetition_penalty", 1.0))
+    # plain greedy: every answer token is then the aligned model's own top choice, so a shift measures the
+    # base model, not a decoding trick (a repetition penalty would move tokens away from P_A's argmax)
+    cfg = GenerationConfig(max_new_tokens=job.max_new_tokens)
     prov = analyzer.provenance()
     progress = Progress(TextColumn(f"shift {analyzer.label}"), BarColumn(), MofNCompleteColumn(),
                         disable=not sys.stderr.isatty())
