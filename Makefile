@@ -19,12 +19,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: the embedded *base* model, aligned in context (URIAL, K=3), answers instructions.
+# The main job: the embedded *base* model, aligned in context (URIAL, K=3), answers instructions; then the
+# token-shift analysis shows what that alignment changed, token by token (runs/demo/shift.html).
 demo: $(STAMP)
 	$(BIN)/alignkit models
 	$(BIN)/alignkit generate --model gemma-3-270m --method urial --input examples/instructions.jsonl \
 		--output runs/demo/urial.jsonl --max-new-tokens 200 --resume
 	$(BIN)/python -c "import json; [print(f\"### {r['prompt']}\n{r['output']}\n\") for r in map(json.loads, open('runs/demo/urial.jsonl'))]"
+	$(BIN)/alignkit shift --base gemma-3-270m --aligned gemma-3-270m --aligned-method urial \
+		--input examples/instructions.jsonl --output runs/demo/shift.jsonl --report runs/demo/shift.html --resume
 
 # the report test drives Debian's Chromium (no browser download): install it if it is missing
 chromium:
@@ -41,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/prefix_cache.py
 	$(BIN)/python bench/urial_throughput.py
 	$(BIN)/python bench/urial_selfstop.py
+	$(BIN)/python bench/shift_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
