@@ -17,6 +17,7 @@ COMMANDS = {
     "generate": "alignkit.cli.generate",
     "chat": "alignkit.cli.chat",
     "shift": "alignkit.cli.shift",
+    "serve": "alignkit.cli.serve",
 }
 
 

@@ -71,10 +71,10 @@ class MethodModel:
         comps = self.base.generate([p.prompt for p in prepared], configs)
         return [replace(c, text=self.clean(c.text), meta=p.meta) for c, p in zip(comps, prepared)]
 
-    def stream(self, prompts: Sequence[Prompt], config=None) -> Iterator[StreamEvent]:
+    def stream(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> Iterator[StreamEvent]:
         prepared, configs = self._prepare_all(prompts, config)
         cleaners = [self.stream_cleaner() for _ in prepared]
-        for ev in self.base.stream([p.prompt for p in prepared], configs):
+        for ev in self.base.stream([p.prompt for p in prepared], configs, **kwargs):
             cl = cleaners[ev.index]
             if ev.completion is None:
                 piece = cl.feed(ev.text)

@@ -7,7 +7,7 @@ head applied a chunk of positions at a time), batched generation with prefix reu
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,13 +175,14 @@ class HFModel:
         config: GenerationConfig | Sequence[GenerationConfig] | None = None,
         *,
         reuse_prefix: bool = True,
+        should_stop: Callable[[int], bool] | None = None,
     ) -> Iterator[StreamEvent]:
         configs = configs_for(len(prompts), config)
         if not prompts:
             return
         ids = [self.encode_prompt(p) for p in prompts]
         with self._lock:
-            yield from self.engine.run(ids, configs, reuse=reuse_prefix)
+            yield from self.engine.run(ids, configs, reuse=reuse_prefix, should_stop=should_stop)
 
     def generate(
         self,

@@ -240,9 +240,15 @@ class DecodeEngine:
 
     @torch.no_grad()
     def run(
-        self, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], reuse: bool = True
+        self,
+        prompts: Sequence[list[int]],
+        configs: Sequence[GenerationConfig],
+        reuse: bool = True,
+        should_stop: Callable[[int], bool] | None = None,
     ) -> Iterator[StreamEvent]:
-        """Generate for every prompt, yielding text pieces as they appear and a final event per prompt."""
+        """Generate for every prompt, yielding text pieces as they appear and a final event per prompt.
+        ``should_stop(i)`` is asked before each step: a prompt it answers True for is dropped from the batch
+        at once, without a final event (its client went away)."""
         self._check_fits(prompts)
         rows = []
         for i, (ids, cfg) in enumerate(zip(prompts, configs)):
@@ -259,6 +265,9 @@ class DecodeEngine:
             tokens, keep = [], []
             for j, ri in enumerate(active):
                 row = rows[ri]
+                if should_stop is not None and should_stop(row.index):
+                    row.finish = "cancelled"
+                    continue
                 tok = self._select(row, logits[j].cpu())
                 delta = self._advance(row, tok)
                 if delta or row.finish:

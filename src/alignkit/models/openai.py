@@ -179,7 +179,7 @@ class OpenAIModel:
         futures = [self._pool.submit(self._one, p, c) for p, c in zip(prompts, configs)]
         return [f.result() for f in futures]
 
-    def _stream_one(self, index: int, prompt: Prompt, cfg: GenerationConfig, out: queue.Queue) -> None:
+    def _stream_one(self, index: int, prompt: Prompt, cfg: GenerationConfig, out: queue.Queue, should_stop=None) -> None:
         try:
             params = self._params(cfg)
             opts = {"stream": True, "stream_options": {"include_usage": True}}
@@ -190,6 +190,9 @@ class OpenAIModel:
                 chunks = self._call(self.client.chat.completions.create, messages=msgs, **params, **opts)
             text, emitted, finish, usage = "", 0, None, None
             for chunk in chunks:
+                if should_stop is not None and should_stop(index):
+                    chunks.close()
+                    return
                 usage = getattr(chunk, "usage", None) or usage
                 for ch in chunk.choices:
                     piece = getattr(ch, "text", None)
@@ -213,7 +216,11 @@ class OpenAIModel:
             out.put(e)
 
     def stream(
-        self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+        *,
+        should_stop=None,
     ) -> Iterator[StreamEvent]:
         configs = configs_for(len(prompts), config)
         out: queue.Queue = queue.Queue()
@@ -221,13 +228,21 @@ class OpenAIModel:
 
         def gated(*args: Any) -> None:
             with sem:
-                self._stream_one(*args)
+                self._stream_one(*args, should_stop=should_stop)
 
         for i, (p, c) in enumerate(zip(prompts, configs)):
             threading.Thread(target=gated, args=(i, p, c, out), daemon=True).start()
         done = 0
-        while done < len(prompts):
-            item = out.get()
+        expected = len(prompts)
+        while done < expected:
+            if should_stop is not None:
+                expected = len(prompts) - sum(bool(should_stop(i)) for i in range(len(prompts)))
+                if done >= expected:
+                    break
+            try:
+                item = out.get(timeout=0.2)
+            except queue.Empty:
+                continue
             if isinstance(item, BaseException):
                 raise item
             if item.finish_reason is not None:
