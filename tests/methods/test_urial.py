@@ -252,3 +252,20 @@ def test_similar_examples_are_chosen_per_query(tiny_base):
     assert m.info()["selection"]["mode"] == "similar"
     with pytest.raises(InputError, match="more than"):
         SimilarExamples(t.examples, 5, embed=lambda texts: None)
+
+
+@pytest.mark.parametrize("method", ["none", "template", "urial"])
+def test_every_method_streams_pieces_that_add_up_to_its_answer(tiny_base, tiny_aligned, method):
+    from alignkit.methods.urial import InContextAligned as ICA
+
+    if method == "urial":
+        m = ICA(tiny_base, parse_template({"id": "s", "preamble": "Be kind.", "examples": []}))
+    else:
+        m = apply_method(tiny_aligned if method == "template" else tiny_base, MethodOptions(method=method))
+    for seed in range(4):
+        cfg = GenerationConfig(max_new_tokens=12, temperature=1.5, seed=seed)
+        events = list(m.stream(["Hello there", " leading space"], cfg))
+        for i in range(2):
+            mine = [e for e in events if e.index == i]
+            assert "".join(e.text for e in mine) == mine[-1].completion.text
+            assert mine[-1].completion.text == m.generate(["Hello there", " leading space"], cfg)[i].text

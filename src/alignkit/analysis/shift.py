@@ -15,6 +15,7 @@ from typing import Any
 
 from alignkit.analysis.metrics import CATEGORIES, approx_position, exact_positions
 from alignkit.errors import CapabilityError, InputError
+from alignkit.models.base import lockstep
 
 log = logging.getLogger("alignkit")
 
@@ -159,11 +160,9 @@ class ShiftAnalyzer:
             answers.append(ids)
             truncated.append(cut)
         positions: list[list[dict[str, Any]]] = [[] for _ in batch]
-        pairs = zip(self.base.iter_logprobs(bprompts, answers, batch_size=len(batch)),
-                    self.aligned.iter_logprobs(aprompts, answers, batch_size=len(batch)))
+        pairs = lockstep(self.base.iter_logprobs(bprompts, answers, batch_size=len(batch)),
+                         self.aligned.iter_logprobs(aprompts, answers, batch_size=len(batch)))
         for cb, ca in pairs:
-            if (cb.index, cb.start) != (ca.index, ca.start):  # pragma: no cover - a backend bug
-                raise RuntimeError("base and aligned log-probability chunks are out of step")
             if len(cb.targets):
                 positions[cb.index].extend(exact_positions(
                     ca.logprobs, cb.logprobs, cb.targets, top_k=self.options.top_k,

@@ -51,9 +51,16 @@ def unescape(text: str) -> str:
 
 
 def open_model(spec: str, options: ModelOptions, method: MethodOptions) -> Any:
-    """Load a model and wrap it in the chosen method."""
+    """Load a model and wrap it in the chosen method (other models a method needs are loaded once per spec)."""
     _log_warnings_to_stderr()
-    return apply_method(load_model(spec, options), method)
+    loaded: dict[str, Any] = {}
+
+    def loader(s: str) -> Any:
+        if s not in loaded:
+            loaded[s] = load_model(s, options)
+        return loaded[s]
+
+    return apply_method(loader(spec), method, loader)
 
 
 def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextIO | None = None, label: str = "") -> None:
@@ -61,10 +68,12 @@ def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextI
     out = out or sys.stdout
     prepared = model.prepare(prompt, config)
     stops = tuple(dict.fromkeys(config.stop + prepared.stop))
-    rendered = model.base.render(prepared.prompt)
-    head = f"===== prompt{(' ' + label) if label else ''} ({model.method}) ====="
-    print(head, file=out)
-    print(rendered, end="" if rendered.endswith("\n") else "\n", file=out)
+    sides = [("", model)] if hasattr(model, "base") else [(" aligned side", model.aligned), (" reference side", model.ref)]
+    for side, m in sides:  # DeRa shows what each of its two models sees
+        rendered = m.base.render(m.prepare(prompt, config).prompt) if hasattr(m, "base") else m.render(prompt)
+        extra = f", lambda {model.lam}" if side else ""
+        print(f"===== prompt{(' ' + label) if label else ''}{side} ({model.method}{extra}) =====", file=out)
+        print(rendered, end="" if rendered.endswith("\n") else "\n", file=out)
     print("===== stop strings =====", file=out)
     for s in stops:
         print(repr(s), file=out)

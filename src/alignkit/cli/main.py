@@ -18,6 +18,7 @@ COMMANDS = {
     "chat": "alignkit.cli.chat",
     "shift": "alignkit.cli.shift",
     "serve": "alignkit.cli.serve",
+    "dera": "alignkit.cli.dera",
 }
 
 

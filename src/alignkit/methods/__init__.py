@@ -7,7 +7,8 @@ from typing import Any
 
 from alignkit.errors import InputError
 
-METHODS = ("urial", "template", "none", "auto")
+METHODS = ("urial", "template", "none", "auto", "dera")
+SIDE_METHODS = ("urial", "template", "none", "auto")
 
 
 @dataclass(frozen=True)
@@ -24,15 +25,29 @@ class MethodOptions:
     select: str = field(default="fixed", metadata={
         "help": "in-context examples: fixed (the template's) or similar (the K most similar to each query from "
                 "the example pool, by sentence embedding)", "choices": ["fixed", "similar"]})
+    ref: str | None = field(default=None, metadata={
+        "help": "--method dera: the reference model spec (--model is the aligned model)"})
+    lam: float | None = field(default=None, metadata={
+        "help": "--method dera: lambda; logits = lam * aligned + (1 - lam) * ref (0: ref, 1: aligned, >1: beyond)"})
+    ref_method: str = field(default="none", metadata={
+        "help": "--method dera: how the reference model is prompted", "choices": list(SIDE_METHODS)})
+    aligned_method: str = field(default="auto", metadata={
+        "help": "--method dera: how the aligned model is prompted (auto: its chat template if it has one, else "
+                "raw; urial aligns it in context)", "choices": list(SIDE_METHODS)})
 
 
-def apply_method(model: Any, options: MethodOptions) -> Any:
-    """Wrap ``model`` according to ``options``."""
+def apply_method(model: Any, options: MethodOptions, loader: Any = None) -> Any:
+    """Wrap ``model`` according to ``options``; ``loader(spec)`` loads other models a method needs (DeRa's
+    reference)."""
     method = options.method
+    if method == "dera":
+        return _dera(model, options, loader)
+    if options.ref is not None or options.lam is not None:
+        raise InputError("--ref and --lam apply to --method dera only")
     if method == "auto":
         method = "template" if model.capabilities.chat_template else "urial"
     if method != "urial" and (options.template or options.k is not None or options.select != "fixed"):
-        raise InputError("--template, --k and --select apply to --method urial only")
+        raise InputError("--template, --k and --select apply to --method urial only (with dera: --aligned-method urial)")
     if method == "none":
         from alignkit.methods.wrappers import RawCompletion
 
@@ -44,6 +59,25 @@ def apply_method(model: Any, options: MethodOptions) -> Any:
     if method == "urial":
         return _urial(model, options)
     raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _dera(model: Any, options: MethodOptions, loader: Any) -> Any:
+    from dataclasses import replace
+
+    from alignkit.methods.dera import DeRa
+
+    if options.ref is None or options.lam is None:
+        raise InputError("--method dera needs --ref REF_MODEL and --lam LAMBDA (--model is the aligned model)")
+    if loader is None:
+        raise InputError("--method dera needs a way to load the reference model")
+    side = replace(options, method="none", ref=None, lam=None)
+    aligned_method = options.aligned_method
+    if aligned_method == "auto":
+        aligned_method = "template" if model.capabilities.chat_template else "none"
+    aligned = apply_method(model, replace(side, method=aligned_method))
+    ref_model = loader(options.ref)
+    ref = apply_method(ref_model, replace(side, method=options.ref_method, template=None, k=None, select="fixed"))
+    return DeRa(ref, aligned, options.lam)
 
 
 def _urial(model: Any, options: MethodOptions) -> Any:

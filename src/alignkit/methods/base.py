@@ -40,7 +40,7 @@ class MethodModel:
         return text
 
     def stream_cleaner(self) -> StreamCleaner:
-        return StreamCleaner(self.clean, hold=lambda t: len(t))
+        return StreamCleaner(self.clean, hold=len, lstrip=False)  # no cleaning: show everything as it comes
 
     def method_info(self) -> dict[str, Any]:
         return {}
@@ -81,8 +81,9 @@ class MethodModel:
                 if piece:
                     yield StreamEvent(ev.index, piece)
                 continue
-            cl.feed(ev.text)
+            head = cl.feed(ev.text)
             piece, final = cl.finish()
+            piece = head + piece
             comp = replace(ev.completion, text=final, meta=prepared[ev.index].meta)
             yield StreamEvent(ev.index, piece, ev.finish_reason, comp)
 
@@ -116,15 +117,16 @@ class MethodModel:
 
 class StreamCleaner:
     """Streams cleaned text: shows only the part of the raw output that cleaning can no longer change,
-    and at the end the rest of the cleaned text. ``hold(text)`` is how much of ``text`` is safe to show."""
+    and at the end the rest of the cleaned text. ``hold(text)`` is how much of ``text`` is safe to show;
+    ``lstrip`` must match whether ``clean`` strips leading whitespace."""
 
-    def __init__(self, clean, hold) -> None:
-        self._clean, self._hold = clean, hold
+    def __init__(self, clean, hold, lstrip: bool = True) -> None:
+        self._clean, self._hold, self._lstrip = clean, hold, lstrip
         self.raw, self.emitted = "", 0
 
     def feed(self, delta: str) -> str:
         self.raw += delta
-        text = self.raw.lstrip()
+        text = self.raw.lstrip() if self._lstrip else self.raw
         safe = self._hold(text)
         if safe <= self.emitted:
             return ""

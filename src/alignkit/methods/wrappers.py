@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignkit.methods.base import MethodModel, Prepared
+from alignkit.methods.base import MethodModel, Prepared, StreamCleaner
 from alignkit.models.base import LanguageModel, require
 from alignkit.types import GenerationConfig, Message, Prompt
 
@@ -27,6 +27,9 @@ class ChatTemplate(MethodModel):
 
     def clean(self, text: str) -> str:
         return text.strip()
+
+    def stream_cleaner(self) -> StreamCleaner:
+        return StreamCleaner(self.clean, hold=lambda t: len(t.rstrip()), lstrip=True)
 
 
 class RawCompletion(MethodModel):

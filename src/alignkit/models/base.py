@@ -199,6 +199,21 @@ def stream_safe_length(text: str, stops: Sequence[str]) -> int:
     return n - hold
 
 
+def lockstep(*streams: Iterator[LogprobChunk]) -> Iterator[tuple[LogprobChunk, ...]]:
+    """Zip chunk streams of several models over the same inputs, checking they stay in step, and run every
+    stream to its end (a stream left suspended would keep its model's lock until garbage collection)."""
+    sentinel = object()
+    iters = [iter(s) for s in streams]
+    while True:
+        items = [next(it, sentinel) for it in iters]
+        ended = [x is sentinel for x in items]
+        if all(ended):
+            return
+        if any(ended) or len({(x.index, x.start, len(x.targets)) for x in items}) != 1:
+            raise RuntimeError("log-probability streams of the models are out of step")
+        yield tuple(items)
+
+
 def run_stream_to_completions(events: Iterator[StreamEvent], n: int) -> list[Completion]:
     """Collect the final completions of a stream."""
     out: list[Completion | None] = [None] * n

@@ -217,6 +217,7 @@ class HFModel:
             pairs.append((self.encode_prompt(p), cont))
         return pairs
 
+    @torch.no_grad()
     def iter_logprobs(
         self,
         prompts: Sequence[Prompt],
@@ -228,7 +229,9 @@ class HFModel:
         order: one teacher-forced pass of the decoder per batch, the output head applied per chunk."""
         pairs = self._pairs(prompts, continuations)
         bs = batch_size or self.score_batch_size
-        with self._lock, torch.no_grad():
+        # no torch.no_grad() *context* around the yields: a generator suspended (or abandoned) inside it would
+        # leave gradients switched off for its caller; the decorator below toggles it per step instead
+        with self._lock:
             for start in range(0, len(pairs), bs):
                 batch = pairs[start : start + bs]
                 hidden = self._batch_hidden(batch)
@@ -268,29 +271,8 @@ class HFModel:
         reduce: PositionReducer | None = None,
     ) -> list[TokenScores]:
         pairs = self._pairs(prompts, continuations)
-        acc: list[dict[str, list]] = [{"lp": [], "top": [], "red": []} for _ in pairs]
-        for ch in self.iter_logprobs(prompts, [c for _, c in pairs]):
-            a = acc[ch.index]
-            a["lp"].extend(ch.logprobs.gather(1, ch.targets.unsqueeze(1)).squeeze(1).tolist())
-            if top_k and len(ch.targets):
-                vals, idx = ch.logprobs.topk(min(top_k, ch.logprobs.shape[-1]), dim=-1)
-                for vrow, irow in zip(vals.tolist(), idx.tolist()):
-                    a["top"].append(tuple(zip(self.tokenizer.convert_ids_to_tokens(irow), vrow)))
-            if reduce is not None and len(ch.targets):
-                part = list(reduce(ch.logprobs, ch.targets))
-                if len(part) != len(ch.targets):
-                    raise ValueError(f"reduce returned {len(part)} results for {len(ch.targets)} positions")
-                a["red"].extend(part)
-        return [
-            TokenScores(
-                token_ids=tuple(c),
-                tokens=tuple(self.tokenizer.convert_ids_to_tokens(c)),
-                logprobs=tuple(a["lp"]),
-                top_logprobs=tuple(a["top"]) if top_k else None,
-                reduced=tuple(a["red"]) if reduce is not None else None,
-            )
-            for (_, c), a in zip(pairs, acc)
-        ]
+        chunks = self.iter_logprobs(prompts, [c for _, c in pairs])
+        return scores_from_chunks(chunks, [c for _, c in pairs], self.tokenizer, top_k, reduce)
 
     def token_text(self, token_id: int) -> str:
         """How one token reads on its own (for displays)."""
@@ -302,6 +284,36 @@ class HFModel:
 
         items = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
         return hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in items).encode()).hexdigest()[:16]
+
+
+def scores_from_chunks(chunks, continuations: list[list[int]], tokenizer: Any, top_k: int,
+                       reduce: PositionReducer | None) -> list[TokenScores]:
+    """Turn a stream of :class:`LogprobChunk` into per-continuation :class:`TokenScores`."""
+    acc: list[dict[str, list]] = [{"lp": [], "top": [], "red": []} for _ in continuations]
+    for ch in chunks:
+        a = acc[ch.index]
+        if not len(ch.targets):
+            continue
+        a["lp"].extend(ch.logprobs.gather(1, ch.targets.unsqueeze(1)).squeeze(1).tolist())
+        if top_k:
+            vals, idx = ch.logprobs.topk(min(top_k, ch.logprobs.shape[-1]), dim=-1)
+            for vrow, irow in zip(vals.tolist(), idx.tolist()):
+                a["top"].append(tuple(zip(tokenizer.convert_ids_to_tokens(irow), vrow)))
+        if reduce is not None:
+            part = list(reduce(ch.logprobs, ch.targets))
+            if len(part) != len(ch.targets):
+                raise ValueError(f"reduce returned {len(part)} results for {len(ch.targets)} positions")
+            a["red"].extend(part)
+    return [
+        TokenScores(
+            token_ids=tuple(c),
+            tokens=tuple(tokenizer.convert_ids_to_tokens(c)),
+            logprobs=tuple(a["lp"]),
+            top_logprobs=tuple(a["top"]) if top_k else None,
+            reduced=tuple(a["red"]) if reduce is not None else None,
+        )
+        for c, a in zip(continuations, acc)
+    ]
 
 
 # ---------------------------------------------------------------------------- loading

@@ -122,7 +122,7 @@ class DecodeEngine:
         have = min(self.store.match(rows), common)
         if have >= self.min_prefix:
             self.store.hits += 1
-            return have, self.store.get(have)
+            return have, self.store.get_for(rows, have)
         self.store.misses += 1
         ids = torch.tensor([list(rows[0][:common])], dtype=torch.long)
         cache = new_cache(self.windows)
@@ -238,6 +238,16 @@ class DecodeEngine:
         )
         return StreamEvent(row.index, delta, row.finish, comp)  # type: ignore[arg-type]
 
+    def new_rows(self, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig]) -> list[_Row]:
+        rows = []
+        for i, (ids, cfg) in enumerate(zip(prompts, configs)):
+            gen = None
+            if not cfg.greedy:
+                gen = torch.Generator(device="cpu")
+                gen.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,))))
+            rows.append(_Row(i, list(ids), cfg, gen, _processors(cfg)))
+        return rows
+
     @torch.no_grad()
     def run(
         self,
@@ -249,19 +259,22 @@ class DecodeEngine:
         """Generate for every prompt, yielding text pieces as they appear and a final event per prompt.
         ``should_stop(i)`` is asked before each step: a prompt it answers True for is dropped from the batch
         at once, without a final event (its client went away)."""
-        self._check_fits(prompts)
-        rows = []
-        for i, (ids, cfg) in enumerate(zip(prompts, configs)):
-            gen = None
-            if not cfg.greedy:
-                gen = torch.Generator(device="cpu")
-                gen.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,))))
-            rows.append(_Row(i, list(ids), cfg, gen, _processors(cfg)))
-        steps = max(c.max_new_tokens for c in configs)
-        cache, mask, logits = self.prefill(prompts, extra=steps, reuse=reuse)
-        positions = mask.sum(-1)  # next position of every row
+        stepper = Stepper(self, prompts, extra=max(c.max_new_tokens for c in configs), reuse=reuse)
+        yield from self.loop(self.new_rows(prompts, configs), [stepper], lambda logits: logits[0], should_stop)
+
+    @torch.no_grad()
+    def loop(
+        self,
+        rows: list[_Row],
+        steppers: Sequence[Stepper],
+        combine: Callable[[list[torch.Tensor]], torch.Tensor],
+        should_stop: Callable[[int], bool] | None = None,
+    ) -> Iterator[StreamEvent]:
+        """The token loop: ``combine`` turns the steppers' next-token logits (one ``[active, V]`` tensor each)
+        into the logits to sample from; every stepper is then fed the chosen tokens (models in lockstep)."""
         active = list(range(len(rows)))
         while active:
+            logits = combine([st.logits for st in steppers])
             tokens, keep = [], []
             for j, ri in enumerate(active):
                 row = rows[ri]
@@ -277,12 +290,27 @@ class DecodeEngine:
                     tokens.append(tok)
             if not keep:
                 break
-            if len(keep) < len(active):
-                idx = torch.tensor(keep, dtype=torch.long)
-                cache.batch_select_indices(idx.to(self.device))
-                mask, positions = mask[idx], positions[idx]
-                active = [active[j] for j in keep]
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-            ids = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)
-            logits = self._forward(ids, mask, positions.unsqueeze(1), cache)
-            positions = positions + 1
+            active = [active[j] for j in keep]
+            for st in steppers:
+                st.step(tokens, keep)
+
+
+class Stepper:
+    """One model's side of a batched decode: its key/value cache, attention mask and next-token logits."""
+
+    def __init__(self, engine: DecodeEngine, prompts: Sequence[Sequence[int]], *, extra: int, reuse: bool = True):
+        engine._check_fits(prompts)
+        self.engine = engine
+        self.cache, self.mask, self.logits = engine.prefill(prompts, extra=extra, reuse=reuse)
+        self.positions = self.mask.sum(-1)  # the next position of every row
+
+    def step(self, tokens: list[int], keep: list[int]) -> None:
+        """Keep the rows ``keep`` (indices into the current batch) and feed each its next token."""
+        if len(keep) < self.mask.shape[0]:
+            idx = torch.tensor(keep, dtype=torch.long)
+            self.cache.batch_select_indices(idx.to(self.engine.device))
+            self.mask, self.positions = self.mask[idx], self.positions[idx]
+        self.mask = torch.cat([self.mask, torch.ones((len(keep), 1), dtype=torch.long)], dim=1)
+        ids = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)
+        self.logits = self.engine._forward(ids, self.mask, self.positions.unsqueeze(1), self.cache)
+        self.positions = self.positions + 1

@@ -197,30 +197,49 @@ def merge_left_padded(
 
 
 class PrefixStore:
-    """Holds the key/values of one token prefix (batch 1) for reuse by later requests."""
+    """Holds the key/values of a few token prefixes (batch 1 each, least recently used dropped first) for
+    reuse by later requests -- e.g. an in-context preamble, and a second one when two methods share a model."""
 
-    def __init__(self) -> None:
-        self.ids: tuple[int, ...] = ()
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+    def __init__(self, capacity: int = 3) -> None:
+        self.capacity = capacity
+        self.entries: list[tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]] = []
         self.hits = 0
         self.misses = 0
 
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """The most recently used prefix."""
+        return self.entries[0][0] if self.entries else ()
+
+    def _best(self, rows: Sequence[Sequence[int]]) -> tuple[int, int]:
+        best, at = 0, -1
+        for i, (ids, _) in enumerate(self.entries):
+            n = min(common_prefix_length(ids, r) for r in rows)
+            if n > best:
+                best, at = n, i
+        return best, at
+
     def match(self, rows: Sequence[Sequence[int]]) -> int:
-        """Length of the stored prefix that every row starts with."""
-        if not self.ids:
-            return 0
-        return min(common_prefix_length(self.ids, r) for r in rows)
+        """Length of the longest stored prefix that every row starts with."""
+        return self._best(rows)[0]
 
     def put(self, ids: Sequence[int], kv: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.ids = tuple(ids)
-        self.kv = [(k.clone(), v.clone()) for k, v in kv]
+        self.entries.insert(0, (tuple(ids), [(k.clone(), v.clone()) for k, v in kv]))
+        del self.entries[self.capacity :]
+
+    def get_for(self, rows: Sequence[Sequence[int]], length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views of the first ``length`` positions of the entry the rows match best (marked most recent)."""
+        _, at = self._best(rows)
+        entry = self.entries.pop(at)
+        self.entries.insert(0, entry)
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in entry[1]]
 
     def get(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Views of the first ``length`` cached positions of every layer."""
-        return [(k[:, :, :length], v[:, :, :length]) for k, v in self.kv]
+        """Views of the first ``length`` positions of the most recent entry."""
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in self.entries[0][1]]
 
     def clear(self) -> None:
-        self.ids, self.kv = (), []
+        self.entries = []
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -219,10 +219,11 @@ async def _parse(request: Request, cls, limits: Limits):
 
 def _count(model: Any, prompt: Any, max_tokens: int) -> int | None:
     """Tokens of the prompt as the model will see it (None if the model cannot count)."""
+    from alignkit.methods.base import MethodModel
+
     try:
-        prepare = getattr(model, "prepare", None)
-        if prepare is not None:
-            prepared = prepare(prompt, GenerationConfig(max_new_tokens=max_tokens))
+        if isinstance(model, MethodModel):
+            prepared = model.prepare(prompt, GenerationConfig(max_new_tokens=max_tokens))
             base = model.base
             return base.count_tokens(prepared.prompt) if hasattr(base, "count_tokens") else None
         return model.count_tokens(prompt) if hasattr(model, "count_tokens") else None

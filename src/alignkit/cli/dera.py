@@ -1,0 +1,176 @@
+"""``alignkit dera sweep``: generate with DeRa at several lambdas and compare, to choose alignment strength
+without retraining."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
+from alignkit.errors import InputError
+from alignkit.models.registry import ModelOptions
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    ref: str = field(default="", metadata={"help": "the reference model spec (e.g. the SFT or base model)", "required": True})
+    aligned: str = field(default="", metadata={"help": "the aligned model spec", "required": True})
+    lams: str = field(default="0,0.25,0.5,0.75,1,1.25", metadata={"help": "comma-separated lambdas to try"})
+    input: str = field(default="", metadata={"help": "JSONL of records with an id and a prompt or messages", "required": True})
+    output: str = field(default="", metadata={"help": "folder for one JSONL per lambda, summary.json and sweep.png",
+                                              "required": True})
+    ref_method: str = field(default="none", metadata={"help": "how the reference model is prompted",
+                                                      "choices": ["urial", "template", "none", "auto"]})
+    aligned_method: str = field(default="auto", metadata={"help": "how the aligned model is prompted",
+                                                          "choices": ["urial", "template", "none", "auto"]})
+    template: str | None = field(default=None, metadata={"help": "template when a side uses urial"})
+    max_new_tokens: int = field(default=256, metadata={"help": "most tokens per answer"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: greedy)"})
+    seed: int | None = field(default=None, metadata={"help": "random seed when sampling"})
+    batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
+    judge: str | None = field(default=None, metadata={
+        "help": "judge model for per-lambda quality scores (arrives with the evaluation harness)"})
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("dera", help="decoding-time realignment: sweep lambda to choose alignment strength",
+                       description="DeRa mixes a reference model and its aligned version token by token: "
+                       "logits = lam * aligned + (1 - lam) * ref. Use --method dera --ref R --lam L on generate, "
+                       "chat and serve; `alignkit dera sweep` compares several lambdas.")
+    s = p.add_subparsers(dest="dera_command", metavar="COMMAND", required=True)
+    sw = s.add_parser("sweep", help="generate with each lambda (resumable) and report per-lambda statistics",
+                      description="Generate with each lambda (resumable: ids already written are skipped), then "
+                      "print per-lambda statistics -- answer length, refusal rate, runaway rate (hit the token limit), "
+                      "repetition -- as a table, and save summary.json and a plot.")
+    sw.add_argument("--config", help="YAML file of options (flags override it)")
+    add_dataclass_arguments(sw, SweepJob)
+    add_dataclass_arguments(sw, ModelOptions, group="model options")
+    sw.set_defaults(func=run)
+
+
+def _lams(text: str) -> list[float]:
+    try:
+        lams = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--lams must be comma-separated numbers, got {text!r}") from None
+    bad = [x for x in lams if not math.isfinite(x) or x < 0]
+    if not lams or bad:
+        raise InputError(f"--lams needs numbers >= 0; got {text!r}")
+    return lams
+
+
+def run(args: argparse.Namespace) -> int:
+    from alignkit.cli._common import _log_warnings_to_stderr
+    from alignkit.cli.generate import parse_records
+    from alignkit.evaluation.cheap import answer_metrics
+    from alignkit.io import JsonlAppender, written_ids
+    from alignkit.methods import MethodOptions, apply_method
+    from alignkit.methods.dera import DeRa
+    from alignkit.models.registry import load_model
+    from alignkit.types import GenerationConfig, as_messages
+
+    _log_warnings_to_stderr()
+    file_values = load_config_file(args.config, SweepJob, ModelOptions)
+    job: SweepJob = build(SweepJob, args, file_values)
+    options: ModelOptions = build(ModelOptions, args, file_values)
+    lams = _lams(job.lams)
+    if job.judge:
+        raise InputError("judge scores for the sweep arrive with the evaluation harness; run without --judge "
+                         "for now (length, refusal, runaway and repetition are reported)")
+    records = parse_records(job.input, "stop")
+    out_dir = Path(job.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded: dict[str, Any] = {}
+
+    def load(spec: str) -> Any:
+        if spec not in loaded:
+            loaded[spec] = load_model(spec, options)
+        return loaded[spec]
+
+    side = MethodOptions(method="none", template=None)
+    aligned_model = load(job.aligned)
+    aligned_method = job.aligned_method
+    if aligned_method == "auto":
+        aligned_method = "template" if aligned_model.capabilities.chat_template else "none"
+    aligned = apply_method(aligned_model, replace(side, method=aligned_method,
+                                                  template=job.template if aligned_method == "urial" else None))
+    ref = apply_method(load(job.ref), replace(side, method=job.ref_method,
+                                              template=job.template if job.ref_method == "urial" else None))
+    summary: dict[str, Any] = {"ref": job.ref, "aligned": job.aligned, "ref_method": job.ref_method,
+                               "aligned_method": aligned_method, "lams": {}}
+    for lam in lams:
+        model = DeRa(ref, aligned, lam)
+        path = out_dir / f"lam-{lam:g}.jsonl"
+        done = written_ids(path)
+        todo = [r for _, r in records if str(r["id"]) not in done]
+        cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, seed=job.seed,
+                               repetition_penalty=getattr(model, "recommended", {}).get("repetition_penalty", 1.0))
+        prov = {"model": model.info(), "generation": cfg.to_dict()}
+        with JsonlAppender(path) as out:
+            for start in range(0, len(todo), job.batch_size):
+                batch = todo[start : start + job.batch_size]
+                prompts = [r["prompt"] if "prompt" in r else as_messages(r["messages"]) for r in batch]
+                for rec, comp in zip(batch, model.generate(prompts, cfg)):
+                    out.write({**rec, "lam": lam, "output": comp.text, "finish_reason": comp.finish_reason,
+                               "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
+                               "provenance": prov})
+        print(f"alignkit dera sweep: lambda {lam:g}: {len(todo)} new, {len(done)} already in {path}", file=sys.stderr)
+        summary["lams"][f"{lam:g}"] = _stats(path)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plot(summary, out_dir / "sweep.png")
+    _table(summary)
+    return 0
+
+
+def _stats(path: Path) -> dict[str, Any]:
+    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    m = [r["metrics"] for r in recs]
+    n = len(m) or 1
+    return {"answers": len(m), "mean_tokens": sum(x["tokens"] for x in m) / n,
+            "refusal_rate": sum(x["refusal"] for x in m) / n, "runaway_rate": sum(x["runaway"] for x in m) / n,
+            "mean_repetition": sum(x["repetition"] for x in m) / n, "empty_rate": sum(x["empty"] for x in m) / n}
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lams = [float(x) for x in summary["lams"]]
+    stats = list(summary["lams"].values())
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    a1.plot(lams, [s["mean_tokens"] for s in stats], marker="o")
+    a1.set_xlabel("lambda")
+    a1.set_ylabel("mean answer length (tokens)")
+    for key, label in (("refusal_rate", "refusal"), ("runaway_rate", "runaway"), ("mean_repetition", "repetition")):
+        a2.plot(lams, [s[key] for s in stats], marker="o", label=label)
+    a2.set_xlabel("lambda")
+    a2.set_ylabel("rate")
+    a2.set_ylim(-0.02, 1.02)
+    a2.legend()
+    for ax in (a1, a2):
+        ax.axvline(1.0, color="#999", linewidth=0.8, linestyle="--")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"DeRa sweep: {summary['aligned']} ({summary['aligned_method']}) vs {summary['ref']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="DeRa sweep (lambda 0: reference, 1: aligned)")
+    for col in ("lambda", "answers", "mean tokens", "refusal", "runaway", "repetition"):
+        t.add_column(col)
+    for lam, s in summary["lams"].items():
+        t.add_row(lam, str(s["answers"]), f"{s['mean_tokens']:.1f}", f"{s['refusal_rate']:.0%}",
+                  f"{s['runaway_rate']:.0%}", f"{s['mean_repetition']:.2f}")
+    Console().print(t)

@@ -1,0 +1,29 @@
+"""Cheap, judge-free metrics of an answer (pure functions): length, refusal, repetition, runaway."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_REFUSAL = re.compile(
+    r"\b(I can(?:no|')t (?:help|assist|provide|do|give|share)|I cannot|I'm sorry, but|I am sorry, but|I won't|"
+    r"I will not|I'm not able to|I am not able to|I'm unable to|I am unable to|As an AI\b)", re.I)
+
+
+def is_refusal(text: str, window: int = 300) -> bool:
+    """Whether the answer declines (looked for in its opening, where a refusal sits)."""
+    return bool(_REFUSAL.search(text[:window]))
+
+
+def repetition(text: str, n: int = 4) -> float:
+    """Share of word n-grams that repeat an earlier n-gram of the same answer (0: none, near 1: a loop)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def answer_metrics(text: str, finish_reason: str, completion_tokens: int) -> dict[str, Any]:
+    return {"tokens": completion_tokens, "words": len(text.split()), "refusal": is_refusal(text),
+            "repetition": round(repetition(text), 4), "runaway": finish_reason == "length", "empty": not text.strip()}

@@ -1,0 +1,179 @@
+"""DeRa, decoding-time realignment: mix a reference model and its aligned version token by token.
+
+At every step the next-token logits are ``lam * h_aligned + (1 - lam) * h_ref`` -- a geometric mixture of
+the two distributions -- and the usual sampling (temperature, top-p, top-k, repetition penalty, stop
+strings) applies to the mix. ``lam = 0`` is the reference model, ``lam = 1`` the aligned one, values in
+between interpolate and values above 1 extrapolate beyond the aligned model (DeRa: like training with KL
+strength beta / lam, without retraining).
+
+Both models step in lockstep, each with its own key/value cache, batched; their prompts may differ (a base
+model as the reference and the same model aligned in context, whose prompt carries the preamble), and each
+side's prompt prefix is prefilled once (and reused across calls). DeRa is itself a model: it generates,
+streams, and scores (the mixed distribution), so every command takes it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from alignkit.errors import CapabilityError, InputError
+from alignkit.methods.base import MethodModel
+from alignkit.models.base import (
+    Capabilities,
+    LogprobChunk,
+    PositionReducer,
+    configs_for,
+    lockstep,
+    run_stream_to_completions,
+)
+from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
+
+
+def _hf(model: Any, role: str):
+    """The transformers model under a (possibly wrapped) model, or a clear error."""
+    inner = model.base if isinstance(model, MethodModel) else model
+    if not hasattr(inner, "engine") or not hasattr(inner, "iter_logprobs"):
+        raise CapabilityError(
+            f"DeRa steps both models token by token with their full logits; the {role} model {model.spec!r} "
+            f"({inner.backend} backend) cannot do that -- use a local transformers model (hf:, a folder, .gguf)"
+        )
+    return inner
+
+
+class DeRa:
+    """``lam * aligned + (1 - lam) * ref`` in logit space, decoded in lockstep."""
+
+    backend = "dera"
+    method = "dera"
+
+    def __init__(self, ref: Any, aligned: Any, lam: float) -> None:
+        if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+            raise InputError(f"lambda must be a number >= 0 (0: the reference model, 1: the aligned model, "
+                             f">1: beyond it); got {lam!r}")
+        self.ref, self.aligned, self.lam = ref, aligned, float(lam)
+        self.ref_hf, self.aligned_hf = _hf(ref, "reference"), _hf(aligned, "aligned")
+        fa, fr = self.aligned_hf.vocab_fingerprint(), self.ref_hf.vocab_fingerprint()
+        va, vr = self.aligned_hf.vocab_size, self.ref_hf.vocab_size
+        if fa != fr or va != vr:
+            raise InputError(
+                f"DeRa mixes the two models' logits token by token, so they must share one tokenizer and "
+                f"vocabulary; {aligned.spec!r} (vocabulary {fa}, {va} logits) and {ref.spec!r} ({fr}, {vr}) differ"
+            )
+        self.spec = aligned.spec
+        self.capabilities = Capabilities(
+            full_vocab_logits=True, topk_logprobs=va, chat_template=aligned.capabilities.chat_template,
+            streaming=True, adapters=True, prefix_reuse=True, token_ids=True)
+        self.recommended = getattr(aligned, "recommended", {})
+        # tokenizer-level helpers come from the aligned side (both sides share the vocabulary)
+        self.tokenizer = self.aligned_hf.tokenizer
+        self.encode, self.token_text = self.aligned_hf.encode, self.aligned_hf.token_text
+        self.vocab_fingerprint = self.aligned_hf.vocab_fingerprint
+
+    @property
+    def context_length(self) -> int | None:
+        limits = [m.context_length for m in (self.ref_hf, self.aligned_hf) if m.context_length]
+        return min(limits) if limits else None
+
+    def info(self) -> dict[str, Any]:
+        return {**self.aligned.info(), "method": "dera", "lam": self.lam, "aligned": self.aligned.info(),
+                "ref": self.ref.info()}
+
+    def close(self) -> None:
+        self.aligned.close()
+        self.ref.close()
+
+    # ------------------------------------------------------------------ what each side sees
+    def _side(self, model: Any, prompt: Prompt, config: GenerationConfig):
+        if isinstance(model, MethodModel):
+            prepared = model.prepare(prompt, config)
+            return model.base.encode_prompt(prepared.prompt), prepared.stop, prepared.meta
+        return model.encode_prompt(prompt), (), None
+
+    def prepare(self, prompt: Prompt, config: GenerationConfig):
+        from alignkit.methods.base import Prepared
+
+        ids_a, stop_a, meta = self._side(self.aligned, prompt, config)
+        _, stop_r, _ = self._side(self.ref, prompt, config)
+        return Prepared(prompt, tuple(dict.fromkeys(stop_a + stop_r)), meta)
+
+    def render(self, prompt: Prompt) -> str:
+        return self.aligned.render(prompt)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        cfg = GenerationConfig()
+        return max(len(self._side(self.aligned, prompt, cfg)[0]), len(self._side(self.ref, prompt, cfg)[0]))
+
+    def _clean(self, text: str) -> str:
+        return self.aligned.clean(text) if isinstance(self.aligned, MethodModel) else text
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def stream(self, prompts: Sequence[Prompt], config=None, *, should_stop=None, reuse_prefix: bool = True
+               ) -> Iterator[StreamEvent]:
+        from alignkit.models.hf_decode import Stepper
+
+        configs = configs_for(len(prompts), config)
+        if not prompts:
+            return
+        a_ids, r_ids, merged, metas = [], [], [], []
+        for p, c in zip(prompts, configs):
+            ia, sa, meta = self._side(self.aligned, p, c)
+            ir, sr, _ = self._side(self.ref, p, c)
+            a_ids.append(ia)
+            r_ids.append(ir)
+            merged.append(replace(c, stop=tuple(dict.fromkeys(c.stop + sa + sr))))
+            metas.append(meta)
+        lam = self.lam
+        engine = self.aligned_hf.engine
+        extra = max(c.max_new_tokens for c in configs)
+        cleaner = (self.aligned.stream_cleaner if isinstance(self.aligned, MethodModel) else None)
+        with self.aligned_hf._lock, self.ref_hf._lock:
+            steppers = [Stepper(engine, a_ids, extra=extra, reuse=reuse_prefix),
+                        Stepper(self.ref_hf.engine, r_ids, extra=extra, reuse=reuse_prefix)]
+            # the row's prompt is the longer side's, so the context limit holds for both models
+            rows = engine.new_rows([a if len(a) >= len(r) else r for a, r in zip(a_ids, r_ids)], merged)
+            cleaners = [cleaner() if cleaner else None for _ in prompts]
+            for ev in engine.loop(rows, steppers, lambda ls: lam * ls[0] + (1 - lam) * ls[1], should_stop):
+                cl = cleaners[ev.index]
+                if cl is None:
+                    comp = replace(ev.completion, meta=metas[ev.index]) if ev.completion else None
+                    yield StreamEvent(ev.index, ev.text, ev.finish_reason, comp)
+                elif ev.completion is None:
+                    piece = cl.feed(ev.text)
+                    if piece:
+                        yield StreamEvent(ev.index, piece)
+                else:
+                    head = cl.feed(ev.text)
+                    piece, final = cl.finish()
+                    piece = head + piece
+                    yield StreamEvent(ev.index, piece, ev.finish_reason,
+                                      replace(ev.completion, text=final, meta=metas[ev.index]))
+
+    def generate(self, prompts: Sequence[Prompt], config=None, *, reuse_prefix: bool = True) -> list[Completion]:
+        if not prompts:
+            return []
+        return run_stream_to_completions(self.stream(prompts, config, reuse_prefix=reuse_prefix), len(prompts))
+
+    # ------------------------------------------------------------------ scoring (the mixed distribution)
+    @torch.no_grad()
+    def iter_logprobs(self, prompts: Sequence[Prompt], continuations, *, batch_size: int | None = None
+                      ) -> Iterator[LogprobChunk]:
+        bs = batch_size or self.aligned_hf.score_batch_size
+        ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
+        a = self.aligned.iter_logprobs(prompts, ids, batch_size=bs)
+        r = self.ref.iter_logprobs(prompts, ids, batch_size=bs)
+        for ca, cr in lockstep(a, r):
+            mixed = torch.log_softmax(self.lam * ca.logprobs + (1 - self.lam) * cr.logprobs, dim=-1)
+            yield LogprobChunk(ca.index, ca.start, mixed, ca.targets, ca.last)
+
+    def score(self, prompts: Sequence[Prompt], continuations, *, top_k: int = 0,
+              reduce: PositionReducer | None = None) -> list[TokenScores]:
+        from alignkit.models.hf import scores_from_chunks
+
+        ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
+        return scores_from_chunks(self.iter_logprobs(prompts, ids), ids, self.tokenizer, top_k, reduce)
