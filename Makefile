@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/urial_throughput.py
 	$(BIN)/python bench/urial_selfstop.py
 	$(BIN)/python bench/shift_speed.py
+	$(BIN)/python bench/server_load.py
+	$(BIN)/python bench/dera_cost.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
