@@ -207,3 +207,20 @@ def test_generated_answers_are_the_aligned_models_greedy_tokens(tiny_dir, tmp_pa
                  "--max-new-tokens", "10"]) == 0
     s = next(iter(json.loads(capsys.readouterr().out).values()))
     assert s["aligned_top1"] == 1.0 and s["shifted"] == 0.0 and s["mean_kl"] == pytest.approx(0, abs=1e-6)
+
+
+def test_several_aligned_models_in_one_report(tiny_dir, tmp_path, capsys):
+    from alignkit.cli.main import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "instruction": q}) + "\n" for i, q in enumerate(INSTRUCTIONS[:2])))
+    out, rep = tmp_path / "s.jsonl", tmp_path / "s.html"
+    assert main(["shift", "--base", str(tiny_dir["base"]), "--aligned", str(tiny_dir["aligned"]), "--aligned",
+                 str(tiny_dir["base"]), "--aligned-method", "none", "--aligned-method", "dera", "--ref",
+                 str(tiny_dir["base"]), "--lam", "0.5", "--context", "raw", "--input", str(inp), "--output", str(out),
+                 "--report", str(rep), "--json", "--max-new-tokens", "6"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == {f"none:{tiny_dir['aligned']}", f"dera:{tiny_dir['base']}@lam=0.5"}
+    html = rep.read_text()
+    assert all(f"<option value='{lab}'>" in html for lab in summary)
+    assert (tmp_path / "s_figures" / "mean_base_rank_by_position.png").is_file()

@@ -166,3 +166,32 @@ def test_scoring_leaves_gradients_on(pair):
     DeRa(ref, aligned, 0.5).score(PROMPTS, [" fox", " you", " return"])
     list(DeRa(ref, aligned, 0.5).stream(PROMPTS[:1], GenerationConfig(max_new_tokens=3)))
     assert torch.is_grad_enabled()
+
+
+def test_a_model_and_its_lora_adapter(tiny_dir):
+    base = _raw(load_model(str(tiny_dir["base"]), dtype="float64"))
+    adapted = _raw(load_model(str(tiny_dir["adapter"]), dtype="float64"))
+    cfg = GenerationConfig(max_new_tokens=8)
+    assert [c.token_ids for c in DeRa(base, adapted, 1.0).generate(PROMPTS, cfg)] == \
+        [c.token_ids for c in adapted.generate(PROMPTS, cfg)]
+    got = DeRa(base, adapted, 0.5).generate(PROMPTS, cfg)
+    for p, c in zip(PROMPTS, got):
+        assert list(c.token_ids) == _naive(base, adapted, p, 0.5, len(c.token_ids))
+
+
+def test_dera_behind_the_server(pair):
+    openai = pytest.importorskip("openai")
+    from alignkit.server.app import build_app
+    from alignkit.server.service import Service
+    from tests.support.openai_server import ServerThread
+
+    ref, aligned = pair
+    d = DeRa(ref, aligned, 0.5)
+    with ServerThread(build_app(Service(d, "dera"))) as srv:
+        client = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0)
+        r = client.completions.create(model="dera", prompt="The quick brown", max_tokens=6, temperature=0)
+        assert r.choices[0].text == d.generate(["The quick brown"], GenerationConfig(max_new_tokens=6))[0].text
+        s = "".join(c.choices[0].text for c in client.completions.create(
+            model="dera", prompt="The quick brown", max_tokens=6, temperature=0, stream=True))
+        assert s == r.choices[0].text
+        assert client.models.list().data[0].info["method"] == "dera"

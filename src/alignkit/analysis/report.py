@@ -53,6 +53,7 @@ def figures(summary: dict[str, Any]) -> dict[str, bytes]:
         ("mean_kl", "KL(aligned ‖ base) by answer position", "mean KL (nats)"),
         ("mean_p_base", "base probability of the aligned token", "mean P_base(o_t)"),
         ("shifted", "share of shifted tokens by answer position", "shifted share"),
+        ("mean_base_rank", "base rank of the aligned token (capped at 1000)", "mean base rank"),
     ):
         fig, ax = plt.subplots(figsize=(7, 3))
         for lab in labels:

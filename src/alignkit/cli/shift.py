@@ -30,8 +30,10 @@ class ShiftJob:
     aligned: tuple[str, ...] = field(default=(), metadata={"help": "an aligned model spec (default: the base model "
                                                                    "itself, aligned in context)"})
     aligned_method: tuple[str, ...] = field(default=(), metadata={
-        "help": "how to talk to each --aligned model, in order: urial, template, none or auto (default: auto; with "
-                "no --aligned, urial)"})
+        "help": "how to talk to each --aligned model, in order: urial, template, none, auto or dera (default: "
+                "auto; with no --aligned, urial)"})
+    ref: str | None = field(default=None, metadata={"help": "with --aligned-method dera: the reference model"})
+    lam: float | None = field(default=None, metadata={"help": "with --aligned-method dera: lambda"})
     template: str | None = field(default=None, metadata={"help": "in-context alignment template for urial models"})
     report: str | None = field(default=None, metadata={"help": "write the HTML report here (figures beside it)"})
     max_new_tokens: int = field(default=256, metadata={"help": "answer length when the aligned model generates"})
@@ -116,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"output file {job.output!r} already has records; pass --resume, or choose another file")
     with JsonlAppender(job.output) as out:
         for spec, method in zip(specs, methods):
-            aligned = open_model_from(model(spec), MethodOptions(method=method, template=job.template
-                                                                 if method == "urial" else None))
-            label = f"{aligned.method}:{spec}"
+            mopt = MethodOptions(method=method, template=job.template if method == "urial" else None,
+                                 ref=job.ref if method == "dera" else None, lam=job.lam if method == "dera" else None)
+            aligned = apply_method(model(spec), mopt, model)
+            label = f"{aligned.method}:{spec}" + (f"@lam={job.lam:g}" if method == "dera" else "")
             analyzer = ShiftAnalyzer(base, aligned, label=label, options=sopts,
                                      template=getattr(aligned, "template", None))
             todo = [it for it in items if (label, it[0]) not in done]
@@ -136,11 +139,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(summary)
     return 0
-
-
-def open_model_from(model: Any, method: MethodOptions) -> Any:
-    """Wrap an already loaded model in a method (models are loaded once per spec)."""
-    return apply_method(model, method)
 
 
 def _run_one(analyzer, aligned, todo, job: ShiftJob, out: JsonlAppender) -> None:

@@ -135,8 +135,8 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
                            headers={"Retry-After": str(limits.retry_after)}) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if req.stream:
-            include_usage = bool((getattr(req, "model_extra", None) or {}).get("stream_options", {}) or {}) and \
-                bool((req.model_extra.get("stream_options") or {}).get("include_usage"))
+            opts = (req.model_extra or {}).get("stream_options") or {}
+            include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
             return StreamingResponse(_sse(job, rid, chat, req.n, include_usage), media_type="text/event-stream")
         try:
             comps = await collect(job)
