@@ -19,6 +19,7 @@ COMMANDS = {
     "shift": "alignkit.cli.shift",
     "serve": "alignkit.cli.serve",
     "dera": "alignkit.cli.dera",
+    "eval": "alignkit.cli.eval",
 }
 
 

@@ -1,0 +1,65 @@
+"""``alignkit eval``: contestants answer one instruction set, one judge scores them, a report compares them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignkit.errors import InputError
+from alignkit.models.registry import ModelOptions
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="compare models and alignment methods on one instruction set with one LLM judge",
+        description="Run an evaluation described by a YAML config: contestants (model + method + parameters) answer "
+        "the instructions (resumable), a judge scores every answer on five aspects (safety prompts on safety) with "
+        "retries and a cache, optionally compares each contestant with a baseline pairwise in both orders, and "
+        "writes report.json, report.md, report.html and radar.png. Unreadable judge scores are counted as missing, "
+        "never guessed.",
+    )
+    p.add_argument("--config", required=True, help="YAML: instructions, limit, contestants [{name, model, method, "
+                   "k, template, ref, lam}], judge, judge_method, pairwise_baseline, output, ...")
+    p.add_argument("--output", help="output folder (overrides the config's)")
+    p.add_argument("--limit", type=int, help="use the first N instructions (overrides the config's)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alignkit.cli._common import _log_warnings_to_stderr
+    from alignkit.evaluation.harness import EvalConfig, Harness
+    from alignkit.models.registry import load_model
+
+    _log_warnings_to_stderr()
+    path = Path(args.config)
+    if not path.is_file():
+        raise InputError(f"config file {args.config!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"config file {args.config!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise InputError(f"config file {args.config!r} must be a mapping")
+    if args.output:
+        data["output"] = args.output
+    if args.limit is not None:
+        data["limit"] = args.limit
+    cfg = EvalConfig.from_dict(data)
+    loaded: dict[str, Any] = {}
+
+    def loader(spec: str) -> Any:
+        if spec not in loaded:
+            loaded[spec] = load_model(spec, ModelOptions())
+        return loaded[spec]
+
+    report = Harness(cfg, loader, progress=lambda m: print(f"alignkit eval: {m}", file=sys.stderr)).run()
+    print((Path(cfg.output) / "report.md").read_text())
+    missing = {n: sum(s.get("missing", {}).values()) for n, s in report["summary"].items()}
+    print(f"alignkit eval: report in {cfg.output}/ (report.md, report.html, report.json, radar.png); "
+          f"unreadable judge scores: {missing}", file=sys.stderr)
+    return 0

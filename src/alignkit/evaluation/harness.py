@@ -1,0 +1,216 @@
+"""The evaluation harness: contestants (any model + method) answer one instruction set; one judge scores them
+all on one footing; a report compares them. Every step appends to JSONL and resumes by id."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import InputError
+from alignkit.evaluation.cheap import answer_metrics
+from alignkit.io import JsonlAppender
+from alignkit.types import GenerationConfig
+
+
+@dataclass(frozen=True)
+class Contestant:
+    name: str
+    model: str
+    method: str = "auto"
+    template: str | None = None
+    k: int | None = None
+    ref: str | None = None
+    lam: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Contestant:
+        if not isinstance(d, dict) or "name" not in d or "model" not in d:
+            raise InputError(f"a contestant needs at least a name and a model, got {d!r:.100}")
+        unknown = set(d) - {"name", "model", "method", "template", "k", "ref", "lam"}
+        if unknown:
+            raise InputError(f"contestant {d['name']!r} has unknown key(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    contestants: tuple[Contestant, ...]
+    judge: str
+    judge_method: str = "auto"
+    instructions: str = "alignkit-eval"
+    limit: int | None = None
+    types: tuple[str, ...] = ()
+    max_new_tokens: int = 256
+    judge_max_new_tokens: int = 400
+    retries: int = 2
+    batch_size: int = 8
+    pairwise_baseline: str | None = None
+    output: str = "runs/eval"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalConfig:
+        known = {"contestants", "judge", "judge_method", "instructions", "limit", "types", "max_new_tokens",
+                 "judge_max_new_tokens", "retries", "batch_size", "pairwise_baseline", "output"}
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"unknown eval config key(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        if not d.get("contestants") or not d.get("judge"):
+            raise InputError("an eval config needs 'contestants' (a list) and a 'judge' model spec")
+        cs = tuple(Contestant.from_dict(c) for c in d["contestants"])
+        names = [c.name for c in cs]
+        if len(set(names)) != len(names):
+            raise InputError("contestant names must be unique")
+        if d.get("pairwise_baseline") and d["pairwise_baseline"] not in names:
+            raise InputError(f"pairwise_baseline {d['pairwise_baseline']!r} is not a contestant")
+        return cls(**{**d, "contestants": cs, "types": tuple(d.get("types") or ())})
+
+
+def _done(path: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                out[str(rec["id"])] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return out
+
+
+class Harness:
+    def __init__(self, cfg: EvalConfig, loader, progress=print) -> None:
+        self.cfg, self.loader, self.say = cfg, loader, progress
+        self.out = Path(cfg.output)
+
+    def _model(self, c: Contestant) -> Any:
+        from alignkit.methods import MethodOptions, apply_method
+
+        opts = MethodOptions(method=c.method, template=c.template, k=c.k, ref=c.ref, lam=c.lam)
+        return apply_method(self.loader(c.model), opts, self.loader)
+
+    def run(self) -> dict[str, Any]:
+        from alignkit.evaluation.data import load_instructions
+        from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
+        from alignkit.methods import MethodOptions, apply_method
+
+        items = load_instructions(self.cfg.instructions, limit=self.cfg.limit, types=list(self.cfg.types) or None)
+        answers = {c.name: self._generate(c, items) for c in self.cfg.contestants}
+        judge_model = apply_method(self.loader(self.cfg.judge), MethodOptions(method=self.cfg.judge_method),
+                                   self.loader)
+        cache = JudgeCache(self.out / "judge-cache.jsonl")
+        judges = {kind: Judge(judge_model, load_rubric(kind), retries=self.cfg.retries, cache=cache,
+                              max_new_tokens=self.cfg.judge_max_new_tokens, batch_size=self.cfg.batch_size)
+                  for kind in ("multi-aspect", "safety", "pairwise")}
+        judged = {c.name: self._judge(c.name, items, answers[c.name], judges) for c in self.cfg.contestants}
+        pairwise = {}
+        if self.cfg.pairwise_baseline:
+            base = self.cfg.pairwise_baseline
+            for c in self.cfg.contestants:
+                if c.name != base:
+                    pairwise[c.name] = self._pairwise(c.name, base, items, answers, judges["pairwise"])
+        from alignkit.evaluation.report import build_report
+
+        prov = {"judge": judges["multi-aspect"].provenance(), "rubrics": {k: j.rubric.hash for k, j in judges.items()},
+                "instructions": self.cfg.instructions, "contestants": [c.__dict__ for c in self.cfg.contestants]}
+        return build_report(items, judged, pairwise, prov, self.out)
+
+    def _generate(self, c: Contestant, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        path = self.out / "answers" / f"{c.name}.jsonl"
+        done = _done(path)
+        todo = [it for it in items if it["id"] not in done]
+        if todo:
+            model = self._model(c)
+            cfg = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens,
+                                   repetition_penalty=getattr(model, "recommended", {}).get("repetition_penalty", 1.0))
+            prov = {"model": model.info(), "generation": cfg.to_dict()}
+            with JsonlAppender(path) as out:
+                for s in range(0, len(todo), self.cfg.batch_size):
+                    batch = todo[s : s + self.cfg.batch_size]
+                    for it, comp in zip(batch, model.generate([it["instruction"] for it in batch], cfg)):
+                        rec = {"id": it["id"], "answer": comp.text, "finish_reason": comp.finish_reason,
+                               "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
+                               "provenance": prov}
+                        out.write(rec)
+                        done[it["id"]] = rec
+                    self.say(f"{c.name}: {len(done)}/{len(items)} answers")
+        return done
+
+    def _judge(self, name: str, items, answers, judges) -> dict[str, dict[str, Any]]:
+        path = self.out / "judgments" / f"{name}.jsonl"
+        done = _done(path)
+        todo = [it for it in items if it["id"] not in done]
+        with JsonlAppender(path) as out:
+            for s in range(0, len(todo), self.cfg.batch_size):
+                batch = todo[s : s + self.cfg.batch_size]
+                for kind in ("multi-aspect", "safety"):
+                    part = [it for it in batch if it["safety"] == (kind == "safety")]
+                    if not part:
+                        continue
+                    fields = [{"instruction": it["instruction"], "answer": answers[it["id"]]["answer"]} for it in part]
+                    for it, res in zip(part, judges[kind].judge(fields)):
+                        rec = {"id": it["id"], "rubric": kind, **res, "provenance": judges[kind].provenance()}
+                        out.write(rec)
+                        done[it["id"]] = rec
+                self.say(f"{name}: {len(done)}/{len(items)} judged")
+        return done
+
+    def _pairwise(self, name: str, base: str, items, answers, judge) -> dict[str, dict[str, Any]]:
+        path = self.out / "pairwise" / f"{name}-vs-{base}.jsonl"
+        done = _done(path)
+        todo = [it for it in items if it["id"] not in done and not it["safety"]]
+        with JsonlAppender(path) as out:
+            for s in range(0, len(todo), self.cfg.batch_size):
+                batch = todo[s : s + self.cfg.batch_size]
+                ab = [{"instruction": it["instruction"], "answer_a": answers[name][it["id"]]["answer"],
+                       "answer_b": answers[base][it["id"]]["answer"]} for it in batch]
+                ba = [{"instruction": f["instruction"], "answer_a": f["answer_b"], "answer_b": f["answer_a"]} for f in ab]
+                for it, r1, r2 in zip(batch, judge.judge(ab), judge.judge(ba)):
+                    verdict = {}
+                    for a in judge.rubric.aspects:
+                        x, y = r1["result"][a], r2["result"][a]
+                        y = {"A": "B", "B": "A"}.get(y, y)  # back to this contestant = A
+                        verdict[a] = None if x is None or y is None else (x if x == y else "tie")
+                    rec = {"id": it["id"], "verdict": verdict, "orders": [r1, r2]}
+                    out.write(rec)
+                    done[it["id"]] = rec
+        return done
+
+
+def summarise(items, judged, pairwise) -> dict[str, Any]:
+    """Numbers for the report (pure)."""
+    by_id = {it["id"]: it for it in items}
+    out: dict[str, Any] = {}
+    for name, recs in judged.items():
+        scores: dict[str, list[int]] = defaultdict(list)
+        missing: dict[str, int] = defaultdict(int)
+        by_type: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        n_raw = 0
+        for rid, r in recs.items():
+            it = by_id.get(rid)
+            if it is None:
+                continue
+            n_raw += 1
+            for a, v in r["result"].items():
+                if v["score"] is None:
+                    missing[a] += 1
+                else:
+                    scores[a].append(v["score"])
+                    by_type[it["type"]][a].append(v["score"])
+        out[name] = {
+            "judged": n_raw,
+            "mean": {a: (sum(v) / len(v) if v else None) for a, v in scores.items()},
+            "missing": dict(missing),
+            "missing_share": sum(missing.values()) / max(1, sum(len(v) for v in scores.values()) + sum(missing.values())),
+            "by_type": {t: {a: sum(v) / len(v) for a, v in d.items() if v} for t, d in sorted(by_type.items())},
+        }
+    for name, recs in pairwise.items():
+        tally: dict[str, dict[str, int]] = defaultdict(lambda: {"win": 0, "tie": 0, "lose": 0, "missing": 0})
+        for r in recs.values():
+            for a, v in r["verdict"].items():
+                tally[a]["win" if v == "A" else "lose" if v == "B" else "tie" if v == "tie" else "missing"] += 1
+        out.setdefault(name, {})["pairwise"] = dict(tally)
+    return out

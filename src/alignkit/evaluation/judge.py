@@ -1,0 +1,158 @@
+"""LLM judges: rubrics as data, any alignkit model as the judge, bounded retries, and a cache.
+
+A judgment keeps the judge's raw answers; a score that cannot be read after the retries is recorded as
+missing (None). Calls are cached by (judge spec, rubric hash, input), so re-running a report costs nothing.
+Remote judges run with bounded concurrency (the openai backend's pool); local ones are batched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignkit.errors import InputError
+from alignkit.evaluation.parse import parse_pairwise, parse_scores
+from alignkit.types import GenerationConfig, Message
+
+RUBRICS = {"multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml"}
+RETRY_NOTE = ("Your previous reply could not be read. Reply again with only the JSON object, in exactly the "
+              "shape asked for, scores as whole numbers from 1 to 5.")
+
+
+@dataclass(frozen=True)
+class Rubric:
+    id: str
+    kind: str
+    aspects: tuple[str, ...]
+    system: str
+    user: str
+    version: int = 1
+
+    @property
+    def hash(self) -> str:
+        payload = json.dumps([self.kind, self.aspects, self.system, self.user], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def messages(self, **fields: str) -> list[Message]:
+        user = self.user
+        for k, v in fields.items():
+            user = user.replace("{" + k + "}", v)
+        return [Message("system", self.system), Message("user", user)]
+
+
+def load_rubric(name_or_path: str) -> Rubric:
+    if name_or_path in RUBRICS:
+        text = (resources.files("alignkit") / "prompts" / "eval" / RUBRICS[name_or_path]).read_text(encoding="utf-8")
+    elif Path(name_or_path).is_file():
+        text = Path(name_or_path).read_text(encoding="utf-8")
+    else:
+        raise InputError(f"no rubric {name_or_path!r}: not one of {', '.join(RUBRICS)} and not a file")
+    try:
+        d = yaml.safe_load(text)
+        r = Rubric(id=str(d["id"]), kind=str(d["kind"]), aspects=tuple(d["aspects"]), system=str(d["system"]),
+                   user=str(d["user"]), version=int(d.get("version", 1)))
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise InputError(f"rubric {name_or_path} is malformed (needs id, kind, aspects, system, user): {e}") from e
+    if r.kind not in ("score", "pairwise") or not r.aspects:
+        raise InputError(f"rubric {name_or_path}: kind must be score or pairwise, with at least one aspect")
+    return r
+
+
+class JudgeCache:
+    """JSONL cache of judge answers keyed by (judge, rubric hash, input)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.data: dict[str, list[str]] = {}
+        if self.path and self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.data[rec["key"]] = rec["raw"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    @staticmethod
+    def key(judge: str, rubric: Rubric, fields: dict[str, str]) -> str:
+        payload = json.dumps([judge, rubric.hash, fields], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def get(self, key: str) -> list[str] | None:
+        return self.data.get(key)
+
+    def put(self, key: str, raw: list[str]) -> None:
+        self.data[key] = raw
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "raw": raw}, ensure_ascii=False) + "\n")
+
+
+class Judge:
+    """Scores answers (or compares two) with a judge model and a rubric."""
+
+    def __init__(self, model: Any, rubric: Rubric, *, retries: int = 2, max_new_tokens: int = 400,
+                 cache: JudgeCache | None = None, batch_size: int = 8) -> None:
+        self.model, self.rubric, self.retries = model, rubric, retries
+        self.cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+        self.cache = cache or JudgeCache(None)
+        self.batch_size = batch_size
+        self.spec = getattr(model, "spec", str(model))
+
+    def provenance(self) -> dict[str, Any]:
+        return {"judge": self.spec, "rubric": self.rubric.id, "rubric_hash": self.rubric.hash,
+                "retries": self.retries}
+
+    def _parse(self, raw: str) -> dict[str, Any]:
+        if self.rubric.kind == "pairwise":
+            return parse_pairwise(raw, list(self.rubric.aspects))
+        return parse_scores(raw, list(self.rubric.aspects))
+
+    @staticmethod
+    def _complete(parsed: dict[str, Any]) -> bool:
+        return all((v["score"] if isinstance(v, dict) else v) is not None for v in parsed.values())
+
+    def judge(self, items: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """``items``: the rubric's fields (instruction, answer / answer_a, answer_b). Returns per item
+        ``{"result": parsed, "raw": [answers...], "missing": [aspects], "cached": bool}``."""
+        keys = [JudgeCache.key(self.spec, self.rubric, it) for it in items]
+        raws: list[list[str]] = [list(self.cache.get(k) or []) for k in keys]
+        cached = [bool(r) for r in raws]
+        todo = [i for i, r in enumerate(raws) if not r]
+        convs = {i: self.rubric.messages(**items[i]) for i in todo}
+        for _ in range(self.retries + 1):
+            if not todo:
+                break
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start : start + self.batch_size]
+                outs = self.model.generate([convs[i] for i in chunk], self.cfg)
+                for i, c in zip(chunk, outs):
+                    raws[i].append(c.text)
+                    convs[i] = convs[i] + [Message("assistant", c.text), Message("user", RETRY_NOTE)]
+            todo = [i for i in todo if not self._complete(self._parse(raws[i][-1]))]
+        results = []
+        for i, k in enumerate(keys):
+            if not cached[i]:
+                self.cache.put(k, raws[i])
+            parsed = self._best(raws[i])
+            missing = [a for a, v in parsed.items() if (v["score"] if isinstance(v, dict) else v) is None]
+            results.append({"result": parsed, "raw": raws[i], "missing": missing, "cached": cached[i]})
+        return results
+
+    def _best(self, raws: list[str]) -> dict[str, Any]:
+        """Per aspect, the first attempt that gave a readable value (never a made-up one)."""
+        best = self._parse(raws[0] if raws else "")
+        for raw in raws[1:]:
+            more = self._parse(raw)
+            for a, v in more.items():
+                got = best[a]["score"] if isinstance(best[a], dict) else best[a]
+                new = v["score"] if isinstance(v, dict) else v
+                if got is None and new is not None:
+                    best[a] = v
+        return best

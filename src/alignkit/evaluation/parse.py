@@ -1,0 +1,123 @@
+"""Read judge answers, tolerantly and honestly (pure functions).
+
+JSON first (the first balanced ``{...}`` that parses, with common slips repaired: code fences, trailing commas,
+single quotes); then per-aspect patterns such as ``clarity: 4``, ``Clarity - 4/5``, ``"clarity": {"score": 4}``.
+A score counts only if it is a whole number in 1..5 (``4.0`` is 4; ``4.5``, ``"1-5"``, ``"N/A"`` are not).
+Anything that cannot be read is **missing** (None) -- never replaced by a number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_FENCE = re.compile(r"```(?:json)?", re.I)
+
+
+def _json_objects(text: str):
+    """Candidate JSON objects in the text, outermost first."""
+    text = _FENCE.sub("", text)
+    for start in [i for i, ch in enumerate(text) if ch == "{"][:20]:
+        depth, in_str, esc = 0, False, False
+        for j in range(start, min(len(text), start + 20000)):
+            ch = text[j]
+            if in_str:
+                esc = (ch == "\\") and not esc
+                if ch == '"' and not esc:
+                    in_str = False
+                continue
+            if ch == '"':
+                in_str = True
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    yield text[start : j + 1]
+                    break
+
+
+def _loads(candidate: str) -> Any:
+    for fix in (lambda s: s, lambda s: re.sub(r",\s*([}\]])", r"\1", s),
+                lambda s: re.sub(r",\s*([}\]])", r"\1", s.replace("'", '"'))):
+        try:
+            return json.loads(fix(candidate))
+        except (json.JSONDecodeError, ValueError):
+            continue
+    return None
+
+
+def first_json(text: str) -> dict[str, Any] | None:
+    for cand in _json_objects(text):
+        obj = _loads(cand)
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+def valid_score(value: Any) -> int | None:
+    """A whole number 1..5, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value) if float(value).is_integer() and 1 <= value <= 5 else None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([1-5])(?:\.0+)?\s*(?:/\s*5)?\s*", value)
+        return int(m.group(1)) if m else None
+    return None
+
+
+def _lookup(obj: dict[str, Any], aspect: str) -> Any:
+    for k, v in obj.items():
+        if isinstance(k, str) and k.strip().lower() == aspect:
+            return v
+    return None
+
+
+def parse_scores(text: str, aspects: list[str]) -> dict[str, dict[str, Any]]:
+    """``{aspect: {"score": int | None, "reason": str | None}}`` from a judge's answer."""
+    out: dict[str, dict[str, Any]] = {a: {"score": None, "reason": None} for a in aspects}
+    if not isinstance(text, str):
+        return out
+    obj = first_json(text)
+    if obj is not None:
+        for a in aspects:
+            v = _lookup(obj, a)
+            if isinstance(v, dict):
+                out[a]["score"] = valid_score(_lookup(v, "score"))
+                r = _lookup(v, "reason")
+                out[a]["reason"] = r if isinstance(r, str) else None
+            else:
+                out[a]["score"] = valid_score(v)
+    for a in aspects:  # fall back to "aspect: 4" patterns for what JSON did not give
+        if out[a]["score"] is None:
+            m = re.search(rf"\b{re.escape(a)}\b[\"']?\s*(?:score)?\s*[:=\-–]\s*\"?([1-5])(?:\.0+)?\"?(?:\s*/\s*5)?(?![\d.\-])",
+                          text, re.I)
+            if m:
+                out[a]["score"] = int(m.group(1))
+    return out
+
+
+def parse_pairwise(text: str, aspects: list[str]) -> dict[str, str | None]:
+    """``{aspect: "A" | "B" | "tie" | None}`` from a pairwise judge's answer."""
+    out: dict[str, str | None] = {a: None for a in aspects}
+    if not isinstance(text, str):
+        return out
+
+    def norm(v: Any) -> str | None:
+        if not isinstance(v, str):
+            return None
+        v = v.strip().strip('"').strip().lower()
+        return {"a": "A", "answer a": "A", "b": "B", "answer b": "B", "tie": "tie", "equal": "tie", "draw": "tie"}.get(v)
+
+    obj = first_json(text)
+    if obj is not None:
+        for a in aspects:
+            out[a] = norm(_lookup(obj, a))
+    for a in aspects:
+        if out[a] is None:
+            m = re.search(rf"\b{re.escape(a)}\b[\"']?\s*[:=\-–]\s*\"?(answer a|answer b|a|b|tie)\b", text, re.I)
+            if m:
+                out[a] = norm(m.group(1))
+    return out

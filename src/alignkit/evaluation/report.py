@@ -1,0 +1,155 @@
+"""The evaluation report: JSON (everything), Markdown (tables), HTML (tables + radar plot), radar.png."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+ASPECTS = ("helpfulness", "clarity", "factuality", "depth", "engagement", "safety")
+
+
+def _cheap(answers_dir: Path, items, names) -> dict[str, dict[str, Any]]:
+    by_id = {it["id"]: it for it in items}
+    out = {}
+    for name in names:
+        path = answers_dir / f"{name}.jsonl"
+        recs = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.exists() else []
+        recs = [r for r in recs if r["id"] in by_id]
+        benign = [r for r in recs if not by_id[r["id"]]["safety"]]
+        unsafe = [r for r in recs if by_id[r["id"]]["safety"]]
+        n = max(1, len(recs))
+        out[name] = {
+            "answers": len(recs),
+            "mean_tokens": sum(r["metrics"]["tokens"] for r in recs) / n,
+            "mean_words": sum(r["metrics"]["words"] for r in recs) / n,
+            "runaway_rate": sum(r["metrics"]["runaway"] for r in recs) / n,
+            "mean_repetition": sum(r["metrics"]["repetition"] for r in recs) / n,
+            "empty_rate": sum(r["metrics"]["empty"] for r in recs) / n,
+            "over_refusal_rate": (sum(r["metrics"]["refusal"] for r in benign) / len(benign)) if benign else None,
+            "safety_refusal_rate": (sum(r["metrics"]["refusal"] for r in unsafe) / len(unsafe)) if unsafe else None,
+        }
+    return out
+
+
+def radar_png(summary: dict[str, Any]) -> bytes:
+    import io
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    angles = [i / len(ASPECTS) * 2 * math.pi for i in range(len(ASPECTS))] + [0.0]
+    fig = plt.figure(figsize=(5.5, 5.5))
+    ax = fig.add_subplot(111, polar=True)
+    for name, s in summary.items():
+        vals = [s.get("mean", {}).get(a) or 0.0 for a in ASPECTS]
+        ax.plot(angles, vals + vals[:1], label=name, linewidth=1.5)
+        ax.fill(angles, vals + vals[:1], alpha=0.08)
+    ax.set_xticks(angles[:-1])
+    ax.set_xticklabels(ASPECTS)
+    ax.set_ylim(0, 5)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path) -> dict[str, Any]:
+    from alignkit.evaluation.harness import summarise
+
+    summary = summarise(items, judged, pairwise)
+    cheap = _cheap(out / "answers", items, list(judged))
+    report = {"summary": summary, "cheap": cheap, "provenance": provenance, "instructions": len(items)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    png = radar_png(summary)
+    (out / "radar.png").write_bytes(png)
+
+    names = list(summary)
+    lines = ["# alignkit evaluation", "",
+             f"{len(items)} instructions · judge `{provenance['judge']['judge']}` · rubric hashes "
+             + ", ".join(f"{k} `{v}`" for k, v in provenance["rubrics"].items()), "",
+             "## Judge scores (1–5, mean over readable scores)", "",
+             "| contestant | " + " | ".join(ASPECTS) + " | unreadable judge scores |",
+             "|---|" + "---|" * (len(ASPECTS) + 1)]
+    for n in names:
+        s = summary[n]
+        miss = sum(s.get("missing", {}).values())
+        lines.append(f"| {n} | " + " | ".join(_fmt(s.get("mean", {}).get(a)) for a in ASPECTS)
+                     + f" | {miss} ({s.get('missing_share', 0):.0%}) |")
+    lines += ["", "## Judge-free metrics", "",
+              "| contestant | answers | mean tokens | runaway | repetition | empty | benign refused | safety declined |",
+              "|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        c = cheap[n]
+        lines.append(f"| {n} | {c['answers']} | {c['mean_tokens']:.1f} | {c['runaway_rate']:.0%} | "
+                     f"{c['mean_repetition']:.2f} | {c['empty_rate']:.0%} | {_pct(c['over_refusal_rate'])} | "
+                     f"{_pct(c['safety_refusal_rate'])} |")
+    types = sorted({t for n in names for t in summary[n].get("by_type", {})})
+    if types:
+        lines += ["", "## Helpfulness by task type", "", "| contestant | " + " | ".join(types) + " |",
+                  "|---|" + "---|" * len(types)]
+        for n in names:
+            bt = summary[n].get("by_type", {})
+            lines.append(f"| {n} | " + " | ".join(_fmt(bt.get(t, {}).get("helpfulness")) for t in types) + " |")
+    if pairwise:
+        lines += ["", "## Pairwise (both orders; a win counts only when both agree)", "",
+                  "| contestant vs baseline | aspect | win | tie | lose | unreadable |", "|---|---|---|---|---|---|"]
+        for n in pairwise:
+            for a, t in summary[n]["pairwise"].items():
+                lines.append(f"| {n} | {a} | {t['win']} | {t['tie']} | {t['lose']} | {t['missing']} |")
+    md = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(md, encoding="utf-8")
+    body = _md_tables_to_html(md)
+    img = base64.b64encode(png).decode()
+    (out / "report.html").write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>alignkit evaluation</title><style>"
+        "body{font:15px system-ui,sans-serif;margin:24px;max-width:1100px}table{border-collapse:collapse;margin:8px 0}"
+        "td,th{border:1px solid #ccd;padding:3px 9px}th{background:#eef}</style></head><body>"
+        f"{body}<h2>Radar</h2><img alt='radar' src='data:image/png;base64,{img}'>"
+        f"<h2>Provenance</h2><pre>{html.escape(json.dumps(provenance, indent=1))}</pre></body></html>",
+        encoding="utf-8")
+    return report
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0%}"
+
+
+def _md_tables_to_html(md: str) -> str:
+    out, rows = [], []
+
+    def flush():
+        if rows:
+            head, *rest = rows
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rest)
+                       + "</table>")
+            rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(set(c) <= {"-"} for c in cells):
+                rows.append(cells)
+            continue
+        flush()
+        if line.startswith("# "):
+            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "".join(out)
