@@ -22,6 +22,9 @@ def tiny_dir(tmp_path_factory) -> dict[str, Path]:
         "base": tiny.save_model(root / "base", tiny.build_model(tok, seed=1), tok),
         "aligned": tiny.save_model(root / "aligned", tiny.build_model(tok, seed=2), tok, tiny.CHAT_TEMPLATE),
         "llama": tiny.save_model(root / "llama", tiny.build_model(tok, seed=3, arch="llama"), tok),
+        # a chat model with a long context, to play a (very bad) judge over full rubric prompts
+        "judge": tiny.save_model(root / "judge", tiny.build_model(tok, seed=5, arch="llama", positions=4096), tok,
+                                 tiny.CHAT_TEMPLATE),
     }
     dirs["adapter"] = tiny.build_adapter(dirs["base"], root / "adapter")
     return dirs

@@ -140,3 +140,26 @@ def test_shipped_set_and_public_loaders(tmp_path):
         load_instructions(str(bad))
     with pytest.raises(InputError, match="unknown hub set"):
         load_instructions("hub:nope")
+
+
+def test_eval_cli_with_a_real_but_hopeless_judge(tiny_dir, tmp_path, capsys):
+    """A tiny judge answers garbage: the report counts every score as unreadable and invents none; a prompt
+    too long for the judge is recorded as a missing judgment, not a crash."""
+    from alignkit.cli.main import main
+
+    inst = tmp_path / "inst.jsonl"
+    inst.write_text("".join(json.dumps(r) + "\n" for r in ITEMS[:3]))
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"instructions: {inst}\njudge: {tiny_dir['judge']}\nmax_new_tokens: 5\njudge_max_new_tokens: 8\n"
+                   f"retries: 1\noutput: {tmp_path / 'out'}\ncontestants:\n"
+                   f"  - {{name: raw, model: {tiny_dir['base']}, method: none}}\n"
+                   f"  - {{name: tiny-judge-context, model: {tiny_dir['base']}, method: none}}\n")
+    assert main(["eval", "--config", str(cfg)]) == 0
+    out = capsys.readouterr()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["summary"]["raw"]["missing_share"] == 1.0
+    assert all(v is None for v in report["summary"]["raw"]["mean"].values())
+    assert "unreadable judge scores" in out.out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("judge: x\n")
+    assert main(["eval", "--config", str(bad)]) == 2

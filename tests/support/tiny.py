@@ -44,13 +44,13 @@ def build_tokenizer(vocab_size: int = 400):
     )
 
 
-def build_model(tokenizer, seed: int, arch: str = "gemma3", init: float = 0.3):
+def build_model(tokenizer, seed: int, arch: str = "gemma3", init: float = 0.3, positions: int = 512):
     import torch
 
     torch.manual_seed(seed)
     common = dict(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, initializer_range=init, pad_token_id=0, eos_token_id=1,
+        num_key_value_heads=2, max_position_embeddings=positions, initializer_range=init, pad_token_id=0, eos_token_id=1,
         bos_token_id=2,
     )
     if arch == "gemma3":  # the embedded default's architecture, with a sliding window small enough to matter

@@ -34,7 +34,10 @@ class SweepJob:
     seed: int | None = field(default=None, metadata={"help": "random seed when sampling"})
     batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
     judge: str | None = field(default=None, metadata={
-        "help": "judge model for per-lambda quality scores (arrives with the evaluation harness)"})
+        "help": "judge model spec: adds per-lambda judge scores (multi-aspect rubric; unreadable scores are counted "
+                "as missing, never guessed)"})
+    judge_method: str = field(default="auto", metadata={"help": "how the judge is prompted",
+                                                        "choices": ["template", "none", "auto"]})
 
 
 def add_parser(sub) -> None:
@@ -79,9 +82,6 @@ def run(args: argparse.Namespace) -> int:
     job: SweepJob = build(SweepJob, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
     lams = _lams(job.lams)
-    if job.judge:
-        raise InputError("judge scores for the sweep arrive with the evaluation harness; run without --judge "
-                         "for now (length, refusal, runaway and repetition are reported)")
     records = parse_records(job.input, "stop")
     out_dir = Path(job.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,10 +121,37 @@ def run(args: argparse.Namespace) -> int:
                                "provenance": prov})
         print(f"alignkit dera sweep: lambda {lam:g}: {len(todo)} new, {len(done)} already in {path}", file=sys.stderr)
         summary["lams"][f"{lam:g}"] = _stats(path)
+        if job.judge:
+            summary["lams"][f"{lam:g}"]["judge"] = _judge(job, load, path, out_dir, records)
+    if job.judge:
+        summary["judge"] = job.judge
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(summary, out_dir / "sweep.png")
     _table(summary)
     return 0
+
+
+def _judge(job: SweepJob, load, path: Path, out_dir: Path, records) -> dict[str, Any]:
+    """Mean judge score per aspect for one lambda's answers (judgments cached in the output folder)."""
+    from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
+    from alignkit.methods import MethodOptions, apply_method
+
+    judge = Judge(apply_method(load(job.judge), MethodOptions(method=job.judge_method)), load_rubric("multi-aspect"),
+                  cache=JudgeCache(out_dir / "judge-cache.jsonl"))
+    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    text = {str(r["id"]): (r["prompt"] if "prompt" in r else r["messages"][-1]["content"]) for _, r in records}
+    results = judge.judge([{"instruction": text[str(r["id"])], "answer": r["output"]} for r in recs])
+    scores: dict[str, list[int]] = {a: [] for a in judge.rubric.aspects}
+    missing = 0
+    for res in results:
+        for a, v in res["result"].items():
+            if v["score"] is None:
+                missing += 1
+            else:
+                scores[a].append(v["score"])
+    total = missing + sum(len(v) for v in scores.values())
+    return {"mean": {a: (sum(v) / len(v) if v else None) for a, v in scores.items()},
+            "missing_share": missing / total if total else 0.0, "rubric_hash": judge.rubric.hash}
 
 
 def _stats(path: Path) -> dict[str, Any]:
@@ -168,9 +195,16 @@ def _table(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title="DeRa sweep (lambda 0: reference, 1: aligned)")
-    for col in ("lambda", "answers", "mean tokens", "refusal", "runaway", "repetition"):
+    judged = "judge" in summary
+    for col in ("lambda", "answers", "mean tokens", "refusal", "runaway", "repetition") + (
+            ("judge: helpfulness", "judge: mean of aspects", "unreadable") if judged else ()):
         t.add_column(col)
     for lam, s in summary["lams"].items():
-        t.add_row(lam, str(s["answers"]), f"{s['mean_tokens']:.1f}", f"{s['refusal_rate']:.0%}",
-                  f"{s['runaway_rate']:.0%}", f"{s['mean_repetition']:.2f}")
+        row = [lam, str(s["answers"]), f"{s['mean_tokens']:.1f}", f"{s['refusal_rate']:.0%}",
+               f"{s['runaway_rate']:.0%}", f"{s['mean_repetition']:.2f}"]
+        if judged:
+            m = {k: v for k, v in s["judge"]["mean"].items() if v is not None}
+            row += [f"{m['helpfulness']:.2f}" if "helpfulness" in m else "–",
+                    f"{sum(m.values()) / len(m):.2f}" if m else "–", f"{s['judge']['missing_share']:.0%}"]
+        t.add_row(*row)
     Console().print(t)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from alignkit.errors import InputError
+from alignkit.errors import AlignkitError, InputError
 from alignkit.evaluation.parse import parse_pairwise, parse_scores
 from alignkit.types import GenerationConfig, Message
 
@@ -131,10 +131,9 @@ class Judge:
                 break
             for start in range(0, len(todo), self.batch_size):
                 chunk = todo[start : start + self.batch_size]
-                outs = self.model.generate([convs[i] for i in chunk], self.cfg)
-                for i, c in zip(chunk, outs):
-                    raws[i].append(c.text)
-                    convs[i] = convs[i] + [Message("assistant", c.text), Message("user", RETRY_NOTE)]
+                for i, text in zip(chunk, self._ask([convs[i] for i in chunk])):
+                    raws[i].append(text)
+                    convs[i] = convs[i] + [Message("assistant", text), Message("user", RETRY_NOTE)]
             todo = [i for i in todo if not self._complete(self._parse(raws[i][-1]))]
         results = []
         for i, k in enumerate(keys):
@@ -144,6 +143,20 @@ class Judge:
             missing = [a for a, v in parsed.items() if (v["score"] if isinstance(v, dict) else v) is None]
             results.append({"result": parsed, "raw": raws[i], "missing": missing, "cached": cached[i]})
         return results
+
+    def _ask(self, convs: list[list[Message]]) -> list[str]:
+        """The judge's answers; a request the judge cannot take (too long, ...) becomes an error note, which
+        parses as missing -- one bad item does not stop the run."""
+        try:
+            return [c.text for c in self.model.generate(convs, self.cfg)]
+        except AlignkitError:
+            out = []
+            for conv in convs:
+                try:
+                    out.append(self.model.generate([conv], self.cfg)[0].text)
+                except AlignkitError as e:
+                    out.append(f"[judge error: {e}]")
+            return out
 
     def _best(self, raws: list[str]) -> dict[str, Any]:
         """Per aspect, the first attempt that gave a readable value (never a made-up one)."""
