@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/shift_speed.py
 	$(BIN)/python bench/server_load.py
 	$(BIN)/python bench/dera_cost.py
+	$(BIN)/python bench/judge_concurrency.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
