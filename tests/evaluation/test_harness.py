@@ -163,3 +163,22 @@ def test_eval_cli_with_a_real_but_hopeless_judge(tiny_dir, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("judge: x\n")
     assert main(["eval", "--config", str(bad)]) == 2
+
+
+def test_remote_judges_ask_for_json_and_fall_back_when_refused(tiny_aligned):
+    """Against our own server (which refuses response_format with a 400) the judge drops JSON mode and goes on."""
+    pytest.importorskip("openai")
+    from alignkit import load_model
+    from alignkit.evaluation.judge import Judge, load_rubric
+    from alignkit.methods import MethodOptions, apply_method
+    from alignkit.server.app import build_app
+    from alignkit.server.service import Service
+    from tests.support.openai_server import ServerThread
+
+    srv_model = apply_method(tiny_aligned, MethodOptions(method="template"))
+    with ServerThread(build_app(Service(srv_model, "j"))) as srv:
+        judge = Judge(apply_method(load_model(f"openai:j@{srv.url}", max_retries=0), MethodOptions(method="template")),
+                      load_rubric("safety"), max_new_tokens=4, retries=0)
+        assert judge.json_mode
+        res = judge.judge([{"instruction": "hi", "answer": "hello"}])
+        assert not judge.json_mode and len(res[0]["raw"]) == 1 and res[0]["missing"] == ["safety"]

@@ -10,6 +10,7 @@ from typing import Any
 from alignkit.cli._common import Decoding, open_model, show_prompt, with_seed
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
+from alignkit.evaluation.cheap import answer_metrics
 from alignkit.io import BadLine, JsonlAppender, read_jsonl, written_ids
 from alignkit.methods import MethodOptions
 from alignkit.models.catalog import DEFAULT_MODEL
@@ -125,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
             configs = [with_seed(base_cfg, index[str(r["id"])]) for r in batch]
             for rec, comp in zip(batch, model.generate([_prompt(r) for r in batch], configs)):
                 row = {**rec, "output": comp.text, "finish_reason": comp.finish_reason, "stop": comp.stop,
-                       "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}}
+                       "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
+                       "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens)}
                 if comp.meta:
                     row["meta"] = comp.meta
                 out.write({**row, "provenance": provenance})

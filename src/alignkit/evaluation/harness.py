@@ -188,6 +188,7 @@ def summarise(items, judged, pairwise) -> dict[str, Any]:
         scores: dict[str, list[int]] = defaultdict(list)
         missing: dict[str, int] = defaultdict(int)
         by_type: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        by_topic: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         n_raw = 0
         for rid, r in recs.items():
             it = by_id.get(rid)
@@ -200,12 +201,15 @@ def summarise(items, judged, pairwise) -> dict[str, Any]:
                 else:
                     scores[a].append(v["score"])
                     by_type[it["type"]][a].append(v["score"])
+                    if it.get("topic"):
+                        by_topic[it["topic"]][a].append(v["score"])
         out[name] = {
             "judged": n_raw,
             "mean": {a: (sum(v) / len(v) if v else None) for a, v in scores.items()},
             "missing": dict(missing),
             "missing_share": sum(missing.values()) / max(1, sum(len(v) for v in scores.values()) + sum(missing.values())),
             "by_type": {t: {a: sum(v) / len(v) for a, v in d.items() if v} for t, d in sorted(by_type.items())},
+            "by_topic": {t: {a: sum(v) / len(v) for a, v in d.items() if v} for t, d in sorted(by_topic.items())},
         }
     for name, recs in pairwise.items():
         tally: dict[str, dict[str, int]] = defaultdict(lambda: {"win": 0, "tie": 0, "lose": 0, "missing": 0})

@@ -104,6 +104,9 @@ class Judge:
         self.cache = cache or JudgeCache(None)
         self.batch_size = batch_size
         self.spec = getattr(model, "spec", str(model))
+        inner = getattr(model, "base", model)
+        # structured output where the judge offers it (OpenAI-compatible chat servers); dropped if refused
+        self.json_mode = getattr(inner, "backend", "") == "openai"
 
     def provenance(self) -> dict[str, Any]:
         return {"judge": self.spec, "rubric": self.rubric.id, "rubric_hash": self.rubric.hash,
@@ -147,6 +150,11 @@ class Judge:
     def _ask(self, convs: list[list[Message]]) -> list[str]:
         """The judge's answers; a request the judge cannot take (too long, ...) becomes an error note, which
         parses as missing -- one bad item does not stop the run."""
+        if self.json_mode:
+            try:
+                return [c.text for c in self.model.generate(convs, self.cfg, response_format={"type": "json_object"})]
+            except AlignkitError:
+                self.json_mode = False  # this server does not take response_format: ask in the prompt only
         try:
             return [c.text for c in self.model.generate(convs, self.cfg)]
         except AlignkitError:

@@ -96,13 +96,18 @@ def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path)
         lines.append(f"| {n} | {c['answers']} | {c['mean_tokens']:.1f} | {c['runaway_rate']:.0%} | "
                      f"{c['mean_repetition']:.2f} | {c['empty_rate']:.0%} | {_pct(c['over_refusal_rate'])} | "
                      f"{_pct(c['safety_refusal_rate'])} |")
-    types = sorted({t for n in names for t in summary[n].get("by_type", {})})
-    if types:
-        lines += ["", "## Helpfulness by task type", "", "| contestant | " + " | ".join(types) + " |",
-                  "|---|" + "---|" * len(types)]
-        for n in names:
-            bt = summary[n].get("by_type", {})
-            lines.append(f"| {n} | " + " | ".join(_fmt(bt.get(t, {}).get("helpfulness")) for t in types) + " |")
+    for key, title in (("by_type", "task type"), ("by_topic", "topic")):
+        groups = sorted({g for n in names for g in summary[n].get(key, {})})
+        if not groups:
+            continue
+        lines += ["", f"## Scores by {title} (mean over aspects)", "", f"| {title} | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for g in groups:
+            cells = []
+            for n in names:
+                vals = [v for v in summary[n].get(key, {}).get(g, {}).values() if v is not None]
+                cells.append(_fmt(sum(vals) / len(vals)) if vals else "–")
+            lines.append(f"| {g} | " + " | ".join(cells) + " |")
     if pairwise:
         lines += ["", "## Pairwise (both orders; a win counts only when both agree)", "",
                   "| contestant vs baseline | aspect | win | tie | lose | unreadable |", "|---|---|---|---|---|---|"]

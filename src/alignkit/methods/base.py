@@ -66,9 +66,9 @@ class MethodModel:
         merged = [replace(c, stop=tuple(dict.fromkeys(c.stop + p.stop))) for p, c in zip(prepared, configs)]
         return prepared, merged
 
-    def generate(self, prompts: Sequence[Prompt], config=None) -> list[Completion]:
+    def generate(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> list[Completion]:
         prepared, configs = self._prepare_all(prompts, config)
-        comps = self.base.generate([p.prompt for p in prepared], configs)
+        comps = self.base.generate([p.prompt for p in prepared], configs, **kwargs)
         return [replace(c, text=self.clean(c.text), meta=p.meta) for c, p in zip(comps, prepared)]
 
     def stream(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> Iterator[StreamEvent]:

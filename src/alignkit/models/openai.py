@@ -159,7 +159,7 @@ class OpenAIModel:
             params["extra_body"] = extra
         return params
 
-    def _one(self, prompt: Prompt, cfg: GenerationConfig) -> Completion:
+    def _one(self, prompt: Prompt, cfg: GenerationConfig, response_format: dict | None = None) -> Completion:
         params = self._params(cfg)
         if isinstance(prompt, str):
             resp = self._call(self.client.completions.create, prompt=prompt, **params)
@@ -167,16 +167,23 @@ class OpenAIModel:
             text = choice.text or ""
         else:
             msgs = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
-            resp = self._call(self.client.chat.completions.create, messages=msgs, **params)
+            extra = {"response_format": response_format} if response_format else {}
+            resp = self._call(self.client.chat.completions.create, messages=msgs, **params, **extra)
             choice = resp.choices[0]
             text = choice.message.content or ""
         return _completion(text, choice.finish_reason, resp.usage, cfg)
 
     def generate(
-        self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+        *,
+        response_format: dict | None = None,
     ) -> list[Completion]:
+        """``response_format`` (e.g. ``{"type": "json_object"}``) is passed to chat requests where the server
+        offers structured output."""
         configs = configs_for(len(prompts), config)
-        futures = [self._pool.submit(self._one, p, c) for p, c in zip(prompts, configs)]
+        futures = [self._pool.submit(self._one, p, c, response_format) for p, c in zip(prompts, configs)]
         return [f.result() for f in futures]
 
     def _stream_one(self, index: int, prompt: Prompt, cfg: GenerationConfig, out: queue.Queue, should_stop=None) -> None:
