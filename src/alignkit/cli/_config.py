@@ -79,10 +79,8 @@ def build(cls: type, args: argparse.Namespace, file_values: dict[str, Any] | Non
         raise InputError(f"bad option value: {e}") from e
 
 
-def load_config_file(path: str | None, *classes: type) -> dict[str, Any]:
-    """Read a YAML config file; every key must be a field of one of ``classes``."""
-    if not path:
-        return {}
+def read_yaml_mapping(path: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, with clear errors."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"config file {path!r} does not exist")
@@ -92,6 +90,14 @@ def load_config_file(path: str | None, *classes: type) -> dict[str, Any]:
         raise InputError(f"config file {path!r} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise InputError(f"config file {path!r} must hold a mapping of option: value")
+    return data
+
+
+def load_config_file(path: str | None, *classes: type) -> dict[str, Any]:
+    """Read a YAML config file; every key must be a field of one of ``classes``."""
+    if not path:
+        return {}
+    data = read_yaml_mapping(path)
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     known = {f.name for c in classes for f in dataclasses.fields(c)}
     unknown = sorted(set(data) - known)

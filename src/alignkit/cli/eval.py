@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from alignkit.errors import InputError
+from alignkit.cli._config import read_yaml_mapping
 from alignkit.models.registry import ModelOptions
 
 
@@ -36,15 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from alignkit.models.registry import load_model
 
     _log_warnings_to_stderr()
-    path = Path(args.config)
-    if not path.is_file():
-        raise InputError(f"config file {args.config!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"config file {args.config!r} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise InputError(f"config file {args.config!r} must be a mapping")
+    data = read_yaml_mapping(args.config)
     if args.output:
         data["output"] = args.output
     if args.limit is not None:
