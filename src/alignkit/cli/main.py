@@ -20,6 +20,8 @@ COMMANDS = {
     "serve": "alignkit.cli.serve",
     "dera": "alignkit.cli.dera",
     "eval": "alignkit.cli.eval",
+    "train": "alignkit.cli.train",
+    "data": "alignkit.cli.data",
 }
 
 

@@ -15,7 +15,8 @@ SIDE_METHODS = ("urial", "template", "none", "auto")
 class MethodOptions:
     method: str = field(default="none", metadata={
         "help": "how to talk to the model: urial (in-context alignment of a base model), template (the model's "
-                "own chat template), none (raw completion), auto (template if the model has one, else urial)",
+                "own chat template), none (raw completion), auto (a model trained by `alignkit train`: the layout it was trained on; else its chat "
+                "template if it has one, else urial)",
         "choices": list(METHODS)})
     template: str | None = field(default=None, metadata={
         "help": "in-context alignment template: a shipped name (urial-k0, urial-k1, urial-k3, urial-k8, "
@@ -32,8 +33,8 @@ class MethodOptions:
     ref_method: str = field(default="none", metadata={
         "help": "--method dera: how the reference model is prompted", "choices": list(SIDE_METHODS)})
     aligned_method: str = field(default="auto", metadata={
-        "help": "--method dera: how the aligned model is prompted (auto: its chat template if it has one, else "
-                "raw; urial aligns it in context)", "choices": list(SIDE_METHODS)})
+        "help": "--method dera: how the aligned model is prompted (auto: the layout it was trained on if alignkit "
+                "trained it, else its chat template if it has one, else raw; urial aligns it in context)", "choices": list(SIDE_METHODS)})
 
 
 def apply_method(model: Any, options: MethodOptions, loader: Any = None) -> Any:
@@ -45,7 +46,7 @@ def apply_method(model: Any, options: MethodOptions, loader: Any = None) -> Any:
     if options.ref is not None or options.lam is not None:
         raise InputError("--ref and --lam apply to --method dera only")
     if method == "auto":
-        method = "template" if model.capabilities.chat_template else "urial"
+        method, options = _auto(model, options)
     if method != "urial" and (options.template or options.k is not None or options.select != "fixed"):
         raise InputError("--template, --k and --select apply to --method urial only (with dera: --aligned-method urial)")
     if method == "none":
@@ -61,6 +62,21 @@ def apply_method(model: Any, options: MethodOptions, loader: Any = None) -> Any:
     raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
+def _auto(model: Any, options: MethodOptions) -> tuple[str, MethodOptions]:
+    """A model trained by alignkit is prompted the way it was trained; otherwise its chat template if it has
+    one, else in-context alignment."""
+    from dataclasses import replace
+
+    trained = getattr(model, "trained_format", None)
+    if trained and trained.get("method") == "urial":
+        if options.template is None and options.k is None and options.select == "fixed":
+            options = replace(options, template=trained.get("template") or "urial-k0")
+        return "urial", options
+    if trained and trained.get("method") == "template":
+        return "template", options
+    return ("template" if model.capabilities.chat_template else "urial"), options
+
+
 def _dera(model: Any, options: MethodOptions, loader: Any) -> Any:
     from dataclasses import replace
 
@@ -73,7 +89,10 @@ def _dera(model: Any, options: MethodOptions, loader: Any) -> Any:
     side = replace(options, method="none", ref=None, lam=None)
     aligned_method = options.aligned_method
     if aligned_method == "auto":
-        aligned_method = "template" if model.capabilities.chat_template else "none"
+        if getattr(model, "trained_format", None):
+            aligned_method = "auto"
+        else:
+            aligned_method = "template" if model.capabilities.chat_template else "none"
     aligned = apply_method(model, replace(side, method=aligned_method))
     ref_model = loader(options.ref)
     ref = apply_method(ref_model, replace(side, method=options.ref_method, template=None, k=None, select="fixed"))

@@ -75,6 +75,8 @@ class HFModel:
         self.score_batch_size = score_batch_size
         self.score_chunk = score_chunk
         self._lock = threading.RLock()
+        self.trained_format: dict[str, Any] | None = None
+        """Set for models trained by alignkit: the method and template they were trained to be prompted with."""
         self._causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         cfg = self._causal_lm.config
         self._softcap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
@@ -340,7 +342,9 @@ def load_hf(
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        tok_source = adapter_tokenizer_source(adapter)
+        tokenizer = (AutoTokenizer.from_pretrained(tok_source) if tok_source
+                     else AutoTokenizer.from_pretrained(source, **kwargs))
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         where = f"{source}/{gguf_file}" if gguf_file else source
@@ -351,16 +355,43 @@ def load_hf(
     if adapter:
         model = attach_adapter(model, adapter, merge=merge_adapter)
         src.update(adapter=str(adapter), adapter_merged=merge_adapter)
-    return HFModel(model, tokenizer, spec=spec, source=src, min_prefix_tokens=min_prefix_tokens)
+    hf_model = HFModel(model, tokenizer, spec=spec, source=src, min_prefix_tokens=min_prefix_tokens)
+    hf_model.trained_format = trained_format(adapter or source)
+    return hf_model
 
 
-def attach_adapter(model: torch.nn.Module, adapter: str, *, merge: bool = False) -> torch.nn.Module:
-    """Wrap ``model`` with a PEFT adapter from a folder, checking the folder first."""
+def trained_format(folder: str) -> dict[str, Any] | None:
+    """How a model trained by ``alignkit train`` expects to be prompted (from its ``alignkit.json``), so
+    ``--method auto`` picks the layout it was trained on."""
+    import json
+
+    p = Path(folder) / "alignkit.json"
+    try:
+        info = json.loads(p.read_text()) if p.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return info.get("inference") if isinstance(info, dict) and isinstance(info.get("inference"), dict) else None
+
+
+def check_adapter_folder(adapter: str) -> Path:
     path = Path(adapter)
     if not path.is_dir():
         raise ModelLoadError(f"adapter folder {adapter!r} does not exist")
     if not (path / "adapter_config.json").is_file():
         raise ModelLoadError(f"{adapter!r} is not a PEFT adapter folder (no adapter_config.json in it)")
+    return path
+
+
+def adapter_tokenizer_source(adapter: str | None) -> str | None:
+    """An adapter folder that carries its own tokenizer (e.g. one trained with a chat template added)."""
+    if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
+        return str(adapter)
+    return None
+
+
+def attach_adapter(model: torch.nn.Module, adapter: str, *, merge: bool = False) -> torch.nn.Module:
+    """Wrap ``model`` with a PEFT adapter from a folder, checking the folder first."""
+    path = check_adapter_folder(adapter)
     try:
         from peft import PeftModel
     except ImportError:

@@ -1,0 +1,292 @@
+"""What the SFT and DPO trainers share: loading a model spec for training, the LIMA optimiser preset,
+progress and loss reporting, and the output folder (adapter or full weights, tokenizer, ``alignkit.json``,
+model card)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import InputError, ModelLoadError
+
+INFO_FILE = "alignkit.json"
+LOG_FILE = "train_log.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimisation settings shared by ``train sft`` and ``train dpo``. The defaults are the LIMA preset:
+    AdamW (betas 0.9 / 0.95), weight decay 0.1, linear decay to zero, no warm-up."""
+
+    epochs: float = field(default=3.0, metadata={"help": "passes over the data (LIMA used 15 on a 65B model)"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "peak learning rate (default: 2e-4 with LoRA, 1e-5 for full fine-tuning as in LIMA)"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per optimiser step (per device)"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (LIMA: 0.1)"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps spent warming up (LIMA: none)"})
+    scheduler: str = field(default="linear", metadata={"help": "learning-rate schedule (LIMA: linear decay)",
+                                                       "choices": ["linear", "cosine", "constant"]})
+    max_length: int = field(default=512, metadata={"help": "tokens per training sequence; longer ones are cut"})
+    seed: int = field(default=0, metadata={"help": "random seed (data order, LoRA initialisation)"})
+    save_steps: int = field(default=50, metadata={"help": "save a resumable checkpoint every N optimiser steps"})
+    logging_steps: int = field(default=1, metadata={"help": "report the loss every N optimiser steps"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after N optimiser steps (-1: run all epochs)"})
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What is trained."""
+
+    full: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA path"})
+    target_modules: str = field(default="all-linear", metadata={
+        "help": "modules LoRA adapts: all-linear, or comma-separated module names (e.g. q_proj,v_proj)"})
+    merge: bool = field(default=False, metadata={
+        "help": "also save the LoRA merged into full weights (in OUTPUT/merged, loadable as a folder)"})
+
+    def learning_rate(self, recipe: Recipe) -> float:
+        if recipe.learning_rate is not None:
+            return recipe.learning_rate
+        return 1e-5 if self.full else 2e-4
+
+    def lora_config(self, task: str = "CAUSAL_LM") -> Any:
+        from peft import LoraConfig
+
+        if self.lora_r <= 0:
+            raise InputError(f"--lora-r must be positive, got {self.lora_r}")
+        targets: Any = self.target_modules
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=targets, task_type=task, bias="none")
+
+
+def check_recipe(recipe: Recipe) -> None:
+    for name in ("batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
+        if getattr(recipe, name) <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(recipe, name)}")
+    if recipe.epochs <= 0 and recipe.max_steps <= 0:
+        raise InputError("--epochs must be positive (or give --max-steps)")
+    if recipe.learning_rate is not None and not (0 < recipe.learning_rate < 1):
+        raise InputError(f"--learning-rate must be in (0, 1), got {recipe.learning_rate}")
+
+
+def source_of(spec: str) -> str:
+    """The local folder (or hub id) a model spec trains from: aliases and GGUF files go through the same
+    cached conversion as inference."""
+    from alignkit.models.hf_loader import _source
+    from alignkit.models.registry import resolve
+
+    resolved = resolve(spec)
+    if resolved.backend != "hf":
+        raise InputError(f"training needs a transformers model; {spec!r} is a {resolved.backend} model")
+    if resolved.kind == "adapter":
+        raise InputError(f"{spec!r} is an adapter folder; train on its base model with --adapter {spec}")
+    return _source(resolved)[0]
+
+
+def load_for_training(spec: str, *, adapter: str | None = None, trainable_adapter: bool = False,
+                      tokenizer_from: str | None = None):
+    """(model in float32 on CPU or the default device, tokenizer, source folder)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = source_of(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_from or source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load {spec!r} for training from {source}: {str(e).splitlines()[0]}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if adapter:
+        from alignkit.models.hf import check_adapter_folder
+        from peft import PeftModel
+
+        check_adapter_folder(adapter)
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapter)
+    return model, tok, source
+
+
+def read_info(folder: str | Path) -> dict[str, Any] | None:
+    p = Path(folder) / INFO_FILE
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise InputError(f"{p} is not valid JSON: {e}") from e
+
+
+def prepare_output(output: str, resume: bool, overwrite: bool) -> Path:
+    out = Path(output)
+    ckpts = out / CHECKPOINTS
+    if resume:
+        if not any(ckpts.glob("checkpoint-*")):
+            raise InputError(f"--resume: no checkpoint in {ckpts} to resume from")
+        return out
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"output folder {output!r} is not empty; pass --resume to continue a run there, "
+                         "--overwrite to replace it, or choose another folder")
+    if out.exists() and overwrite:
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def training_args_kwargs(recipe: Recipe, tuning: Tuning, output: Path) -> dict[str, Any]:
+    """TrainingArguments shared by SFT and DPO (the LIMA preset unless overridden)."""
+    return dict(
+        output_dir=str(output / CHECKPOINTS),
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum,
+        learning_rate=tuning.learning_rate(recipe),
+        weight_decay=recipe.weight_decay,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        optim="adamw_torch",
+        lr_scheduler_type=recipe.scheduler,
+        warmup_steps=float(recipe.warmup_ratio),  # a float below 1 is a ratio of the steps
+        logging_steps=recipe.logging_steps,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=2,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to="none",
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def progress_callback(output: Path):
+    """A transformers callback that prints one line per logged step (step, loss, lr, tokens/s) to stderr
+    and appends the same to ``OUTPUT/train_log.jsonl``."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+            self.log_path = output / LOG_FILE
+            self.history: list[dict[str, Any]] = []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+            self.start_step = state.global_step
+            print(f"alignkit train: {state.max_steps} optimiser steps"
+                  + (f", resuming at step {state.global_step}" if state.global_step else ""), file=sys.stderr)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs:
+                return
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 3), **{
+                k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}}
+            self.history.append(row)
+            with self.log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if "loss" in logs:
+                elapsed = time.perf_counter() - self.t0
+                done = max(state.global_step - self.start_step, 1)
+                eta = elapsed / done * (state.max_steps - state.global_step)
+                extra = "".join(f" {k} {logs[k]:.4g}" for k in ("rewards/accuracies", "rewards/margins") if k in logs)
+                print(f"  step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+                      f"lr {logs.get('learning_rate', 0):.2e}{extra}  eta {eta:.0f}s", file=sys.stderr)
+
+    return Progress()
+
+
+def quiet(trainer: Any) -> None:
+    """Our progress lines replace transformers' printed log dicts."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
+def count_tokens(dataset: Any, columns: tuple[str, ...]) -> int:
+    return int(sum(len(x) for c in columns if c in dataset.column_names for x in dataset[c]))
+
+
+def write_outputs(*, output: Path, model: Any, tokenizer: Any, tuning: Tuning, info: dict[str, Any],
+                  base_spec: str) -> None:
+    """Adapter (or full weights), tokenizer, alignkit.json and README.md model card."""
+    info = {**info, "output": str(output)}
+    model.save_pretrained(str(output))
+    tokenizer.save_pretrained(str(output))
+    if not tuning.full:
+        cfg_path = output / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["base_model_name_or_path"] = base_spec  # the spec alignkit resolves, not this machine's cache path
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+        if tuning.merge:
+            merged = model.merge_and_unload()
+            (output / "merged").mkdir(exist_ok=True)
+            merged.save_pretrained(str(output / "merged"))
+            tokenizer.save_pretrained(str(output / "merged"))
+            (output / "merged" / INFO_FILE).write_text(json.dumps({**info, "merged": True}, indent=2))
+            info = {**info, "merged_into": "merged/"}
+    (output / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False))
+    (output / "README.md").write_text(model_card(info), encoding="utf-8")
+
+
+def model_card(info: dict[str, Any]) -> str:
+    r = info["result"]
+    fmt = info["format"]
+    method = info["inference"]
+    how = " ".join(f"--{k} {v}" for k, v in method.items() if v)
+    lines = [
+        "---",
+        f"base_model: {info['base_model']}",
+        "library_name: " + ("transformers" if info["tuning"]["full"] else "peft"),
+        "tags: [alignkit, " + info["kind"] + ("" if info["tuning"]["full"] else ", lora") + "]",
+        "---",
+        "",
+        f"# {info['kind'].upper()} of {info['base_model']} (alignkit {info['alignkit_version']})",
+        "",
+        f"- Base model: `{info['base_model']}`" + (f" with adapter `{info['init_adapter']}`" if info.get("init_adapter") else ""),
+        f"- Data: `{info['data']['path']}` — {info['data']['records']} records, sha256 prefix `{info['data']['hash']}`",
+        f"- Prompt format: `{fmt['name']}`" + (f" (template `{fmt['template']}`)" if fmt.get("template") else ""),
+        f"- Use it: `alignkit chat --model {info['base_model']} --adapter {info['output']} {how}` (or `--method auto`)",
+        f"- Tuning: {'full fine-tuning' if info['tuning']['full'] else 'LoRA r=' + str(info['tuning']['lora_r']) + ', alpha=' + str(info['tuning']['lora_alpha'])}",
+        f"- Recipe: {', '.join(f'{k}={v}' for k, v in info['recipe'].items())}",
+    ]
+    if "beta" in info:
+        lines.append(f"- DPO beta: {info['beta']} (reference: the frozen starting model, via adapter switching)")
+    lines += [
+        f"- Result: {r['steps']} steps, {r['train_seconds']:.0f} s, final loss {r['final_loss']}, "
+        f"{r['tokens_per_second']:.0f} tokens/s",
+        "",
+        "Trained with `alignkit train` on TRL and PEFT. The loss history is in `train_log.jsonl`; the full record "
+        "in `alignkit.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def final_loss(history: list[dict[str, Any]]) -> float | None:
+    losses = [h["loss"] for h in history if "loss" in h and isinstance(h["loss"], (int, float))]
+    return round(losses[-1], 4) if losses and math.isfinite(losses[-1]) else None
+
+
+def recipe_dict(recipe: Recipe, tuning: Tuning) -> dict[str, Any]:
+    d = asdict(recipe)
+    d["learning_rate"] = tuning.learning_rate(recipe)
+    d["optimizer"] = "adamw(0.9,0.95)"
+    return d

@@ -1,0 +1,147 @@
+"""Supervised fine-tuning (LIMA-style) on TRL's ``SFTTrainer``: LoRA by default or full weights, loss on
+the assistant turns only, multi-turn conversations, resumable from checkpoints.
+
+The conversations are rendered and tokenised here (see :mod:`alignkit.training.format`) into ``input_ids``
+and ``assistant_masks``; TRL builds the labels from the mask, truncates, pads and trains. So the model
+learns exactly the layout it is prompted with at inference.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import InputError
+from alignkit.models.catalog import DEFAULT_MODEL
+from alignkit.training import common, data
+from alignkit.training.format import PromptFormat, check_format, render, tokenize
+
+
+@dataclass(frozen=True)
+class SFTJob:
+    data: str = field(default="", metadata={
+        "help": "SFT data: a JSONL file of {id, messages} records, or a shipped set (alignkit-sft)", "required": True})
+    output: str = field(default="", metadata={"help": "output folder (adapter or model, model card, log)",
+                                              "required": True})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model spec (see `alignkit models`)"})
+    format: str = field(default="auto", metadata={
+        "help": "conversation layout: urial (the in-context layout of a K=0 template; for base models), "
+                "chat-template (the tokenizer's), auto (chat-template if the tokenizer has one, else urial)",
+        "choices": ["auto", "urial", "chat-template"]})
+    template: str = field(default="urial-k0", metadata={
+        "help": "--format urial: the K=0 template whose preamble starts every conversation"})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "--format chat-template: a Jinja chat template file to use (and save with the model)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUTPUT"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT folder"})
+
+
+def resolve_format(job_format: str, template: str, tokenizer: Any) -> PromptFormat:
+    name = job_format
+    if name == "auto":
+        name = "chat-template" if getattr(tokenizer, "chat_template", None) else "urial"
+    return PromptFormat(name, template if name == "urial" else None)
+
+
+def build_dataset(records: list[data.Record], fmt: PromptFormat, tokenizer: Any, max_length: int):
+    """The tokenised training set and how many conversations were cut at ``max_length``."""
+    from datasets import Dataset
+
+    rows, cut = [], 0
+    for r in records:
+        enc = tokenize(render(r.data["messages"], fmt, tokenizer), tokenizer)
+        if len(enc["input_ids"]) > max_length:
+            cut += 1
+        if not any(enc["assistant_masks"][:max_length]):
+            raise InputError(f"{r.id!r} (line {r.lineno}): no assistant token within the first {max_length} tokens; "
+                             "raise --max-length or shorten the conversation")
+        rows.append(enc)
+    return Dataset.from_list(rows), cut
+
+
+def sft_config(recipe: common.Recipe, tuning: common.Tuning, output: Path) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(**common.training_args_kwargs(recipe, tuning, output), max_length=recipe.max_length,
+                     packing=False, dataset_num_proc=None)
+
+
+def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[str, Any]:
+    """Train, write the output folder, and return its ``alignkit.json`` record."""
+    common.check_recipe(recipe)
+    loaded = data.load(job.data, "sft")
+    loaded.raise_if_problems("nothing was trained (`alignkit data validate` lists them; `alignkit data clean` "
+                             "writes a clean copy)")
+    output = common.prepare_output(job.output, job.resume, job.overwrite)
+    model, tokenizer, source = common.load_for_training(job.model)
+    if job.chat_template:
+        try:
+            tokenizer.chat_template = Path(job.chat_template).read_text(encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"cannot read --chat-template {job.chat_template!r}: {e}") from e
+    fmt = resolve_format(job.format, job.template, tokenizer)
+    check_format(fmt, tokenizer)
+    dataset, cut = build_dataset(loaded.records, fmt, tokenizer, recipe.max_length)
+    if cut:
+        print(f"alignkit train: {cut} of {len(dataset)} conversations are longer than --max-length "
+              f"{recipe.max_length} and were cut", file=sys.stderr)
+    from trl import SFTTrainer
+
+    progress = common.progress_callback(output)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(recipe, tuning, output),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=None if tuning.full else tuning.lora_config(),
+        callbacks=[progress],
+    )
+    common.quiet(trainer)
+    trained = trainer.model
+    n_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    print(f"alignkit train sft: {len(dataset)} conversations, format {fmt.name}, "
+          f"{'full fine-tuning' if tuning.full else f'LoRA r={tuning.lora_r}'} ({n_params:,} trainable parameters)",
+          file=sys.stderr)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if job.resume else None)
+    seconds = time.perf_counter() - t0
+    steps = trainer.state.global_step
+    tokens = trainer.state.num_input_tokens_seen or _tokens_trained(trainer)
+    from alignkit import __version__
+
+    info = {
+        "kind": "sft",
+        "alignkit_version": __version__,
+        "base_model": job.model,
+        "base_source": source,
+        "format": {"name": fmt.name, "template": fmt.template},
+        "inference": fmt.method_options(),
+        "data": {"path": job.data, "records": len(loaded.records), "hash": data.data_hash(loaded.records),
+                 "cut_at_max_length": cut},
+        "tuning": asdict(tuning),
+        "recipe": common.recipe_dict(recipe, tuning),
+        "result": {
+            "steps": steps,
+            "train_seconds": round(seconds, 1),
+            "final_loss": common.final_loss(progress.history),
+            "first_loss": next((h["loss"] for h in progress.history if "loss" in h), None),
+            "tokens": tokens,
+            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+            "trainable_parameters": n_params,
+        },
+    }
+    common.write_outputs(output=output, model=trained, tokenizer=tokenizer, tuning=tuning, info=info,
+                         base_spec=job.model)
+    print(f"alignkit train sft: wrote {output} (loss {info['result']['first_loss']} -> "
+          f"{info['result']['final_loss']}, {seconds:.0f} s)", file=sys.stderr)
+    return info
+
+
+def _tokens_trained(trainer: Any) -> int:
+    """Tokens seen, when the trainer did not count them: the epochs run times the data set's tokens."""
+    ds = trainer.train_dataset
+    per_epoch = common.count_tokens(ds, ("input_ids",))
+    return int(per_epoch * (trainer.state.epoch or 0))
