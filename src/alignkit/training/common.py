@@ -109,8 +109,9 @@ def load_for_training(spec: str, *, adapter: str | None = None, trainable_adapte
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if adapter:
-        from alignkit.models.hf import check_adapter_folder
         from peft import PeftModel
+
+        from alignkit.models.hf import check_adapter_folder
 
         check_adapter_folder(adapter)
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapter)

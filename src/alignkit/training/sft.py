@@ -65,8 +65,9 @@ def build_dataset(records: list[data.Record], fmt: PromptFormat, tokenizer: Any,
 def sft_config(recipe: common.Recipe, tuning: common.Tuning, output: Path) -> Any:
     from trl import SFTConfig
 
+    # batches of similar lengths: less padding (on CPU, padding costs as much as real tokens)
     return SFTConfig(**common.training_args_kwargs(recipe, tuning, output), max_length=recipe.max_length,
-                     packing=False, dataset_num_proc=None)
+                     packing=False, dataset_num_proc=None, train_sampling_strategy="group_by_length")
 
 
 def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[str, Any]:

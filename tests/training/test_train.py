@@ -1,0 +1,223 @@
+"""SFT and DPO on tiny real models: they change the trained parameters, lower the loss, resume, and the
+output loads back through the model interface and changes what the model says."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from alignkit.cli.main import main
+
+pytest.importorskip("trl")
+
+
+def _sft_records():
+    recs = [{"id": f"add{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                           {"role": "assistant", "content": f"The answer is {2 * i}. Thank you!"}]}
+            for i in range(10)]
+    recs.append({"id": "multi", "messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "How do I boil an egg?"},
+        {"role": "assistant", "content": "Put the egg in boiling water for nine minutes."}]})
+    return recs
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sftdata")
+    path = root / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in _sft_records()) + "\n")
+    prefs = root / "prefs.jsonl"
+    prefs.write_text("\n".join(json.dumps({"id": i, "prompt": f"What is {i} plus {i}?", "chosen": f"The answer is {2 * i}.",
+                                           "rejected": "The quick brown fox jumps over the lazy dog."})
+                               for i in range(8)) + "\n")
+    return {"sft": path, "prefs": prefs}
+
+
+FAST = ["--learning-rate", "5e-3", "--batch-size", "4", "--save-steps", "100"]
+
+
+def data_loss(model_dir: str, records, adapter: str | None = None, template: str = "tuned-k0") -> float:
+    """Mean assistant-token loss of a model (optionally with an adapter) on SFT records, computed directly."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.training.format import PromptFormat, render, tokenize
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for r in records:
+            enc = tokenize(render(r["messages"], PromptFormat("urial", template), tok), tok)
+            ids = torch.tensor([enc["input_ids"]])
+            labels = torch.tensor([[i if m else -100 for i, m in zip(enc["input_ids"], enc["assistant_masks"])]])
+            k = int((labels[:, 1:] != -100).sum())
+            total += float(model(input_ids=ids, labels=labels).loss) * k
+            n += k
+    return total / n
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny_dir, sft_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft") / "adapter"
+    code = main(["train", "sft", "--model", str(tiny_dir["base"]), "--data", str(sft_data["sft"]), "--output", str(out),
+                 "--template", "tuned-k0", "--epochs", "6", "--merge", *FAST])
+    assert code == 0
+    return out
+
+
+def test_sft_lowers_the_loss_and_changes_parameters(tiny_dir, sft_adapter):
+    from safetensors.torch import load_file
+
+    before = data_loss(str(tiny_dir["base"]), _sft_records())
+    after = data_loss(str(tiny_dir["base"]), _sft_records(), adapter=str(sft_adapter))
+    assert after < before - 0.5, (before, after)
+    weights = load_file(str(sft_adapter / "adapter_model.safetensors"))
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().max()) > 0 for v in lora_b)  # LoRA B starts at zero: training moved it
+    info = json.loads((sft_adapter / "alignkit.json").read_text())
+    assert info["result"]["final_loss"] < info["result"]["first_loss"]
+    assert info["inference"] == {"method": "urial", "template": "tuned-k0"}
+    assert info["data"]["records"] == 11 and len(info["data"]["hash"]) == 16
+    assert info["recipe"]["weight_decay"] == 0.1 and info["recipe"]["scheduler"] == "linear"
+    card = (sft_adapter / "README.md").read_text()
+    assert info["data"]["hash"] in card and "base_model:" in card and "tuned-k0" in card
+    log = [json.loads(x) for x in (sft_adapter / "train_log.jsonl").read_text().splitlines()]
+    assert sum("loss" in row for row in log) == info["result"]["steps"]
+
+
+def test_adapter_loads_back_and_changes_outputs(tiny_dir, sft_adapter):
+    from alignkit import load_model
+    from alignkit.methods import MethodOptions, apply_method
+    from alignkit.types import GenerationConfig
+
+    base = load_model(str(tiny_dir["base"]), dtype="float64")
+    tuned = load_model(str(sft_adapter), dtype="float64")  # the folder alone names its base
+    assert tuned.source["adapter"] == str(sft_adapter) and tuned.trained_format["template"] == "tuned-k0"
+    auto = apply_method(tuned, MethodOptions(method="auto"))
+    assert auto.method == "urial" and auto.template.id == "tuned-k0"  # prompted the way it was trained
+    cfg = GenerationConfig(max_new_tokens=12)
+    prompt = "What is 3 plus 3?"
+    base_out = apply_method(base, MethodOptions(method="urial", template="tuned-k0")).generate([prompt], cfg)[0].text
+    tuned_out = auto.generate([prompt], cfg)[0].text
+    assert tuned_out != base_out
+    # the merged copy is an ordinary folder that gives the same next-token scores as base + adapter
+    merged = load_model(str(sft_adapter / "merged"), dtype="float64")
+    def lp(m):
+        return m.score(["What is 3 plus 3?"], [" The answer is 6."])[0].logprobs
+
+    assert lp(merged) == pytest.approx(lp(tuned), abs=1e-5)
+
+
+def test_sft_resumes_from_its_checkpoint(tiny_dir, sft_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "sft", "--model", str(tiny_dir["base"]), "--data", str(sft_data["sft"]), "--output", str(out),
+            "--learning-rate", "5e-3", "--batch-size", "2", "--save-steps", "2"]
+    assert main([*args, "--max-steps", "2"]) == 0
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    assert main([*args, "--max-steps", "2"]) == 2  # a second run never overwrites silently
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--max-steps", "4", "--resume"]) == 0
+    assert "resuming at step 2" in capsys.readouterr().err
+    steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_full_fine_tuning_writes_a_loadable_model(tiny_dir, sft_data, tmp_path):
+    out = tmp_path / "full"
+    assert main(["train", "sft", "--model", str(tiny_dir["base"]), "--data", str(sft_data["sft"]), "--output", str(out),
+                 "--full", "--epochs", "2", *FAST]) == 0
+    assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
+    assert data_loss(str(out), _sft_records()) < data_loss(str(tiny_dir["base"]), _sft_records())
+    from alignkit import load_model
+
+    m = load_model(str(out))
+    assert m.trained_format == {"method": "urial", "template": "urial-k0"}
+
+
+def test_sft_with_chat_template_format(tiny_dir, sft_data, tmp_path):
+    out = tmp_path / "chat"
+    assert main(["train", "sft", "--model", str(tiny_dir["aligned"]), "--data", str(sft_data["sft"]), "--output",
+                 str(out), "--epochs", "2", *FAST]) == 0
+    info = json.loads((out / "alignkit.json").read_text())
+    assert info["format"]["name"] == "chat-template" and info["inference"] == {"method": "template"}
+    # a base model without a chat template can be given one; it is saved with the adapter and used on load
+    tpl = tmp_path / "tpl.jinja"
+    tpl.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                   "{% if add_generation_prompt %}[assistant] {% endif %}")
+    out2 = tmp_path / "chat2"
+    assert main(["train", "sft", "--model", str(tiny_dir["base"]), "--data", str(sft_data["sft"]), "--output", str(out2),
+                 "--format", "chat-template", "--chat-template", str(tpl), "--max-steps", "1", *FAST]) == 0
+    from alignkit import load_model
+
+    m = load_model(str(out2))
+    assert m.capabilities.chat_template and "[assistant]" in m.render([{"role": "user", "content": "hi"}])
+
+
+def test_bad_training_input_is_refused_before_loading(tiny_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "messages": [{"role": "user", "content": "q"}]}\n{nope\n')
+    assert main(["train", "sft", "--model", str(tiny_dir["base"]), "--data", str(bad), "--output",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:1: the conversation must end with an assistant turn" in err and f"{bad}:2: invalid JSON" in err
+    assert not (tmp_path / "o").exists()
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(_sft_records()[0]) + "\n")
+    assert main(["train", "sft", "--model", str(tiny_dir["base"]), "--data", str(good), "--output",
+                 str(tmp_path / "o"), "--format", "chat-template"]) == 2
+    assert "no chat template" in capsys.readouterr().err
+    assert main(["train", "sft", "--model", str(tiny_dir["base"]), "--data", str(good), "--output",
+                 str(tmp_path / "o2"), "--batch-size", "0"]) == 2
+    assert main(["train", "dpo", "--model", str(tiny_dir["base"]), "--data", str(good), "--output",
+                 str(tmp_path / "o3")]) == 2  # SFT records are not preference pairs
+    assert "needs 'prompt', 'chosen' and 'rejected'" in capsys.readouterr().err
+
+
+def test_dpo_from_the_sft_adapter(tiny_dir, sft_adapter, sft_data, tmp_path):
+    out = tmp_path / "dpo"
+    assert main(["train", "dpo", "--model", str(tiny_dir["base"]), "--adapter", str(sft_adapter), "--data",
+                 str(sft_data["prefs"]), "--output", str(out), "--epochs", "3", "--beta", "0.1", *FAST]) == 0
+    info = json.loads((out / "alignkit.json").read_text())
+    # the reference is the starting adapter itself, so the first loss is exactly -log(sigmoid(0)) = log 2
+    assert info["result"]["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert info["result"]["final_loss"] < info["result"]["first_loss"]
+    assert info["result"]["final_reward_margin"] > 0
+    assert info["format"] == {"name": "urial", "template": "tuned-k0"}  # inherited from the SFT adapter
+    assert not (out / "ref").exists()  # only the trained adapter is saved
+    from alignkit import load_model
+    from alignkit.training.data import load
+    from alignkit.training.dpo import pair_rows
+    from alignkit.training.format import PromptFormat
+
+    rows = pair_rows(load(str(sft_data["prefs"]), "prefs").records, PromptFormat("urial", "tuned-k0"))
+    dpo = load_model(str(out), dtype="float64")
+    sft = load_model(str(sft_adapter), dtype="float64")
+
+    def margin(m):
+        total = 0.0
+        for r in rows[:4]:
+            for sign, key in ((1, "chosen"), (-1, "rejected")):
+                total += sign * sum(m.score([r["prompt"]], [r[key]])[0].logprobs)
+        return total
+
+    assert margin(dpo) > margin(sft)  # DPO moved probability from rejected to chosen answers
+
+
+def test_dpo_from_the_base_with_lora(tiny_dir, sft_data, tmp_path):
+    out = tmp_path / "dpo-base"
+    assert main(["train", "dpo", "--model", str(tiny_dir["aligned"]), "--data", str(sft_data["prefs"]), "--output",
+                 str(out), "--max-steps", "3", *FAST]) == 0
+    info = json.loads((out / "alignkit.json").read_text())
+    assert info["format"]["name"] == "chat-template"  # the model has a chat template
+    assert info["result"]["first_loss"] == pytest.approx(math.log(2), abs=1e-4)  # reference = base, adapter off
+    assert (out / "adapter_config.json").is_file()
