@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alignkit-installed
 
-.PHONY: install demo test test-fast bench lint clean chromium
+.PHONY: install demo test test-fast bench lint clean chromium siblings
 
 # torch first, pinned to the CPU build these machines carry (pip finds it via find-links); an unpinned
 # torch would pull the newest CUDA build (several GB). Then the package with every extra and the test tools.
@@ -30,6 +30,10 @@ demo: $(STAMP)
 	$(BIN)/python -c "import json; [print(f\"### {r['prompt']}\n{r['output']}\n\") for r in map(json.loads, open('runs/demo/urial.jsonl'))]"
 	$(BIN)/alignkit shift --base gemma-3-270m --aligned gemma-3-270m --aligned-method urial \
 		--input examples/instructions.jsonl --output runs/demo/shift.jsonl --report runs/demo/shift.html --resume
+
+# SFT and DPO siblings of the embedded base, made offline on this CPU (see scripts/siblings.sh)
+siblings: $(STAMP)
+	BIN=$(BIN) ./scripts/siblings.sh
 
 # the report test drives Debian's Chromium (no browser download): install it if it is missing
 chromium:
