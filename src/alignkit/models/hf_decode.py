@@ -65,7 +65,113 @@ def _processors(cfg: GenerationConfig) -> LogitsProcessorList:
     return procs
 
 
-class DecodeEngine:
+class TokenLoop:
+    """The backend-independent part of decoding: per-request sampling (temperature, top-p, top-k, a
+    repetition penalty on the answer's own tokens), stop strings, streaming deltas and the final
+    :class:`Completion`. Backends drive it with steppers (objects with ``.logits`` ``[active, V]`` and
+    ``.step(tokens, keep)``); the transformers engine batches rows, llama.cpp steps one row at a time."""
+
+    def __init__(self, *, eos_ids: set[int], decode: Callable[[list[int]], str], context_length: int | None) -> None:
+        self.eos_ids = eos_ids
+        self.decode = decode
+        self.context_length = context_length
+
+    def _select(self, row: _Row, logits: torch.Tensor) -> int:
+        scores = logits.unsqueeze(0)
+        if len(row.processors):
+            # the repetition penalty looks at the answer so far, not the prompt: a prompt full of examples
+            # (in-context alignment) holds the very tokens an answer must be free to use -- its closing
+            # fence, the phrasing of a polite refusal
+            seen = torch.tensor([row.gen], dtype=torch.long, device=scores.device)
+            for proc in row.processors:
+                if row.gen or not isinstance(proc, RepetitionPenaltyLogitsProcessor):
+                    scores = proc(seen, scores)
+        if row.config.greedy:
+            return int(scores.argmax(-1))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _advance(self, row: _Row, token: int) -> str:
+        """Add a token to a row, update its text and finish state; return the text to emit."""
+        row.gen.append(token)
+        cfg = row.config
+        if token in self.eos_ids:
+            row.finish = "stop"
+            row.text = self.decode(row.gen[:-1])
+        else:
+            prev_len = len(row.text)
+            row.text = self.decode(row.gen)
+            longest = max((len(s) for s in cfg.stop), default=0)
+            hit = find_stop(row.text, cfg.stop, max(0, min(prev_len, row.emitted) - longest))
+            if hit is not None:
+                row.text, row.stop, row.finish = row.text[: hit[0]], hit[1], "stop"
+            elif len(row.gen) >= cfg.max_new_tokens:
+                row.finish = "length"
+            elif self.context_length and len(row.prompt_ids) + len(row.gen) >= self.context_length:
+                row.finish = "length"
+        upto = len(row.text) if row.finish else stream_safe_length(row.text, cfg.stop)
+        delta = row.text[row.emitted : upto] if upto > row.emitted else ""
+        row.emitted = max(row.emitted, upto)
+        return delta
+
+    def _event(self, row: _Row, delta: str) -> StreamEvent:
+        if not row.finish:
+            return StreamEvent(row.index, delta)
+        comp = Completion(
+            text=row.text,
+            finish_reason=row.finish,  # type: ignore[arg-type]
+            prompt_tokens=len(row.prompt_ids),
+            completion_tokens=len(row.gen),
+            token_ids=tuple(row.gen),
+            stop=row.stop,
+        )
+        return StreamEvent(row.index, delta, row.finish, comp)  # type: ignore[arg-type]
+
+    def new_rows(self, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig]) -> list[_Row]:
+        rows = []
+        for i, (ids, cfg) in enumerate(zip(prompts, configs)):
+            gen = None
+            if not cfg.greedy:
+                gen = torch.Generator(device="cpu")
+                gen.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,))))
+            rows.append(_Row(i, list(ids), cfg, gen, _processors(cfg)))
+        return rows
+
+    @torch.no_grad()
+    def loop(
+        self,
+        rows: list[_Row],
+        steppers: Sequence[Stepper],
+        combine: Callable[[list[torch.Tensor]], torch.Tensor],
+        should_stop: Callable[[int], bool] | None = None,
+    ) -> Iterator[StreamEvent]:
+        """The token loop: ``combine`` turns the steppers' next-token logits (one ``[active, V]`` tensor each)
+        into the logits to sample from; every stepper is then fed the chosen tokens (models in lockstep)."""
+        active = list(range(len(rows)))
+        while active:
+            logits = combine([st.logits for st in steppers])
+            tokens, keep = [], []
+            for j, ri in enumerate(active):
+                row = rows[ri]
+                if should_stop is not None and should_stop(row.index):
+                    row.finish = "cancelled"
+                    continue
+                tok = self._select(row, logits[j].cpu())
+                delta = self._advance(row, tok)
+                if delta or row.finish:
+                    yield self._event(row, delta)
+                if not row.finish:
+                    keep.append(j)
+                    tokens.append(tok)
+            if not keep:
+                break
+            active = [active[j] for j in keep]
+            for st in steppers:
+                st.step(tokens, keep)
+
+
+
+class DecodeEngine(TokenLoop):
     """Runs batches of token-id prompts through a causal LM."""
 
     def __init__(
@@ -80,13 +186,11 @@ class DecodeEngine:
         head: Callable[[torch.Tensor], torch.Tensor],
         min_prefix: int = 32,
     ) -> None:
+        super().__init__(eos_ids=eos_ids, decode=decode, context_length=context_length)
         self.model = model
         self.decoder = decoder
         self.head = head
-        self.eos_ids = eos_ids
         self.pad_id = pad_id
-        self.decode = decode
-        self.context_length = context_length
         self.min_prefix = min_prefix
         self.store = PrefixStore()
         self.windows = layer_windows(model.config)
@@ -187,67 +291,6 @@ class DecodeEngine:
                     f"prompt {i} has {len(r)} tokens; the model's context holds {self.context_length}"
                 )
 
-    def _select(self, row: _Row, logits: torch.Tensor) -> int:
-        scores = logits.unsqueeze(0)
-        if len(row.processors):
-            # the repetition penalty looks at the answer so far, not the prompt: a prompt full of examples
-            # (in-context alignment) holds the very tokens an answer must be free to use -- its closing
-            # fence, the phrasing of a polite refusal
-            seen = torch.tensor([row.gen], dtype=torch.long, device=scores.device)
-            for proc in row.processors:
-                if row.gen or not isinstance(proc, RepetitionPenaltyLogitsProcessor):
-                    scores = proc(seen, scores)
-        if row.config.greedy:
-            return int(scores.argmax(-1))
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=row.generator))
-
-    def _advance(self, row: _Row, token: int) -> str:
-        """Add a token to a row, update its text and finish state; return the text to emit."""
-        row.gen.append(token)
-        cfg = row.config
-        if token in self.eos_ids:
-            row.finish = "stop"
-            row.text = self.decode(row.gen[:-1])
-        else:
-            prev_len = len(row.text)
-            row.text = self.decode(row.gen)
-            longest = max((len(s) for s in cfg.stop), default=0)
-            hit = find_stop(row.text, cfg.stop, max(0, min(prev_len, row.emitted) - longest))
-            if hit is not None:
-                row.text, row.stop, row.finish = row.text[: hit[0]], hit[1], "stop"
-            elif len(row.gen) >= cfg.max_new_tokens:
-                row.finish = "length"
-            elif self.context_length and len(row.prompt_ids) + len(row.gen) >= self.context_length:
-                row.finish = "length"
-        upto = len(row.text) if row.finish else stream_safe_length(row.text, cfg.stop)
-        delta = row.text[row.emitted : upto] if upto > row.emitted else ""
-        row.emitted = max(row.emitted, upto)
-        return delta
-
-    def _event(self, row: _Row, delta: str) -> StreamEvent:
-        if not row.finish:
-            return StreamEvent(row.index, delta)
-        comp = Completion(
-            text=row.text,
-            finish_reason=row.finish,  # type: ignore[arg-type]
-            prompt_tokens=len(row.prompt_ids),
-            completion_tokens=len(row.gen),
-            token_ids=tuple(row.gen),
-            stop=row.stop,
-        )
-        return StreamEvent(row.index, delta, row.finish, comp)  # type: ignore[arg-type]
-
-    def new_rows(self, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig]) -> list[_Row]:
-        rows = []
-        for i, (ids, cfg) in enumerate(zip(prompts, configs)):
-            gen = None
-            if not cfg.greedy:
-                gen = torch.Generator(device="cpu")
-                gen.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,))))
-            rows.append(_Row(i, list(ids), cfg, gen, _processors(cfg)))
-        return rows
-
     @torch.no_grad()
     def run(
         self,
@@ -261,39 +304,6 @@ class DecodeEngine:
         at once, without a final event (its client went away)."""
         stepper = Stepper(self, prompts, extra=max(c.max_new_tokens for c in configs), reuse=reuse)
         yield from self.loop(self.new_rows(prompts, configs), [stepper], lambda logits: logits[0], should_stop)
-
-    @torch.no_grad()
-    def loop(
-        self,
-        rows: list[_Row],
-        steppers: Sequence[Stepper],
-        combine: Callable[[list[torch.Tensor]], torch.Tensor],
-        should_stop: Callable[[int], bool] | None = None,
-    ) -> Iterator[StreamEvent]:
-        """The token loop: ``combine`` turns the steppers' next-token logits (one ``[active, V]`` tensor each)
-        into the logits to sample from; every stepper is then fed the chosen tokens (models in lockstep)."""
-        active = list(range(len(rows)))
-        while active:
-            logits = combine([st.logits for st in steppers])
-            tokens, keep = [], []
-            for j, ri in enumerate(active):
-                row = rows[ri]
-                if should_stop is not None and should_stop(row.index):
-                    row.finish = "cancelled"
-                    continue
-                tok = self._select(row, logits[j].cpu())
-                delta = self._advance(row, tok)
-                if delta or row.finish:
-                    yield self._event(row, delta)
-                if not row.finish:
-                    keep.append(j)
-                    tokens.append(tok)
-            if not keep:
-                break
-            active = [active[j] for j in keep]
-            for st in steppers:
-                st.step(tokens, keep)
-
 
 class Stepper:
     """One model's side of a batched decode: its key/value cache, attention mask and next-token logits."""
