@@ -10,6 +10,8 @@ Spec forms (tried in this order):
 ``./folder`` ``/abs/folder``                a transformers folder, or a PEFT adapter folder
                                             (its base model is read from adapter_config.json)
 ``./model.gguf``                            a GGUF file, through transformers' GGUF loading
+``llamacpp:./model.gguf``                   a GGUF file through llama.cpp (``llamacpp:ALIAS``:
+                                            an embedded model's GGUF)
 ``ORG/NAME``                                a Hugging Face hub id
 ==========================================  =================================================
 
@@ -54,15 +56,18 @@ class ModelOptions:
     max_retries: int = field(
         default=4, metadata={"help": "retries (with exponential backoff) on 429/5xx and connection errors"}
     )
+    n_ctx: int = field(default=2048, metadata={
+        "help": "llamacpp backend: context size in tokens (it keeps n_ctx x vocabulary logits for exact scoring)"})
 
 
 #: backend name -> "module:function" of its loader ``(target, *, spec, options) -> LanguageModel``.
 BACKENDS: dict[str, str] = {
     "hf": "alignkit.models.hf_loader:load",
     "openai": "alignkit.models.openai:load",
+    "llamacpp": "alignkit.models.llamacpp:load",
 }
 
-_EXTRAS = {"hf": ("hf", "transformers"), "openai": ("openai", "openai")}
+_EXTRAS = {"hf": ("hf", "transformers"), "openai": ("openai", "openai"), "llamacpp": ("llamacpp", "llama-cpp-python")}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -86,6 +91,8 @@ def resolve(spec: str) -> ResolvedSpec:
             raise ModelSpecError(f"model spec {spec!r} names the {prefix!r} backend but no model after the colon")
         if prefix == "openai":
             return ResolvedSpec("openai", rest, "remote")
+        if rest in catalog.CATALOG:
+            return ResolvedSpec(prefix, rest, "alias")
         return _resolve_local_or_hub(rest, spec, backend=prefix)
     if spec in catalog.CATALOG:
         return ResolvedSpec("hf", spec, "alias")
