@@ -221,3 +221,33 @@ def test_dpo_from_the_base_with_lora(tiny_dir, sft_data, tmp_path):
     assert info["format"]["name"] == "chat-template"  # the model has a chat template
     assert info["result"]["first_loss"] == pytest.approx(math.log(2), abs=1e-4)  # reference = base, adapter off
     assert (out / "adapter_config.json").is_file()
+
+
+def test_compact_loss_equals_trls_loss(tiny_dir, sft_data):
+    """The CPU fast path computes the same loss (and gradients) as TRL's own."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from alignkit.training import data
+    from alignkit.training.format import PromptFormat, render, tokenize
+    from alignkit.training.sft import compact_loss, compact_loss_applies
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir["base"]))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir["base"]), dtype=torch.float64)
+    rows = [tokenize(render(r.data["messages"], PromptFormat("urial", "tuned-k0"), tok), tok)
+            for r in data.load(str(sft_data["sft"]), "sft").records[:4]]
+    trainer = SFTTrainer(model=model, args=SFTConfig(output_dir="/tmp/unused", report_to="none", bf16=False,
+                                                     use_cpu=True), train_dataset=Dataset.from_list(rows),
+                         processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert compact_loss_applies(trainer.model)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    theirs = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch), num_items_in_batch=torch.tensor(n))
+    ours = compact_loss(trainer.model, dict(batch), torch.tensor(n))
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-9)
+    g_theirs = torch.autograd.grad(theirs, trainer.model.lm_head.weight)[0]
+    g_ours = torch.autograd.grad(ours, trainer.model.lm_head.weight)[0]
+    diff = (g_ours - g_theirs).abs().max() / g_theirs.abs().max()
+    assert diff < 1e-3, float(diff)
