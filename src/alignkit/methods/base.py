@@ -69,7 +69,7 @@ class MethodModel:
     def generate(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> list[Completion]:
         prepared, configs = self._prepare_all(prompts, config)
         comps = self.base.generate([p.prompt for p in prepared], configs, **kwargs)
-        return [replace(c, text=self.clean(c.text), meta=p.meta) for c, p in zip(comps, prepared)]
+        return [replace(c, text=self.clean(c.text), meta=_merge(c.meta, p.meta)) for c, p in zip(comps, prepared)]
 
     def stream(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> Iterator[StreamEvent]:
         prepared, configs = self._prepare_all(prompts, config)
@@ -84,7 +84,7 @@ class MethodModel:
             head = cl.feed(ev.text)
             piece, final = cl.finish()
             piece = head + piece
-            comp = replace(ev.completion, text=final, meta=prepared[ev.index].meta)
+            comp = replace(ev.completion, text=final, meta=_merge(ev.completion.meta, prepared[ev.index].meta))
             yield StreamEvent(ev.index, piece, ev.finish_reason, comp)
 
     def score(
@@ -138,3 +138,9 @@ class StreamCleaner:
         final = self._clean(self.raw)
         piece = final[self.emitted :] if len(final) >= self.emitted else ""
         return piece, final
+
+
+def _merge(backend_meta: dict[str, Any] | None, method_meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A completion's meta: what the backend reported (e.g. prefix-cache hits) plus what the method adds."""
+    merged = {**(backend_meta or {}), **(method_meta or {})}
+    return merged or None
