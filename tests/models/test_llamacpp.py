@@ -89,3 +89,45 @@ def test_dera_refuses_to_mix_backends(gemma_cpp, tiny_base):
 
     with pytest.raises(InputError, match="one backend"):
         DeRa(tiny_base, gemma_cpp, 0.5)
+
+
+@pytest.mark.gemma
+def test_peft_adapter_converts_and_acts_the_same_in_llamacpp(gemma_cpp, tmp_path):
+    """A PEFT LoRA on Gemma, converted to a GGUF LoRA: llama.cpp with it agrees with transformers with it
+    (within the engines' quantisation noise), and clearly differs from llama.cpp without it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    fresh = load_model("gemma-3-270m")._causal_lm  # a copy of its own: PEFT edits the model in place
+    peft = get_peft_model(fresh, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(str(adapter))
+    del peft, fresh
+    import json
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "gemma-3-270m"
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+
+    hf_lora = load_model(str(adapter))
+    cpp_lora = load_model("llamacpp:gemma-3-270m", adapter=str(adapter), n_ctx=512)
+    assert list(adapter.glob("adapter-*.gguf"))  # converted once, cached beside the adapter
+    prompt, cont = "The three primary colours are", " red, yellow and blue, and every other colour"
+
+    def kl(a, b):
+        total, n = 0.0, 0
+        for ca, cb in zip(a.iter_logprobs([prompt], [cont_ids]), b.iter_logprobs([prompt], [cont_ids])):
+            total += float((ca.logprobs.exp() * (ca.logprobs - cb.logprobs)).sum())
+            n += ca.logprobs.shape[0]
+        return total / n
+
+    cont_ids = gemma_cpp.encode(cont)
+    same = kl(hf_lora, cpp_lora)
+    without = kl(hf_lora, gemma_cpp)
+    assert same < 0.5 * without, (same, without)
+    cpp_lora.close()
