@@ -21,7 +21,7 @@ fi
 
 step "2/4 preference pairs ($OUT/pairs.jsonl)"
 /usr/bin/time -f "pairs took %e s" "$BIN/alignkit" data pairs --input examples/dpo-prompts.jsonl \
-  --output "$OUT/pairs.jsonl" --chosen-model "$MODEL" --chosen-method urial --rejected-method none \
+  --output "$OUT/pairs.jsonl" --chosen-model "llamacpp:$MODEL" --chosen-method urial --rejected-method none \
   --max-new-tokens 128
 
 step "3/4 DPO ($OUT/dpo)"
@@ -36,5 +36,5 @@ step "4/4 checks"
 "$BIN/python" bench/siblings_check.py "$OUT/sft" "$OUT/dpo" --json "$OUT/check.json"
 "$BIN/alignkit" generate --model "$OUT/sft" --method auto --input examples/heldout-20.jsonl \
   --output "$OUT/sft-answers-greedy.jsonl" --repetition-penalty 1.0 --max-new-tokens 256 --resume
-"$BIN/alignkit" shift --base "$MODEL" --context plain --aligned "$OUT/sft" --aligned-method auto --input examples/heldout-20.jsonl --output "$OUT/shift-sft.jsonl" \
+"$BIN/alignkit" shift --base "$MODEL" --context urial --aligned "$OUT/sft" --aligned-method auto --input examples/heldout-20.jsonl --output "$OUT/shift-sft.jsonl" \
   --report "$OUT/shift-sft.html" --resume
