@@ -4,11 +4,12 @@
 * DeRa: both models in lockstep, each with its own key/value cache, batched;
 * the naive loop: every step recomputes both models over the whole sequence (no cache).
 
-Two separate copies of Gemma play reference and aligned model (no tuned sibling exists until the training
-issue lands; the cost does not depend on the weights). Greedy, the same prompts, a fixed number of new tokens.
-Target: DeRa <= 2.2x one model per token.
+By default two separate copies of Gemma play reference and aligned model (the cost does not depend on the
+weights); ``--ref runs/siblings/sft --aligned runs/siblings/dpo`` measures the tuned siblings (LoRA
+adapters, unmerged). Greedy, the same prompts, a fixed number of new tokens. Target: DeRa <= 2.2x one model
+per token.
 
-    python bench/dera_cost.py [--new-tokens 32] [--batch 8] [--lam 0.5]
+    python bench/dera_cost.py [--new-tokens 32] [--batch 8] [--lam 0.5] [--ref SPEC --aligned SPEC]
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--naive-prompts", type=int, default=2)
     ap.add_argument("--lam", type=float, default=0.5)
+    ap.add_argument("--ref", default="gemma-3-270m")
+    ap.add_argument("--aligned", default="gemma-3-270m")
     args = ap.parse_args(argv)
 
     import torch
@@ -33,8 +36,8 @@ def main(argv=None) -> int:
     from alignkit.methods import MethodOptions, apply_method
     from alignkit.methods.dera import DeRa
 
-    ref = apply_method(load_model("gemma-3-270m"), MethodOptions(method="none"))
-    aligned = apply_method(load_model("gemma-3-270m"), MethodOptions(method="none"))  # a second copy
+    ref = apply_method(load_model(args.ref), MethodOptions(method="none"))
+    aligned = apply_method(load_model(args.aligned), MethodOptions(method="none"))  # a second copy
     for m in (ref, aligned):
         m.base.engine.eos_ids = set()  # every row generates exactly --new-tokens
     prompts = [f"Question {i}: what is a good way to learn a new language? Answer:" for i in range(args.batch)]
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
     per = {"one_model": t_one / sum(c.completion_tokens for c in one), "dera": t_dera / n_tok,
            "naive_recompute": t_naive / (args.naive_prompts * args.new_tokens)}
     print(json.dumps({
-        "model": "gemma-3-270m x2 (separate copies)", "batch": args.batch, "new_tokens": args.new_tokens,
+        "ref": args.ref, "aligned": args.aligned, "batch": args.batch, "new_tokens": args.new_tokens,
         "lam": args.lam, "seconds_per_token": {k: round(v, 4) for k, v in per.items()},
         "dera_vs_one_model": round(per["dera"] / per["one_model"], 2),
         "naive_vs_dera": round(per["naive_recompute"] / per["dera"], 1),

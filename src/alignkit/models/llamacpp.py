@@ -32,7 +32,13 @@ import numpy as np
 import torch
 
 from alignkit.errors import CapabilityError, ContextLengthError, ModelLoadError
-from alignkit.models.base import Capabilities, LogprobChunk, PositionReducer, configs_for, run_stream_to_completions
+from alignkit.models.base import (
+    Capabilities,
+    LogprobChunk,
+    PositionReducer,
+    configs_for,
+    run_stream_to_completions,
+)
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
 
 GGUF_MAGIC = b"GGUF"
