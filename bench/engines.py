@@ -9,7 +9,10 @@ context (K=3, greedy, no repetition penalty), at most 128 new tokens each.
   full vocabulary; mean KL(hf || llamacpp) per position and top-1 agreement measure the quantisation noise
   between the engines (never mix engines inside one comparison).
 
-    python bench/engines.py [--n 16] [--max-new-tokens 128] [--json bench/results-engines.json]
+    python bench/engines.py [--n 16] [--max-new-tokens 128] [--engines hf,llamacpp,vllm] [--json FILE]
+
+vLLM lives in its own environment (``make vllm-env``), which has no llama.cpp: run it there with
+``--engines hf,vllm`` (hf is the common reference for the ratios).
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--engines", default="hf,llamacpp,vllm")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-
-    import torch
+    engines = set(args.engines.split(","))
 
     from alignkit import GenerationConfig, load_model
     from alignkit.methods import MethodOptions, apply_method
@@ -51,7 +54,58 @@ def main(argv=None) -> int:
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=1.0)
     out: dict = {"instructions": len(qs), "max_new_tokens": args.max_new_tokens, "engines": {}}
 
-    # llama.cpp through alignkit, then llama-cpp-python directly (same prompts, stops, greedy)
+    comps = prepared = cpp = None
+    if "llamacpp" in engines:
+        comps, prepared, cpp = _llamacpp(out, qs, cfg, args)
+
+    # transformers
+    hf = load_model("gemma-3-270m")
+    hf_urial = apply_method(hf, MethodOptions(method="urial"))
+    hf_urial.generate(qs[:1], GenerationConfig(max_new_tokens=4))
+    hcomps, hsecs = run_backend(hf_urial, qs, cfg)
+    htoks = sum(c.completion_tokens for c in hcomps)
+    out["engines"]["hf"] = {"seconds": hsecs, "tokens": htoks, "tokens_per_second": htoks / hsecs}
+
+    # vLLM (CPU build), if this environment has it
+    if "vllm" in engines:
+        try:
+            v = load_model("vllm:gemma-3-270m")
+        except Exception as e:  # noqa: BLE001 - report why it did not run
+            out["engines"]["vllm"] = {"not_run": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        else:
+            v_urial = apply_method(v, MethodOptions(method="urial"))
+            v_urial.generate(qs[:1], GenerationConfig(max_new_tokens=4))
+            vcomps, vsecs = run_backend(v_urial, qs, cfg)
+            vtoks = sum(c.completion_tokens for c in vcomps)
+            out["engines"]["vllm"] = {"seconds": vsecs, "tokens": vtoks, "tokens_per_second": vtoks / vsecs,
+                                      **getattr(v, "last_stats", {})}
+    base = out["engines"]["hf"]["tokens_per_second"]
+    out["ratios_vs_hf"] = {k: e["tokens_per_second"] / base for k, e in out["engines"].items() if "tokens_per_second" in e}
+
+    if cpp is not None:  # exact-mode shift agreement between the engines on llama.cpp's answers
+        out["shift_agreement"] = _agreement(cpp, hf, comps, prepared)
+    print(json.dumps(out, indent=2))
+    e = out["engines"]
+    line = f"tokens/s: hf {e['hf']['tokens_per_second']:.1f}"
+    for k in ("llamacpp", "vllm"):
+        if k in e and "tokens_per_second" in e[k]:
+            line += f", {k} {e[k]['tokens_per_second']:.1f} ({out['ratios_vs_hf'][k]:.2f}x hf)"
+    if cpp is not None:
+        line += (f"; llamacpp vs llama-cpp-python direct {out['llamacpp_vs_direct']:.3f} (target >= 0.90); shift "
+                 f"KL(hf||llamacpp) {out['shift_agreement']['mean_kl_hf_vs_llamacpp']:.3f}, top-1 agreement "
+                 f"{out['shift_agreement']['top1_agreement']:.1%}")
+    print(line, file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+def _llamacpp(out, qs, cfg, args):
+    """llama.cpp through alignkit, then llama-cpp-python directly (same prompts, stops, greedy)."""
+    from alignkit import GenerationConfig, load_model
+    from alignkit.methods import MethodOptions, apply_method
+
     cpp = load_model("llamacpp:gemma-3-270m", n_ctx=2048)
     cpp_urial = apply_method(cpp, MethodOptions(method="urial"))
     cpp_urial.generate(qs[:1], GenerationConfig(max_new_tokens=4))  # warm: load pages, fill the preamble cache
@@ -71,30 +125,10 @@ def main(argv=None) -> int:
                                                  "tokens_per_second": direct_tokens / dsecs}
     out["llamacpp_vs_direct"] = out["engines"]["llamacpp"]["tokens_per_second"] / (direct_tokens / dsecs)
 
-    # transformers
-    hf = load_model("gemma-3-270m")
-    hf_urial = apply_method(hf, MethodOptions(method="urial"))
-    hf_urial.generate(qs[:1], GenerationConfig(max_new_tokens=4))
-    hcomps, hsecs = run_backend(hf_urial, qs, cfg)
-    htoks = sum(c.completion_tokens for c in hcomps)
-    out["engines"]["hf"] = {"seconds": hsecs, "tokens": htoks, "tokens_per_second": htoks / hsecs}
+    return comps, prepared, cpp
 
-    # vLLM (CPU build), if this environment has it
-    try:
-        v = load_model("vllm:gemma-3-270m")
-    except Exception as e:  # noqa: BLE001 - report why it did not run
-        out["engines"]["vllm"] = {"not_run": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-    else:
-        v_urial = apply_method(v, MethodOptions(method="urial"))
-        v_urial.generate(qs[:1], GenerationConfig(max_new_tokens=4))
-        vcomps, vsecs = run_backend(v_urial, qs, cfg)
-        vtoks = sum(c.completion_tokens for c in vcomps)
-        out["engines"]["vllm"] = {"seconds": vsecs, "tokens": vtoks, "tokens_per_second": vtoks / vsecs,
-                                  **getattr(v, "last_stats", {})}
-    base = out["engines"]["hf"]["tokens_per_second"]
-    out["ratios_vs_hf"] = {k: e["tokens_per_second"] / base for k, e in out["engines"].items() if "tokens_per_second" in e}
 
-    # exact-mode shift agreement between the engines on llama.cpp's answers
+def _agreement(cpp, hf, comps, prepared):
     kls, agree, n = 0.0, 0, 0
     answers = [list(c.token_ids) for c in comps if c.token_ids]
     prompts = [p.prompt for p, c in zip(prepared, comps) if c.token_ids]
@@ -104,19 +138,7 @@ def main(argv=None) -> int:
         kls += float((lh.exp() * (lh - lc)).sum())
         agree += int((lc.argmax(-1) == lh.argmax(-1)).sum())
         n += lc.shape[0]
-    out["shift_agreement"] = {"positions": n, "mean_kl_hf_vs_llamacpp": kls / n, "top1_agreement": agree / n}
-    del torch
-    print(json.dumps(out, indent=2))
-    e = out["engines"]
-    print(f"tokens/s: hf {e['hf']['tokens_per_second']:.1f}, llamacpp {e['llamacpp']['tokens_per_second']:.1f} "
-          f"({out['ratios_vs_hf']['llamacpp']:.2f}x hf), llamacpp vs llama-cpp-python direct "
-          f"{out['llamacpp_vs_direct']:.3f} (target >= 0.90); shift KL(hf||llamacpp) "
-          f"{out['shift_agreement']['mean_kl_hf_vs_llamacpp']:.3f}, top-1 agreement "
-          f"{out['shift_agreement']['top1_agreement']:.1%}", file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    return 0
+    return {"positions": n, "mean_kl_hf_vs_llamacpp": kls / n, "top1_agreement": agree / n}
 
 
 if __name__ == "__main__":
