@@ -11,6 +11,10 @@ Two formats, each identical to what the toolkit sends the tuned model at inferen
   found by rendering the conversation up to that turn with and without it, so any template that renders
   incrementally works; one that does not is reported.
 
+The urial layout's fence is longer than any backtick run in the whole conversation, answers included, as
+the inference prompt of a later turn would have it; only an answer that itself contains a run of four or
+more backticks is laid out with a longer fence than its own turn's prompt had at inference.
+
 Tokens are marked trainable when they start inside an assistant span (character offsets from the fast
 tokenizer), so the masks follow the exact tokenisation of the whole text, as at inference.
 """
