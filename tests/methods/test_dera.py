@@ -68,7 +68,7 @@ def test_api_models_cannot_be_mixed(pair):
     class Fake:
         spec, backend = "openai:x@http://h/v1", "openai"
 
-    with pytest.raises(CapabilityError, match="local transformers model"):
+    with pytest.raises(CapabilityError, match="use a local model"):
         DeRa(Fake(), pair[1], 0.5)
 
 
