@@ -286,6 +286,21 @@ def final_loss(history: list[dict[str, Any]]) -> float | None:
     return round(losses[-1], 4) if losses and math.isfinite(losses[-1]) else None
 
 
+def result_dict(*, steps: int, seconds: float, history: list[dict[str, Any]], tokens: int, n_params: int,
+                **extra: Any) -> dict[str, Any]:
+    """The ``result`` block of alignkit.json (and the model card)."""
+    return {
+        "steps": steps,
+        "train_seconds": round(seconds, 1),
+        "final_loss": final_loss(history),
+        "first_loss": next((h["loss"] for h in history if "loss" in h), None),
+        **extra,
+        "tokens": tokens,
+        "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+        "trainable_parameters": n_params,
+    }
+
+
 def recipe_dict(recipe: Recipe, tuning: Tuning) -> dict[str, Any]:
     d = asdict(recipe)
     d["learning_rate"] = tuning.learning_rate(recipe)

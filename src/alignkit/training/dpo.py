@@ -127,17 +127,10 @@ def run_dpo(job: DPOJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[s
         "data": {"path": job.data, "records": len(loaded.records), "hash": data.data_hash(loaded.records)},
         "tuning": asdict(tuning),
         "recipe": common.recipe_dict(recipe, tuning),
-        "result": {
-            "steps": trainer.state.global_step,
-            "train_seconds": round(seconds, 1),
-            "final_loss": common.final_loss(progress.history),
-            "first_loss": next((h["loss"] for h in progress.history if "loss" in h), None),
-            "final_reward_accuracy": last.get("rewards/accuracies"),
-            "final_reward_margin": last.get("rewards/margins"),
-            "tokens": tokens,
-            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
-            "trainable_parameters": n_params,
-        },
+        "result": common.result_dict(steps=trainer.state.global_step, seconds=seconds, history=progress.history,
+                                     tokens=tokens, n_params=n_params,
+                                     final_reward_accuracy=last.get("rewards/accuracies"),
+                                     final_reward_margin=last.get("rewards/margins")),
     }
     common.write_outputs(output=output, model=trained, tokenizer=tokenizer, tuning=tuning, info=info,
                          base_spec=job.model)

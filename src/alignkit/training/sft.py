@@ -122,15 +122,8 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[s
                  "cut_at_max_length": cut},
         "tuning": asdict(tuning),
         "recipe": common.recipe_dict(recipe, tuning),
-        "result": {
-            "steps": steps,
-            "train_seconds": round(seconds, 1),
-            "final_loss": common.final_loss(progress.history),
-            "first_loss": next((h["loss"] for h in progress.history if "loss" in h), None),
-            "tokens": tokens,
-            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
-            "trainable_parameters": n_params,
-        },
+        "result": common.result_dict(steps=steps, seconds=seconds, history=progress.history, tokens=tokens,
+                                     n_params=n_params),
     }
     common.write_outputs(output=output, model=trained, tokenizer=tokenizer, tuning=tuning, info=info,
                          base_spec=job.model)
