@@ -19,6 +19,8 @@ import json
 import sys
 import time
 
+from _results import write_result  # bench/_results.py: docs/results/NAME.json
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--ref", default="gemma-3-270m")
     ap.add_argument("--aligned", default="gemma-3-270m")
+    ap.add_argument("--out", help="result file (default: docs/results/dera_cost.json, or dera_cost-siblings.json "
+                    "for other models)")
     args = ap.parse_args(argv)
 
     import torch
@@ -70,13 +74,16 @@ def main(argv=None) -> int:
     same = [list(c.token_ids) for c in mixed[: args.naive_prompts]] == naive_out
     per = {"one_model": t_one / sum(c.completion_tokens for c in one), "dera": t_dera / n_tok,
            "naive_recompute": t_naive / (args.naive_prompts * args.new_tokens)}
-    print(json.dumps({
+    result = {
         "ref": args.ref, "aligned": args.aligned, "batch": args.batch, "new_tokens": args.new_tokens,
         "lam": args.lam, "seconds_per_token": {k: round(v, 4) for k, v in per.items()},
         "dera_vs_one_model": round(per["dera"] / per["one_model"], 2),
         "naive_vs_dera": round(per["naive_recompute"] / per["dera"], 1),
         "dera_equals_naive_tokens": same,
-    }, indent=2))
+    }
+    print(json.dumps(result, indent=2))
+    default = args.ref == args.aligned == "gemma-3-270m"
+    write_result("dera_cost" if default else "dera_cost-siblings", result, path=args.out)
     return 0
 
 

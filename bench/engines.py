@@ -22,6 +22,8 @@ import json
 import sys
 import time
 
+from _results import write_result  # bench/_results.py: docs/results/NAME.json
+
 INSTRUCTIONS = [
     "How do I keep basil alive on a windowsill?", "What causes thunder?", "Give me three tips for a cover letter.",
     "How does a refrigerator keep food cold?", "What is a haiku?", "How can I fall asleep faster?",
@@ -95,9 +97,7 @@ def main(argv=None) -> int:
                  f"KL(hf||llamacpp) {out['shift_agreement']['mean_kl_hf_vs_llamacpp']:.3f}, top-1 agreement "
                  f"{out['shift_agreement']['top1_agreement']:.1%}")
     print(line, file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    write_result("engines" if "llamacpp" in out["engines"] else "engines-vllm", out, path=args.json)
     return 0
 
 

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 
+from _results import write_result  # bench/_results.py: docs/results/NAME.json
 from fastapi import FastAPI, Request  # at module level: the route annotations are resolved from here
 
 
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
             out[f"concurrency_{conc}"] = {"seconds": round(dt, 2), "judgments_per_s": round(len(items) / dt, 2)}
     out["speedup"] = round(out["concurrency_8"]["judgments_per_s"] / out["concurrency_1"]["judgments_per_s"], 2)
     print(json.dumps(out, indent=2))
+    write_result("judge_concurrency", out)
     return 0
 
 

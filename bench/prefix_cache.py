@@ -22,6 +22,8 @@ import json
 import sys
 import time
 
+from _results import write_result  # bench/_results.py: docs/results/NAME.json
+
 EXAMPLES = [
     ("How can I keep basil alive on a windowsill?",
      "Basil is a sun-loving herb, so a bright windowsill is a good start. A few habits keep it healthy: "
@@ -146,6 +148,7 @@ def main(argv=None) -> int:
         "token_identical_to_recompute": {"cold": f"{sum(same)}/{len(same)}", "warm": f"{sum(same_warm)}/{len(same_warm)}"},
     }
     print(json.dumps(result, indent=2))
+    write_result("prefix_cache", result)
     r = result["ratio_to_no_prefix"]
     print(f"\nprefix {result['prefix_tokens']} tokens, {args.requests} requests x {args.new_tokens} new tokens:\n"
           f"  no prefix   {t_none:7.2f} s   1.00x\n"

@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+from _results import write_result  # bench/_results.py: docs/results/NAME.json
+
 
 def run_load(url: str, clients: int, requests: int, max_tokens: int) -> dict:
     import openai
@@ -79,8 +81,9 @@ def main(argv=None) -> int:
     out["throughput_ratio_batched_vs_one_at_a_time"] = round(
         out["batched"]["requests_per_s"] / out["one_at_a_time"]["requests_per_s"], 2)
     out["zero_5xx_besides_503"] = out["batched"]["server_error"] == 0 and out["one_at_a_time"]["server_error"] == 0
-    print(json.dumps({"clients": args.clients, "requests_each": args.requests, "max_tokens": args.max_tokens, **out},
-                     indent=2))
+    result = {"clients": args.clients, "requests_each": args.requests, "max_tokens": args.max_tokens, **out}
+    print(json.dumps(result, indent=2))
+    write_result("server_load", result)
     return 0
 
 

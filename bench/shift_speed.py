@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from _results import write_result  # bench/_results.py: docs/results/NAME.json
+
 TEXT = (
     "Alignment mostly changes the style of a model's answers rather than what it knows. A helpful assistant "
     "restates the question, organises its answer into clear points, adds a short summary and declines harmful "
@@ -112,6 +114,7 @@ def main(argv=None) -> int:
         "identical_base_ranks": same,
     }
     print(json.dumps(result, indent=2))
+    write_result("shift_speed", result)
     return 0
 
 

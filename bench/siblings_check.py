@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         print(json.dumps(totals, indent=2))
         report[spec] = {"totals": totals, "answers": rows}
         model.close()
-    if args.json:
+    if args.json:  # the recipe's own record (scripts/siblings_results.py gathers it into docs/results)
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2, ensure_ascii=False)
     return 0

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_result  # bench/_results.py: docs/results/NAME.json
+
 
 def direct_trl(source: str, records, steps: int, batch: int, out: Path) -> dict:
     """What a user would write with TRL and PEFT alone."""
@@ -93,8 +95,7 @@ def main(argv=None) -> int:
     print(f"alignkit {ours['tokens_per_second']:.1f} tok/s vs TRL direct {trl['tokens_per_second']:.1f} tok/s: "
           f"ratio {result['ratio_tokens_per_second']:.3f} (target >= 0.95); wall clock ratio {result['ratio_wall']:.3f}",
           file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_result("train_overhead", result, path=args.json)
     return 0
 
 

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 
+from _results import write_result  # bench/_results.py: docs/results/NAME.json
 from urial_selfstop import INSTRUCTIONS
 
 
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
         "speedup": round(t_recompute / t_reuse, 2), "identical_outputs": f"{same}/{len(prompts)}",
     }
     print(json.dumps(result, indent=2))
+    write_result("urial_throughput", result)
     return 0
 
 

@@ -11,30 +11,45 @@ OUT=${OUT:-runs/siblings}
 MODEL=${MODEL:-gemma-3-270m}
 mkdir -p "$OUT"
 step() { echo; echo "== $1"; }
+# seconds per step, for docs/results/siblings.json (a step skipped because it is done keeps its old time)
+TIMES="$OUT/times.json"; [ -f "$TIMES" ] || echo '{}' > "$TIMES"
+timed() {  # timed NAME command...: run it, record its wall time
+  local name=$1; shift; local t0; t0=$(date +%s.%N)
+  "$@"
+  "$BIN/python" - "$TIMES" "$name" "$t0" "$(date +%s.%N)" <<'PY'
+import json, sys
+path, name, t0, t1 = sys.argv[1:]
+d = json.load(open(path)); d[name] = round(float(t1) - float(t0), 1); json.dump(d, open(path, "w"), indent=2)
+PY
+}
 
 step "1/4 SFT ($OUT/sft)"
 if [ ! -f "$OUT/sft/alignkit.json" ]; then
   resume=""; [ -d "$OUT/sft/checkpoints" ] && resume="--resume"
-  /usr/bin/time -f "SFT took %e s" "$BIN/alignkit" train sft --model "$MODEL" --data alignkit-sft \
+  timed sft "$BIN/alignkit" train sft --model "$MODEL" --data alignkit-sft \
     --template tuned-k0 --output "$OUT/sft" --epochs 3 $resume
 fi
 
 step "2/4 preference pairs ($OUT/pairs.jsonl)"
-/usr/bin/time -f "pairs took %e s" "$BIN/alignkit" data pairs --input examples/dpo-prompts.jsonl \
+timed pairs "$BIN/alignkit" data pairs --input examples/dpo-prompts.jsonl \
   --output "$OUT/pairs.jsonl" --chosen-model "llamacpp:$MODEL" --chosen-method urial --rejected-method none \
   --max-new-tokens 128
 
 step "3/4 DPO ($OUT/dpo)"
 if [ ! -f "$OUT/dpo/alignkit.json" ]; then
   resume=""; [ -d "$OUT/dpo/checkpoints" ] && resume="--resume"
-  /usr/bin/time -f "DPO took %e s" "$BIN/alignkit" train dpo --model "$MODEL" --adapter "$OUT/sft" \
+  timed dpo "$BIN/alignkit" train dpo --model "$MODEL" --adapter "$OUT/sft" \
     --data "$OUT/pairs.jsonl" --output "$OUT/dpo" --beta 0.1 --epochs 2 --learning-rate 5e-5 \
     --max-length 384 $resume
 fi
 
 step "4/4 checks"
-"$BIN/python" bench/siblings_check.py "$OUT/sft" "$OUT/dpo" --json "$OUT/check.json"
+timed check "$BIN/python" bench/siblings_check.py "$OUT/sft" "$OUT/dpo" --json "$OUT/check.json"
+"$BIN/python" bench/siblings_check.py "$OUT/sft" --repetition-penalty 1.0 --json "$OUT/check-nopenalty.json"
 "$BIN/alignkit" generate --model "$OUT/sft" --method auto --input examples/heldout-20.jsonl \
   --output "$OUT/sft-answers-greedy.jsonl" --repetition-penalty 1.0 --max-new-tokens 256 --resume
 "$BIN/alignkit" shift --base "$MODEL" --context urial --aligned "$OUT/sft" --aligned-method auto --input examples/heldout-20.jsonl --output "$OUT/shift-sft.jsonl" \
   --report "$OUT/shift-sft.html" --resume
+
+step "results -> docs/results/siblings.json"
+"$BIN/python" scripts/siblings_results.py "$OUT" --times "$TIMES" --out docs/results/siblings.json

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+# strict CI (skips fail under ALIGNKIT_STRICT=1) and pytester, for the test of that switch itself
+pytest_plugins = ["tests.support.strict", "pytester"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

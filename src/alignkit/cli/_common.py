@@ -7,18 +7,19 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
-from alignkit.methods import MethodOptions, apply_method
-from alignkit.models.registry import ModelOptions, load_model
+from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
+from alignkit.models.registry import ModelOptions, ModelPool
+from alignkit.progress import Progress
 from alignkit.types import GenerationConfig, Prompt
 
 
 @dataclass(frozen=True)
 class Decoding:
-    max_new_tokens: int = field(default=256, metadata={"help": "most tokens to generate per answer"})
-    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 is greedy"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold"})
-    top_k: int = field(default=0, metadata={"help": "sample from the k most likely tokens (0: off)"})
-    repetition_penalty: float | None = field(default=None, metadata={
+    max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "most tokens to generate per answer"})
+    temperature: float = field(default=0.0, metadata={"min": 0, "help": "sampling temperature; 0 is greedy"})
+    top_p: float = field(default=1.0, metadata={"gt": 0, "max": 1, "help": "nucleus sampling threshold"})
+    top_k: int = field(default=0, metadata={"min": 0, "help": "sample from the k most likely tokens (0: off)"})
+    repetition_penalty: float | None = field(default=None, metadata={"gt": 0,
         "help": "penalty for repeating tokens of the answer so far (1: off; default: the method's recommendation, "
                 "1.15 for urial, else 1.0)"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
@@ -30,11 +31,20 @@ class Decoding:
         """The generation config; unset options take the method's recommended decoding."""
         rp = self.repetition_penalty
         if rp is None:
-            rp = getattr(model, "recommended", {}).get("repetition_penalty", 1.0)
+            rp = recommended_repetition_penalty(model)
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             repetition_penalty=rp, seed=self.seed, stop=tuple(unescape(s) for s in self.stop),
         )
+
+
+def add_quiet(parser: Any) -> None:
+    """``--quiet``: no progress output (results and errors still print)."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines on stderr")
+
+
+def progress_for(args: Any) -> Progress:
+    return Progress(quiet=bool(getattr(args, "quiet", False)))
 
 
 def unescape(text: str) -> str:
@@ -53,14 +63,8 @@ def unescape(text: str) -> str:
 def open_model(spec: str, options: ModelOptions, method: MethodOptions) -> Any:
     """Load a model and wrap it in the chosen method (other models a method needs are loaded once per spec)."""
     _log_warnings_to_stderr()
-    loaded: dict[str, Any] = {}
-
-    def loader(s: str) -> Any:
-        if s not in loaded:
-            loaded[s] = load_model(s, options)
-        return loaded[s]
-
-    return apply_method(loader(spec), method, loader)
+    pool = ModelPool(options)
+    return apply_method(pool(spec), method, pool)
 
 
 def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextIO | None = None, label: str = "") -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from alignkit.errors import InputError
+from alignkit.validate import check_field, describe_range
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -52,6 +53,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, group: s
             kwargs.update(type=tp if tp in (int, float, str) else str)
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
+        if describe_range(f.metadata):
+            helptext += f" (allowed: {describe_range(f.metadata)})"
         if f.metadata.get("required"):
             helptext += " (required)"
         elif default not in (None, ()):
@@ -60,16 +63,20 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, group: s
 
 
 def build(cls: type, args: argparse.Namespace, file_values: dict[str, Any] | None = None) -> Any:
-    """Instantiate ``cls`` from defaults, then config-file values, then flags given on the command line."""
+    """Instantiate ``cls`` from defaults, then config-file values, then flags given on the command line.
+
+    Every value is checked against its field's type, choices and range (metadata ``min``, ``max``, ``gt``)
+    before anything runs, so a bad value is one line naming the flag or key and what it accepts."""
     names = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for k, v in (file_values or {}).items():
         if k in names:
-            values[k] = tuple(v) if isinstance(v, list) else v
+            values[k] = check_field(cls, k, v, source="config key", annotation=hints[k])
     for k in names:
         if k in vars(args):
             v = getattr(args, k)
-            values[k] = tuple(v) if isinstance(v, list) else v
+            values[k] = check_field(cls, k, tuple(v) if isinstance(v, list) else v, source="flag", annotation=hints[k])
     missing = [f.name for f in dataclasses.fields(cls) if f.metadata.get("required") and values.get(f.name) in (None, "")]
     if missing:
         raise InputError("missing required option(s): " + ", ".join("--" + m.replace("_", "-") for m in missing))

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignkit.cli._common import Decoding, open_model
+from alignkit.cli._common import Decoding, add_quiet, open_model, progress_for
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.methods import MethodOptions
@@ -29,11 +29,11 @@ class CleanJob:
     kind: str = field(default="sft", metadata={"help": "record kind", "choices": ["sft", "prefs"]})
     removed: str | None = field(default=None, metadata={
         "help": "JSONL file for the records removed, each with its reason (nothing is lost)"})
-    near_duplicate: float = field(default=0.8, metadata={
+    near_duplicate: float = field(default=0.8, metadata={"gt": 0, "max": 1,
         "help": "word 3-gram Jaccard similarity at or above which a record is a near duplicate of an earlier one "
                 "(1 turns it off)"})
-    min_words: int = field(default=1, metadata={"help": "fewest words in the answer"})
-    max_words: int = field(default=2000, metadata={"help": "most words in the answer"})
+    min_words: int = field(default=1, metadata={"min": 0, "help": "fewest words in the answer"})
+    max_words: int = field(default=2000, metadata={"min": 1, "help": "most words in the answer"})
     skip_bad: bool = field(default=False, metadata={
         "help": "drop malformed records (listed, and written to --removed) instead of stopping"})
 
@@ -42,7 +42,7 @@ class CleanJob:
 class SelectJob:
     input: str = field(default="", metadata={"help": "JSONL pool (or shipped set name)", "required": True})
     output: str = field(default="", metadata={"help": "JSONL file for the selected records", "required": True})
-    n: int = field(default=0, metadata={"help": "how many records to select", "required": True})
+    n: int = field(default=0, metadata={"min": 1, "help": "how many records to select", "required": True})
     kind: str = field(default="sft", metadata={"help": "record kind", "choices": ["sft", "prefs"]})
 
 
@@ -53,7 +53,7 @@ class AnswersJob:
     output: str = field(default="", metadata={"help": "JSONL of SFT records (appended; rerun to resume)",
                                               "required": True})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "teacher model spec"})
-    batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts generated together"})
     keep_truncated: bool = field(default=False, metadata={
         "help": "keep answers that hit --max-new-tokens (dropped by default: they are runaway answers)"})
 
@@ -74,7 +74,7 @@ class PairsJob:
         "help": "how the dispreferred route is prompted (none: the raw base continuation)",
         "choices": ["urial", "template", "none", "auto"]})
     rejected_template: str | None = field(default=None, metadata={"help": "template of a urial rejected route"})
-    batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts generated together"})
     keep_truncated: bool = field(default=False, metadata={
         "help": "keep chosen answers that hit --max-new-tokens (dropped by default)"})
 
@@ -101,6 +101,8 @@ def add_parser(sub) -> None:
         for cls in extra:
             group = {Decoding: "decoding", MethodOptions: "teacher's alignment method", ModelOptions: "model options"}
             add_dataclass_arguments(sp, cls, group=group[cls])
+        if extra:
+            add_quiet(sp)
         sp.set_defaults(func=func, _job=job, _extra=extra)
 
 
@@ -202,7 +204,7 @@ def run_answers(args: argparse.Namespace) -> int:
     records = _prompts(job.input)
     teacher = open_model(job.model, options, method)
     counts = synthesize_answers(records, teacher, decoding.config(teacher), job.output, batch_size=job.batch_size,
-                                keep_truncated=job.keep_truncated)
+                                keep_truncated=job.keep_truncated, progress=progress_for(args))
     print(f"alignkit data answers: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
     return 0
 
@@ -228,7 +230,8 @@ def run_pairs(args: argparse.Namespace) -> int:
                                                                      job.rejected_template):
         raise InputError("the chosen and rejected routes are the same model and method; pairs need two routes")
     counts = synthesize_pairs(records, chosen, rejected, decoding.config(chosen), decoding.config(rejected),
-                              job.output, batch_size=job.batch_size, keep_truncated=job.keep_truncated)
+                              job.output, batch_size=job.batch_size, keep_truncated=job.keep_truncated,
+                              progress=progress_for(args))
     print(f"alignkit data pairs: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
     return 0
 

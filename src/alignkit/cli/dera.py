@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from alignkit.cli._common import add_quiet, progress_for
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.models.registry import ModelOptions
@@ -29,10 +30,10 @@ class SweepJob:
     aligned_method: str = field(default="auto", metadata={"help": "how the aligned model is prompted",
                                                           "choices": ["urial", "template", "none", "auto"]})
     template: str | None = field(default=None, metadata={"help": "template when a side uses urial"})
-    max_new_tokens: int = field(default=256, metadata={"help": "most tokens per answer"})
-    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: greedy)"})
+    max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "most tokens per answer"})
+    temperature: float = field(default=0.0, metadata={"min": 0, "help": "sampling temperature (0: greedy)"})
     seed: int | None = field(default=None, metadata={"help": "random seed when sampling"})
-    batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts generated together"})
     judge: str | None = field(default=None, metadata={
         "help": "judge model spec: adds per-lambda judge scores (multi-aspect rubric; unreadable scores are counted "
                 "as missing, never guessed)"})
@@ -53,6 +54,7 @@ def add_parser(sub) -> None:
     sw.add_argument("--config", help="YAML file of options (flags override it)")
     add_dataclass_arguments(sw, SweepJob)
     add_dataclass_arguments(sw, ModelOptions, group="model options")
+    add_quiet(sw)
     sw.set_defaults(func=run)
 
 
@@ -72,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from alignkit.cli.generate import parse_records
     from alignkit.evaluation.cheap import answer_metrics
     from alignkit.io import JsonlAppender, written_ids
-    from alignkit.methods import MethodOptions, apply_method
+    from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
     from alignkit.methods.dera import DeRa
-    from alignkit.models.registry import load_model
+    from alignkit.models.registry import ModelPool
     from alignkit.types import GenerationConfig, as_messages
 
     _log_warnings_to_stderr()
@@ -85,12 +87,7 @@ def run(args: argparse.Namespace) -> int:
     records = parse_records(job.input, "stop")
     out_dir = Path(job.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loaded: dict[str, Any] = {}
-
-    def load(spec: str) -> Any:
-        if spec not in loaded:
-            loaded[spec] = load_model(spec, options)
-        return loaded[spec]
+    load = ModelPool(options)
 
     side = MethodOptions(method="none", template=None)
     aligned_model = load(job.aligned)
@@ -109,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
         done = written_ids(path)
         todo = [r for _, r in records if str(r["id"]) not in done]
         cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, seed=job.seed,
-                               repetition_penalty=getattr(model, "recommended", {}).get("repetition_penalty", 1.0))
+                               repetition_penalty=recommended_repetition_penalty(model))
         prov = {"model": model.info(), "generation": cfg.to_dict()}
-        with JsonlAppender(path) as out:
+        with JsonlAppender(path) as out, progress_for(args).task(f"dera lambda {lam:g}", len(todo)) as advance:
             for start in range(0, len(todo), job.batch_size):
                 batch = todo[start : start + job.batch_size]
                 prompts = [r["prompt"] if "prompt" in r else as_messages(r["messages"]) for r in batch]
@@ -119,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                     out.write({**rec, "lam": lam, "output": comp.text, "finish_reason": comp.finish_reason,
                                "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
                                "provenance": prov})
+                advance(len(batch))
         print(f"alignkit dera sweep: lambda {lam:g}: {len(todo)} new, {len(done)} already in {path}", file=sys.stderr)
         summary["lams"][f"{lam:g}"] = _stats(path)
         if job.judge:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+from alignkit.cli._common import add_quiet, progress_for
 from alignkit.cli._config import read_yaml_mapping
 from alignkit.models.registry import ModelOptions
 
@@ -25,13 +25,14 @@ def add_parser(sub) -> None:
                    "k, template, ref, lam}], judge, judge_method, pairwise_baseline, output, ...")
     p.add_argument("--output", help="output folder (overrides the config's)")
     p.add_argument("--limit", type=int, help="use the first N instructions (overrides the config's)")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from alignkit.cli._common import _log_warnings_to_stderr
     from alignkit.evaluation.harness import EvalConfig, Harness
-    from alignkit.models.registry import load_model
+    from alignkit.models.registry import ModelPool
 
     _log_warnings_to_stderr()
     data = read_yaml_mapping(args.config)
@@ -40,14 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         data["limit"] = args.limit
     cfg = EvalConfig.from_dict(data)
-    loaded: dict[str, Any] = {}
-
-    def loader(spec: str) -> Any:
-        if spec not in loaded:
-            loaded[spec] = load_model(spec, ModelOptions())
-        return loaded[spec]
-
-    report = Harness(cfg, loader, progress=lambda m: print(f"alignkit eval: {m}", file=sys.stderr)).run()
+    report = Harness(cfg, ModelPool(ModelOptions()), progress=lambda m: None, tracker=progress_for(args)).run()
     print((Path(cfg.output) / "report.md").read_text())
     missing = {n: sum(s.get("missing", {}).values()) for n, s in report["summary"].items()}
     print(f"alignkit eval: report in {cfg.output}/ (report.md, report.html, report.json, radar.png); "

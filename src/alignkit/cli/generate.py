@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignkit.cli._common import Decoding, open_model, show_prompt, with_seed
+from alignkit.cli._common import Decoding, add_quiet, open_model, progress_for, show_prompt, with_seed
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.evaluation.cheap import answer_metrics
@@ -23,7 +23,7 @@ class GenerateJob:
     input: str = field(default="", metadata={"help": "JSONL file: records with an id and a prompt or messages", "required": True})
     output: str = field(default="", metadata={"help": "JSONL file the completions are appended to", "required": True})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "model spec (see `alignkit models`)"})
-    batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts generated together"})
     resume: bool = field(default=False, metadata={"help": "skip ids already in the output file"})
     on_error: str = field(
         default="stop", metadata={"help": "what to do with malformed input lines", "choices": ["stop", "skip"]}
@@ -47,6 +47,7 @@ def add_parser(sub) -> None:
     add_dataclass_arguments(p, Decoding, group="decoding")
     add_dataclass_arguments(p, MethodOptions, group="alignment method")
     add_dataclass_arguments(p, ModelOptions, group="model options")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -115,12 +116,7 @@ def run(args: argparse.Namespace) -> int:
     model = open_model(job.model, options, method)
     base_cfg = decoding.config(model)
     provenance = {"model": model.info(), "generation": base_cfg.to_dict()}
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        transient=False, disable=not sys.stderr.isatty())
-    with JsonlAppender(job.output) as out, progress:
-        task = progress.add_task("generate", total=len(todo))
+    with JsonlAppender(job.output) as out, progress_for(args).task("generate", len(todo)) as advance:
         for start in range(0, len(todo), job.batch_size):
             batch = [r for _, r in todo[start : start + job.batch_size]]
             configs = [with_seed(base_cfg, index[str(r["id"])]) for r in batch]
@@ -131,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 if comp.meta:
                     row["meta"] = comp.meta
                 out.write({**row, "provenance": provenance})
-            progress.advance(task, len(batch))
+            advance(len(batch))
     print(f"alignkit generate: wrote {len(todo)} record(s) to {job.output}", file=sys.stderr)
     return 0
 

@@ -20,15 +20,15 @@ class ServeJob:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "model spec (see `alignkit models`)"})
     name: str | None = field(default=None, metadata={"help": "model name clients use (default: method:model)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (localhost by default)"})
-    port: int = field(default=8000, metadata={"help": "port"})
+    port: int = field(default=8000, metadata={"min": 0, "max": 65535, "help": "port"})
     api_key: str | None = field(default=None, metadata={
         "help": "require 'Authorization: Bearer KEY' on /v1 (or set ALIGNKIT_API_KEY)"})
-    max_batch: int = field(default=8, metadata={"help": "most requests (choices) generated together"})
-    max_queue: int = field(default=64, metadata={"help": "requests waiting beyond that get 503 + Retry-After"})
-    max_tokens: int = field(default=2048, metadata={"help": "largest max_tokens a request may ask for"})
-    default_max_tokens: int = field(default=256, metadata={"help": "max_tokens when a request gives none"})
-    max_n: int = field(default=4, metadata={"help": "largest n (choices per request)"})
-    max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body"})
+    max_batch: int = field(default=8, metadata={"min": 1, "help": "most requests (choices) generated together"})
+    max_queue: int = field(default=64, metadata={"min": 0, "help": "requests waiting beyond that get 503 + Retry-After"})
+    max_tokens: int = field(default=2048, metadata={"min": 1, "help": "largest max_tokens a request may ask for"})
+    default_max_tokens: int = field(default=256, metadata={"min": 1, "help": "max_tokens when a request gives none"})
+    max_n: int = field(default=4, metadata={"min": 1, "help": "largest n (choices per request)"})
+    max_body_bytes: int = field(default=1 << 20, metadata={"min": 1, "help": "largest request body"})
     log_prompts: bool = field(default=False, metadata={"help": "log prompts (off: prompts and keys are never logged)"})
 
 

@@ -9,13 +9,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignkit.cli._common import _log_warnings_to_stderr
+from alignkit.cli._common import _log_warnings_to_stderr, add_quiet, progress_for
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.io import BadLine, JsonlAppender, read_jsonl
 from alignkit.methods import MethodOptions, apply_method
 from alignkit.models.catalog import DEFAULT_MODEL
-from alignkit.models.registry import ModelOptions, load_model
+from alignkit.models.registry import ModelOptions, ModelPool
 from alignkit.types import GenerationConfig
 
 
@@ -33,10 +33,10 @@ class ShiftJob:
         "help": "how to talk to each --aligned model, in order: urial, template, none, auto or dera (default: "
                 "auto; with no --aligned, urial)"})
     ref: str | None = field(default=None, metadata={"help": "with --aligned-method dera: the reference model"})
-    lam: float | None = field(default=None, metadata={"help": "with --aligned-method dera: lambda"})
+    lam: float | None = field(default=None, metadata={"min": 0, "help": "with --aligned-method dera: lambda"})
     template: str | None = field(default=None, metadata={"help": "in-context alignment template for urial models"})
     report: str | None = field(default=None, metadata={"help": "write the HTML report here (figures beside it)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "answer length when the aligned model generates"})
+    max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "answer length when the aligned model generates"})
     resume: bool = field(default=False, metadata={"help": "skip answers already in the output file"})
     json: bool = field(default=False, metadata={"help": "print the summary as JSON on stdout"})
 
@@ -57,6 +57,7 @@ def add_parser(sub) -> None:
     add_dataclass_arguments(p, ShiftJob)
     add_dataclass_arguments(p, ShiftOptions, group="analysis")
     add_dataclass_arguments(p, ModelOptions, group="model options")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -105,12 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if len(specs) > 1 and any(a is not None for _, _, a, _ in items):
         raise InputError("the input carries answers, which belong to one aligned model; give one --aligned")
 
-    loaded: dict[str, Any] = {}
-
-    def model(spec: str) -> Any:  # one copy of each model in memory, however many roles it plays
-        if spec not in loaded:
-            loaded[spec] = load_model(spec, mopts)
-        return loaded[spec]
+    model = ModelPool(mopts)  # one copy of each model in memory, however many roles it plays
 
     base = model(job.base)
     done = _done(job.output) if job.resume else set()
@@ -125,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             analyzer = ShiftAnalyzer(base, aligned, label=label, options=sopts,
                                      template=getattr(aligned, "template", None))
             todo = [it for it in items if (label, it[0]) not in done]
-            _run_one(analyzer, aligned, todo, job, out)
+            with progress_for(args).task(f"shift {label}", len(todo)) as advance:
+                _run_one(analyzer, aligned, todo, job, out, advance)
     records = _read(job.output)
     summary = summarize(records)
     if job.report:
@@ -141,32 +138,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_one(analyzer, aligned, todo, job: ShiftJob, out: JsonlAppender) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
+def _run_one(analyzer, aligned, todo, job: ShiftJob, out: JsonlAppender, advance) -> None:
     from alignkit.analysis.shift import Item, answer_ids
 
     # plain greedy: every answer token is then the aligned model's own top choice, so a shift measures the
     # base model, not a decoding trick (a repetition penalty would move tokens away from P_A's argmax)
     cfg = GenerationConfig(max_new_tokens=job.max_new_tokens)
     prov = analyzer.provenance()
-    progress = Progress(TextColumn(f"shift {analyzer.label}"), BarColumn(), MofNCompleteColumn(),
-                        disable=not sys.stderr.isatty())
-    with progress:
-        task = progress.add_task("shift", total=len(todo))
-        bs = analyzer.options.batch_size
-        for start in range(0, len(todo), bs):
-            chunk = todo[start : start + bs]
-            missing = [i for i, (_, _, a, _) in enumerate(chunk) if a is None]
-            comps = dict(zip(missing, aligned.generate([chunk[i][1] for i in missing], cfg))) if missing else {}
-            batch = []
-            for i, (rid, text, a, extra) in enumerate(chunk):
-                c = comps.get(i)
-                ids = answer_ids(aligned, c) if c is not None and analyzer.mode == "exact" else None
-                batch.append(Item(rid, text, c.text if c is not None else (a or ""), {**extra, "generated": c is not None}, ids))
-            for rec in analyzer.analyse(batch):
-                out.write({**rec, "provenance": {**prov, "generation": cfg.to_dict() if rec["generated"] else None}})
-            progress.advance(task, len(chunk))
+    bs = analyzer.options.batch_size
+    for start in range(0, len(todo), bs):
+        chunk = todo[start : start + bs]
+        missing = [i for i, (_, _, a, _) in enumerate(chunk) if a is None]
+        comps = dict(zip(missing, aligned.generate([chunk[i][1] for i in missing], cfg))) if missing else {}
+        batch = []
+        for i, (rid, text, a, extra) in enumerate(chunk):
+            c = comps.get(i)
+            ids = answer_ids(aligned, c) if c is not None and analyzer.mode == "exact" else None
+            batch.append(Item(rid, text, c.text if c is not None else (a or ""), {**extra, "generated": c is not None}, ids))
+        for rec in analyzer.analyse(batch):
+            out.write({**rec, "provenance": {**prov, "generation": cfg.to_dict() if rec["generated"] else None}})
+        advance(len(chunk))
 
 
 def _read(path: str) -> list[dict[str, Any]]:

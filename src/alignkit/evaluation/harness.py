@@ -12,7 +12,10 @@ from typing import Any
 from alignkit.errors import InputError
 from alignkit.evaluation.cheap import answer_metrics
 from alignkit.io import JsonlAppender
+from alignkit.methods import recommended_repetition_penalty
+from alignkit.progress import SILENT, Progress
 from alignkit.types import GenerationConfig
+from alignkit.validate import check_mapping
 
 
 @dataclass(frozen=True)
@@ -21,18 +24,15 @@ class Contestant:
     model: str
     method: str = "auto"
     template: str | None = None
-    k: int | None = None
+    k: int | None = field(default=None, metadata={"min": 0})
     ref: str | None = None
-    lam: float | None = None
+    lam: float | None = field(default=None, metadata={"min": 0})
 
     @classmethod
     def from_dict(cls, d: Any) -> Contestant:
         if not isinstance(d, dict) or "name" not in d or "model" not in d:
             raise InputError(f"a contestant needs at least a name and a model, got {d!r:.100}")
-        unknown = set(d) - {"name", "model", "method", "template", "k", "ref", "lam"}
-        if unknown:
-            raise InputError(f"contestant {d['name']!r} has unknown key(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return cls(**check_mapping(cls, d, what=f"contestant {d['name']!r}"))
 
 
 @dataclass(frozen=True)
@@ -41,32 +41,35 @@ class EvalConfig:
     judge: str
     judge_method: str = "auto"
     instructions: str = "alignkit-eval"
-    limit: int | None = None
+    limit: int | None = field(default=None, metadata={"min": 1})
     types: tuple[str, ...] = ()
-    max_new_tokens: int = 256
-    judge_max_new_tokens: int = 400
-    retries: int = 2
-    batch_size: int = 8
+    max_new_tokens: int = field(default=256, metadata={"min": 1})
+    judge_max_new_tokens: int = field(default=400, metadata={"min": 1})
+    retries: int = field(default=2, metadata={"min": 0})
+    batch_size: int = field(default=8, metadata={"min": 1})
     pairwise_baseline: str | None = None
     output: str = "runs/eval"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalConfig:
-        known = {"contestants", "judge", "judge_method", "instructions", "limit", "types", "max_new_tokens",
-                 "judge_max_new_tokens", "retries", "batch_size", "pairwise_baseline", "output"}
-        unknown = set(d) - known
-        if unknown:
-            raise InputError(f"unknown eval config key(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
         if not d.get("contestants") or not d.get("judge"):
             raise InputError("an eval config needs 'contestants' (a list) and a 'judge' model spec")
+        if not isinstance(d["contestants"], list):
+            raise InputError("eval config: key 'contestants' must be a list of {name, model, ...}")
         cs = tuple(Contestant.from_dict(c) for c in d["contestants"])
+        rest = {k: v for k, v in d.items() if k != "contestants"}
+        if "extra" in rest:
+            raise InputError("unknown key(s) in eval config: extra")
+        if rest.get("types") is None:
+            rest.pop("types", None)
+        checked = check_mapping(cls, rest, what="eval config")
         names = [c.name for c in cs]
         if len(set(names)) != len(names):
             raise InputError("contestant names must be unique")
         if d.get("pairwise_baseline") and d["pairwise_baseline"] not in names:
             raise InputError(f"pairwise_baseline {d['pairwise_baseline']!r} is not a contestant")
-        return cls(**{**d, "contestants": cs, "types": tuple(d.get("types") or ())})
+        return cls(**{**checked, "contestants": cs})
 
 
 def _done(path: Path) -> dict[str, dict[str, Any]]:
@@ -82,8 +85,10 @@ def _done(path: Path) -> dict[str, dict[str, Any]]:
 
 
 class Harness:
-    def __init__(self, cfg: EvalConfig, loader, progress=print) -> None:
-        self.cfg, self.loader, self.say = cfg, loader, progress
+    def __init__(self, cfg: EvalConfig, loader, progress=print, tracker: Progress = SILENT) -> None:
+        """``progress(message)`` gets a line per finished batch; ``tracker`` draws bars (see
+        :mod:`alignkit.progress`)."""
+        self.cfg, self.loader, self.say, self.tracker = cfg, loader, progress, tracker
         self.out = Path(cfg.output)
 
     def _model(self, c: Contestant) -> Any:
@@ -125,12 +130,14 @@ class Harness:
         if todo:
             model = self._model(c)
             cfg = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens,
-                                   repetition_penalty=getattr(model, "recommended", {}).get("repetition_penalty", 1.0))
+                                   repetition_penalty=recommended_repetition_penalty(model))
             prov = {"model": model.info(), "generation": cfg.to_dict()}
-            with JsonlAppender(path) as out:
+            with JsonlAppender(path) as out, self.tracker.task(f"answers {c.name}", len(todo)) as advance:
                 for s in range(0, len(todo), self.cfg.batch_size):
                     batch = todo[s : s + self.cfg.batch_size]
-                    for it, comp in zip(batch, model.generate([it["instruction"] for it in batch], cfg)):
+                    comps = model.generate([it["instruction"] for it in batch], cfg)
+                    advance(len(batch))
+                    for it, comp in zip(batch, comps):
                         rec = {"id": it["id"], "answer": comp.text, "finish_reason": comp.finish_reason,
                                "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
                                "provenance": prov}
@@ -143,7 +150,7 @@ class Harness:
         path = self.out / "judgments" / f"{name}.jsonl"
         done = _done(path)
         todo = [it for it in items if it["id"] not in done]
-        with JsonlAppender(path) as out:
+        with JsonlAppender(path) as out, self.tracker.task(f"judge {name}", len(todo)) as advance:
             for s in range(0, len(todo), self.cfg.batch_size):
                 batch = todo[s : s + self.cfg.batch_size]
                 for kind in ("multi-aspect", "safety"):
@@ -155,6 +162,7 @@ class Harness:
                         rec = {"id": it["id"], "rubric": kind, **res, "provenance": judges[kind].provenance()}
                         out.write(rec)
                         done[it["id"]] = rec
+                advance(len(batch))
                 self.say(f"{name}: {len(done)}/{len(items)} judged")
         return done
 
@@ -162,7 +170,7 @@ class Harness:
         path = self.out / "pairwise" / f"{name}-vs-{base}.jsonl"
         done = _done(path)
         todo = [it for it in items if it["id"] not in done and not it["safety"]]
-        with JsonlAppender(path) as out:
+        with JsonlAppender(path) as out, self.tracker.task(f"pairwise {name} vs {base}", len(todo)) as advance:
             for s in range(0, len(todo), self.cfg.batch_size):
                 batch = todo[s : s + self.cfg.batch_size]
                 ab = [{"instruction": it["instruction"], "answer_a": answers[name][it["id"]]["answer"],
@@ -177,6 +185,7 @@ class Harness:
                     rec = {"id": it["id"], "verdict": verdict, "orders": [r1, r2]}
                     out.write(rec)
                     done[it["id"]] = rec
+                advance(len(batch))
         return done
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,9 @@ from alignkit.errors import AlignkitError, InputError
 from alignkit.evaluation.parse import parse_pairwise, parse_scores
 from alignkit.types import GenerationConfig, Message
 
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+#: the fields each kind of rubric is filled with
+FIELDS = {"score": ("instruction", "answer"), "pairwise": ("instruction", "answer_a", "answer_b")}
 RUBRICS = {"multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml"}
 RETRY_NOTE = ("Your previous reply could not be read. Reply again with only the JSON object, in exactly the "
               "shape asked for, scores as whole numbers from 1 to 5.")
@@ -39,10 +43,19 @@ class Rubric:
         payload = json.dumps([self.kind, self.aspects, self.system, self.user], ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    @property
+    def placeholders(self) -> tuple[str, ...]:
+        """The ``{name}`` fields of the user template, in order of first appearance."""
+        return tuple(dict.fromkeys(_PLACEHOLDER.findall(self.user)))
+
     def messages(self, **fields: str) -> list[Message]:
-        user = self.user
-        for k, v in fields.items():
-            user = user.replace("{" + k + "}", v)
+        """The judge's conversation with ``fields`` filled in. One pass over the template: a field's value is
+        never scanned again, so an instruction or answer that contains ``{answer}`` (or any other
+        placeholder) stays as written."""
+        missing = [k for k in self.placeholders if k not in fields]
+        if missing:
+            raise ValueError(f"rubric {self.id!r} needs field(s) {', '.join(missing)}")
+        user = _PLACEHOLDER.sub(lambda m: str(fields[m.group(1)]), self.user)
         return [Message("system", self.system), Message("user", user)]
 
 
@@ -61,6 +74,13 @@ def load_rubric(name_or_path: str) -> Rubric:
         raise InputError(f"rubric {name_or_path} is malformed (needs id, kind, aspects, system, user): {e}") from e
     if r.kind not in ("score", "pairwise") or not r.aspects:
         raise InputError(f"rubric {name_or_path}: kind must be score or pairwise, with at least one aspect")
+    unknown = [k for k in r.placeholders if k not in FIELDS[r.kind]]
+    absent = [k for k in FIELDS[r.kind] if k not in r.placeholders]
+    if unknown or absent:
+        raise InputError(f"rubric {name_or_path}: a {r.kind} rubric's user template must contain "
+                         f"{', '.join('{' + k + '}' for k in FIELDS[r.kind])} and no other placeholder"
+                         + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                         + (f"; missing: {', '.join(absent)}" if absent else ""))
     return r
 
 

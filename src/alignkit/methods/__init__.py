@@ -21,20 +21,26 @@ class MethodOptions:
     template: str | None = field(default=None, metadata={
         "help": "in-context alignment template: a shipped name (urial-k0, urial-k1, urial-k3, urial-k8, "
                 "urial-k3-helpful) or a YAML file"})
-    k: int | None = field(default=None, metadata={
+    k: int | None = field(default=None, metadata={"min": 0,
         "help": "number of in-context examples (fixed selection: picks the shipped urial-kK template)"})
     select: str = field(default="fixed", metadata={
         "help": "in-context examples: fixed (the template's) or similar (the K most similar to each query from "
                 "the example pool, by sentence embedding)", "choices": ["fixed", "similar"]})
     ref: str | None = field(default=None, metadata={
         "help": "--method dera: the reference model spec (--model is the aligned model)"})
-    lam: float | None = field(default=None, metadata={
+    lam: float | None = field(default=None, metadata={"min": 0,
         "help": "--method dera: lambda; logits = lam * aligned + (1 - lam) * ref (0: ref, 1: aligned, >1: beyond)"})
     ref_method: str = field(default="none", metadata={
         "help": "--method dera: how the reference model is prompted", "choices": list(SIDE_METHODS)})
     aligned_method: str = field(default="auto", metadata={
         "help": "--method dera: how the aligned model is prompted (auto: the layout it was trained on if alignkit "
                 "trained it, else its chat template if it has one, else raw; urial aligns it in context)", "choices": list(SIDE_METHODS)})
+
+
+def recommended_repetition_penalty(model: Any) -> float:
+    """The repetition penalty a model's method recommends (``recommended`` on the method: 1.15 for in-context
+    alignment), else 1.0 (off). The one place this default is looked up."""
+    return float(getattr(model, "recommended", {}).get("repetition_penalty", 1.0))
 
 
 def apply_method(model: Any, options: MethodOptions, loader: Any = None) -> Any:

@@ -27,6 +27,7 @@ from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
     PositionReducer,
+    SteppingModel,
     configs_for,
     lockstep,
     run_stream_to_completions,
@@ -34,10 +35,11 @@ from alignkit.models.base import (
 from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
 
 
-def _hf(model: Any, role: str):
-    """The transformers model under a (possibly wrapped) model, or a clear error."""
+def _stepping(model: Any, role: str):
+    """The model under a (possibly wrapped) model, checked for the public stepper protocol, or a clear error."""
     inner = model.base if isinstance(model, MethodModel) else model
-    if not hasattr(inner, "engine") or not hasattr(inner, "iter_logprobs"):
+    caps = inner.capabilities
+    if not (caps.stepping and caps.full_vocab_logits and isinstance(inner, SteppingModel)):
         raise CapabilityError(
             f"DeRa steps both models token by token with their full logits; the {role} model {model.spec!r} "
             f"({inner.backend} backend) cannot do that -- use a local model (hf:, a folder, .gguf, llamacpp:)"
@@ -56,12 +58,12 @@ class DeRa:
             raise InputError(f"lambda must be a number >= 0 (0: the reference model, 1: the aligned model, "
                              f">1: beyond it); got {lam!r}")
         self.ref, self.aligned, self.lam = ref, aligned, float(lam)
-        self.ref_hf, self.aligned_hf = _hf(ref, "reference"), _hf(aligned, "aligned")
-        if self.ref_hf.backend != self.aligned_hf.backend:
+        self.ref_inner, self.aligned_inner = _stepping(ref, "reference"), _stepping(aligned, "aligned")
+        if self.ref_inner.backend != self.aligned_inner.backend:
             raise InputError(f"DeRa needs both models on one backend (their logits must be comparable); the aligned "
-                             f"model runs on {self.aligned_hf.backend}, the reference on {self.ref_hf.backend}")
-        fa, fr = self.aligned_hf.vocab_fingerprint(), self.ref_hf.vocab_fingerprint()
-        va, vr = self.aligned_hf.vocab_size, self.ref_hf.vocab_size
+                             f"model runs on {self.aligned_inner.backend}, the reference on {self.ref_inner.backend}")
+        fa, fr = self.aligned_inner.vocab_fingerprint(), self.ref_inner.vocab_fingerprint()
+        va, vr = self.aligned_inner.vocab_size, self.ref_inner.vocab_size
         if fa != fr or va != vr:
             raise InputError(
                 f"DeRa mixes the two models' logits token by token, so they must share one tokenizer and "
@@ -70,16 +72,16 @@ class DeRa:
         self.spec = aligned.spec
         self.capabilities = Capabilities(
             full_vocab_logits=True, topk_logprobs=va, chat_template=aligned.capabilities.chat_template,
-            streaming=True, adapters=True, prefix_reuse=True, token_ids=True)
+            streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=False)
         self.recommended = getattr(aligned, "recommended", {})
         # tokenizer-level helpers come from the aligned side (both sides share the vocabulary)
-        self.tokenizer = self.aligned_hf.tokenizer
-        self.encode, self.token_text = self.aligned_hf.encode, self.aligned_hf.token_text
-        self.vocab_fingerprint = self.aligned_hf.vocab_fingerprint
+        self.tokenizer = self.aligned_inner.tokenizer
+        self.encode, self.token_text = self.aligned_inner.encode, self.aligned_inner.token_text
+        self.vocab_fingerprint = self.aligned_inner.vocab_fingerprint
 
     @property
     def context_length(self) -> int | None:
-        limits = [m.context_length for m in (self.ref_hf, self.aligned_hf) if m.context_length]
+        limits = [m.context_length for m in (self.ref_inner, self.aligned_inner) if m.context_length]
         return min(limits) if limits else None
 
     def info(self) -> dict[str, Any]:
@@ -118,8 +120,6 @@ class DeRa:
     @torch.no_grad()
     def stream(self, prompts: Sequence[Prompt], config=None, *, should_stop=None, reuse_prefix: bool = True
                ) -> Iterator[StreamEvent]:
-        from alignkit.models.hf_decode import Stepper
-
         configs = configs_for(len(prompts), config)
         if not prompts:
             return
@@ -132,7 +132,7 @@ class DeRa:
             merged.append(replace(c, stop=tuple(dict.fromkeys(c.stop + sa + sr))))
             metas.append(meta)
         lam = self.lam
-        engine = self.aligned_hf.engine
+        loop = self.aligned_inner.token_loop  # the aligned side's decoding rules (both share the vocabulary)
         extra = max(c.max_new_tokens for c in configs)
         cleaner = (self.aligned.stream_cleaner if isinstance(self.aligned, MethodModel) else None)
         cleaners = [cleaner() if cleaner else None for _ in prompts]
@@ -140,20 +140,16 @@ class DeRa:
         def combine(ls):
             return lam * ls[0] + (1 - lam) * ls[1]
 
-        with self.aligned_hf._lock, self.ref_hf._lock:
+        with self.aligned_inner.exclusive(), self.ref_inner.exclusive():
             # the row's prompt is the longer side's, so the context limit holds for both models
-            rows = engine.new_rows([a if len(a) >= len(r) else r for a, r in zip(a_ids, r_ids)], merged)
-            if hasattr(self.aligned_hf, "stepper"):  # one sequence at a time (llama.cpp)
-                if not reuse_prefix:
-                    self.aligned_hf.llm.reset()
-                    self.ref_hf.llm.reset()
-                for row in rows:
-                    steppers = [self.aligned_hf.stepper(a_ids[row.index]), self.ref_hf.stepper(r_ids[row.index])]
-                    yield from self._events(engine.loop([row], steppers, combine, should_stop), cleaners, metas)
-            else:  # batched (transformers)
-                steppers = [Stepper(engine, a_ids, extra=extra, reuse=reuse_prefix),
-                            Stepper(self.ref_hf.engine, r_ids, extra=extra, reuse=reuse_prefix)]
-                yield from self._events(engine.loop(rows, steppers, combine, should_stop), cleaners, metas)
+            rows = loop.new_rows([a if len(a) >= len(r) else r for a, r in zip(a_ids, r_ids)], merged)
+            width = min(w for w in (self.aligned_inner.max_stepper_rows, self.ref_inner.max_stepper_rows, len(rows))
+                        if w is not None)
+            for start in range(0, len(rows), width):  # batched (transformers) or one row at a time (llama.cpp)
+                group = rows[start : start + width]
+                steppers = [self.aligned_inner.stepper([a_ids[r.index] for r in group], extra=extra, reuse=reuse_prefix),
+                            self.ref_inner.stepper([r_ids[r.index] for r in group], extra=extra, reuse=reuse_prefix)]
+                yield from self._events(loop.loop(group, steppers, combine, should_stop), cleaners, metas)
 
     @staticmethod
     def _events(events, cleaners, metas) -> Iterator[StreamEvent]:
@@ -182,7 +178,7 @@ class DeRa:
     @torch.no_grad()
     def iter_logprobs(self, prompts: Sequence[Prompt], continuations, *, batch_size: int | None = None
                       ) -> Iterator[LogprobChunk]:
-        bs = batch_size or self.aligned_hf.score_batch_size
+        bs = batch_size or self.aligned_inner.score_batch_size
         ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
         a = self.aligned.iter_logprobs(prompts, ids, batch_size=bs)
         r = self.ref.iter_logprobs(prompts, ids, batch_size=bs)

@@ -68,6 +68,9 @@ class Capabilities:
     """Reuses the key/value cache of a prompt prefix shared by many requests."""
     token_ids: bool = False
     """Exposes its tokenizer: token ids in and out, and exact token counts."""
+    stepping: bool = False
+    """Decodes token by token under a caller's control through the public stepper protocol
+    (:class:`SteppingModel`): what DeRa's lockstep mix and other decoding-time methods build on."""
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -78,6 +81,7 @@ _ALTERNATIVES = {
     "chat_template": "use an in-context alignment method (--method urial) or a model with a chat template",
     "token_ids": "use a local backend that exposes its tokenizer",
     "streaming": "use generate() instead",
+    "stepping": "use a local backend (hf:, a folder, a .gguf file, llamacpp:), which decodes token by token",
 }
 
 
@@ -155,6 +159,44 @@ class LanguageModel(Protocol):
     def close(self) -> None:
         """Release resources (threads, connections, memory)."""
         ...
+
+
+class Stepper(Protocol):
+    """One model's side of a token-by-token decode over a group of rows (prompts).
+
+    ``logits`` is the ``[active rows, V]`` tensor of next-token logits of the rows still running;
+    ``step(tokens, keep)`` keeps the rows ``keep`` (indices into the current active rows) and feeds each its
+    next token, after which ``logits`` holds the next step's. Several steppers over the same rows, one per
+    model, can be driven in lockstep by one token loop."""
+
+    logits: torch.Tensor
+
+    def step(self, tokens: list[int], keep: list[int]) -> None: ...
+
+
+@runtime_checkable
+class SteppingModel(Protocol):
+    """A model that declares ``capabilities.stepping``: the public protocol decoding-time methods use.
+
+    * ``token_loop``: the model's decoding rules (sampling, repetition penalty, stop strings, streaming
+      deltas, completions), driven over any steppers: ``token_loop.new_rows(prompt_ids, configs)`` then
+      ``token_loop.loop(rows, steppers, combine, should_stop)``;
+    * ``stepper(prompt_ids, extra=, reuse=)``: a :class:`Stepper` over a group of token-id prompts (its
+      prompts prefilled, ``extra`` tokens of room to grow; ``reuse`` allows the shared-prefix cache);
+    * ``max_stepper_rows``: how many prompts one stepper can hold (``None``: any number, batched; llama.cpp: 1);
+    * ``exclusive()``: a context manager holding the model for the whole lockstep run (no other request
+      interleaves with its cache);
+    * ``encode_prompt(prompt)``: the token ids the model sees for a prompt.
+    """
+
+    token_loop: Any
+    max_stepper_rows: int | None
+
+    def stepper(self, prompt_ids: Sequence[Sequence[int]], *, extra: int, reuse: bool = True) -> Stepper: ...
+
+    def exclusive(self) -> Any: ...
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]: ...
 
 
 # ----------------------------------------------------------------------------- helpers for backends

@@ -21,7 +21,7 @@ from alignkit.models.base import (
     configs_for,
     run_stream_to_completions,
 )
-from alignkit.models.hf_decode import DecodeEngine
+from alignkit.models.hf_decode import DecodeEngine, Stepper
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
 
 _DTYPES = {
@@ -88,6 +88,7 @@ class HFModel:
             adapters=True,
             prefix_reuse=True,
             token_ids=True,
+            stepping=True,
         )
         eos = set()
         for src in (getattr(model, "generation_config", None), tokenizer):
@@ -106,6 +107,20 @@ class HFModel:
             head=self._head,
             min_prefix=min_prefix_tokens,
         )
+
+    # ------------------------------------------------------------------ the public stepper protocol
+    max_stepper_rows: int | None = None  # batched: one stepper holds any number of rows
+
+    @property
+    def token_loop(self) -> DecodeEngine:
+        return self.engine
+
+    def exclusive(self) -> Any:
+        return self._lock
+
+    def stepper(self, prompt_ids: Sequence[Sequence[int]], *, extra: int, reuse: bool = True) -> Stepper:
+        """A batched stepper over ``prompt_ids`` (see :class:`~alignkit.models.base.SteppingModel`)."""
+        return Stepper(self.engine, prompt_ids, extra=extra, reuse=reuse)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -107,6 +107,7 @@ class LlamaCppModel:
         self.capabilities = Capabilities(
             full_vocab_logits=logits_all, topk_logprobs=self.vocab_size if logits_all else 0,
             chat_template=bool(self._template), streaming=True, adapters=True, prefix_reuse=True, token_ids=True,
+            stepping=True,
         )
         from alignkit.models.hf_decode import TokenLoop
 
@@ -210,8 +211,24 @@ class LlamaCppModel:
         self.llm.eval([int(token)])
         return self._logits_at(self.llm.n_tokens - 1)
 
-    def stepper(self, ids: Sequence[int]) -> LlamaStepper:
-        return LlamaStepper(self, ids)
+    # ------------------------------------------------------------------ the public stepper protocol
+    max_stepper_rows: int | None = 1  # one llama.cpp context holds one sequence
+
+    @property
+    def token_loop(self) -> Any:
+        return self.engine
+
+    def exclusive(self) -> Any:
+        return self._lock
+
+    def stepper(self, prompt_ids: Sequence[Sequence[int]], *, extra: int = 0, reuse: bool = True) -> LlamaStepper:
+        """A stepper over one prompt (see :class:`~alignkit.models.base.SteppingModel`). With ``reuse`` the
+        longest common prefix with the previous sequence stays in the context; without, it starts afresh."""
+        if len(prompt_ids) != 1:
+            raise ValueError(f"a llama.cpp stepper holds one prompt (max_stepper_rows = 1), got {len(prompt_ids)}")
+        if not reuse:
+            self.llm.reset()
+        return LlamaStepper(self, prompt_ids[0])
 
     # ------------------------------------------------------------------ generation
     def stream(self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None,
@@ -223,9 +240,8 @@ class LlamaCppModel:
         rows = self.engine.new_rows(ids, configs)
         with self._lock:
             for row in rows:
-                if not reuse_prefix:
-                    self.llm.reset()
-                yield from self.engine.loop([row], [self.stepper(row.prompt_ids)], lambda ls: ls[0], should_stop)
+                stepper = self.stepper([row.prompt_ids], reuse=reuse_prefix)
+                yield from self.engine.loop([row], [stepper], lambda ls: ls[0], should_stop)
 
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None,
                  *, reuse_prefix: bool = True) -> list[Completion]:

@@ -48,25 +48,25 @@ class ModelOptions:
     device: str = field(default="cpu", metadata={"help": "device: cpu, cuda, cuda:N or auto"})
     revision: str | None = field(default=None, metadata={"help": "hub revision (branch, tag or commit)"})
     min_prefix_tokens: int = field(
-        default=32, metadata={"help": "shortest shared prompt prefix whose key/value cache is reused"}
+        default=32, metadata={"min": 1, "help": "shortest shared prompt prefix whose key/value cache is reused"}
     )
     api_key_env: str = field(
         default="OPENAI_API_KEY", metadata={"help": "environment variable holding the API key (openai backend)"}
     )
-    concurrency: int = field(default=8, metadata={"help": "parallel requests to a remote server"})
-    timeout: float = field(default=120.0, metadata={"help": "seconds before a remote request times out"})
+    concurrency: int = field(default=8, metadata={"min": 1, "help": "parallel requests to a remote server"})
+    timeout: float = field(default=120.0, metadata={"gt": 0, "help": "seconds before a remote request times out"})
     max_retries: int = field(
-        default=4, metadata={"help": "retries (with exponential backoff) on 429/5xx and connection errors"}
+        default=4, metadata={"min": 0, "help": "retries (with exponential backoff) on 429/5xx and connection errors"}
     )
-    max_logprobs: int = field(default=20, metadata={
+    max_logprobs: int = field(default=20, metadata={"min": 0,
         "help": "vllm backend: the largest top-k of log-probabilities the engine returns (vLLM's default is 20)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm backend: GPUs to split each layer over"})
-    pipeline_parallel_size: int = field(default=1, metadata={
+    tensor_parallel_size: int = field(default=1, metadata={"min": 1, "help": "vllm backend: GPUs to split each layer over"})
+    pipeline_parallel_size: int = field(default=1, metadata={"min": 1,
         "help": "vllm backend: pipeline stages (e.g. one per node)"})
     distributed_executor: str | None = field(default=None, metadata={
         "help": "vllm backend: ray (a Ray cluster, for several nodes) or mp (processes on one node)",
         "choices": ["ray", "mp"]})
-    n_ctx: int = field(default=2048, metadata={
+    n_ctx: int = field(default=2048, metadata={"min": 1,
         "help": "llamacpp backend: context size in tokens (it keeps n_ctx x vocabulary logits for exact scoring)"})
 
 
@@ -166,3 +166,23 @@ def load_model(spec: str, options: ModelOptions | None = None, **overrides: Any)
         extra, pkg = _EXTRAS.get(resolved.backend, (resolved.backend, e.name or "?"))
         raise BackendUnavailableError(resolved.backend, extra, e.name or pkg) from e
     return getattr(module, func)(resolved, spec=spec, options=options)
+
+
+class ModelPool:
+    """Loads each spec once, with one set of options: one copy of each model in memory however many roles it
+    plays (a DeRa reference that is also a contestant, a base that is also the aligned model under URIAL).
+    Call it with a spec; it is the ``loader`` that methods take to load the other models they need."""
+
+    def __init__(self, options: ModelOptions | None = None) -> None:
+        self.options = options or ModelOptions()
+        self.models: dict[str, Any] = {}
+
+    def __call__(self, spec: str) -> Any:
+        if spec not in self.models:
+            self.models[spec] = load_model(spec, self.options)
+        return self.models[spec]
+
+    def close(self) -> None:
+        for m in self.models.values():
+            m.close()
+        self.models.clear()

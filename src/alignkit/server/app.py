@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from alignkit.errors import AlignkitError, ContextLengthError
+from alignkit.methods import recommended_repetition_penalty
 from alignkit.server.protocol import ChatCompletionRequest, CompletionRequest
 from alignkit.server.service import Overloaded, Service, collect
 from alignkit.types import GenerationConfig, Message
@@ -121,7 +122,7 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
                            code="context_length_exceeded")
         rp = req.repetition_penalty
         if rp is None:
-            rp = getattr(model, "recommended", {}).get("repetition_penalty", 1.0)
+            rp = recommended_repetition_penalty(model)
         try:
             configs = [GenerationConfig(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                                         top_k=req.top_k, repetition_penalty=rp, stop=tuple(req.stops),

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignkit import _fault
 from alignkit.errors import InputError, ModelLoadError
 
 INFO_FILE = "alignkit.json"
@@ -24,20 +25,20 @@ class Recipe:
     """Optimisation settings shared by ``train sft`` and ``train dpo``. The defaults are the LIMA preset:
     AdamW (betas 0.9 / 0.95), weight decay 0.1, linear decay to zero, no warm-up."""
 
-    epochs: float = field(default=3.0, metadata={"help": "passes over the data (LIMA used 15 on a 65B model)"})
-    learning_rate: float | None = field(default=None, metadata={
+    epochs: float = field(default=3.0, metadata={"gt": 0, "help": "passes over the data (LIMA used 15 on a 65B model)"})
+    learning_rate: float | None = field(default=None, metadata={"gt": 0,
         "help": "peak learning rate (default: 2e-4 with LoRA, 1e-5 for full fine-tuning as in LIMA)"})
-    batch_size: int = field(default=4, metadata={"help": "sequences per optimiser step (per device)"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (LIMA: 0.1)"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps spent warming up (LIMA: none)"})
+    batch_size: int = field(default=4, metadata={"min": 1, "help": "sequences per optimiser step (per device)"})
+    grad_accum: int = field(default=1, metadata={"min": 1, "help": "gradient accumulation steps"})
+    weight_decay: float = field(default=0.1, metadata={"min": 0, "help": "AdamW weight decay (LIMA: 0.1)"})
+    warmup_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1, "help": "share of steps spent warming up (LIMA: none)"})
     scheduler: str = field(default="linear", metadata={"help": "learning-rate schedule (LIMA: linear decay)",
                                                        "choices": ["linear", "cosine", "constant"]})
-    max_length: int = field(default=512, metadata={"help": "tokens per training sequence; longer ones are cut"})
-    seed: int = field(default=0, metadata={"help": "random seed (data order, LoRA initialisation)"})
-    save_steps: int = field(default=50, metadata={"help": "save a resumable checkpoint every N optimiser steps"})
-    logging_steps: int = field(default=1, metadata={"help": "report the loss every N optimiser steps"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after N optimiser steps (-1: run all epochs)"})
+    max_length: int = field(default=512, metadata={"min": 2, "help": "tokens per training sequence; longer ones are cut"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "random seed (data order, LoRA initialisation)"})
+    save_steps: int = field(default=50, metadata={"min": 1, "help": "save a resumable checkpoint every N optimiser steps"})
+    logging_steps: int = field(default=1, metadata={"min": 1, "help": "report the loss every N optimiser steps"})
+    max_steps: int = field(default=-1, metadata={"min": 1, "or": -1, "help": "stop after N optimiser steps (-1: run all epochs)"})
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class Tuning:
     """What is trained."""
 
     full: bool = field(default=False, metadata={"help": "full fine-tuning instead of LoRA"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA path"})
+    lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"min": 1, "help": "LoRA alpha (scaling = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"min": 0, "max": 1, "help": "dropout on the LoRA path"})
     target_modules: str = field(default="all-linear", metadata={
         "help": "modules LoRA adapts: all-linear, or comma-separated module names (e.g. q_proj,v_proj)"})
     merge: bool = field(default=False, metadata={
@@ -191,6 +192,7 @@ def progress_callback(output: Path):
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = time.perf_counter()
             self.start_step = state.global_step
+            _trim_log(self.log_path, state.global_step)
             print(f"alignkit train: {state.max_steps} optimiser steps"
                   + (f", resuming at step {state.global_step}" if state.global_step else ""), file=sys.stderr)
 
@@ -210,7 +212,26 @@ def progress_callback(output: Path):
                 print(f"  step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
                       f"lr {logs.get('learning_rate', 0):.2e}{extra}  eta {eta:.0f}s", file=sys.stderr)
 
+        def on_save(self, args, state, control, **kw):
+            _fault.checkpoint_saved(state.global_step)
+
     return Progress()
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """A resumed run starts from its checkpoint: log rows past it (written before a crash) are dropped, so the
+    log never holds a step twice; a torn last line goes too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
 
 
 def quiet(trainer: Any) -> None:

@@ -29,7 +29,7 @@ class DPOJob:
     adapter: str | None = field(default=None, metadata={
         "help": "start from this LoRA adapter (e.g. the SFT one): it is trained further and a frozen copy of it is "
                 "the reference"})
-    beta: float = field(default=0.1, metadata={
+    beta: float = field(default=0.1, metadata={"gt": 0,
         "help": "DPO beta: strength of the KL tie to the reference (DeRa's lambda rescales it at decoding time)"})
     loss_type: str = field(default="sigmoid", metadata={"help": "DPO loss variant (TRL's loss_type)",
                                                         "choices": ["sigmoid", "ipo", "hinge", "robust"]})

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from alignkit.io import JsonlAppender, written_ids
+from alignkit.progress import SILENT, Progress
 from alignkit.types import GenerationConfig, as_messages
 
 
@@ -34,17 +35,19 @@ def _usable(comp: Any, keep_truncated: bool) -> str | None:
 
 def synthesize_answers(records: Sequence[dict[str, Any]], teacher: Any, cfg: GenerationConfig, output: str, *,
                        batch_size: int = 8, keep_truncated: bool = False,
-                       report: Callable[[str], None] | None = None) -> dict[str, int]:
+                       report: Callable[[str], None] | None = None, progress: Progress = SILENT) -> dict[str, int]:
     """Append one SFT record per usable teacher answer; ids already in ``output`` are skipped."""
     report = report or (lambda s: print(s, file=sys.stderr))
     done = written_ids(output)
     todo = [r for r in records if str(r["id"]) not in done]
     counts = {"written": 0, "skipped_done": len(records) - len(todo), "dropped": 0}
     provenance = {"teacher": teacher.info(), "generation": cfg.to_dict()}
-    with JsonlAppender(output) as out:
+    with JsonlAppender(output) as out, progress.task("answers", len(todo)) as advance:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            for rec, comp in zip(batch, _generate(teacher, batch, cfg)):
+            comps = _generate(teacher, batch, cfg)
+            advance(len(batch))
+            for rec, comp in zip(batch, comps):
                 problem = _usable(comp, keep_truncated)
                 if problem:
                     counts["dropped"] += 1
@@ -61,7 +64,7 @@ def synthesize_answers(records: Sequence[dict[str, Any]], teacher: Any, cfg: Gen
 
 def synthesize_pairs(records: Sequence[dict[str, Any]], chosen_model: Any, rejected_model: Any,
                      chosen_cfg: GenerationConfig, rejected_cfg: GenerationConfig, output: str, *, batch_size: int = 8, keep_truncated: bool = False,
-                     report: Callable[[str], None] | None = None) -> dict[str, int]:
+                     report: Callable[[str], None] | None = None, progress: Progress = SILENT) -> dict[str, int]:
     """Append one preference record per prompt: the chosen route's answer over the rejected route's. The
     chosen answer must be usable (non-empty, stopped by itself unless ``keep_truncated``); the rejected one
     only has to differ from it."""
@@ -71,11 +74,12 @@ def synthesize_pairs(records: Sequence[dict[str, Any]], chosen_model: Any, rejec
     counts = {"written": 0, "skipped_done": len(records) - len(todo), "dropped": 0}
     prov = {"chosen": {"model": chosen_model.info(), "generation": chosen_cfg.to_dict()},
             "rejected": {"model": rejected_model.info(), "generation": rejected_cfg.to_dict()}}
-    with JsonlAppender(output) as out:
+    with JsonlAppender(output) as out, progress.task("pairs", len(todo)) as advance:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             good = _generate(chosen_model, batch, chosen_cfg)
             bad = _generate(rejected_model, batch, rejected_cfg)
+            advance(len(batch))
             for rec, c, r in zip(batch, good, bad):
                 problem = _usable(c, keep_truncated)
                 if problem is None and not r.text.strip():

@@ -1,0 +1,100 @@
+"""Every figure in the README's measured tables comes from a committed result file.
+
+A measured table is one whose preceding lines (up to 15, within its section) say "Measured" or cite a result
+file (``docs/.../*.json``). It must cite at least one file, and every number in its cells (but the first
+column, which names the row, and the header) must appear in one of the cited files -- as the same value at the
+precision shown, or as a share shown in per cent. A table whose numbers were typed in by hand fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+CITE = re.compile(r"(docs/[\w./-]+\.json)")
+NUMBER = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)(%?)")
+
+
+def _tables(lines: list[str]) -> list[tuple[int, list[str]]]:
+    out, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith("|"):
+            j = i
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            out.append((i, lines[i:j]))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _context(lines: list[str], start: int) -> str:
+    before = []
+    for k in range(start - 1, max(-1, start - 16), -1):
+        if lines[k].startswith("#"):
+            break
+        before.append(lines[k])
+    return "\n".join(reversed(before))
+
+
+def _values(obj) -> list[float]:
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)]
+    if isinstance(obj, dict):
+        return [v for x in obj.values() for v in _values(x)]
+    if isinstance(obj, list):
+        return [v for x in obj for v in _values(x)]
+    if isinstance(obj, str):  # numbers kept as text, e.g. "16/16"
+        return [float(m.replace(",", "")) for m, _ in NUMBER.findall(obj)]
+    return []
+
+
+def _found(text: str, percent: bool, values: list[float]) -> bool:
+    x = float(text.replace(",", ""))
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    for v in values:
+        for scaled in ((v, v * 100) if percent else (v,)):
+            if round(scaled, decimals) == x or (decimals == 0 and round(scaled) == x):
+                return True
+    return False
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
+MEASURED = [(start, rows) for start, rows in _tables(README.read_text(encoding="utf-8").splitlines())
+            if "Measured" in _context(README.read_text(encoding="utf-8").splitlines(), start)
+            or CITE.search(_context(README.read_text(encoding="utf-8").splitlines(), start))]
+
+
+def test_the_readme_has_measured_tables():
+    assert len(MEASURED) >= 8
+
+
+@pytest.mark.parametrize("start, rows", MEASURED, ids=[f"line{s + 1}" for s, _ in MEASURED])
+def test_every_number_of_a_measured_table_is_in_its_cited_file(start, rows):
+    lines = README.read_text(encoding="utf-8").splitlines()
+    cited = CITE.findall(_context(lines, start))
+    assert cited, f"the table at README line {start + 1} cites no result file (docs/.../*.json)"
+    values: list[float] = []
+    for path in cited:
+        f = ROOT / path
+        assert f.is_file(), f"README line {start + 1} cites {path}, which is not committed"
+        values += _values(json.loads(f.read_text(encoding="utf-8")))
+    missing = []
+    for row in rows[2:]:  # header and separator
+        for cell in _cells(row)[1:]:
+            cell = re.sub(r"`[^`]*`", "", cell).replace("*", "")
+            for text, pct in NUMBER.findall(cell):
+                if not _found(text, bool(pct), values):
+                    missing.append(f"{text}{pct} (in {cell!r})")
+    assert not missing, f"README table at line {start + 1}: not in {', '.join(cited)}: {'; '.join(missing)}"
