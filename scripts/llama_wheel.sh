@@ -18,4 +18,4 @@ if [ -z "$wheel" ]; then
   CMAKE_ARGS="$FLAGS" "$BIN/pip" wheel --quiet --no-deps --no-cache-dir -w "$LLAMA_WHEELS" "llama-cpp-python==$VERSION"
   wheel=$(ls "$LLAMA_WHEELS"/llama_cpp_python-$VERSION-*.whl | head -n1)
 fi
-"$BIN/pip" install --quiet --no-deps "$wheel"
+"$BIN/pip" install --quiet --no-deps --force-reinstall "$wheel"

@@ -142,22 +142,33 @@ def test_disconnecting_mid_stream_cancels_the_generation(tiny_base):
         assert service.stats.rows == 1
 
 
-def test_concurrent_requests_are_batched(served):
-    before = served.service.stats.max_batch_rows
+def test_concurrent_requests_are_batched(tiny_aligned):
+    """Requests that arrive while the model is busy are answered together in one batch. The model is held
+    (its `exclusive()` lock) until all six requests are in, so the batching does not depend on timing."""
+    model = apply_method(tiny_aligned, MethodOptions(method="template"))
+    service = Service(model, "tiny-chat", max_batch=8, max_queue=16)
     results = []
+    with ServerThread(build_app(service)) as srv:
+        client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0)
 
-    def call(i):
-        r = served.client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": f"Hi {i}"}],
-                                                  max_tokens=24, temperature=0)
-        results.append(r.choices[0].message.content)
+        def call(i):
+            r = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": f"Hi {i}"}],
+                                               max_tokens=8, temperature=0)
+            results.append(r.choices[0].message.content)
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+        with tiny_aligned.exclusive():
+            for t in threads:
+                t.start()
+            deadline = time.time() + 20
+            while service.stats.jobs < 6 and time.time() < deadline:
+                time.sleep(0.02)
+            assert service.stats.jobs == 6 and not results  # all six are in; none answered yet
+        for t in threads:
+            t.join()
     assert len(results) == 6
-    assert served.service.stats.max_batch_rows >= 2 or before >= 2
+    # one at a time would be six batches of one row; the requests that waited shared a batch
+    assert service.stats.max_batch_rows >= 3 and service.stats.batches <= 2, service.stats
 
 
 def test_full_queue_answers_503_with_retry_after(tiny_aligned):

@@ -70,6 +70,11 @@ def open_model(spec: str, options: ModelOptions, method: MethodOptions) -> Any:
 def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextIO | None = None, label: str = "") -> None:
     """Print exactly what the underlying model sees, and where it stops, without running it."""
     out = out or sys.stdout
+    if hasattr(model, "stage_prompts"):  # a route: every stage's prompt (earlier stages run to show later ones)
+        for i, (label_i, text) in enumerate(model.stage_prompts(prompt, config), 1):
+            print(f"===== prompt{(' ' + label) if label else ''} stage {i}: {label_i} =====", file=out)
+            print(text, end="" if text.endswith("\n") else "\n", file=out)
+        return
     prepared = model.prepare(prompt, config)
     stops = tuple(dict.fromkeys(config.stop + prepared.stop))
     sides = [("", model)] if hasattr(model, "base") else [(" aligned side", model.aligned), (" reference side", model.ref)]

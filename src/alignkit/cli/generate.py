@@ -13,6 +13,7 @@ from alignkit.errors import InputError
 from alignkit.evaluation.cheap import answer_metrics
 from alignkit.io import BadLine, JsonlAppender, read_jsonl, written_ids
 from alignkit.methods import MethodOptions
+from alignkit.methods.routes import usage
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions
 from alignkit.types import as_messages
@@ -122,10 +123,13 @@ def run(args: argparse.Namespace) -> int:
             configs = [with_seed(base_cfg, index[str(r["id"])]) for r in batch]
             for rec, comp in zip(batch, model.generate([_prompt(r) for r in batch], configs)):
                 row = {**rec, "output": comp.text, "finish_reason": comp.finish_reason, "stop": comp.stop,
-                       "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
+                       "usage": usage(comp),
                        "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens)}
-                if comp.meta:
-                    row["meta"] = comp.meta
+                meta = {k: v for k, v in (comp.meta or {}).items() if k not in ("route", "usage")}
+                if comp.meta and comp.meta.get("route"):
+                    row["route"] = comp.meta["route"]  # every stage: its model, input, output and usage
+                if meta:
+                    row["meta"] = meta
                 out.write({**row, "provenance": provenance})
             advance(len(batch))
     print(f"alignkit generate: wrote {len(todo)} record(s) to {job.output}", file=sys.stderr)

@@ -27,6 +27,15 @@ class Contestant:
     k: int | None = field(default=None, metadata={"min": 0})
     ref: str | None = None
     lam: float | None = field(default=None, metadata={"min": 0})
+    # route stages around the model (see alignkit.methods.routes)
+    rewriter: str | None = None
+    rewriter_method: str | None = None
+    rewriter_layout: str | None = None
+    corrector: str | None = None
+    corrector_method: str | None = None
+    corrector_layout: str | None = None
+    stop: tuple[str, ...] = ()
+    """extra stop strings for this contestant's answers"""
 
     @classmethod
     def from_dict(cls, d: Any) -> Contestant:
@@ -94,7 +103,10 @@ class Harness:
     def _model(self, c: Contestant) -> Any:
         from alignkit.methods import MethodOptions, apply_method
 
-        opts = MethodOptions(method=c.method, template=c.template, k=c.k, ref=c.ref, lam=c.lam)
+        opts = MethodOptions(method=c.method, template=c.template, k=c.k, ref=c.ref, lam=c.lam, rewriter=c.rewriter,
+                             rewriter_method=c.rewriter_method, rewriter_layout=c.rewriter_layout,
+                             corrector=c.corrector, corrector_method=c.corrector_method,
+                             corrector_layout=c.corrector_layout)
         return apply_method(self.loader(c.model), opts, self.loader)
 
     def run(self) -> dict[str, Any]:
@@ -129,7 +141,7 @@ class Harness:
         todo = [it for it in items if it["id"] not in done]
         if todo:
             model = self._model(c)
-            cfg = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens,
+            cfg = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens, stop=c.stop,
                                    repetition_penalty=recommended_repetition_penalty(model))
             prov = {"model": model.info(), "generation": cfg.to_dict()}
             with JsonlAppender(path) as out, self.tracker.task(f"answers {c.name}", len(todo)) as advance:
@@ -141,6 +153,9 @@ class Harness:
                         rec = {"id": it["id"], "answer": comp.text, "finish_reason": comp.finish_reason,
                                "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
                                "provenance": prov}
+                        if comp.meta and comp.meta.get("route"):
+                            rec["route"] = comp.meta["route"]
+                            rec["usage"] = comp.meta.get("usage")
                         out.write(rec)
                         done[it["id"]] = rec
                     self.say(f"{c.name}: {len(done)}/{len(items)} answers")

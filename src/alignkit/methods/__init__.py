@@ -32,6 +32,23 @@ class MethodOptions:
         "help": "--method dera: lambda; logits = lam * aligned + (1 - lam) * ref (0: ref, 1: aligned, >1: beyond)"})
     ref_method: str = field(default="none", metadata={
         "help": "--method dera: how the reference model is prompted", "choices": list(SIDE_METHODS)})
+    rewriter: str | None = field(default=None, metadata={
+        "help": "route stage BPO: a rewriter model spec that rewrites each request before the model (under its "
+                "method) answers it; composes with every method and with --corrector"})
+    rewriter_method: str | None = field(default=None, metadata={
+        "help": "how the rewriter is prompted (default: its layout's: a published checkpoint's raw layout, or auto "
+                "for alignkit's layout -- the layout an adapter was trained on, else its chat template)",
+        "choices": list(SIDE_METHODS)})
+    rewriter_layout: str | None = field(default=None, metadata={
+        "help": "the rewriter's layout: alignkit-bpo, bpo-thudm (THUDM/BPO's) or a YAML file (default: chosen "
+                "from the rewriter model)"})
+    corrector: str | None = field(default=None, metadata={
+        "help": "route stage Aligner: a corrector model spec that rewrites each answer of the route before it "
+                "into a corrected one"})
+    corrector_method: str | None = field(default=None, metadata={
+        "help": "how the corrector is prompted (default: its layout's)", "choices": list(SIDE_METHODS)})
+    corrector_layout: str | None = field(default=None, metadata={
+        "help": "the corrector's layout: alignkit-aligner, aligner-pku (aligner/aligner-7b-v1.0's) or a YAML file"})
     aligned_method: str = field(default="auto", metadata={
         "help": "--method dera: how the aligned model is prompted (auto: the layout it was trained on if alignkit "
                 "trained it, else its chat template if it has one, else raw; urial aligns it in context)", "choices": list(SIDE_METHODS)})
@@ -44,8 +61,15 @@ def recommended_repetition_penalty(model: Any) -> float:
 
 
 def apply_method(model: Any, options: MethodOptions, loader: Any = None) -> Any:
-    """Wrap ``model`` according to ``options``; ``loader(spec)`` loads other models a method needs (DeRa's
-    reference)."""
+    """Wrap ``model`` according to ``options`` -- its method, then the route stages around it (a rewriter in
+    front, a corrector behind); ``loader(spec)`` loads the other models a method or stage needs."""
+    from alignkit.methods.routes import apply_stages
+
+    core = _apply_core(model, options, loader)
+    return apply_stages(core, options, loader)
+
+
+def _apply_core(model: Any, options: MethodOptions, loader: Any = None) -> Any:
     method = options.method
     if method == "dera":
         return _dera(model, options, loader)
@@ -92,7 +116,8 @@ def _dera(model: Any, options: MethodOptions, loader: Any) -> Any:
         raise InputError("--method dera needs --ref REF_MODEL and --lam LAMBDA (--model is the aligned model)")
     if loader is None:
         raise InputError("--method dera needs a way to load the reference model")
-    side = replace(options, method="none", ref=None, lam=None)
+    # the sides are plain models under their methods; route stages wrap the DeRa model as a whole
+    side = replace(options, method="none", ref=None, lam=None, rewriter=None, corrector=None)
     aligned_method = options.aligned_method
     if aligned_method == "auto":
         if getattr(model, "trained_format", None):

@@ -36,6 +36,15 @@ class MethodModel:
     def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
         raise NotImplementedError
 
+    def prepare_batch(self, prompts: Sequence[Prompt], configs: Sequence[GenerationConfig]) -> list[Prepared]:
+        """What the wrapped model is sent for a batch; route stages that run another model override this to
+        run it once for the whole batch."""
+        return [self.prepare(p, c) for p, c in zip(prompts, configs)]
+
+    def finish(self, completion: Completion, prepared: Prepared, text: str) -> Completion:
+        """The completion returned to the caller, given the wrapped model's completion and the cleaned text."""
+        return replace(completion, text=text, meta=_merge(completion.meta, prepared.meta))
+
     def clean(self, text: str) -> str:
         return text
 
@@ -57,19 +66,19 @@ class MethodModel:
         self.base.close()
 
     def render(self, prompt: Prompt) -> str:
-        prepared = self.prepare(prompt, GenerationConfig())
+        prepared = self.prepare_batch([prompt], [GenerationConfig()])[0]
         return self.base.render(prepared.prompt)
 
     def _prepare_all(self, prompts: Sequence[Prompt], config) -> tuple[list[Prepared], list[GenerationConfig]]:
         configs = configs_for(len(prompts), config)
-        prepared = [self.prepare(p, c) for p, c in zip(prompts, configs)]
+        prepared = self.prepare_batch(prompts, configs) if prompts else []
         merged = [replace(c, stop=tuple(dict.fromkeys(c.stop + p.stop))) for p, c in zip(prepared, configs)]
         return prepared, merged
 
     def generate(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> list[Completion]:
         prepared, configs = self._prepare_all(prompts, config)
-        comps = self.base.generate([p.prompt for p in prepared], configs, **kwargs)
-        return [replace(c, text=self.clean(c.text), meta=_merge(c.meta, p.meta)) for c, p in zip(comps, prepared)]
+        comps = self.base.generate([p.prompt for p in prepared], configs, **kwargs) if prepared else []
+        return [self.finish(c, p, self.clean(c.text)) for c, p in zip(comps, prepared)]
 
     def stream(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> Iterator[StreamEvent]:
         prepared, configs = self._prepare_all(prompts, config)
@@ -84,7 +93,7 @@ class MethodModel:
             head = cl.feed(ev.text)
             piece, final = cl.finish()
             piece = head + piece
-            comp = replace(ev.completion, text=final, meta=_merge(ev.completion.meta, prepared[ev.index].meta))
+            comp = self.finish(ev.completion, prepared[ev.index], final)
             yield StreamEvent(ev.index, piece, ev.finish_reason, comp)
 
     def score(
@@ -95,7 +104,7 @@ class MethodModel:
         top_k: int = 0,
         reduce: PositionReducer | None = None,
     ) -> list[TokenScores]:
-        prepared = [self.prepare(p, GenerationConfig()) for p in prompts]
+        prepared = self.prepare_batch(prompts, [GenerationConfig()] * len(prompts)) if prompts else []
         return self.base.score([p.prompt for p in prepared], continuations, top_k=top_k, reduce=reduce)
 
     def iter_logprobs(self, prompts: Sequence[Prompt], continuations, **kwargs):
@@ -104,7 +113,7 @@ class MethodModel:
             from alignkit.errors import CapabilityError
 
             raise CapabilityError(f"model {self.spec!r} gives no full-vocabulary log-probabilities")
-        prepared = [self.prepare(p, GenerationConfig()) for p in prompts]
+        prepared = self.prepare_batch(prompts, [GenerationConfig()] * len(prompts)) if prompts else []
         return self.base.iter_logprobs([p.prompt for p in prepared], continuations, **kwargs)
 
     def __getattr__(self, name: str):
@@ -141,6 +150,10 @@ class StreamCleaner:
 
 
 def _merge(backend_meta: dict[str, Any] | None, method_meta: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A completion's meta: what the backend reported (e.g. prefix-cache hits) plus what the method adds."""
+    """A completion's meta: what the backend reported (e.g. prefix-cache hits) plus what the method adds. The
+    stage records of a route (``route``) are concatenated in order: the method's before the wrapped model's."""
     merged = {**(backend_meta or {}), **(method_meta or {})}
+    route = list((method_meta or {}).get("route") or []) + list((backend_meta or {}).get("route") or [])
+    if route:
+        merged["route"] = route
     return merged or None

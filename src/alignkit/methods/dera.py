@@ -37,7 +37,9 @@ from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, To
 
 def _stepping(model: Any, role: str):
     """The model under a (possibly wrapped) model, checked for the public stepper protocol, or a clear error."""
-    inner = model.base if isinstance(model, MethodModel) else model
+    inner = model
+    while isinstance(inner, MethodModel):  # a method, or a route of several (e.g. a rewriter in front of urial)
+        inner = inner.base
     caps = inner.capabilities
     if not (caps.stepping and caps.full_vocab_logits and isinstance(inner, SteppingModel)):
         raise CapabilityError(
@@ -94,10 +96,16 @@ class DeRa:
 
     # ------------------------------------------------------------------ what each side sees
     def _side(self, model: Any, prompt: Prompt, config: GenerationConfig):
-        if isinstance(model, MethodModel):
-            prepared = model.prepare(prompt, config)
-            return model.base.encode_prompt(prepared.prompt), prepared.stop, prepared.meta
-        return model.encode_prompt(prompt), (), None
+        """Token ids one side's model sees for ``prompt``, its stop strings and meta, through every layer of
+        method wrapping (a route's earlier stages run here: a rewriter rewrites the prompt first)."""
+        stops: tuple[str, ...] = ()
+        meta: dict[str, Any] | None = None
+        while isinstance(model, MethodModel):
+            prepared = model.prepare_batch([prompt], [config])[0]
+            prompt, stops = prepared.prompt, stops + prepared.stop
+            meta = {**(prepared.meta or {}), **(meta or {})} or None
+            model = model.base
+        return model.encode_prompt(prompt), stops, meta
 
     def prepare(self, prompt: Prompt, config: GenerationConfig):
         from alignkit.methods.base import Prepared

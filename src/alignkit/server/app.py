@@ -235,8 +235,12 @@ def _count(model: Any, prompt: Any, max_tokens: int) -> int | None:
 
 
 def _usage(comps) -> dict[str, int]:
-    p = comps[0].prompt_tokens if comps else 0
-    c = sum(x.completion_tokens for x in comps)
+    """Token usage of a response; for a route, every stage's tokens added up (rewriter, model, corrector)."""
+    from alignkit.methods.routes import usage
+
+    each = [usage(x) for x in comps]
+    p = each[0]["prompt_tokens"] if each else 0
+    c = sum(u["completion_tokens"] for u in each)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 

@@ -1,0 +1,407 @@
+"""Route stages: models around a model. A route is ``[rewriter ->] model under a method [-> corrector]`` and is
+itself one model, so every command, the server, evaluation and analysis take it like any other.
+
+* **BPO** (prompt optimisation, :class:`PromptRewriter`): a *rewriter* model turns the user's request into a
+  better one before the wrapped model sees it. The wrapped model is untouched (it may be an API model).
+* **Aligner** (answer correction, :class:`AnswerCorrector`): the upstream route answers, then a *corrector* model
+  reads (question, upstream answer) and writes the corrected answer.
+
+Each stage is registered in :data:`STAGES` (name, kind, how it wraps); :func:`apply_stages` builds the route from
+the method options, so a new stage is one registration, not another branch in a dispatcher. The rewriter and
+the corrector are any model + method; the layout they are asked in is data (``prompts/routes/layouts.yaml``):
+the layout a published checkpoint was trained on when the spec names it, the layout an adapter was trained on
+(recorded by ``alignkit train bpo|aligner``), else alignkit's own.
+
+Every completion of a route carries ``meta["route"]``: one record per stage, in order -- its model spec and
+method, its input, its output and its token usage -- and ``meta["usage"]``, the tokens of all stages added up.
+Streaming streams the last stage (the corrector starts once the upstream answer is complete).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignkit.errors import AlignkitError, InputError
+from alignkit.methods.base import MethodModel, Prepared, StreamCleaner
+from alignkit.types import Completion, GenerationConfig, Message, Prompt
+
+
+# ----------------------------------------------------------------------------- layouts (data)
+@dataclass(frozen=True)
+class Layout:
+    """How a stage model is asked: a text template, the method it is prompted with, default decoding."""
+
+    id: str
+    stage: str  # "rewrite" or "correct"
+    method: str  # "none" (raw completion of the template) or a method for a user message ("auto", "template", ...)
+    template: str
+    decoding: dict[str, Any] = field(default_factory=dict)
+
+    def request(self, **fields: str) -> str:
+        """The template filled in one pass (a field that contains ``{answer}`` stays as written)."""
+        import re
+
+        return re.sub(r"\{(prompt|question|answer)\}", lambda m: fields[m.group(1)], self.template)
+
+    def config(self, base: GenerationConfig | None = None) -> GenerationConfig:
+        keys = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
+        values: dict[str, Any] = {k: self.decoding[k] for k in keys if k in self.decoding}
+        if "stop" in self.decoding:
+            values["stop"] = tuple(self.decoding["stop"])
+        try:
+            return replace(base or GenerationConfig(), **values)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"layout {self.id!r}: bad decoding setting: {e}") from e
+
+    def provenance(self) -> dict[str, Any]:
+        import hashlib
+
+        return {"id": self.id, "method": self.method,
+                "hash": hashlib.sha256(self.template.encode("utf-8")).hexdigest()[:16]}
+
+
+def _layout_data() -> dict[str, Any]:
+    text = (resources.files("alignkit") / "prompts" / "routes" / "layouts.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def load_layout(name_or_path: str, stage: str) -> Layout:
+    """A shipped layout by id, or a YAML file with ``id``, ``stage``, ``method``, ``template`` (``decoding``)."""
+    data = _layout_data()["layouts"]
+    if name_or_path in data:
+        d = {"id": name_or_path, **data[name_or_path]}
+    elif Path(name_or_path).is_file():
+        try:
+            d = yaml.safe_load(Path(name_or_path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise InputError(f"layout file {name_or_path!r} is not valid YAML: {e}") from e
+        if not isinstance(d, dict):
+            raise InputError(f"layout file {name_or_path!r} must hold a mapping")
+    else:
+        raise InputError(f"no layout {name_or_path!r}: not one of {', '.join(sorted(data))} and not a file")
+    missing = [k for k in ("id", "stage", "method", "template") if not isinstance(d.get(k), str) or not d.get(k)]
+    if missing:
+        raise InputError(f"layout {name_or_path!r} needs {', '.join(missing)} (non-empty strings)")
+    layout = Layout(d["id"], d["stage"], d["method"], d["template"], dict(d.get("decoding") or {}))
+    if layout.stage != stage:
+        raise InputError(f"layout {layout.id!r} is for the {layout.stage!r} stage, not {stage!r}")
+    needed = ("{prompt}",) if stage == "rewrite" else ("{question}", "{answer}")
+    absent = [n for n in needed if n not in layout.template]
+    if absent:
+        raise InputError(f"layout {layout.id!r}: its template must contain {', '.join(needed)} (missing: "
+                         f"{', '.join(absent)})")
+    return layout
+
+
+def layout_for(model: Any, stage: str, explicit: str | None) -> Layout:
+    """The layout a stage model is asked in: explicit > trained (alignkit.json) > published checkpoint > alignkit's."""
+    if explicit:
+        return load_layout(explicit, stage)
+    trained = (getattr(model, "trained_format", None) or {}).get("route_layout")
+    if trained:
+        return load_layout(trained, stage)
+    spec = str(getattr(model, "spec", ""))
+    for prefix in ("hf:", "vllm:"):
+        spec = spec.removeprefix(prefix)
+    checkpoint = _layout_data().get("checkpoints", {}).get(spec)
+    if checkpoint:
+        return load_layout(checkpoint, stage)
+    return load_layout("alignkit-bpo" if stage == "rewrite" else "alignkit-aligner", stage)
+
+
+# ----------------------------------------------------------------------------- helpers
+def user_text(prompt: Prompt) -> str:
+    """The request a stage works on: the text of a completion prompt, or the last user turn of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m for m in prompt if m.role == "user"]
+    if not users:
+        raise InputError("a conversation for a route needs a user turn")
+    return users[-1].content
+
+
+def with_user_text(prompt: Prompt, text: str) -> Prompt:
+    """``prompt`` with its request (the text, or the last user turn) replaced by ``text``."""
+    if isinstance(prompt, str):
+        return text
+    msgs = list(prompt)
+    last = max(i for i, m in enumerate(msgs) if m.role == "user")
+    msgs[last] = Message("user", text)
+    return msgs
+
+
+def usage(comp: Completion) -> dict[str, int]:
+    """A completion's token usage, all stages of its route added up."""
+    total = (comp.meta or {}).get("usage")
+    if isinstance(total, dict):
+        return dict(total)
+    return {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
+
+
+def _own_usage(comp: Completion) -> dict[str, int]:
+    return {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
+
+
+def _stage_model(model: Any, layout: Layout, method: str | None, loader: Any) -> Any:
+    from alignkit.methods import MethodOptions, apply_method
+
+    return apply_method(model, MethodOptions(method=method or layout.method), loader)
+
+
+def _run_stage(name: str, model: Any, fn: Callable[[], Any]) -> Any:
+    """Run a stage model; its errors name the stage, so a failing rewriter or corrector is one clear line."""
+    try:
+        return fn()
+    except AlignkitError as e:
+        if str(e).startswith("route stage "):
+            raise
+        raise type(e)(f"route stage {name!r} ({model.spec}): {e}") from e
+
+
+def _total(route: list[dict[str, Any]]) -> dict[str, int]:
+    return {k: sum(int(r["usage"][k]) for r in route) for k in ("prompt_tokens", "completion_tokens")}
+
+
+# ----------------------------------------------------------------------------- the stages
+class PromptRewriter(MethodModel):
+    """BPO: ``rewriter`` rewrites the request; the wrapped model answers the rewritten request."""
+
+    backend = "bpo"
+    method = "bpo"
+
+    def __init__(self, base: Any, rewriter: Any, layout: Layout) -> None:
+        super().__init__(base)
+        self.rewriter, self.layout = rewriter, layout
+        self.recommended = getattr(base, "recommended", {})
+        self.capabilities = base.capabilities
+
+    # the wrapped model's own cleaning still applies (e.g. urial's answer block)
+    def clean(self, text: str) -> str:
+        return self.base.clean(text) if isinstance(self.base, MethodModel) else text
+
+    def stream_cleaner(self) -> StreamCleaner:
+        return self.base.stream_cleaner() if isinstance(self.base, MethodModel) else super().stream_cleaner()
+
+    def rewrite(self, prompts: Sequence[Prompt]) -> list[tuple[str, dict[str, Any]]]:
+        """``(rewritten request, stage record)`` per prompt; an empty or runaway rewrite keeps the original."""
+        originals = [user_text(p) for p in prompts]
+        requests = [self.layout.request(prompt=t) for t in originals]
+        comps = _run_stage("bpo", self.rewriter, lambda: self.rewriter.generate(requests, self.layout.config()))
+        out = []
+        for original, request, comp in zip(originals, requests, comps):
+            text, fallback = comp.text.strip(), None
+            if not text:
+                fallback = "empty rewrite: the original request was kept"
+            elif comp.finish_reason == "length":
+                fallback = "the rewrite hit its token limit (a runaway): the original request was kept"
+            record = {"stage": "rewrite", "method": "bpo", "model": self.rewriter.spec,
+                      "model_method": self.rewriter.method, "layout": self.layout.provenance(), "input": original,
+                      "request": request, "output": text, "usage": _own_usage(comp)}
+            if fallback:
+                record["fallback"] = fallback
+            out.append((original if fallback else text, record))
+        return out
+
+    def prepare_batch(self, prompts: Sequence[Prompt], configs: Sequence[GenerationConfig]) -> list[Prepared]:
+        return [Prepared(with_user_text(p, text), (), {"route": [record]})
+                for p, (text, record) in zip(prompts, self.rewrite(prompts))]
+
+    def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
+        return self.prepare_batch([prompt], [config])[0]
+
+    def finish(self, completion: Completion, prepared: Prepared, text: str) -> Completion:
+        comp = super().finish(completion, prepared, text)
+        route = list((comp.meta or {}).get("route") or [])
+        if not any(r["stage"] == "answer" for r in route):
+            route.append({"stage": "answer", "model": self.base.spec, "method": getattr(self.base, "method", None),
+                          "input": user_text(prepared.prompt), "output": text, "usage": _own_usage(completion)})
+        return replace(comp, meta={**(comp.meta or {}), "route": route, "usage": _total(route)})
+
+    def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
+        """What each stage sees (the rewriter runs, so the next stage's prompt can be shown)."""
+        text, record = self.rewrite([prompt])[0]
+        return [("rewriter " + self.rewriter.spec, self.rewriter.render(record["request"])),
+                *_inner_prompts(self.base, with_user_text(prompt, text), config)]
+
+    def method_info(self) -> dict[str, Any]:
+        return {"route": _route_info(self)}
+
+    def info(self) -> dict[str, Any]:
+        return {**self.base.info(), "method": _route_name(self), "route": _route_info(self)}
+
+    def close(self) -> None:
+        super().close()
+        self.rewriter.close()
+
+
+class AnswerCorrector(MethodModel):
+    """Aligner: the upstream route answers; ``corrector`` (the wrapped model here) writes the corrected answer."""
+
+    backend = "aligner"
+    method = "aligner"
+
+    def __init__(self, upstream: Any, corrector: Any, layout: Layout) -> None:
+        super().__init__(corrector)
+        self.upstream, self.corrector, self.layout = upstream, corrector, layout
+        self.spec = upstream.spec
+        self.recommended = getattr(upstream, "recommended", {})
+        caps = corrector.capabilities
+        # it answers what the upstream route answers; its scores are the corrector's
+        self.capabilities = replace(caps, chat_template=upstream.capabilities.chat_template)
+
+    # the corrected answer is an answer: trimmed, and cleaned by the corrector's method where it has a layout
+    def _own_layout(self) -> bool:
+        return isinstance(self.corrector, MethodModel) and self.corrector.method not in ("none",)
+
+    def clean(self, text: str) -> str:
+        return (self.corrector.clean(text) if self._own_layout() else text).strip()
+
+    def stream_cleaner(self) -> StreamCleaner:
+        if self._own_layout():
+            inner = self.corrector.stream_cleaner()
+            return StreamCleaner(self.clean, hold=lambda t: len(t[: inner._hold(t)].rstrip()), lstrip=True)
+        return StreamCleaner(self.clean, hold=lambda t: len(t.rstrip()), lstrip=True)
+
+    def prepare_batch(self, prompts: Sequence[Prompt], configs: Sequence[GenerationConfig]) -> list[Prepared]:
+        answers = _run_stage("upstream", self.upstream, lambda: self.upstream.generate(list(prompts), list(configs)))
+        out = []
+        for p, c in zip(prompts, answers):
+            route = list((c.meta or {}).get("route") or [])
+            if not any(r["stage"] == "answer" for r in route):
+                route.append({"stage": "answer", "model": self.upstream.spec,
+                              "method": getattr(self.upstream, "method", None), "input": user_text(p),
+                              "output": c.text, "usage": _own_usage(c), "finish_reason": c.finish_reason})
+            request = self.layout.request(question=user_text(p), answer=c.text)
+            out.append(Prepared(request, (), {"route": route, "upstream_answer": c.text, "question": user_text(p)}))
+        return out
+
+    def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
+        return self.prepare_batch([prompt], [config])[0]
+
+    def finish(self, completion: Completion, prepared: Prepared, text: str) -> Completion:
+        upstream = (prepared.meta or {}).get("upstream_answer", "")
+        # an empty correction keeps the upstream answer (said in the record); a runaway correction is kept as
+        # it is, with finish_reason "length" like any runaway answer (streaming has already shown it)
+        fallback = "empty correction: the upstream answer was kept" if not text.strip() else None
+        route = list((prepared.meta or {}).get("route") or [])
+        record = {"stage": "correct", "method": "aligner", "model": self.corrector.spec,
+                  "model_method": getattr(self.corrector, "method", None), "layout": self.layout.provenance(),
+                  "input": {"question": (prepared.meta or {}).get("question"), "answer": upstream},
+                  "request": prepared.prompt, "output": text, "usage": _own_usage(completion)}
+        if fallback:
+            record["fallback"] = fallback
+        route.append(record)
+        meta = {k: v for k, v in (completion.meta or {}).items()
+                if k not in ("route", "usage", "upstream_answer", "question")}
+        final = upstream if fallback else text
+        return replace(completion, text=final, meta={**meta, "route": route, "usage": _total(route)})
+
+    def stream(self, prompts, config=None, **kwargs):
+        for ev in super().stream(prompts, config, **kwargs):
+            if ev.completion is not None and (ev.completion.meta or {}).get("route", [{}])[-1].get("fallback"):
+                # the correction was empty (nothing but whitespace was shown): the upstream answer is the answer
+                yield replace(ev, text=ev.completion.text)
+            else:
+                yield ev
+
+    def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
+        up = _inner_prompts(self.upstream, prompt, config)
+        prepared = self.prepare_batch([prompt], [config])[0]
+        return [*up, ("corrector " + self.corrector.spec, self.corrector.render(prepared.prompt))]
+
+    def render(self, prompt: Prompt) -> str:
+        return self.corrector.render(self.prepare_batch([prompt], [GenerationConfig()])[0].prompt)
+
+    def method_info(self) -> dict[str, Any]:
+        return {"route": _route_info(self)}
+
+    def info(self) -> dict[str, Any]:
+        return {**self.upstream.info(), "method": _route_name(self), "route": _route_info(self)}
+
+    def close(self) -> None:
+        self.upstream.close()
+        self.corrector.close()
+
+
+def _inner_prompts(model: Any, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
+    if hasattr(model, "stage_prompts"):
+        return model.stage_prompts(prompt, config)
+    label = f"{getattr(model, 'method', model.backend)} {model.spec}"
+    if isinstance(model, MethodModel):
+        return [(label, model.base.render(model.prepare_batch([prompt], [config])[0].prompt))]
+    return [(label, model.render(prompt))]
+
+
+def _route_info(model: Any) -> list[dict[str, Any]]:
+    """The stages of a route, outermost last: what provenance records about how an answer was made."""
+    if isinstance(model, PromptRewriter):
+        return [{"stage": "rewrite", "method": "bpo", "model": model.rewriter.info(),
+                 "layout": model.layout.provenance()}, *_route_info(model.base)]
+    if isinstance(model, AnswerCorrector):
+        return [*_route_info(model.upstream), {"stage": "correct", "method": "aligner",
+                                               "model": model.corrector.info(), "layout": model.layout.provenance()}]
+    return [{"stage": "answer", "method": getattr(model, "method", None), "model": model.spec}]
+
+
+def _route_name(model: Any) -> str:
+    return " > ".join(("bpo" if r["stage"] == "rewrite" else "aligner" if r["stage"] == "correct" else
+                       str(r["method"])) for r in _route_info(model))
+
+
+# ----------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Stage:
+    """A registered route stage: ``wrap(model, options, loader)`` returns the route with this stage added."""
+
+    name: str
+    kind: str  # "pre" (in front of the model) or "post" (behind it)
+    enabled: Callable[[Any], bool]
+    wrap: Callable[[Any, Any, Any], Any]
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register(stage: Stage) -> None:
+    STAGES[stage.name] = stage
+
+
+def apply_stages(model: Any, options: Any, loader: Any) -> Any:
+    """Wrap ``model`` (already under its method) in every stage the options turn on: pre-stages first, then
+    post-stages, so ``rewriter -> model -> corrector`` is one model."""
+    for kind in ("pre", "post"):
+        for stage in STAGES.values():
+            if stage.kind == kind and stage.enabled(options):
+                if loader is None:
+                    raise InputError(f"the {stage.name} stage needs a way to load its model")
+                model = stage.wrap(model, options, loader)
+    return model
+
+
+def _load_stage(name: str, role: str, spec: str, loader: Any) -> Any:
+    try:
+        return loader(spec)
+    except AlignkitError as e:
+        raise type(e)(f"route stage {name!r} ({role} {spec}): {e}") from e
+
+
+def _wrap_bpo(model: Any, options: Any, loader: Any) -> PromptRewriter:
+    raw = _load_stage("bpo", "rewriter", options.rewriter, loader)
+    layout = layout_for(raw, "rewrite", options.rewriter_layout)
+    return PromptRewriter(model, _stage_model(raw, layout, options.rewriter_method, loader), layout)
+
+
+def _wrap_aligner(model: Any, options: Any, loader: Any) -> AnswerCorrector:
+    raw = _load_stage("aligner", "corrector", options.corrector, loader)
+    layout = layout_for(raw, "correct", options.corrector_layout)
+    return AnswerCorrector(model, _stage_model(raw, layout, options.corrector_method, loader), layout)
+
+
+register(Stage("bpo", "pre", lambda o: bool(o.rewriter), _wrap_bpo))
+register(Stage("aligner", "post", lambda o: bool(o.corrector), _wrap_aligner))
