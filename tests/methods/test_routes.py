@@ -247,3 +247,16 @@ def test_eval_contestant_with_route(parrot, tmp_path, tiny_dir):
 def test_unknown_rewriter_spec_is_a_spec_error(parrot):
     with pytest.raises(ModelSpecError):
         apply_method(parrot["model"], MethodOptions(method="none", rewriter="./nowhere"), load_model)
+
+
+def test_shift_analysis_of_a_route(parrot, tmp_path, capsys):
+    """The aligned model is the whole route; its distribution at each answer position is the corrector's given
+    the upstream answer it corrected, so every answer token is the route's own greedy choice."""
+    inp = _write(tmp_path / "in.jsonl", [{"id": "a", "instruction": QUESTION}])
+    assert main(["shift", "--base", parrot["spec"], "--aligned", parrot["spec"], "--aligned-method", "none",
+                 "--rewriter", parrot["spec"], "--rewriter-layout", parrot["rewrite"], "--corrector", parrot["spec"],
+                 "--corrector-layout", parrot["correct"], "--context", "raw", "--max-new-tokens", "4",
+                 "--input", str(inp), "--output", str(tmp_path / "s.jsonl"), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    (label, s), = summary.items()
+    assert label.startswith("bpo > none > aligner:") and s["aligned_top1"] == 1.0

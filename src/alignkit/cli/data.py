@@ -80,7 +80,8 @@ class PairsJob:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("data", help="training data tools: validate, clean, select, answers, pairs",
+    p = sub.add_parser("data", help="training data tools: validate, clean, select, answers, pairs, convert, "
+                       "bpo-pairs, aligner-triples",
                        description="Tools for SFT records ({id, messages}) and preference records ({id, prompt, "
                        "chosen, rejected}); JSONL files, or the shipped set alignkit-sft.")
     s = p.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
@@ -94,6 +95,10 @@ def add_parser(sub) -> None:
         ("pairs", PairsJob, run_pairs, "synthesise preference pairs: a preferred route vs a dispreferred route",
          (Decoding, ModelOptions)),
     ]
+    from alignkit.cli import data_routes
+
+    for name, job, func_name, helptext, extra in data_routes.SPECS:
+        specs.append((name, job, _route_runner(getattr(data_routes, func_name)), helptext, extra))
     for name, job, func, helptext, extra in specs:
         sp = s.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
         sp.add_argument("--config", help="YAML file of options (flags override it)")
@@ -104,6 +109,14 @@ def add_parser(sub) -> None:
         if extra:
             add_quiet(sp)
         sp.set_defaults(func=func, _job=job, _extra=extra)
+
+
+def _route_runner(func):
+    def run(args: argparse.Namespace) -> int:
+        values, job = _job(args)
+        return func(args, values, job)
+
+    return run
 
 
 def _job(args: argparse.Namespace):

@@ -35,6 +35,13 @@ class ShiftJob:
     ref: str | None = field(default=None, metadata={"help": "with --aligned-method dera: the reference model"})
     lam: float | None = field(default=None, metadata={"min": 0, "help": "with --aligned-method dera: lambda"})
     template: str | None = field(default=None, metadata={"help": "in-context alignment template for urial models"})
+    rewriter: str | None = field(default=None, metadata={
+        "help": "route stage BPO in front of every aligned model: a rewriter model spec (see `generate --help`)"})
+    rewriter_layout: str | None = field(default=None, metadata={"help": "the rewriter's layout"})
+    corrector: str | None = field(default=None, metadata={
+        "help": "route stage Aligner behind every aligned model: a corrector model spec; the aligned model's "
+                "distribution is then the corrector's, given the question and the upstream answer"})
+    corrector_layout: str | None = field(default=None, metadata={"help": "the corrector's layout"})
     report: str | None = field(default=None, metadata={"help": "write the HTML report here (figures beside it)"})
     max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "answer length when the aligned model generates"})
     resume: bool = field(default=False, metadata={"help": "skip answers already in the output file"})
@@ -115,9 +122,12 @@ def run(args: argparse.Namespace) -> int:
     with JsonlAppender(job.output) as out:
         for spec, method in zip(specs, methods):
             mopt = MethodOptions(method=method, template=job.template if method == "urial" else None,
-                                 ref=job.ref if method == "dera" else None, lam=job.lam if method == "dera" else None)
+                                 ref=job.ref if method == "dera" else None, lam=job.lam if method == "dera" else None,
+                                 rewriter=job.rewriter, rewriter_layout=job.rewriter_layout,
+                                 corrector=job.corrector, corrector_layout=job.corrector_layout)
             aligned = apply_method(model(spec), mopt, model)
-            label = f"{aligned.method}:{spec}" + (f"@lam={job.lam:g}" if method == "dera" else "")
+            name = aligned.info().get("method", aligned.method) if job.rewriter or job.corrector else aligned.method
+            label = f"{name}:{spec}" + (f"@lam={job.lam:g}" if method == "dera" else "")
             analyzer = ShiftAnalyzer(base, aligned, label=label, options=sopts,
                                      template=getattr(aligned, "template", None))
             todo = [it for it in items if (label, it[0]) not in done]

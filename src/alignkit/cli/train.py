@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
+
+
+@dataclass(frozen=True)
+class AlignerWarmup:
+    warmup_epochs: float = field(default=1.0, metadata={
+        "min": 0, "help": "epochs of identity corrections first ((question, good answer) -> the same answer), so "
+                          "the corrector learns to keep what is already good; 0 skips the warm-up"})
 
 
 def add_parser(sub) -> None:
@@ -34,6 +42,25 @@ def add_parser(sub) -> None:
     add_dataclass_arguments(dpo, Tuning, group="what is trained")
     add_dataclass_arguments(dpo, Recipe, group="recipe (LIMA preset)")
     dpo.set_defaults(func=run_dpo)
+    for stage, what, data_help in (
+        ("bpo", "a BPO prompt rewriter: (request -> improved request) pairs from `alignkit data bpo-pairs`",
+         "JSONL of {id, prompt, improved_prompt} (alignkit data bpo-pairs)"),
+        ("aligner", "an Aligner answer corrector: (question, answer -> correction) triples from `alignkit data "
+         "aligner-triples`, after an identity warm-up", "JSONL of {id, question, answer, correction}")):
+        sp = s.add_parser(stage, help=f"train {what.split(':')[0]}",
+                          description=f"Train {what}. SFT with LoRA on the stage's layout; the output folder "
+                          f"is a model that prompts itself in that layout, e.g. `--{'rewriter' if stage == 'bpo' else 'corrector'} "
+                          f"OUTPUT` on any command.")
+        sp.add_argument("--config", help="YAML file of options (flags override it)")
+        add_dataclass_arguments(sp, SFTJob)
+        if stage == "aligner":
+            add_dataclass_arguments(sp, AlignerWarmup, group="identity warm-up")
+        add_dataclass_arguments(sp, Tuning, group="what is trained")
+        add_dataclass_arguments(sp, Recipe, group="recipe (LIMA preset)")
+        for action in sp._actions:
+            if action.dest == "data":
+                action.help = data_help + " (required)"
+        sp.set_defaults(func=run_stage, stage=stage)
 
 
 def run_sft(args: argparse.Namespace) -> int:
@@ -42,6 +69,19 @@ def run_sft(args: argparse.Namespace) -> int:
 
     values = load_config_file(args.config, SFTJob, Tuning, Recipe)
     run_sft(build(SFTJob, args, values), build(Recipe, args, values), build(Tuning, args, values))
+    return 0
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    from alignkit.training.common import Recipe, Tuning
+    from alignkit.training.routes import train_stage
+    from alignkit.training.sft import SFTJob
+
+    extra = (AlignerWarmup,) if args.stage == "aligner" else ()
+    values = load_config_file(args.config, SFTJob, Tuning, Recipe, *extra)
+    warmup = build(AlignerWarmup, args, values).warmup_epochs if extra else 0.0
+    train_stage(args.stage, build(SFTJob, args, values), build(Recipe, args, values), build(Tuning, args, values),
+                warmup_epochs=warmup)
     return 0
 
 

@@ -254,6 +254,7 @@ class AnswerCorrector(MethodModel):
         caps = corrector.capabilities
         # it answers what the upstream route answers; its scores are the corrector's
         self.capabilities = replace(caps, chat_template=upstream.capabilities.chat_template)
+        self._upstream_memo: dict[str, str] = {}  # request -> the upstream answer last corrected for it
 
     # the corrected answer is an answer: trimmed, and cleaned by the corrector's method where it has a layout
     def _own_layout(self) -> bool:
@@ -270,6 +271,13 @@ class AnswerCorrector(MethodModel):
 
     def prepare_batch(self, prompts: Sequence[Prompt], configs: Sequence[GenerationConfig]) -> list[Prepared]:
         answers = _run_stage("upstream", self.upstream, lambda: self.upstream.generate(list(prompts), list(configs)))
+        for p, c in zip(prompts, answers):
+            if len(self._upstream_memo) >= 4096:
+                self._upstream_memo.pop(next(iter(self._upstream_memo)))
+            self._upstream_memo[repr(p)] = c.text
+        return self._prepared(prompts, answers)
+
+    def _prepared(self, prompts: Sequence[Prompt], answers: Sequence[Completion]) -> list[Prepared]:
         out = []
         for p, c in zip(prompts, answers):
             route = list((c.meta or {}).get("route") or [])
@@ -310,13 +318,33 @@ class AnswerCorrector(MethodModel):
             else:
                 yield ev
 
+    # scoring (e.g. the shift analysis of a route): the corrector's distribution given the upstream answer it
+    # corrected when the answer was generated (remembered), else a fresh upstream answer
+    def _for_scoring(self, prompts: Sequence[Prompt]) -> list[Prepared]:
+        if all(repr(p) in self._upstream_memo for p in prompts):
+            answers = [Completion(self._upstream_memo[repr(p)], "stop", 0, 0) for p in prompts]
+            return self._prepared(prompts, answers)
+        return self.prepare_batch(prompts, [GenerationConfig()] * len(prompts))
+
+    def score(self, prompts, continuations, *, top_k: int = 0, reduce=None):
+        prepared = self._for_scoring(prompts) if prompts else []
+        return self.corrector.score([p.prompt for p in prepared], continuations, top_k=top_k, reduce=reduce)
+
+    def iter_logprobs(self, prompts, continuations, **kwargs):
+        if not hasattr(self.corrector, "iter_logprobs"):
+            from alignkit.errors import CapabilityError
+
+            raise CapabilityError(f"corrector {self.corrector.spec!r} gives no full-vocabulary log-probabilities")
+        prepared = self._for_scoring(prompts) if prompts else []
+        return self.corrector.iter_logprobs([p.prompt for p in prepared], continuations, **kwargs)
+
     def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
         up = _inner_prompts(self.upstream, prompt, config)
         prepared = self.prepare_batch([prompt], [config])[0]
         return [*up, ("corrector " + self.corrector.spec, self.corrector.render(prepared.prompt))]
 
     def render(self, prompt: Prompt) -> str:
-        return self.corrector.render(self.prepare_batch([prompt], [GenerationConfig()])[0].prompt)
+        return self.corrector.render(self._for_scoring([prompt])[0].prompt)
 
     def method_info(self) -> dict[str, Any]:
         return {"route": _route_info(self)}

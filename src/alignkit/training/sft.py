@@ -70,14 +70,23 @@ def sft_config(recipe: common.Recipe, tuning: common.Tuning, output: Path) -> An
                      packing=False, dataset_num_proc=None, train_sampling_strategy="group_by_length")
 
 
-def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[str, Any]:
-    """Train, write the output folder, and return its ``alignkit.json`` record."""
+def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, records: list[data.Record] | None = None,
+            init_adapter: str | None = None, extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train, write the output folder, and return its ``alignkit.json`` record.
+
+    ``records`` replaces reading ``job.data`` (a route stage's training set, already converted to
+    conversations); ``init_adapter`` continues training that LoRA adapter instead of starting a new one (the
+    result is again one adapter on the base); ``extra_info`` is merged into ``alignkit.json`` (``inference``
+    entries are added to the trained layout, e.g. a route stage's layout)."""
     common.check_recipe(recipe)
-    loaded = data.load(job.data, "sft")
-    loaded.raise_if_problems("nothing was trained (`alignkit data validate` lists them; `alignkit data clean` "
-                             "writes a clean copy)")
+    if records is None:
+        loaded = data.load(job.data, "sft")
+        loaded.raise_if_problems("nothing was trained (`alignkit data validate` lists them; `alignkit data clean` "
+                                 "writes a clean copy)")
+    else:
+        loaded = data.Loaded(job.data, "sft", list(records))
     output = common.prepare_output(job.output, job.resume, job.overwrite)
-    model, tokenizer, source = common.load_for_training(job.model)
+    model, tokenizer, source = common.load_for_training(job.model, adapter=init_adapter, trainable_adapter=True)
     if job.chat_template:
         try:
             tokenizer.chat_template = Path(job.chat_template).read_text(encoding="utf-8")
@@ -95,7 +104,7 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[s
         args=sft_config(recipe, tuning, output),
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=None if tuning.full else tuning.lora_config(),
+        peft_config=None if tuning.full or init_adapter else tuning.lora_config(),
         callbacks=[progress],
     )
     common.quiet(trainer)
@@ -117,13 +126,14 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[s
         "base_model": job.model,
         "base_source": source,
         "format": {"name": fmt.name, "template": fmt.template},
-        "inference": fmt.method_options(),
+        "inference": {**fmt.method_options(), **(extra_info or {}).get("inference", {})},
         "data": {"path": job.data, "records": len(loaded.records), "hash": data.data_hash(loaded.records),
                  "cut_at_max_length": cut},
         "tuning": asdict(tuning),
         "recipe": common.recipe_dict(recipe, tuning),
         "result": common.result_dict(steps=steps, seconds=seconds, history=progress.history, tokens=tokens,
                                      n_params=n_params),
+        **{k: v for k, v in (extra_info or {}).items() if k != "inference"},
     }
     common.write_outputs(output=output, model=trained, tokenizer=tokenizer, tuning=tuning, info=info,
                          base_spec=job.model)

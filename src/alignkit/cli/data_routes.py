@@ -1,0 +1,115 @@
+"""``alignkit data convert | bpo-pairs | aligner-triples``: training data for the route stages (BPO rewriters,
+Aligner correctors) from public record formats and with a teacher model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+
+from alignkit.cli._common import Decoding, open_model, progress_for
+from alignkit.cli._config import build
+from alignkit.errors import InputError
+from alignkit.methods import MethodOptions
+from alignkit.models.catalog import DEFAULT_MODEL
+from alignkit.models.registry import ModelOptions
+from alignkit.training.routes import FORMATS
+
+
+@dataclass(frozen=True)
+class ConvertJob:
+    input: str = field(default="", metadata={
+        "help": "a JSONL or JSON-list file, or hub:NAME[:SPLIT] (through datasets)", "required": True})
+    output: str = field(default="", metadata={"help": "JSONL in alignkit's format", "required": True})
+    kind: str = field(default="prefs", metadata={
+        "help": "what to read: prefs ({id, prompt, chosen, rejected}) or qa ({id, question, answer[, correction]})",
+        "choices": ["prefs", "qa"]})
+    input_format: str = field(default="auto", metadata={
+        "help": "the input's record format (auto: detected per record)", "choices": list(FORMATS)})
+
+
+@dataclass(frozen=True)
+class BPOPairsJob:
+    input: str = field(default="", metadata={
+        "help": "preference records: JSONL/JSON file (alignkit, HH-RLHF or BPO format) or hub:NAME[:SPLIT]",
+        "required": True})
+    output: str = field(default="", metadata={
+        "help": "JSONL of {id, prompt, improved_prompt, critique} (appended; rerun to resume)", "required": True})
+    teacher: str = field(default=DEFAULT_MODEL, metadata={"help": "teacher model spec (critiques, rewrites)"})
+    input_format: str = field(default="auto", metadata={"help": "the input's record format", "choices": list(FORMATS)})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "records the teacher works on together"})
+
+
+@dataclass(frozen=True)
+class AlignerTriplesJob:
+    input: str = field(default="", metadata={
+        "help": "question-answer records: JSONL/JSON file (alignkit, Aligner or HH-RLHF format) or hub:NAME",
+        "required": True})
+    output: str = field(default="", metadata={
+        "help": "JSONL of {id, question, answer, correction} (appended; rerun to resume)", "required": True})
+    teacher: str = field(default=DEFAULT_MODEL, metadata={"help": "teacher model spec (writes the corrections)"})
+    input_format: str = field(default="auto", metadata={"help": "the input's record format", "choices": list(FORMATS)})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "records the teacher works on together"})
+
+
+SPECS = [
+    ("convert", ConvertJob, "run_convert", "read public record formats (HH-RLHF, BPO, Aligner) into alignkit's", ()),
+    ("bpo-pairs", BPOPairsJob, "run_bpo_pairs",
+     "BPO training pairs: a teacher critiques preferred vs dispreferred answers and writes an improved prompt",
+     (Decoding, MethodOptions, ModelOptions)),
+    ("aligner-triples", AlignerTriplesJob, "run_aligner_triples",
+     "Aligner training triples: a teacher writes the corrected answer to each question-answer pair",
+     (Decoding, MethodOptions, ModelOptions)),
+]
+
+
+def _teacher(args: argparse.Namespace, values, spec: str):
+    decoding: Decoding = build(Decoding, args, values)
+    values.setdefault("method", "auto")
+    method: MethodOptions = build(MethodOptions, args, values)
+    options: ModelOptions = build(ModelOptions, args, values)
+    return decoding, lambda: open_model(spec, options, method)
+
+
+def run_convert(args: argparse.Namespace, values, job: ConvertJob) -> int:
+    from alignkit.io import JsonlAppender
+    from alignkit.training.routes import load_preferences, load_qa
+
+    loaded = (load_preferences if job.kind == "prefs" else load_qa)(job.input, job.input_format)
+    loaded.raise_if_problems()
+    from pathlib import Path
+
+    if Path(job.output).is_file() and Path(job.output).stat().st_size > 0:
+        raise InputError(f"output file {job.output!r} already exists and is not empty; choose another file")
+    with JsonlAppender(job.output) as out:
+        for r in loaded.records:
+            out.write(r)
+    print(f"alignkit data convert: {len(loaded.records)} {job.kind} records -> {job.output}", file=sys.stderr)
+    return 0
+
+
+def run_bpo_pairs(args: argparse.Namespace, values, job: BPOPairsJob) -> int:
+    from alignkit.training.routes import build_bpo_pairs, load_preferences
+
+    decoding, teacher_of = _teacher(args, values, job.teacher)
+    loaded = load_preferences(job.input, job.input_format)
+    loaded.raise_if_problems()
+    teacher = teacher_of()
+    counts = build_bpo_pairs(loaded.records, teacher, decoding.config(teacher), job.output,
+                             batch_size=job.batch_size, progress=progress_for(args))
+    print(f"alignkit data bpo-pairs: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
+    return 0
+
+
+def run_aligner_triples(args: argparse.Namespace, values, job: AlignerTriplesJob) -> int:
+    from alignkit.training.routes import build_aligner_triples, load_qa
+
+    decoding, teacher_of = _teacher(args, values, job.teacher)
+    loaded = load_qa(job.input, job.input_format)
+    loaded.raise_if_problems()
+    teacher = teacher_of()
+    counts = build_aligner_triples(loaded.records, teacher, decoding.config(teacher), job.output,
+                                   batch_size=job.batch_size, progress=progress_for(args))
+    print(f"alignkit data aligner-triples: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
+    return 0
