@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alignkit-installed
 
-.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings
+.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings routes
 
 # torch first, pinned to the CPU build these machines carry (pip finds it via find-links); an unpinned
 # torch would pull the newest CUDA build (several GB). Then the package with every extra and the test tools.
@@ -36,6 +36,10 @@ demo: $(STAMP)
 # SFT and DPO siblings of the embedded base, made offline on this CPU (see scripts/siblings.sh)
 siblings: $(STAMP)
 	BIN=$(BIN) ./scripts/siblings.sh
+
+# A BPO rewriter and an Aligner corrector of the embedded base, and every route side by side (scripts/routes.sh)
+routes: $(STAMP)
+	BIN=$(BIN) ./scripts/routes.sh
 
 # the report test drives Debian's Chromium (no browser download): install it if it is missing (it must be
 # there: under strict mode the browser test fails rather than skips without it)
@@ -75,7 +79,7 @@ test-fast: $(STAMP)
 # every benchmark, each writing docs/results/NAME.json (the README cites those files; a test checks them).
 # `siblings` makes the tuned siblings first (and writes docs/results/siblings.json); the vLLM engine runs in
 # its own environment.
-bench: $(STAMP) siblings vllm-env
+bench: $(STAMP) siblings routes vllm-env
 	$(BIN)/python bench/prefix_cache.py
 	$(BIN)/python bench/urial_throughput.py
 	$(BIN)/python bench/urial_selfstop.py
@@ -84,6 +88,7 @@ bench: $(STAMP) siblings vllm-env
 	$(BIN)/python bench/dera_cost.py
 	$(BIN)/python bench/dera_cost.py --ref runs/siblings/sft --aligned runs/siblings/dpo
 	$(BIN)/python bench/judge_concurrency.py
+	$(BIN)/python bench/route_cost.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/engines.py --engines hf,llamacpp
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \

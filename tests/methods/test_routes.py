@@ -260,3 +260,18 @@ def test_shift_analysis_of_a_route(parrot, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     (label, s), = summary.items()
     assert label.startswith("bpo > none > aligner:") and s["aligned_top1"] == 1.0
+
+
+def test_a_dera_mix_inside_a_route(parrot, tiny_dir):
+    """--method dera --rewriter X: the rewriter works in front of the DeRa mix; at lambda 1 the mix is the
+    aligned model, so the route answers what that model answers to the rewritten request."""
+    from alignkit.methods.dera import DeRa
+
+    base = load_model(str(tiny_dir["base"]), dtype="float32")
+    pool = {parrot["spec"]: parrot["model"], str(tiny_dir["base"]): base}
+    route = apply_method(parrot["model"], MethodOptions(method="dera", ref=str(tiny_dir["base"]), lam=1.0,
+                                                        aligned_method="none", rewriter=parrot["spec"],
+                                                        rewriter_layout=parrot["rewrite"]), pool.__getitem__)
+    assert isinstance(route, PromptRewriter) and isinstance(route.base, DeRa)
+    comp = route.generate([QUESTION], STOP)[0]
+    assert comp.text == ANSWER and [r["stage"] for r in comp.meta["route"]] == ["rewrite", "answer"]

@@ -83,6 +83,8 @@ class Teacher:
         for p in prompts:
             if "RUNAWAY" in p:
                 out.append(Completion("Why: ... and on and on", "length", 10, 64))
+            elif "OFFTOPIC" in p:
+                out.append(Completion("Why: fine.\nImproved prompt: Explain how vaccines work.", "stop", 10, 9))
             elif "NOMARKER" in p:
                 out.append(Completion("I like the first one.", "stop", 10, 5))
             elif "Improved prompt:" in p:
@@ -98,13 +100,14 @@ class Teacher:
 
 def test_bpo_pairs_from_a_teacher(tmp_path, capsys):
     recs = [{"id": str(i), "prompt": p, "chosen": "good", "rejected": "bad"}
-            for i, p in enumerate(["Boil an egg", "RUNAWAY", "NOMARKER"])]
+            for i, p in enumerate(["Boil an egg", "RUNAWAY", "NOMARKER", "OFFTOPIC: planting tomatoes"])]
     recs.append({"id": "given", "prompt": "x", "chosen": "c", "rejected": "r", "improved_prompt": "x, kindly"})
     out = tmp_path / "pairs.jsonl"
     counts = build_bpo_pairs(recs, Teacher(), GenerationConfig(), str(out))
-    assert counts["written"] == 2 and counts["dropped"] == 2
+    assert counts["written"] == 2 and counts["dropped"] == 3
     assert set(counts["reasons"]) == {"the teacher hit its token limit (a runaway)",
-                                      "no 'Improved prompt:' section in the teacher's answer"}
+                                      "no 'Improved prompt:' section in the teacher's answer",
+                                      "the rewrite keeps 0% of the request's content words (< 50%): off topic"}
     rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert rows["0"]["improved_prompt"] == "Boil an egg, step by step" and rows["0"]["critique"].startswith("Why:")
     assert rows["0"]["provenance"]["teacher"]["spec"] == "scripted-teacher"

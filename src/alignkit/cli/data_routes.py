@@ -37,6 +37,9 @@ class BPOPairsJob:
     output: str = field(default="", metadata={
         "help": "JSONL of {id, prompt, improved_prompt, critique} (appended; rerun to resume)", "required": True})
     teacher: str = field(default=DEFAULT_MODEL, metadata={"help": "teacher model spec (critiques, rewrites)"})
+    teacher_prompt: str = field(default="bpo", metadata={
+        "help": "bpo (an instruction, for capable teachers: use --method auto/template) or bpo-fewshot (a few-shot "
+                "completion, for small or base teachers: use --method none)", "choices": ["bpo", "bpo-fewshot"]})
     input_format: str = field(default="auto", metadata={"help": "the input's record format", "choices": list(FORMATS)})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "records the teacher works on together"})
 
@@ -49,6 +52,9 @@ class AlignerTriplesJob:
     output: str = field(default="", metadata={
         "help": "JSONL of {id, question, answer, correction} (appended; rerun to resume)", "required": True})
     teacher: str = field(default=DEFAULT_MODEL, metadata={"help": "teacher model spec (writes the corrections)"})
+    teacher_prompt: str = field(default="aligner", metadata={
+        "help": "aligner (an instruction) or aligner-fewshot (a few-shot completion, with --method none)",
+        "choices": ["aligner", "aligner-fewshot"]})
     input_format: str = field(default="auto", metadata={"help": "the input's record format", "choices": list(FORMATS)})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "records the teacher works on together"})
 
@@ -97,7 +103,8 @@ def run_bpo_pairs(args: argparse.Namespace, values, job: BPOPairsJob) -> int:
     loaded.raise_if_problems()
     teacher = teacher_of()
     counts = build_bpo_pairs(loaded.records, teacher, decoding.config(teacher), job.output,
-                             batch_size=job.batch_size, progress=progress_for(args))
+                             batch_size=job.batch_size, progress=progress_for(args), teacher_prompt=job.teacher_prompt,
+                             min_overlap=job.min_overlap)
     print(f"alignkit data bpo-pairs: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
     return 0
 
@@ -110,6 +117,7 @@ def run_aligner_triples(args: argparse.Namespace, values, job: AlignerTriplesJob
     loaded.raise_if_problems()
     teacher = teacher_of()
     counts = build_aligner_triples(loaded.records, teacher, decoding.config(teacher), job.output,
-                                   batch_size=job.batch_size, progress=progress_for(args))
+                                   batch_size=job.batch_size, progress=progress_for(args),
+                                   teacher_prompt=job.teacher_prompt)
     print(f"alignkit data aligner-triples: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
     return 0

@@ -20,7 +20,7 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -209,8 +209,30 @@ def parse_improved(text: str, marker: str) -> str | None:
     i = text.lower().rfind(marker.lower())
     if i < 0:
         return None
-    rest = text[i + len(marker):].strip().strip('"').strip()
+    rest = text[i + len(marker):].strip().split("\n###")[0].strip().strip('"').strip()
     return rest or None
+
+
+_WORD = re.compile(r"[a-z0-9']+")
+_STOPWORDS = set("the a an and or of to in on for with how what why who when is are do does i my me you your can "
+                 "should would could please give tell about this that it be".split())
+
+
+def _content(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOPWORDS}
+
+
+def off_topic(original: str, rewrite: str, examples: str, min_overlap: float) -> str | None:
+    """Why a rewrite is not a rewrite of ``original`` (None if it is): it keeps too few of the request's
+    content words, or it copies an example of the teacher prompt."""
+    words = _content(original)
+    if words:
+        kept = len(words & _content(rewrite)) / len(words)
+        if kept < min_overlap:
+            return f"the rewrite keeps {kept:.0%} of the request's content words (< {min_overlap:.0%}): off topic"
+    if rewrite.strip() and rewrite.strip() in examples:
+        return "the rewrite copies an example of the teacher prompt"
+    return None
 
 
 def _drop(counts: dict[str, int], report, rid: str, why: str) -> None:
@@ -220,12 +242,24 @@ def _drop(counts: dict[str, int], report, rid: str, why: str) -> None:
     report(f"  dropped {rid!r}: {why}")
 
 
+def _teacher_spec(name: str, cfg: GenerationConfig) -> tuple[dict[str, Any], GenerationConfig]:
+    prompts = teacher_prompts()
+    if name not in prompts:
+        raise InputError(f"no teacher prompt {name!r}; choose one of {', '.join(prompts)}")
+    spec = prompts[name]
+    stops = tuple(dict.fromkeys(cfg.stop + tuple(spec.get("stop") or ())))
+    return spec, replace(cfg, stop=stops)
+
+
 def build_bpo_pairs(records: Sequence[dict[str, Any]], teacher: Any, cfg: GenerationConfig, output: str, *,
-                    batch_size: int = 8, progress: Progress = SILENT, report=None) -> dict[str, Any]:
+                    batch_size: int = 8, progress: Progress = SILENT, report=None,
+                    teacher_prompt: str = "bpo", min_overlap: float = 0.5) -> dict[str, Any]:
     """Append ``{id, prompt, improved_prompt, critique}`` per preference record; ids already written are
-    skipped (resumable). Records that carry an ``improved_prompt`` already (the BPO set) are kept as they are."""
+    skipped (resumable). Records that carry an ``improved_prompt`` already (the BPO set) are kept as they are.
+    A rewrite that keeps under ``min_overlap`` of the request's content words, or copies an example of the
+    teacher prompt, is dropped as off topic (small teachers copy their examples)."""
     report = report or (lambda s: print(s, file=sys.stderr))
-    spec = teacher_prompts()["bpo"]
+    spec, cfg = _teacher_spec(teacher_prompt, cfg)
     done = written_ids(output)
     todo = [r for r in records if str(r["id"]) not in done]
     counts: dict[str, Any] = {"written": 0, "skipped_done": len(records) - len(todo), "dropped": 0}
@@ -243,6 +277,13 @@ def build_bpo_pairs(records: Sequence[dict[str, Any]], teacher: Any, cfg: Genera
             asks = [_fill(spec["template"], prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"])
                     for r in batch]
             comps = teacher.generate(asks, cfg)
+            if spec.get("then"):  # two steps: the critique line, then the improved prompt after the marker
+                follow = [a + c.text + spec["then"] for a, c in zip(asks, comps)]
+                seconds = teacher.generate(follow, cfg)
+                comps = [replace(c2, text=c1.text + spec["then"] + c2.text,
+                                 finish_reason="length" if "length" in (c1.finish_reason, c2.finish_reason) else "stop",
+                                 completion_tokens=c1.completion_tokens + c2.completion_tokens)
+                         for c1, c2 in zip(comps, seconds)]
             advance(len(batch))
             for r, c in zip(batch, comps):
                 if c.finish_reason == "length":
@@ -252,6 +293,10 @@ def build_bpo_pairs(records: Sequence[dict[str, Any]], teacher: Any, cfg: Genera
                 if improved is None:
                     _drop(counts, report, r["id"], f"no {spec['marker']!r} section in the teacher's answer")
                     continue
+                problem = off_topic(r["prompt"], improved, spec["template"], min_overlap)
+                if problem:
+                    _drop(counts, report, r["id"], problem)
+                    continue
                 critique = c.text[: c.text.lower().rfind(spec["marker"].lower())].strip()
                 out.write({"id": r["id"], "prompt": r["prompt"], "improved_prompt": improved, "critique": critique,
                            "provenance": {**prov, "completion_tokens": c.completion_tokens}})
@@ -260,11 +305,12 @@ def build_bpo_pairs(records: Sequence[dict[str, Any]], teacher: Any, cfg: Genera
 
 
 def build_aligner_triples(records: Sequence[dict[str, Any]], teacher: Any, cfg: GenerationConfig, output: str, *,
-                          batch_size: int = 8, progress: Progress = SILENT, report=None) -> dict[str, Any]:
+                          batch_size: int = 8, progress: Progress = SILENT, report=None,
+                          teacher_prompt: str = "aligner") -> dict[str, Any]:
     """Append ``{id, question, answer, correction}`` per question-answer record (a correction given in the
     input is kept); resumable by id."""
     report = report or (lambda s: print(s, file=sys.stderr))
-    spec = teacher_prompts()["aligner"]
+    spec, cfg = _teacher_spec(teacher_prompt, cfg)
     done = written_ids(output)
     todo = [r for r in records if str(r["id"]) not in done]
     counts: dict[str, Any] = {"written": 0, "skipped_done": len(records) - len(todo), "dropped": 0}
