@@ -1,13 +1,12 @@
 """The route stages on the embedded base, side by side with the other routes: the base under URIAL, with a BPO
-rewriter in front, an Aligner corrector behind, both, and the tuned siblings (SFT, DPO) with and without the
-corrector. Greedy answers to the 20 held-out instructions (examples/heldout-20.jsonl) and the 6 harmful
+rewriter in front, an Aligner corrector behind, both, and the tuned siblings (SFT, also with the corrector; DPO). Greedy answers to the 20 held-out instructions (examples/heldout-20.jsonl) and the 6 harmful
 requests of bench/urial_selfstop.py; per route: self-stopped (of 20), leaked delimiters, benign refused,
 harmful declined (of 6), mean answer tokens, how often a stage fell back (empty rewrite / correction), the
 tokens of all stages per request, and seconds. All routes share one copy of the base weights (adapters are
 separate copies: transformers loads one model per adapter folder). Writes docs/results/routes.json.
 
     python bench/routes_check.py --bpo runs/routes/bpo --aligner runs/routes/aligner \
-        [--sft runs/siblings/sft --dpo runs/siblings/dpo] [--max-new-tokens 192]
+        [--sft runs/siblings/sft --dpo runs/siblings/dpo] [--max-new-tokens 160]
 """
 
 from __future__ import annotations
@@ -30,10 +29,11 @@ def routes(args) -> list[tuple[str, str, dict]]:
            ("BPO > URIAL", base, {"method": "urial", "rewriter": args.bpo}),
            ("URIAL > Aligner", base, {"method": "urial", "corrector": args.aligner}),
            ("BPO > URIAL > Aligner", base, {"method": "urial", "rewriter": args.bpo, "corrector": args.aligner})]
-    for name, spec in (("SFT", args.sft), ("DPO", args.dpo)):
-        if spec:
-            out += [(f"{name} sibling", spec, {"method": "auto"}),
-                    (f"{name} sibling > Aligner", spec, {"method": "auto", "corrector": args.aligner})]
+    if args.sft:
+        out += [("SFT sibling", args.sft, {"method": "auto"}),
+                ("SFT sibling > Aligner", args.sft, {"method": "auto", "corrector": args.aligner})]
+    if args.dpo:
+        out.append(("DPO sibling", args.dpo, {"method": "auto"}))
     return out
 
 
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sft")
     ap.add_argument("--dpo")
     ap.add_argument("--input", default=str(Path(__file__).parent.parent / "examples" / "heldout-20.jsonl"))
-    ap.add_argument("--max-new-tokens", type=int, default=192)
+    ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--only", help="comma-separated route names to run (default: all)")
     args = ap.parse_args(argv)

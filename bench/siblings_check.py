@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from alignkit import GenerationConfig, load_model
-    from alignkit.methods import MethodOptions, apply_method
+    from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
 
     held = [json.loads(line) for line in open(args.input)]
     prompts = [r["prompt"] for r in held] + HARMFUL
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         model = apply_method(load_model(spec), MethodOptions(method="auto"))
         rp = args.repetition_penalty
         if rp is None:
-            rp = getattr(model, "recommended", {}).get("repetition_penalty", 1.0)
+            rp = recommended_repetition_penalty(model)
         cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, repetition_penalty=rp)
         t0 = time.perf_counter()
         comps = []

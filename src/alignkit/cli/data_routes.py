@@ -40,6 +40,9 @@ class BPOPairsJob:
     teacher_prompt: str = field(default="bpo", metadata={
         "help": "bpo (an instruction, for capable teachers: use --method auto/template) or bpo-fewshot (a few-shot "
                 "completion, for small or base teachers: use --method none)", "choices": ["bpo", "bpo-fewshot"]})
+    min_overlap: float = field(default=0.5, metadata={
+        "min": 0, "max": 1, "help": "drop rewrites that keep less than this share of the request's content words "
+                                    "(off topic: small teachers copy their examples)"})
     input_format: str = field(default="auto", metadata={"help": "the input's record format", "choices": list(FORMATS)})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "records the teacher works on together"})
 
