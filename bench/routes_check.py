@@ -60,6 +60,15 @@ def main(argv=None) -> int:
     pool = ModelPool()
     result = {"model": args.model, "bpo": args.bpo, "aligner": args.aligner, "max_new_tokens": args.max_new_tokens,
               "instructions": args.input, "routes": {}}
+    for stage, folder in (("bpo", args.bpo), ("aligner", args.aligner)):  # how each stage was trained
+        info_path = Path(folder) / "alignkit.json"
+        if info_path.is_file():
+            info = json.loads(info_path.read_text())
+            res = info.get("result") or {}
+            result.setdefault("training", {})[stage] = {
+                "records": (info.get("data") or {}).get("records"), "first_loss": res.get("first_loss"),
+                "final_loss": res.get("final_loss"), "steps": res.get("steps"),
+                "train_seconds": res.get("train_seconds"), "warmup": info.get("warmup")}
     wanted = set(args.only.split(",")) if args.only else None
     for name, spec, opts in routes(args):
         if wanted and name not in wanted:

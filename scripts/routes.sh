@@ -6,7 +6,8 @@
 #   2. Aligner triples: the base's URIAL answers to the same prompts; the base model as teacher (few-shot) writes
 #      the corrected answer
 #   3. train bpo, train aligner (LoRA on the base, tuned-k0 layout, identity warm-up for the corrector)
-#   4. checks: every route side by side (bench/routes_check.py -> docs/results/routes.json)
+#   4. every route side by side in `alignkit eval` (examples/eval-routes.yaml, judge-free) ->
+#      docs/results/routes-eval.json
 # Each step is skipped when its output is complete (the data steps resume by id), so a rerun resumes.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
@@ -39,5 +40,26 @@ for stage in bpo aligner; do
   fi
 done
 
-step "4/4 every route side by side -> docs/results/routes.json"
-"$BIN/python" bench/routes_check.py --bpo "$OUT/bpo" --aligner "$OUT/aligner" --sft "$SIB/sft" --dpo "$SIB/dpo"
+step "4/4 every route side by side (alignkit eval, examples/eval-routes.yaml) -> docs/results/routes-eval.json"
+"$BIN/alignkit" eval --config examples/eval-routes.yaml --output "$OUT/eval"
+"$BIN/python" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+report = json.loads((out / "eval" / "report.json").read_text())
+def count(path):
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
+def trained(stage):
+    info = json.loads((out / stage / "alignkit.json").read_text())
+    r = info["result"]
+    return {"records": info["data"]["records"], "first_loss": r["first_loss"], "final_loss": r["final_loss"],
+            "steps": r["steps"], "train_seconds": r["train_seconds"], "warmup": info.get("warmup")}
+result = {"command": "make routes (scripts/routes.sh)", "eval": report["cheap"],
+          "data": {"preference_records": count(Path("runs/siblings/pairs.jsonl")),
+                   "bpo_pairs_kept": count(out / "bpo-pairs.jsonl"),
+                   "qa_records": count(out / "urial-answers.jsonl"),
+                   "aligner_triples_kept": count(out / "aligner-triples.jsonl")},
+          "training": {s: trained(s) for s in ("bpo", "aligner")}}
+Path("docs/results/routes-eval.json").write_text(json.dumps(result, indent=2) + "\n")
+print("wrote docs/results/routes-eval.json")
+PY

@@ -71,9 +71,9 @@ def _cells(row: str) -> list[str]:
     return [c.strip() for c in row.strip().strip("|").split("|")]
 
 
-MEASURED = [(start, rows) for start, rows in _tables(README.read_text(encoding="utf-8").splitlines())
-            if "Measured" in _context(README.read_text(encoding="utf-8").splitlines(), start)
-            or CITE.search(_context(README.read_text(encoding="utf-8").splitlines(), start))]
+LINES = README.read_text(encoding="utf-8").splitlines()  # read once: tests and their ids see the same text
+MEASURED = [(start, rows) for start, rows in _tables(LINES)
+            if "Measured" in _context(LINES, start) or CITE.search(_context(LINES, start))]
 
 
 def test_the_readme_has_measured_tables():
@@ -82,8 +82,7 @@ def test_the_readme_has_measured_tables():
 
 @pytest.mark.parametrize("start, rows", MEASURED, ids=[f"line{s + 1}" for s, _ in MEASURED])
 def test_every_number_of_a_measured_table_is_in_its_cited_file(start, rows):
-    lines = README.read_text(encoding="utf-8").splitlines()
-    cited = CITE.findall(_context(lines, start))
+    cited = CITE.findall(_context(LINES, start))
     assert cited, f"the table at README line {start + 1} cites no result file (docs/.../*.json)"
     values: list[float] = []
     for path in cited:

@@ -200,3 +200,34 @@ def test_bad_stage_data_is_refused_with_lines(tiny_dir, tmp_path, capsys):
                  "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl:1" in err and "bad.jsonl:2" in err and not (tmp_path / "o").exists()
+
+
+class FewShotTeacher(Teacher):
+    """Answers the few-shot teacher prompt in two steps: a 'Why' line, then what a good answer should contain
+    after the request that alignkit wrote after the marker."""
+
+    def generate(self, prompts, config=None):
+        out = []
+        for p in prompts:
+            if p.endswith("A good answer"):
+                tail = p.rsplit("Improved prompt: ", 1)[1]
+                addition = "" if "NOTHING" in tail else (
+                    " gives a complete list grouped as clothing, food and water, and safety gear, with one safety tip."
+                    if "COPY" in tail else " lists the steps in order.")
+                out.append(Completion(addition, "stop", 10, 5))
+            else:
+                out.append(Completion(" the preferred answer is complete.", "stop", 10, 5))
+        return out
+
+
+def test_few_shot_teacher_writes_the_request_then_what_a_good_answer_needs(tmp_path):
+    recs = [{"id": str(i), "prompt": p, "chosen": "good", "rejected": "bad"}
+            for i, p in enumerate(["Boil an egg.", "NOTHING to add", "COPY the example"])]
+    out = tmp_path / "pairs.jsonl"
+    counts = build_bpo_pairs(recs, FewShotTeacher(), GenerationConfig(), str(out), teacher_prompt="bpo-fewshot")
+    assert counts["written"] == 1 and counts["reasons"] == {
+        "the teacher added nothing to the request": 1,
+        "the teacher's addition copies an example of the teacher prompt": 1}
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["improved_prompt"] == "Boil an egg. A good answer lists the steps in order."
+    assert row["critique"].startswith("the preferred answer is complete.")

@@ -47,7 +47,8 @@ class Contestant:
 @dataclass(frozen=True)
 class EvalConfig:
     contestants: tuple[Contestant, ...]
-    judge: str
+    judge: str | None = None
+    """the judge's model spec; none (or no key) runs the judge-free metrics only"""
     judge_method: str = "auto"
     instructions: str = "alignkit-eval"
     limit: int | None = field(default=None, metadata={"min": 1})
@@ -62,8 +63,11 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalConfig:
-        if not d.get("contestants") or not d.get("judge"):
-            raise InputError("an eval config needs 'contestants' (a list) and a 'judge' model spec")
+        if not d.get("contestants") or "judge" not in d:
+            raise InputError("an eval config needs 'contestants' (a list) and a 'judge' model spec (or judge: none "
+                             "for the judge-free metrics only)")
+        if d.get("judge") in (None, "none") and d.get("pairwise_baseline"):
+            raise InputError("pairwise_baseline needs a judge")
         if not isinstance(d["contestants"], list):
             raise InputError("eval config: key 'contestants' must be a list of {name, model, ...}")
         cs = tuple(Contestant.from_dict(c) for c in d["contestants"])
@@ -116,6 +120,12 @@ class Harness:
 
         items = load_instructions(self.cfg.instructions, limit=self.cfg.limit, types=list(self.cfg.types) or None)
         answers = {c.name: self._generate(c, items) for c in self.cfg.contestants}
+        if self.cfg.judge in (None, "none"):  # judge-free: the answers' own metrics only
+            from alignkit.evaluation.report import build_report
+
+            prov = {"judge": None, "rubrics": {}, "instructions": self.cfg.instructions,
+                    "contestants": [c.__dict__ for c in self.cfg.contestants]}
+            return build_report(items, {c.name: {} for c in self.cfg.contestants}, {}, prov, self.out)
         judge_model = apply_method(self.loader(self.cfg.judge), MethodOptions(method=self.cfg.judge_method),
                                    self.loader)
         cache = JudgeCache(self.out / "judge-cache.jsonl")

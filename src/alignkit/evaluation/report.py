@@ -30,7 +30,16 @@ def _cheap(answers_dir: Path, items, names) -> dict[str, dict[str, Any]]:
             "empty_rate": sum(r["metrics"]["empty"] for r in recs) / n,
             "over_refusal_rate": (sum(r["metrics"]["refusal"] for r in benign) / len(benign)) if benign else None,
             "safety_refusal_rate": (sum(r["metrics"]["refusal"] for r in unsafe) / len(unsafe)) if unsafe else None,
+            "self_stopped_benign": sum(not r["metrics"]["runaway"] for r in benign),
+            "benign": len(benign),
+            "safety_declined": sum(r["metrics"]["refusal"] for r in unsafe),
+            "safety": len(unsafe),
         }
+        if any(r.get("route") for r in recs):  # a route: its stages' fallbacks and the tokens of all stages
+            out[name]["stage_fallbacks"] = sum(1 for r in recs for s in (r.get("route") or []) if s.get("fallback"))
+            out[name]["mean_tokens_all_stages"] = sum(
+                (r.get("usage") or {}).get("prompt_tokens", 0) + (r.get("usage") or {}).get("completion_tokens", 0)
+                for r in recs) / n
     return out
 
 
@@ -77,9 +86,10 @@ def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path)
     (out / "radar.png").write_bytes(png)
 
     names = list(summary)
-    lines = ["# alignkit evaluation", "",
-             f"{len(items)} instructions · judge `{provenance['judge']['judge']}` · rubric hashes "
-             + ", ".join(f"{k} `{v}`" for k, v in provenance["rubrics"].items()), "",
+    judge_line = (f"judge `{provenance['judge']['judge']}` · rubric hashes "
+                  + ", ".join(f"{k} `{v}`" for k, v in provenance["rubrics"].items())
+                  if provenance.get("judge") else "no judge (judge-free metrics only)")
+    lines = ["# alignkit evaluation", "", f"{len(items)} instructions · {judge_line}", "",
              "## Judge scores (1–5, mean over readable scores)", "",
              "| contestant | " + " | ".join(ASPECTS) + " | unreadable judge scores |",
              "|---|" + "---|" * (len(ASPECTS) + 1)]

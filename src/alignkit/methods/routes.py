@@ -192,7 +192,12 @@ class PromptRewriter(MethodModel):
         """``(rewritten request, stage record)`` per prompt; an empty or runaway rewrite keeps the original."""
         originals = [user_text(p) for p in prompts]
         requests = [self.layout.request(prompt=t) for t in originals]
-        comps = _run_stage("bpo", self.rewriter, lambda: self.rewriter.generate(requests, self.layout.config()))
+        from alignkit.methods import recommended_repetition_penalty
+
+        # the rewriter decodes as its own method recommends (e.g. in-context alignment's repetition penalty),
+        # then as its layout says (a published checkpoint's sampling)
+        cfg = self.layout.config(GenerationConfig(repetition_penalty=recommended_repetition_penalty(self.rewriter)))
+        comps = _run_stage("bpo", self.rewriter, lambda: self.rewriter.generate(requests, cfg))
         out = []
         for original, request, comp in zip(originals, requests, comps):
             text, fallback = comp.text.strip(), None

@@ -277,17 +277,26 @@ def build_bpo_pairs(records: Sequence[dict[str, Any]], teacher: Any, cfg: Genera
             asks = [_fill(spec["template"], prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"])
                     for r in batch]
             comps = teacher.generate(asks, cfg)
+            additions: list[str | None] = [None] * len(batch)
             if spec.get("then"):  # two steps: the critique line, then the improved prompt after the marker
-                follow = [a + c.text + spec["then"] for a, c in zip(asks, comps)]
+                thens = [_fill(spec["then"], prompt=r["prompt"]) for r in batch]
+                follow = [a + c.text + t for a, c, t in zip(asks, comps, thens)]
                 seconds = teacher.generate(follow, cfg)
-                comps = [replace(c2, text=c1.text + spec["then"] + c2.text,
+                additions = [c2.text.strip() for c2 in seconds]  # what the teacher added after the forced text
+                comps = [replace(c2, text=c1.text + t + c2.text,
                                  finish_reason="length" if "length" in (c1.finish_reason, c2.finish_reason) else "stop",
                                  completion_tokens=c1.completion_tokens + c2.completion_tokens)
-                         for c1, c2 in zip(comps, seconds)]
+                         for c1, c2, t in zip(comps, seconds, thens)]
             advance(len(batch))
-            for r, c in zip(batch, comps):
+            for r, c, added in zip(batch, comps, additions):
                 if c.finish_reason == "length":
                     _drop(counts, report, r["id"], "the teacher hit its token limit (a runaway)")
+                    continue
+                if added is not None and not added:
+                    _drop(counts, report, r["id"], "the teacher added nothing to the request")
+                    continue
+                if added and added in spec["template"]:
+                    _drop(counts, report, r["id"], "the teacher's addition copies an example of the teacher prompt")
                     continue
                 improved = parse_improved(c.text, spec["marker"])
                 if improved is None:
