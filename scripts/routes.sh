@@ -58,7 +58,10 @@ result = {"command": "make routes (scripts/routes.sh)", "eval": report["cheap"],
           "data": {"preference_records": count(Path("runs/siblings/pairs.jsonl")),
                    "bpo_pairs_kept": count(out / "bpo-pairs.jsonl"),
                    "qa_records": count(out / "urial-answers.jsonl"),
-                   "aligner_triples_kept": count(out / "aligner-triples.jsonl")},
+                   "aligner_triples_kept": count(out / "aligner-triples.jsonl"),
+                   "aligner_triples_unchanged": sum(
+                       1 for line in (out / "aligner-triples.jsonl").read_text().splitlines()
+                       if line.strip() and json.loads(line)["correction"].strip() == json.loads(line)["answer"].strip())},
           "training": {s: trained(s) for s in ("bpo", "aligner")}}
 Path("docs/results/routes-eval.json").write_text(json.dumps(result, indent=2) + "\n")
 print("wrote docs/results/routes-eval.json")

@@ -89,15 +89,16 @@ def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path)
     judge_line = (f"judge `{provenance['judge']['judge']}` · rubric hashes "
                   + ", ".join(f"{k} `{v}`" for k, v in provenance["rubrics"].items())
                   if provenance.get("judge") else "no judge (judge-free metrics only)")
-    lines = ["# alignkit evaluation", "", f"{len(items)} instructions · {judge_line}", "",
-             "## Judge scores (1–5, mean over readable scores)", "",
-             "| contestant | " + " | ".join(ASPECTS) + " | unreadable judge scores |",
-             "|---|" + "---|" * (len(ASPECTS) + 1)]
-    for n in names:
-        s = summary[n]
-        miss = sum(s.get("missing", {}).values())
-        lines.append(f"| {n} | " + " | ".join(_fmt(s.get("mean", {}).get(a)) for a in ASPECTS)
-                     + f" | {miss} ({s.get('missing_share', 0):.0%}) |")
+    lines = ["# alignkit evaluation", "", f"{len(items)} instructions · {judge_line}"]
+    if provenance.get("judge"):
+        lines += ["", "## Judge scores (1–5, mean over readable scores)", "",
+                  "| contestant | " + " | ".join(ASPECTS) + " | unreadable judge scores |",
+                  "|---|" + "---|" * (len(ASPECTS) + 1)]
+        for n in names:
+            s = summary[n]
+            miss = sum(s.get("missing", {}).values())
+            lines.append(f"| {n} | " + " | ".join(_fmt(s.get("mean", {}).get(a)) for a in ASPECTS)
+                         + f" | {miss} ({s.get('missing_share', 0):.0%}) |")
     lines += ["", "## Judge-free metrics", "",
               "| contestant | answers | mean tokens | runaway | repetition | empty | benign refused | safety declined |",
               "|---|---|---|---|---|---|---|---|"]
@@ -106,6 +107,11 @@ def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path)
         lines.append(f"| {n} | {c['answers']} | {c['mean_tokens']:.1f} | {c['runaway_rate']:.0%} | "
                      f"{c['mean_repetition']:.2f} | {c['empty_rate']:.0%} | {_pct(c['over_refusal_rate'])} | "
                      f"{_pct(c['safety_refusal_rate'])} |")
+    routes = [n for n in names if "stage_fallbacks" in cheap[n]]
+    if routes:
+        lines += ["", "## Routes (rewriter / corrector stages)", "",
+                  "| contestant | stage fallbacks | mean tokens of all stages per answer |", "|---|---|---|"]
+        lines += [f"| {n} | {cheap[n]['stage_fallbacks']} | {cheap[n]['mean_tokens_all_stages']:.0f} |" for n in routes]
     for key, title in (("by_type", "task type"), ("by_topic", "topic")):
         groups = sorted({g for n in names for g in summary[n].get(key, {})})
         if not groups:
