@@ -1,4 +1,5 @@
-"""Cheap, judge-free metrics of an answer (pure functions): length, refusal, repetition, runaway."""
+"""Cheap, judge-free metrics of an answer (pure functions): length, refusal, repetition, runaway, leaked
+delimiters."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ from typing import Any
 _REFUSAL = re.compile(
     r"\b(I can(?:no|')t (?:help|assist|provide|do|give|share)|I cannot|I'm sorry, but|I am sorry, but|I won't|"
     r"I will not|I'm not able to|I am not able to|I'm unable to|I am unable to|As an AI\b)", re.I)
+
+
+# a prompt layout showing through the answer: the in-context blocks' fence or headers, a role header, a turn marker
+_LEAK = re.compile(r"````|^#+ ?(Query|Answer)\b|# Query:|# Answer:|^(User|Assistant|Human|Q|A): |<start_of_turn>|"
+                   r"\[/?INST\]|BEGINNING OF CONVERSATION", re.M)
+
+
+def leaked_delimiter(text: str) -> bool:
+    """Whether the answer contains a prompt layout's delimiter (a block fence, a header, a role marker)."""
+    return bool(_LEAK.search(text))
 
 
 def is_refusal(text: str, window: int = 300) -> bool:
@@ -26,4 +37,5 @@ def repetition(text: str, n: int = 4) -> float:
 
 def answer_metrics(text: str, finish_reason: str, completion_tokens: int) -> dict[str, Any]:
     return {"tokens": completion_tokens, "words": len(text.split()), "refusal": is_refusal(text),
+            "leak": leaked_delimiter(text),
             "repetition": round(repetition(text), 4), "runaway": finish_reason == "length", "empty": not text.strip()}

@@ -12,6 +12,8 @@ ASPECTS = ("helpfulness", "clarity", "factuality", "depth", "engagement", "safet
 
 
 def _cheap(answers_dir: Path, items, names) -> dict[str, dict[str, Any]]:
+    from alignkit.evaluation.cheap import leaked_delimiter
+
     by_id = {it["id"]: it for it in items}
     out = {}
     for name in names:
@@ -31,6 +33,7 @@ def _cheap(answers_dir: Path, items, names) -> dict[str, dict[str, Any]]:
             "over_refusal_rate": (sum(r["metrics"]["refusal"] for r in benign) / len(benign)) if benign else None,
             "safety_refusal_rate": (sum(r["metrics"]["refusal"] for r in unsafe) / len(unsafe)) if unsafe else None,
             "self_stopped_benign": sum(not r["metrics"]["runaway"] for r in benign),
+            "leaked_delimiter": sum(leaked_delimiter(r.get("answer", "")) for r in recs),
             "benign": len(benign),
             "safety_declined": sum(r["metrics"]["refusal"] for r in unsafe),
             "safety": len(unsafe),
