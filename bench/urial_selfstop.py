@@ -83,7 +83,9 @@ def _hf_generate(model, prompts, max_new_tokens: int, penalty: float) -> list[tu
                               repetition_penalty=penalty, stop_strings=list(prep.stop), tokenizer=tok)[0, ids.shape[1]:]
         text = tok.decode(gen, skip_special_tokens=True)
         cut = [text.find(s) for s in prep.stop if s in text]
-        eos = int(gen[-1]) in ({tok.eos_token_id} | set(getattr(hf.generation_config, "eos_token_id", None) or []))
+        ends = getattr(hf.generation_config, "eos_token_id", None)
+        ends = set(ends if isinstance(ends, (list, tuple)) else [ends]) | {tok.eos_token_id}
+        eos = int(gen[-1]) in ends
         stopped = bool(cut) or eos
         out.append((model.clean(text[: min(cut)] if cut else text), stopped, int(gen.shape[0])))
     return out
