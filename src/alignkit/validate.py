@@ -15,7 +15,7 @@ from typing import Any
 from alignkit.errors import InputError
 
 
-def _base_type(tp: Any) -> tuple[Any, bool]:
+def base_type(tp: Any) -> tuple[Any, bool]:
     """(inner type, is_optional) of an annotation such as ``int | None``."""
     args = typing.get_args(tp)
     if args and type(None) in args:
@@ -48,7 +48,7 @@ def check_field(cls: type, name: str, value: Any, *, source: str = "key", annota
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     if annotation is None:
         annotation = typing.get_type_hints(cls)[name]
-    tp, optional = _base_type(annotation)
+    tp, optional = base_type(annotation)
     label = field_name(name, source)
     if value is None:
         if optional:

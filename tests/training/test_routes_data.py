@@ -231,3 +231,22 @@ def test_few_shot_teacher_writes_the_request_then_what_a_good_answer_needs(tmp_p
     row = json.loads(out.read_text().splitlines()[0])
     assert row["improved_prompt"] == "Boil an egg. A good answer lists the steps in order."
     assert row["critique"].startswith("the preferred answer is complete.")
+
+
+def test_data_commands_end_to_end(tiny_dir, tmp_path, capsys):
+    hh = _jsonl(tmp_path / "hh.jsonl", [HH, {**HH, "id": "two"}])
+    prefs = tmp_path / "prefs.jsonl"
+    assert main(["data", "convert", "--input", str(hh), "--output", str(prefs)]) == 0
+    assert [json.loads(x)["prompt"] for x in prefs.read_text().splitlines()] == ["How do I boil an egg?"] * 2
+    # a tiny random teacher (the long-context one: the few-shot prompt is ~1,000 tokens): whatever it writes is either kept with provenance or dropped with a reason
+    out = tmp_path / "pairs.jsonl"
+    assert main(["data", "bpo-pairs", "--input", str(prefs), "--output", str(out), "--teacher", str(tiny_dir["judge"]),
+                 "--method", "none", "--teacher-prompt", "bpo-fewshot", "--max-new-tokens", "6", "--quiet"]) == 0
+    counts = json.loads(capsys.readouterr().err.strip().splitlines()[-1].split(": ", 1)[1].rsplit(" -> ", 1)[0])
+    assert counts["written"] + counts["dropped"] == 2 and sum(counts.get("reasons", {}).values()) == counts["dropped"]
+    qa = _jsonl(tmp_path / "qa.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
+    out = tmp_path / "triples.jsonl"
+    assert main(["data", "aligner-triples", "--input", str(qa), "--output", str(out), "--teacher",
+                 str(tiny_dir["judge"]), "--method", "none", "--teacher-prompt", "aligner-fewshot",
+                 "--max-new-tokens", "6", "--quiet"]) == 0
+    assert "aligner-triples" in capsys.readouterr().err

@@ -16,16 +16,7 @@ from typing import Any
 import yaml
 
 from alignkit.errors import InputError
-from alignkit.validate import check_field, describe_range
-
-
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """(inner type, is_optional) of an annotation such as ``int | None``."""
-    args = typing.get_args(tp)
-    if args and type(None) in args:
-        inner = [a for a in args if a is not type(None)]
-        return inner[0], True
-    return tp, False
+from alignkit.validate import base_type, check_field, describe_range
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, group: str | None = None) -> None:
@@ -33,7 +24,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, group: s
     target = parser.add_argument_group(group) if group else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp, _ = _base_type(hints[f.name])
+        tp, _ = base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         helptext = f.metadata.get("help", "")

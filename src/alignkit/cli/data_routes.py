@@ -98,29 +98,26 @@ def run_convert(args: argparse.Namespace, values, job: ConvertJob) -> int:
     return 0
 
 
+def _with_teacher(args: argparse.Namespace, values, job, load, construct, command: str, **kw) -> int:
+    """Read and check the input, load the teacher, build the records, report the counts."""
+    decoding, teacher_of = _teacher(args, values, job.teacher)
+    loaded = load(job.input, job.input_format)
+    loaded.raise_if_problems()
+    teacher = teacher_of()
+    counts = construct(loaded.records, teacher, decoding.config(teacher), job.output, batch_size=job.batch_size,
+                       progress=progress_for(args), teacher_prompt=job.teacher_prompt, **kw)
+    print(f"alignkit data {command}: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
+    return 0
+
+
 def run_bpo_pairs(args: argparse.Namespace, values, job: BPOPairsJob) -> int:
     from alignkit.training.routes import build_bpo_pairs, load_preferences
 
-    decoding, teacher_of = _teacher(args, values, job.teacher)
-    loaded = load_preferences(job.input, job.input_format)
-    loaded.raise_if_problems()
-    teacher = teacher_of()
-    counts = build_bpo_pairs(loaded.records, teacher, decoding.config(teacher), job.output,
-                             batch_size=job.batch_size, progress=progress_for(args), teacher_prompt=job.teacher_prompt,
-                             min_overlap=job.min_overlap)
-    print(f"alignkit data bpo-pairs: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
-    return 0
+    return _with_teacher(args, values, job, load_preferences, build_bpo_pairs, "bpo-pairs",
+                         min_overlap=job.min_overlap)
 
 
 def run_aligner_triples(args: argparse.Namespace, values, job: AlignerTriplesJob) -> int:
     from alignkit.training.routes import build_aligner_triples, load_qa
 
-    decoding, teacher_of = _teacher(args, values, job.teacher)
-    loaded = load_qa(job.input, job.input_format)
-    loaded.raise_if_problems()
-    teacher = teacher_of()
-    counts = build_aligner_triples(loaded.records, teacher, decoding.config(teacher), job.output,
-                                   batch_size=job.batch_size, progress=progress_for(args),
-                                   teacher_prompt=job.teacher_prompt)
-    print(f"alignkit data aligner-triples: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
-    return 0
+    return _with_teacher(args, values, job, load_qa, build_aligner_triples, "aligner-triples")

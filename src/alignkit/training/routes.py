@@ -113,8 +113,9 @@ def _text(rec: dict[str, Any], key: str) -> str:
     return v
 
 
-def load_preferences(source: str, fmt: str = "auto") -> Loaded:
-    """``{id, prompt, chosen, rejected}`` records (and ``improved_prompt``, ``critique`` from the BPO set)."""
+def _load(source: str, fmt: str, convert) -> Loaded:
+    """Records from ``source``, each converted by ``convert(kind, record) -> fields``; every problem is kept
+    with where it is (line or item), not raised."""
     out = Loaded([], [])
     seen: set[str] = set()
     for i, (where, rec) in enumerate(_raw_records(source)):
@@ -124,30 +125,8 @@ def load_preferences(source: str, fmt: str = "auto") -> Loaded:
         try:
             if not isinstance(rec, dict):
                 raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-            kind = _detect(rec) if fmt == "auto" else fmt
             rid = str(rec.get("id", f"{Path(source).stem}-{i}"))
-            if kind == "hh-rlhf":
-                prompt, chosen = split_hh(_text(rec, "chosen"))
-                prompt_r, rejected = split_hh(_text(rec, "rejected"))
-                if prompt_r != prompt:
-                    raise ValueError("chosen and rejected transcripts start differently")
-                row = {"id": rid, "prompt": prompt, "chosen": chosen, "rejected": rejected}
-            elif kind == "bpo":
-                prompt = _text(rec, "instruction") + (f"\n\n{rec['context']}" if rec.get("context") else "")
-                row = {"id": rid, "prompt": rec.get("final_input") or prompt, "chosen": _text(rec, "good_res"),
-                       "rejected": _text(rec, "bad_res")}
-                if rec.get("optimized_prompt") or rec.get("final_output"):
-                    row["improved_prompt"] = rec.get("final_output") or rec["optimized_prompt"]
-                if rec.get("comparison"):
-                    row["critique"] = rec["comparison"]
-            elif kind == "alignkit":
-                row = {"id": rid, "prompt": _text(rec, "prompt"), "chosen": _text(rec, "chosen"),
-                       "rejected": _text(rec, "rejected")}
-                for k in ("improved_prompt", "critique"):
-                    if isinstance(rec.get(k), str):
-                        row[k] = rec[k]
-            else:
-                raise ValueError(f"a {kind} record is not a preference record")
+            row = {"id": rid, **convert(_detect(rec) if fmt == "auto" else fmt, rec)}
             if rid in seen:
                 raise ValueError(f"duplicate id {rid!r}")
             seen.add(rid)
@@ -157,41 +136,53 @@ def load_preferences(source: str, fmt: str = "auto") -> Loaded:
     if not out.records and not out.problems:
         out.problems.append(f"{source}: no records")
     return out
+
+
+def _preference(kind: str, rec: dict[str, Any]) -> dict[str, Any]:
+    if kind == "hh-rlhf":
+        prompt, chosen = split_hh(_text(rec, "chosen"))
+        prompt_r, rejected = split_hh(_text(rec, "rejected"))
+        if prompt_r != prompt:
+            raise ValueError("chosen and rejected transcripts start differently")
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if kind == "bpo":
+        prompt = _text(rec, "instruction") + (f"\n\n{rec['context']}" if rec.get("context") else "")
+        row = {"prompt": rec.get("final_input") or prompt, "chosen": _text(rec, "good_res"),
+               "rejected": _text(rec, "bad_res")}
+        if rec.get("optimized_prompt") or rec.get("final_output"):
+            row["improved_prompt"] = rec.get("final_output") or rec["optimized_prompt"]
+        if rec.get("comparison"):
+            row["critique"] = rec["comparison"]
+        return row
+    if kind == "alignkit":
+        row = {"prompt": _text(rec, "prompt"), "chosen": _text(rec, "chosen"), "rejected": _text(rec, "rejected")}
+        row.update({k: rec[k] for k in ("improved_prompt", "critique") if isinstance(rec.get(k), str)})
+        return row
+    raise ValueError(f"a {kind} record is not a preference record")
+
+
+def _question_answer(kind: str, rec: dict[str, Any]) -> dict[str, Any]:
+    if kind == "hh-rlhf":  # the dispreferred answer is the one to correct
+        question, answer = split_hh(_text(rec, "rejected"))
+        return {"question": question, "answer": answer}
+    if kind in ("aligner", "alignkit"):
+        if kind == "alignkit" and "question" not in rec and "prompt" in rec:
+            rec = {**rec, "question": rec["prompt"], "answer": rec.get("answer") or rec.get("output")}
+        row = {"question": _text(rec, "question"), "answer": _text(rec, "answer")}
+        if rec.get("correction") is not None:
+            row["correction"] = _text(rec, "correction")
+        return row
+    raise ValueError(f"a {kind} record is not a question-answer record")
+
+
+def load_preferences(source: str, fmt: str = "auto") -> Loaded:
+    """``{id, prompt, chosen, rejected}`` records (and ``improved_prompt``, ``critique`` from the BPO set)."""
+    return _load(source, fmt, _preference)
 
 
 def load_qa(source: str, fmt: str = "auto") -> Loaded:
     """``{id, question, answer[, correction]}`` records (the Aligner set has all three)."""
-    out = Loaded([], [])
-    seen: set[str] = set()
-    for i, (where, rec) in enumerate(_raw_records(source)):
-        if isinstance(rec, BadLine):
-            out.problems.append(str(rec))
-            continue
-        try:
-            if not isinstance(rec, dict):
-                raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-            kind = _detect(rec) if fmt == "auto" else fmt
-            rid = str(rec.get("id", f"{Path(source).stem}-{i}"))
-            if kind == "hh-rlhf":  # the dispreferred answer is the one to correct
-                question, answer = split_hh(_text(rec, "rejected"))
-                row = {"id": rid, "question": question, "answer": answer}
-            elif kind in ("aligner", "alignkit"):
-                if kind == "alignkit" and "question" not in rec and "prompt" in rec:
-                    rec = {**rec, "question": rec["prompt"], "answer": rec.get("answer") or rec.get("output")}
-                row = {"id": rid, "question": _text(rec, "question"), "answer": _text(rec, "answer")}
-                if rec.get("correction") is not None:
-                    row["correction"] = _text(rec, "correction")
-            else:
-                raise ValueError(f"a {kind} record is not a question-answer record")
-            if rid in seen:
-                raise ValueError(f"duplicate id {rid!r}")
-            seen.add(rid)
-            out.records.append(row)
-        except ValueError as e:
-            out.problems.append(f"{where}: {e}")
-    if not out.records and not out.problems:
-        out.problems.append(f"{source}: no records")
-    return out
+    return _load(source, fmt, _question_answer)
 
 
 # ----------------------------------------------------------------------------- construction with a teacher
