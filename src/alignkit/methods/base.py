@@ -4,6 +4,7 @@ server, evaluation and analysis take it like any other model)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,7 +22,7 @@ class Prepared:
     meta: dict[str, Any] | None = None
 
 
-class MethodModel:
+class MethodModel(ABC):
     """Base for wrappers: subclasses implement :meth:`prepare` (and :meth:`clean` if needed)."""
 
     backend = "method"
@@ -33,8 +34,9 @@ class MethodModel:
         self.capabilities: Capabilities = base.capabilities
 
     # -- to implement
+    @abstractmethod
     def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
-        raise NotImplementedError
+        """What the wrapped model is sent for one request (its prompt, extra stop strings, meta)."""
 
     def prepare_batch(self, prompts: Sequence[Prompt], configs: Sequence[GenerationConfig]) -> list[Prepared]:
         """What the wrapped model is sent for a batch; route stages that run another model override this to

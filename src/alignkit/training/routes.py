@@ -242,6 +242,17 @@ def _teacher_spec(name: str, cfg: GenerationConfig) -> tuple[dict[str, Any], Gen
     return spec, replace(cfg, stop=stops)
 
 
+def _start(records: Sequence[dict[str, Any]], teacher: Any, cfg: GenerationConfig, output: str, teacher_prompt: str):
+    """What a teacher run begins with: its prompt and decoding, the records not yet in ``output`` (resumable),
+    the counts, and the provenance every written record carries."""
+    spec, cfg = _teacher_spec(teacher_prompt, cfg)
+    done = written_ids(output)
+    todo = [r for r in records if str(r["id"]) not in done]
+    counts: dict[str, Any] = {"written": 0, "skipped_done": len(records) - len(todo), "dropped": 0}
+    prov = {"teacher": teacher.info(), "generation": cfg.to_dict(), "teacher_prompt": spec["id"]}
+    return spec, cfg, todo, counts, prov
+
+
 def build_bpo_pairs(records: Sequence[dict[str, Any]], teacher: Any, cfg: GenerationConfig, output: str, *,
                     batch_size: int = 8, progress: Progress = SILENT, report=None,
                     teacher_prompt: str = "bpo", min_overlap: float = 0.5) -> dict[str, Any]:
@@ -250,11 +261,7 @@ def build_bpo_pairs(records: Sequence[dict[str, Any]], teacher: Any, cfg: Genera
     A rewrite that keeps under ``min_overlap`` of the request's content words, or copies an example of the
     teacher prompt, is dropped as off topic (small teachers copy their examples)."""
     report = report or (lambda s: print(s, file=sys.stderr))
-    spec, cfg = _teacher_spec(teacher_prompt, cfg)
-    done = written_ids(output)
-    todo = [r for r in records if str(r["id"]) not in done]
-    counts: dict[str, Any] = {"written": 0, "skipped_done": len(records) - len(todo), "dropped": 0}
-    prov = {"teacher": teacher.info(), "generation": cfg.to_dict(), "teacher_prompt": spec["id"]}
+    spec, cfg, todo, counts, prov = _start(records, teacher, cfg, output, teacher_prompt)
     with JsonlAppender(output) as out, progress.task("bpo pairs", len(todo)) as advance:
         given = [r for r in todo if r.get("improved_prompt")]
         for r in given:
@@ -310,11 +317,7 @@ def build_aligner_triples(records: Sequence[dict[str, Any]], teacher: Any, cfg: 
     """Append ``{id, question, answer, correction}`` per question-answer record (a correction given in the
     input is kept); resumable by id."""
     report = report or (lambda s: print(s, file=sys.stderr))
-    spec, cfg = _teacher_spec(teacher_prompt, cfg)
-    done = written_ids(output)
-    todo = [r for r in records if str(r["id"]) not in done]
-    counts: dict[str, Any] = {"written": 0, "skipped_done": len(records) - len(todo), "dropped": 0}
-    prov = {"teacher": teacher.info(), "generation": cfg.to_dict(), "teacher_prompt": spec["id"]}
+    spec, cfg, todo, counts, prov = _start(records, teacher, cfg, output, teacher_prompt)
     with JsonlAppender(output) as out, progress.task("aligner triples", len(todo)) as advance:
         given = [r for r in todo if r.get("correction")]
         for r in given:
