@@ -56,3 +56,10 @@ def test_near_misses():
     assert parse_scores("{'helpfulness': 2}", A)["helpfulness"]["score"] == 2
     assert parse_pairwise('{"helpfulness": "Answer A", "clarity": "TIE", "depth": "C"}', A) == {
         "helpfulness": "A", "clarity": "tie", "factuality": None, "depth": None, "engagement": None}
+
+
+def test_an_escaped_quote_does_not_end_a_json_string():
+    # found by the fuzz test above: {"clarity": "\""} ended the string at the escaped quote
+    text = json.dumps({"helpfulness": {"score": 1, "reason": "r"}, "clarity": {"score": '"', "reason": "r"}})
+    out = parse_scores(text, A)
+    assert out["helpfulness"]["score"] == 1 and out["clarity"]["score"] is None

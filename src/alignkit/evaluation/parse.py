@@ -22,9 +22,12 @@ def _json_objects(text: str):
         depth, in_str, esc = 0, False, False
         for j in range(start, min(len(text), start + 20000)):
             ch = text[j]
-            if in_str:
-                esc = (ch == "\\") and not esc
-                if ch == '"' and not esc:
+            if in_str:  # the character after a backslash is escaped, whatever it is
+                if esc:
+                    esc = False
+                elif ch == "\\":
+                    esc = True
+                elif ch == '"':
                     in_str = False
                 continue
             if ch == '"':
