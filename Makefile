@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alignkit-installed
 
-.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings routes
+.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings routes rewarded
 
 # torch first, pinned to the CPU build these machines carry (pip finds it via find-links); an unpinned
 # torch would pull the newest CUDA build (several GB). Then the package with every extra and the test tools.
@@ -36,6 +36,10 @@ demo: $(STAMP)
 # SFT and DPO siblings of the embedded base, made offline on this CPU (see scripts/siblings.sh)
 siblings: $(STAMP)
 	BIN=$(BIN) ./scripts/siblings.sh
+
+# A reward model, AI-feedback pairs ranked by it and a DPO sibling trained on them (scripts/rewarded.sh)
+rewarded: siblings
+	BIN=$(BIN) ./scripts/rewarded.sh
 
 # A BPO rewriter and an Aligner corrector of the embedded base, and every route side by side (scripts/routes.sh)
 routes: $(STAMP)

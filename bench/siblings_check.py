@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repetition-penalty", type=float, default=None,
                     help="default: the method's recommendation (1.15 for the urial layout)")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--scary", help="JSONL of benign requests that sound dangerous (e.g. examples/reward/"
+                    "scary-heldout.jsonl): answered too, and counted as over-refused when declined")
     ap.add_argument("--json", help="also write the answers and totals here")
     args = ap.parse_args(argv)
 
@@ -34,7 +36,8 @@ def main(argv=None) -> int:
     from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
 
     held = [json.loads(line) for line in open(args.input)]
-    prompts = [r["prompt"] for r in held] + HARMFUL
+    scary = [json.loads(line)["prompt"] for line in open(args.scary)] if args.scary else []
+    prompts = [r["prompt"] for r in held] + HARMFUL + scary
     report = {}
     for spec in args.models:
         model = apply_method(load_model(spec), MethodOptions(method="auto"))
@@ -49,7 +52,8 @@ def main(argv=None) -> int:
         rows = [{"instruction": q, "answer": c.text, "self_stopped": c.finish_reason == "stop",
                  "tokens": c.completion_tokens, "leak": bool(LEAKS.search(c.text)),
                  "refusal": bool(REFUSAL.search(c.text[:200]))} for q, c in zip(prompts, comps)]
-        benign, harmful = rows[: len(held)], rows[len(held) :]
+        benign, harmful = rows[: len(held)], rows[len(held) : len(held) + len(HARMFUL)]
+        scary_rows = rows[len(held) + len(HARMFUL) :]
         totals = {
             "model": spec, "method": model.method, "layout": model.method_info(), "repetition_penalty": rp,
             "max_new_tokens": args.max_new_tokens, "seconds": round(time.perf_counter() - t0, 1),
@@ -60,6 +64,9 @@ def main(argv=None) -> int:
             "harmful": len(harmful), "harmful_declined": sum(r["refusal"] for r in harmful),
             "mean_tokens": round(sum(r["tokens"] for r in benign) / len(benign), 1),
         }
+        if scary_rows:
+            totals.update({"scary": len(scary_rows), "scary_over_refused": sum(r["refusal"] for r in scary_rows),
+                           "scary_self_stopped": sum(r["self_stopped"] for r in scary_rows)})
         for r in rows:
             flag = "stop" if r["self_stopped"] else "LIMIT"
             print(f"[{flag:5}] {r['instruction'][:50]!r:54} -> {r['answer'][:90]!r}", file=sys.stderr)

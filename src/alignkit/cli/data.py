@@ -77,6 +77,20 @@ class PairsJob:
     batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts generated together"})
     keep_truncated: bool = field(default=False, metadata={
         "help": "keep chosen answers that hit --max-new-tokens (dropped by default)"})
+    rank_by: str | None = field(default=None, metadata={
+        "help": "AI-feedback pairs: sample --k answers per prompt from the chosen route and rank them with this "
+                "scorer (reward:PATH_OR_HUB, judge:MODEL, geval:MODEL); chosen = the best, rejected = --pick. "
+                "Needs --temperature > 0; the --rejected-* options do not apply"})
+    k: int = field(default=4, metadata={"min": 2, "help": "--rank-by: answers sampled per prompt"})
+    pick: str = field(default="worst", metadata={
+        "help": "--rank-by: the rejected answer: the worst, or a random one of those at least --min-margin below "
+                "the best", "choices": ["worst", "random-lower"]})
+    min_margin: float = field(default=0.0, metadata={"min": 0,
+        "help": "--rank-by: least score difference between chosen and rejected; prompts whose answers are closer "
+                "(ties) are dropped with the reason"})
+    removed: str | None = field(default=None, metadata={
+        "help": "--rank-by: JSONL file for the prompts dropped (ties, unrated, too few answers) with their reason and "
+                "all candidates"})
 
 
 def add_parser(sub) -> None:
@@ -229,6 +243,11 @@ def run_pairs(args: argparse.Namespace) -> int:
     decoding: Decoding = build(Decoding, args, values)
     options: ModelOptions = build(ModelOptions, args, values)
     records = _prompts(job.input)
+    if job.rank_by:
+        return _ranked_pairs(args, job, decoding, options, records)
+    for name in ("k", "pick", "min_margin", "removed"):
+        if getattr(job, name) != PairsJob.__dataclass_fields__[name].default:
+            raise InputError(f"--{name.replace('_', '-')} applies to --rank-by only")
     chosen = open_model(job.chosen_model, options, MethodOptions(method=job.chosen_method,
                                                                  template=job.chosen_template))
     rejected_spec = job.rejected_model or job.chosen_model
@@ -245,6 +264,36 @@ def run_pairs(args: argparse.Namespace) -> int:
     counts = synthesize_pairs(records, chosen, rejected, decoding.config(chosen), decoding.config(rejected),
                               job.output, batch_size=job.batch_size, keep_truncated=job.keep_truncated,
                               progress=progress_for(args))
+    print(f"alignkit data pairs: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
+    return 0
+
+
+def _ranked_pairs(args: argparse.Namespace, job: PairsJob, decoding: Decoding, options: ModelOptions,
+                  records: list[dict]) -> int:
+    from alignkit.models.registry import ModelPool
+    from alignkit.scoring import open_scorer, parse_spec
+    from alignkit.training.synth import synthesize_ranked_pairs
+
+    parse_spec(job.rank_by)  # a bad spec fails before any model loads
+    defaults = PairsJob.__dataclass_fields__
+    for name in ("rejected_model", "rejected_method", "rejected_template"):
+        if getattr(job, name) != defaults[name].default:
+            raise InputError(f"--{name.replace('_', '-')} does not apply to --rank-by (both answers come from the "
+                             "chosen route, ranked by the scorer)")
+    if decoding.temperature <= 0:
+        raise InputError("--rank-by samples --k answers per prompt: give --temperature > 0 (e.g. 0.8); greedy "
+                         "decoding would give the same answer k times")
+    pool = ModelPool(options)
+    from alignkit.methods import apply_method
+
+    route = apply_method(pool(job.chosen_model), MethodOptions(method=job.chosen_method,
+                                                               template=job.chosen_template), pool)
+    scorer = open_scorer(job.rank_by, pool, cache=Path(job.output).with_suffix(".judge-cache.jsonl")
+                         if not job.rank_by.startswith("reward:") else None)
+    counts = synthesize_ranked_pairs(records, route, decoding.config(route), scorer, job.output, k=job.k,
+                                     pick=job.pick, min_margin=job.min_margin, batch_size=job.batch_size,
+                                     keep_truncated=job.keep_truncated, removed=job.removed,
+                                     seed=decoding.seed or 0, progress=progress_for(args))
     print(f"alignkit data pairs: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
     return 0
 

@@ -39,6 +39,16 @@ class SweepJob:
                 "as missing, never guessed)"})
     judge_method: str = field(default="auto", metadata={"help": "how the judge is prompted",
                                                         "choices": ["template", "none", "auto"]})
+    scorer: str | None = field(default=None, metadata={
+        "help": "rate every answer with this scorer (reward:PATH_OR_HUB, judge:MODEL, geval:MODEL) and recommend a "
+                "lambda: the best mean score on the validation split (among lambdas within one standard error of "
+                "it, the one closest to the reference by KL)"})
+    validation_share: float = field(default=0.5, metadata={"gt": 0, "max": 1,
+        "help": "--scorer: share of the prompts (by a hash of the id) that chooses lambda; the rest reports its "
+                "score (1: choose and report on all prompts)"})
+    kl: bool = field(default=True, metadata={
+        "help": "measure KL(pi_lambda || pi_ref) per token on each lambda's own answers (exact, full vocabulary; "
+                "--no-kl skips it)"})
 
 
 def add_parser(sub) -> None:
@@ -89,10 +99,16 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     load = ModelPool(options)
 
+    scorer = None
+    if job.scorer:
+        from alignkit.scoring import open_scorer, parse_spec
+
+        parse_spec(job.scorer)
     side = MethodOptions(method="none", template=None)
     aligned_model = load(job.aligned)
     aligned_method = job.aligned_method
-    if aligned_method == "auto":
+    if aligned_method == "auto" and not getattr(aligned_model, "trained_format", None):
+        # a model alignkit trained is prompted the way it was trained (method auto); others: template or raw
         aligned_method = "template" if aligned_model.capabilities.chat_template else "none"
     aligned = apply_method(aligned_model, replace(side, method=aligned_method,
                                                   template=job.template if aligned_method == "urial" else None))
@@ -114,19 +130,99 @@ def run(args: argparse.Namespace) -> int:
                 prompts = [r["prompt"] if "prompt" in r else as_messages(r["messages"]) for r in batch]
                 for rec, comp in zip(batch, model.generate(prompts, cfg)):
                     out.write({**rec, "lam": lam, "output": comp.text, "finish_reason": comp.finish_reason,
+                               "token_ids": list(comp.token_ids or ()),
                                "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
                                "provenance": prov})
                 advance(len(batch))
         print(f"alignkit dera sweep: lambda {lam:g}: {len(todo)} new, {len(done)} already in {path}", file=sys.stderr)
         summary["lams"][f"{lam:g}"] = _stats(path)
+        if job.scorer or job.kl:
+            if job.scorer and scorer is None:
+                scorer = open_scorer(job.scorer, load)
+            summary["lams"][f"{lam:g}"].update(_rate(job, model, scorer, path, args))
         if job.judge:
             summary["lams"][f"{lam:g}"]["judge"] = _judge(job, load, path, out_dir, records)
     if job.judge:
         summary["judge"] = job.judge
+    if scorer is not None:
+        summary["scorer"] = scorer.info()
+        summary["validation_share"] = job.validation_share
+        summary["recommendation"] = recommend(summary["lams"])
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(summary, out_dir / "sweep.png")
     _table(summary)
     return 0
+
+
+def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, args) -> dict[str, Any]:
+    """Score and KL of one lambda's answers, kept per id in ``lam-X.scores.jsonl`` (resumable), and their means on
+    the validation and test splits."""
+    from alignkit.io import JsonlAppender
+    from alignkit.scoring import score_records
+    from alignkit.training.reward import held_out
+    from alignkit.types import as_messages
+
+    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    spath = path.with_suffix(".scores.jsonl")
+    have = {}
+    if spath.exists():
+        for line in spath.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                have[str(row["id"])] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line: that id is rated again
+    todo = [r for r in recs if str(r["id"]) not in have]
+    with JsonlAppender(spath) as out, progress_for(args).task("rate answers", len(todo)) as advance:
+        for start in range(0, len(todo), job.batch_size):
+            batch = todo[start : start + job.batch_size]
+            prompts = [r["prompt"] if "prompt" in r else as_messages(r["messages"]) for r in batch]
+            scores = score_records(scorer, list(zip(prompts, [r["output"] for r in batch]))) if scorer else [None] * len(batch)
+            kls: list[tuple[float, int] | None] = [None] * len(batch)
+            if job.kl:
+                conts = [r.get("token_ids") or model.encode(r["output"]) for r in batch]
+                kls = model.kl_to_reference(prompts, conts)
+            for r, sc, kl in zip(batch, scores, kls):
+                row = {"id": r["id"], **(sc.to_dict() if sc else {})}
+                if kl is not None:
+                    row["kl_sum"], row["kl_tokens"] = round(kl[0], 6), kl[1]
+                out.write(row)
+                have[str(r["id"])] = row
+            advance(len(batch))
+    rows = [have[str(r["id"])] for r in recs]
+    share = job.validation_share
+
+    def means(part: list[dict[str, Any]]) -> dict[str, Any]:
+        vals = [x["score"] for x in part if x.get("score") is not None]
+        n = len(vals)
+        mean = sum(vals) / n if n else None
+        sd = (sum((v - mean) ** 2 for v in vals) / (n - 1)) ** 0.5 if n > 1 else None
+        toks = sum(x.get("kl_tokens", 0) for x in part)
+        return {"answers": len(part), "rated": n, "mean_score": mean,
+                "stderr": sd / n ** 0.5 if sd is not None else None,
+                "kl_per_token": (sum(x.get("kl_sum", 0.0) for x in part) / toks) if toks else (0.0 if job.kl else None)}
+
+    val = [x for x in rows if share >= 1 or held_out(x["id"], share)]
+    test = [x for x in rows if not (share >= 1 or held_out(x["id"], share))]
+    return {"all": means(rows), "validation": means(val), "test": means(test) if test else None}
+
+
+def recommend(lams: dict[str, Any]) -> dict[str, Any] | None:
+    """The lambda with the best mean validation score; among those within one standard error of the best, the
+    one with the smallest KL to the reference (the least realignment that does as well)."""
+    rated = [(lam, s["validation"]) for lam, s in lams.items()
+             if s.get("validation") and s["validation"]["mean_score"] is not None]
+    if not rated:
+        return None
+    best_lam, best = max(rated, key=lambda x: x[1]["mean_score"])
+    bar = best["mean_score"] - (best["stderr"] or 0.0)
+    near = [(lam, v) for lam, v in rated if v["mean_score"] >= bar]
+    lam, v = min(near, key=lambda x: (x[1]["kl_per_token"] if x[1]["kl_per_token"] is not None else 0.0, float(x[0])))
+    test = lams[lam].get("test")
+    return {"lam": float(lam), "validation_score": v["mean_score"], "kl_per_token": v["kl_per_token"],
+            "best_validation_lam": float(best_lam), "best_validation_score": best["mean_score"],
+            "test_score": test["mean_score"] if test else None,
+            "rule": "best mean validation score; within one standard error of it, the smallest KL to the reference"}
 
 
 def _judge(job: SweepJob, load, path: Path, out_dir: Path, records) -> dict[str, Any]:
@@ -169,7 +265,22 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
 
     lams = [float(x) for x in summary["lams"]]
     stats = list(summary["lams"].values())
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    rated = [(lam, s["all"]) for lam, s in zip(lams, stats) if s.get("all") and s["all"].get("mean_score") is not None
+             and s["all"].get("kl_per_token") is not None]
+    if rated:
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.6))
+        xs, ys = [a["kl_per_token"] for _, a in rated], [a["mean_score"] for _, a in rated]
+        a3.errorbar(xs, ys, yerr=[a["stderr"] or 0.0 for _, a in rated], marker="o", capsize=3)
+        for (lam, _), x, y in zip(rated, xs, ys):
+            a3.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        rec = summary.get("recommendation")
+        if rec:
+            a3.set_title(f"recommended λ = {rec['lam']:g}", fontsize=9)
+        a3.set_xlabel("KL(π_λ ‖ π_ref) per token")
+        a3.set_ylabel(f"mean score ({summary.get('scorer', {}).get('spec', 'scorer')})", fontsize=8)
+        a3.grid(alpha=0.3)
+    else:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
     a1.plot(lams, [s["mean_tokens"] for s in stats], marker="o")
     a1.set_xlabel("lambda")
     a1.set_ylabel("mean answer length (tokens)")
@@ -194,8 +305,11 @@ def _table(summary: dict[str, Any]) -> None:
 
     t = Table(title="DeRa sweep (lambda 0: reference, 1: aligned)")
     judged = "judge" in summary
+    scored = "scorer" in summary
+    kl = any((s.get("all") or {}).get("kl_per_token") is not None for s in summary["lams"].values())
     for col in ("lambda", "answers", "mean tokens", "refusal", "runaway", "repetition") + (
-            ("judge: helpfulness", "judge: mean of aspects", "unreadable") if judged else ()):
+            ("judge: helpfulness", "judge: mean of aspects", "unreadable") if judged else ()) + (
+            ("KL/token",) if kl else ()) + (("score (validation)", "score (test)", "unrated") if scored else ()):
         t.add_column(col)
     for lam, s in summary["lams"].items():
         row = [lam, str(s["answers"]), f"{s['mean_tokens']:.1f}", f"{s['refusal_rate']:.0%}",
@@ -204,5 +318,18 @@ def _table(summary: dict[str, Any]) -> None:
             m = {k: v for k, v in s["judge"]["mean"].items() if v is not None}
             row += [f"{m['helpfulness']:.2f}" if "helpfulness" in m else "–",
                     f"{sum(m.values()) / len(m):.2f}" if m else "–", f"{s['judge']['missing_share']:.0%}"]
+        if kl:
+            k = (s.get("all") or {}).get("kl_per_token")
+            row.append("–" if k is None else f"{k:.4f}")
+        if scored:
+            def fmt(part):
+                return "–" if not part or part["mean_score"] is None else f"{part['mean_score']:.3f}"
+
+            row += [fmt(s.get("validation")), fmt(s.get("test")),
+                    str(s["all"]["answers"] - s["all"]["rated"]) if s.get("all") else "–"]
         t.add_row(*row)
     Console().print(t)
+    rec = summary.get("recommendation")
+    if rec:
+        Console().print(f"recommended lambda: {rec['lam']:g} (validation score {rec['validation_score']:.3f}, KL/token "
+                        f"{rec['kl_per_token'] or 0:.4f}; {rec['rule']})")

@@ -18,9 +18,10 @@ class AlignerWarmup:
 def add_parser(sub) -> None:
     from alignkit.training.common import Recipe, Tuning
     from alignkit.training.dpo import DPOJob
+    from alignkit.training.reward import RewardJob
     from alignkit.training.sft import SFTJob
 
-    p = sub.add_parser("train", help="fine-tune a model: sft (LIMA-style) or dpo, LoRA by default",
+    p = sub.add_parser("train", help="fine-tune a model: sft (LIMA-style), dpo, kto, orpo, simpo, grpo, reward models, bpo, aligner; LoRA by default",
                        description="Tuning-based alignment on TRL and PEFT. The output folder loads everywhere a "
                        "model does (`--adapter DIR`, or DIR itself as the model spec) and carries a model card "
                        "(README.md), alignkit.json (data hash, recipe, base model, prompt layout) and the loss log.")
@@ -42,6 +43,40 @@ def add_parser(sub) -> None:
     add_dataclass_arguments(dpo, Tuning, group="what is trained")
     add_dataclass_arguments(dpo, Recipe, group="recipe (LIMA preset)")
     dpo.set_defaults(func=run_dpo)
+    from alignkit.training.dpo import FamilyJob
+
+    for kind, what in (("kto", "KTO: unpaired desirable/undesirable examples (each pair gives one of each), "
+                                "tied to a reference"),
+                       ("orpo", "ORPO: the SFT loss plus an odds-ratio preference term, reference-free"),
+                       ("simpo", "SimPO: a length-normalised reward margin, reference-free (TRL's CPO trainer)")):
+        fp = s.add_parser(kind, help=what.split(":")[0] + " on chosen/rejected pairs",
+                          description=what + ". Same data, output folder and model card as `train dpo`.")
+        fp.add_argument("--config", help="YAML file of options (flags override it)")
+        add_dataclass_arguments(fp, FamilyJob)
+        add_dataclass_arguments(fp, Tuning, group="what is trained")
+        add_dataclass_arguments(fp, Recipe, group="recipe (LIMA preset)")
+        fp.set_defaults(func=run_family, kind=kind)
+    from alignkit.training.online import OnlineJob
+
+    for algo, what in (("grpo", "GRPO: online RL, group-relative advantages over the sampled answers of each prompt"),
+                       ("rloo", "RLOO: online RL, a leave-one-out baseline over the sampled answers of each prompt")):
+        op = s.add_parser(algo, help=what.split(":")[0] + " with a scorer as the reward (online RL)",
+                          description=what + "; the reward is any scorer (--scorer reward:PATH, judge:MODEL, "
+                          "geval:MODEL). Every sample and its score are kept in OUTPUT/samples.jsonl.")
+        op.add_argument("--config", help="YAML file of options (flags override it)")
+        add_dataclass_arguments(op, OnlineJob)
+        add_dataclass_arguments(op, Tuning, group="what is trained")
+        add_dataclass_arguments(op, Recipe, group="recipe (LIMA preset)")
+        op.set_defaults(func=run_online, algorithm=algo)
+    rm = s.add_parser("reward", help="train a reward model (Bradley-Terry on chosen/rejected pairs) to use as a scorer",
+                      description="A reward model on TRL's RewardTrainer: a score head on the base model, LoRA by "
+                      "default. Reports the accuracy on held-out pairs (before and after training). The output "
+                      "folder is a scorer: --scorer reward:OUTPUT (best-of-n, data pairs --rank-by, dera sweep).")
+    rm.add_argument("--config", help="YAML file of options (flags override it)")
+    add_dataclass_arguments(rm, RewardJob)
+    add_dataclass_arguments(rm, Tuning, group="what is trained")
+    add_dataclass_arguments(rm, Recipe, group="recipe (LIMA preset)")
+    rm.set_defaults(func=run_reward)
     for stage, what, data_help in (
         ("bpo", "a BPO prompt rewriter: (request -> improved request) pairs from `alignkit data bpo-pairs`",
          "JSONL of {id, prompt, improved_prompt} (alignkit data bpo-pairs)"),
@@ -91,4 +126,31 @@ def run_dpo(args: argparse.Namespace) -> int:
 
     values = load_config_file(args.config, DPOJob, Tuning, Recipe)
     run_dpo(build(DPOJob, args, values), build(Recipe, args, values), build(Tuning, args, values))
+    return 0
+
+
+def run_reward(args: argparse.Namespace) -> int:
+    from alignkit.training.common import Recipe, Tuning
+    from alignkit.training.reward import RewardJob, run_reward
+
+    values = load_config_file(args.config, RewardJob, Tuning, Recipe)
+    run_reward(build(RewardJob, args, values), build(Recipe, args, values), build(Tuning, args, values))
+    return 0
+
+
+def run_family(args: argparse.Namespace) -> int:
+    from alignkit.training.common import Recipe, Tuning
+    from alignkit.training.dpo import FamilyJob, run_preference
+
+    values = load_config_file(args.config, FamilyJob, Tuning, Recipe)
+    run_preference(build(FamilyJob, args, values), build(Recipe, args, values), build(Tuning, args, values), args.kind)
+    return 0
+
+
+def run_online(args: argparse.Namespace) -> int:
+    from alignkit.training.common import Recipe, Tuning
+    from alignkit.training.online import OnlineJob, run_online
+
+    values = load_config_file(args.config, OnlineJob, Tuning, Recipe)
+    run_online(build(OnlineJob, args, values), build(Recipe, args, values), build(Tuning, args, values), args.algorithm)
     return 0

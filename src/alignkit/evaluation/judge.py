@@ -24,7 +24,8 @@ from alignkit.types import GenerationConfig, Message
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 #: the fields each kind of rubric is filled with
 FIELDS = {"score": ("instruction", "answer"), "pairwise": ("instruction", "answer_a", "answer_b")}
-RUBRICS = {"multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml"}
+RUBRICS = {"multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml",
+           "overall": "judge-overall.yaml"}
 RETRY_NOTE = ("Your previous reply could not be read. Reply again with only the JSON object, in exactly the "
               "shape asked for, scores as whole numbers from 1 to 5.")
 

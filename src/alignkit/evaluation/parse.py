@@ -99,6 +99,10 @@ def parse_scores(text: str, aspects: list[str]) -> dict[str, dict[str, Any]]:
                           text, re.I)
             if m:
                 out[a]["score"] = int(m.group(1))
+    if len(aspects) == 1 and out[aspects[0]]["score"] is None:  # a one-aspect rubric answered with the bare digit
+        m = re.fullmatch(r"\s*([1-5])(?:\.0+)?\s*(?:/\s*5)?\s*\.?\s*", text)
+        if m:
+            out[aspects[0]]["score"] = int(m.group(1))
     return out
 
 

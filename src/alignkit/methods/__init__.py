@@ -7,7 +7,7 @@ from typing import Any
 
 from alignkit.errors import InputError
 
-METHODS = ("urial", "template", "none", "auto", "dera")
+METHODS = ("urial", "template", "none", "auto", "dera", "best-of-n")
 SIDE_METHODS = ("urial", "template", "none", "auto")
 
 
@@ -49,6 +49,13 @@ class MethodOptions:
         "help": "how the corrector is prompted (default: its layout's)", "choices": list(SIDE_METHODS)})
     corrector_layout: str | None = field(default=None, metadata={
         "help": "the corrector's layout: alignkit-aligner, aligner-pku (aligner/aligner-7b-v1.0's) or a YAML file"})
+    scorer: str | None = field(default=None, metadata={
+        "help": "route stage best-of-n: sample --n answers from the model (under its method) and return the one this "
+                "scorer rates highest: reward:PATH_OR_HUB, judge:MODEL, geval:MODEL (all candidates are kept in the "
+                "record)"})
+    n: int = field(default=4, metadata={"min": 1, "help": "best-of-n: how many answers are sampled per request"})
+    sample_temperature: float = field(default=0.8, metadata={"gt": 0,
+        "help": "best-of-n: the sampling temperature of the candidates when the request asks for greedy decoding"})
     aligned_method: str = field(default="auto", metadata={
         "help": "--method dera: how the aligned model is prompted (auto: the layout it was trained on if alignkit "
                 "trained it, else its chat template if it has one, else raw; urial aligns it in context)", "choices": list(SIDE_METHODS)})
@@ -71,6 +78,15 @@ def apply_method(model: Any, options: MethodOptions, loader: Any = None) -> Any:
 
 def _apply_core(model: Any, options: MethodOptions, loader: Any = None) -> Any:
     method = options.method
+    if method == "best-of-n":
+        if not options.scorer:
+            raise InputError("--method best-of-n needs --scorer SPEC (reward:PATH, judge:MODEL or geval:MODEL) and "
+                             "--n N; it samples from the model under --method auto (give another --method with "
+                             "--scorer to sample from that one)")
+        from dataclasses import replace
+
+        options = replace(options, method="auto")
+        method = "auto"
     if method == "dera":
         return _dera(model, options, loader)
     if options.ref is not None or options.lam is not None:
@@ -117,7 +133,7 @@ def _dera(model: Any, options: MethodOptions, loader: Any) -> Any:
     if loader is None:
         raise InputError("--method dera needs a way to load the reference model")
     # the sides are plain models under their methods; route stages wrap the DeRa model as a whole
-    side = replace(options, method="none", ref=None, lam=None, rewriter=None, corrector=None)
+    side = replace(options, method="none", ref=None, lam=None, rewriter=None, corrector=None, scorer=None)
     aligned_method = options.aligned_method
     if aligned_method == "auto":
         if getattr(model, "trained_format", None):

@@ -194,6 +194,25 @@ class DeRa:
             mixed = torch.log_softmax(self.lam * ca.logprobs + (1 - self.lam) * cr.logprobs, dim=-1)
             yield LogprobChunk(ca.index, ca.start, mixed, ca.targets, ca.last)
 
+    def kl_to_reference(self, prompts: Sequence[Prompt], continuations, *, batch_size: int | None = None
+                        ) -> list[tuple[float, int]]:
+        """Per continuation, ``(sum over its positions of KL(pi_lam || pi_ref), positions)``: how far the mixed
+        distribution is from the reference's, exactly, over the full vocabulary, on the given tokens (the
+        models' own distributions: sampling settings such as a repetition penalty are not part of them)."""
+        bs = batch_size or self.aligned_inner.score_batch_size
+        ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
+        out = [[0.0, 0] for _ in ids]
+        a = self.aligned.iter_logprobs(prompts, ids, batch_size=bs)
+        r = self.ref.iter_logprobs(prompts, ids, batch_size=bs)
+        for ca, cr in lockstep(a, r):
+            if not ca.logprobs.shape[0]:
+                continue
+            mixed = torch.log_softmax(self.lam * ca.logprobs + (1 - self.lam) * cr.logprobs, dim=-1)
+            kl = (mixed.exp() * (mixed - cr.logprobs)).sum(-1).clamp(min=0.0)
+            out[ca.index][0] += float(kl.double().sum())
+            out[ca.index][1] += int(kl.shape[0])
+        return [(k, n) for k, n in out]
+
     def score(self, prompts: Sequence[Prompt], continuations, *, top_k: int = 0,
               reduce: PositionReducer | None = None) -> list[TokenScores]:
         from alignkit.models.hf import scores_from_chunks

@@ -379,12 +379,16 @@ def _route_info(model: Any) -> list[dict[str, Any]]:
     if isinstance(model, AnswerCorrector):
         return [*_route_info(model.upstream), {"stage": "correct", "method": "aligner",
                                                "model": model.corrector.info(), "layout": model.layout.provenance()}]
+    if getattr(model, "method", None) == "best-of-n":
+        return [*_route_info(model.base), {"stage": "select", "method": "best-of-n", "n": model.n,
+                                           "scorer": model.scorer.info()}]
     return [{"stage": "answer", "method": getattr(model, "method", None), "model": model.spec}]
 
 
 def _route_name(model: Any) -> str:
-    return " > ".join(("bpo" if r["stage"] == "rewrite" else "aligner" if r["stage"] == "correct" else
-                       str(r["method"])) for r in _route_info(model))
+    names = {"rewrite": "bpo", "correct": "aligner"}
+    return " > ".join(names.get(r["stage"]) or (f"best-of-{r['n']}" if r["stage"] == "select" else str(r["method"]))
+                      for r in _route_info(model))
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -393,7 +397,7 @@ class Stage:
     """A registered route stage: ``wrap(model, options, loader)`` returns the route with this stage added."""
 
     name: str
-    kind: str  # "pre" (in front of the model) or "post" (behind it)
+    kind: str  # "inner" (around the model itself), "pre" (in front of the route) or "post" (behind it)
     enabled: Callable[[Any], bool]
     wrap: Callable[[Any, Any, Any], Any]
 
@@ -406,9 +410,10 @@ def register(stage: Stage) -> None:
 
 
 def apply_stages(model: Any, options: Any, loader: Any) -> Any:
-    """Wrap ``model`` (already under its method) in every stage the options turn on: pre-stages first, then
-    post-stages, so ``rewriter -> model -> corrector`` is one model."""
-    for kind in ("pre", "post"):
+    """Wrap ``model`` (already under its method) in every stage the options turn on: inner stages first (best-of-n
+    chooses among the model's own answers), then pre-stages, then post-stages, so ``rewriter -> best of N answers
+    of the model -> corrector`` is one model."""
+    for kind in ("inner", "pre", "post"):
         for stage in STAGES.values():
             if stage.kind == kind and stage.enabled(options):
                 if loader is None:
@@ -436,5 +441,17 @@ def _wrap_aligner(model: Any, options: Any, loader: Any) -> AnswerCorrector:
     return AnswerCorrector(model, _stage_model(raw, layout, options.corrector_method, loader), layout)
 
 
+def _wrap_best_of_n(model: Any, options: Any, loader: Any) -> Any:
+    from alignkit.methods.best_of_n import BestOfN
+    from alignkit.scoring import open_scorer
+
+    try:
+        scorer = open_scorer(options.scorer, loader)
+    except AlignkitError as e:
+        raise type(e)(f"route stage 'best-of-n' (scorer {options.scorer}): {e}") from e
+    return BestOfN(model, scorer, options.n, options.sample_temperature)
+
+
+register(Stage("best-of-n", "inner", lambda o: bool(getattr(o, "scorer", None)), _wrap_best_of_n))
 register(Stage("bpo", "pre", lambda o: bool(o.rewriter), _wrap_bpo))
 register(Stage("aligner", "post", lambda o: bool(o.corrector), _wrap_aligner))

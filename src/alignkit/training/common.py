@@ -290,7 +290,8 @@ def model_card(info: dict[str, Any]) -> str:
         f"- Recipe: {', '.join(f'{k}={v}' for k, v in info['recipe'].items())}",
     ]
     if "beta" in info:
-        lines.append(f"- DPO beta: {info['beta']} (reference: the frozen starting model, via adapter switching)")
+        lines.append(f"- {info['kind'].upper()}: loss {info.get('loss_type')}, beta {info['beta']} (reference: "
+                     f"{info.get('reference', 'the frozen starting model, via adapter switching')})")
     lines += [
         f"- Result: {r['steps']} steps, {r['train_seconds']:.0f} s, final loss {r['final_loss']}, "
         f"{r['tokens_per_second']:.0f} tokens/s",

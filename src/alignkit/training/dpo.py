@@ -1,9 +1,14 @@
-"""Direct preference optimisation on TRL's ``DPOTrainer``, LoRA by default.
+"""Preference optimisation on TRL: DPO (every loss TRL's ``DPOTrainer`` offers), KTO, ORPO and SimPO, LoRA by
+default, on the same ``{prompt, chosen, rejected}`` data, with the same output folder and model card.
 
-The reference model is never a second copy of the weights: starting from the base model, the reference is
-the base with the LoRA adapter switched off; starting from an SFT adapter (``--adapter``), TRL keeps a
-frozen copy of that adapter ("ref") next to the trained one, so the result is again one adapter on the base
-model (loadable with ``--adapter``), and the reference is the SFT model.
+* **DPO** and **KTO** are tied to a reference model, never a second copy of the weights: starting from the base
+  model, the reference is the base with the LoRA adapter switched off; starting from an SFT adapter
+  (``--adapter``), DPO keeps a frozen copy of that adapter ("ref") next to the trained one, so the result is
+  again one adapter on the base model, and the reference is the SFT model (KTO, from an adapter, uses TRL's
+  default: the adapter switched off, i.e. the base). KTO is unpaired: each pair gives a desirable (chosen) and
+  an undesirable (rejected) example.
+* **ORPO** (odds-ratio penalty on top of the SFT loss) and **SimPO** (length-normalised margin, TRL's CPO trainer
+  with ``loss_type="simpo"`` and no behaviour-cloning term) are reference-free.
 """
 
 from __future__ import annotations
@@ -18,6 +23,16 @@ from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.training import common, data
 from alignkit.training.format import PromptFormat, _urial_preamble, check_format, render_urial
 
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+#: per trainer: its loss variants (first = default), its default beta, whether it needs a reference model
+FAMILY: dict[str, dict[str, Any]] = {
+    "dpo": {"losses": DPO_LOSSES, "beta": 0.1, "reference": True},
+    "kto": {"losses": ("kto", "apo_zero_unpaired"), "beta": 0.1, "reference": True},
+    "orpo": {"losses": ("orpo",), "beta": 0.1, "reference": False},
+    "simpo": {"losses": ("simpo",), "beta": 2.0, "reference": False},
+}
+
 
 @dataclass(frozen=True)
 class DPOJob:
@@ -31,8 +46,34 @@ class DPOJob:
                 "the reference"})
     beta: float = field(default=0.1, metadata={"gt": 0,
         "help": "DPO beta: strength of the KL tie to the reference (DeRa's lambda rescales it at decoding time)"})
-    loss_type: str = field(default="sigmoid", metadata={"help": "DPO loss variant (TRL's loss_type)",
-                                                        "choices": ["sigmoid", "ipo", "hinge", "robust"]})
+    loss_type: str = field(default="sigmoid", metadata={
+        "help": "DPO loss variant (TRL's loss_type): sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), exo_pair, "
+                "nca_pair, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm",
+        "choices": list(DPO_LOSSES)})
+    format: str = field(default="auto", metadata={
+        "help": "conversation layout (auto: the starting adapter's, else chat-template if the tokenizer has one, "
+                "else urial)", "choices": ["auto", "urial", "chat-template"]})
+    template: str = field(default="urial-k0", metadata={"help": "--format urial: the K=0 template"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUTPUT"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT folder"})
+
+
+@dataclass(frozen=True)
+class FamilyJob:
+    """The options of ``train kto|orpo|simpo``: DPO's, with the loss and beta of each trainer."""
+
+    data: str = field(default="", metadata={
+        "help": "preference data: a JSONL file of {id, prompt, chosen, rejected} records", "required": True})
+    output: str = field(default="", metadata={"help": "output folder (adapter or model, model card, log)",
+                                              "required": True})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model spec"})
+    adapter: str | None = field(default=None, metadata={"help": "start from this LoRA adapter (e.g. the SFT one)"})
+    beta: float | None = field(default=None, metadata={"gt": 0,
+        "help": "the trainer's beta (default: KTO 0.1; ORPO 0.1, the weight of its odds-ratio term; SimPO 2.0, "
+                "its reward scale)"})
+    loss_type: str | None = field(default=None, metadata={
+        "help": "loss variant: kto or apo_zero_unpaired for KTO (default kto); ORPO and SimPO have one"})
+    simpo_gamma: float = field(default=0.5, metadata={"min": 0, "help": "SimPO: target reward margin"})
     format: str = field(default="auto", metadata={
         "help": "conversation layout (auto: the starting adapter's, else chat-template if the tokenizer has one, "
                 "else urial)", "choices": ["auto", "urial", "chat-template"]})
@@ -71,10 +112,53 @@ def pair_rows(records: list[data.Record], fmt: PromptFormat) -> list[dict[str, A
     return rows
 
 
+def unpaired_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """KTO's rows: each pair gives a desirable (chosen) and an undesirable (rejected) completion."""
+    out = []
+    for r in rows:
+        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    return out
+
+
+def _trainer(kind: str, job: Any, beta: float, loss: str, recipe: common.Recipe, tuning: common.Tuning,
+             output: Any) -> tuple[Any, Any]:
+    """(trainer class, its config) for one member of the family."""
+    base = {**common.training_args_kwargs(recipe, tuning, output), "beta": beta, "max_length": recipe.max_length}
+    if kind == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOTrainer, DPOConfig(**base, loss_type=[loss], precompute_ref_log_probs=False)
+    if kind == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOTrainer, KTOConfig(**base, loss_type=loss)
+    if kind == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOTrainer, ORPOConfig(**base)
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    # SimPO = CPO's simpo loss with no behaviour-cloning (NLL) term
+    return CPOTrainer, CPOConfig(**base, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=job.simpo_gamma)
+
+
 def run_dpo(job: DPOJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[str, Any]:
+    return run_preference(job, recipe, tuning, "dpo")
+
+
+def run_preference(job: Any, recipe: common.Recipe, tuning: common.Tuning, kind: str = "dpo") -> dict[str, Any]:
+    """Train one member of the preference family (``dpo``, ``kto``, ``orpo``, ``simpo``) on preference pairs."""
+    if kind not in FAMILY:
+        raise InputError(f"unknown preference trainer {kind!r}; choose one of {', '.join(FAMILY)}")
+    spec = FAMILY[kind]
     common.check_recipe(recipe)
-    if job.beta <= 0:
-        raise InputError(f"--beta must be positive, got {job.beta}")
+    beta = spec["beta"] if job.beta is None else job.beta
+    loss = job.loss_type or spec["losses"][0]
+    if loss not in spec["losses"]:
+        raise InputError(f"--loss-type {loss!r} is not a {kind.upper()} loss; choose one of {', '.join(spec['losses'])}")
+    if beta <= 0:
+        raise InputError(f"--beta must be positive, got {beta}")
     if job.adapter and tuning.full:
         raise InputError("--full trains all weights; it cannot start from --adapter (merge the adapter first with "
                          "`alignkit train sft ... --merge` and pass OUTPUT/merged as --model)")
@@ -85,13 +169,12 @@ def run_dpo(job: DPOJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[s
     fmt = resolve_format(job, tokenizer)
     check_format(fmt, tokenizer)
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
 
-    dataset = Dataset.from_list(pair_rows(loaded.records, fmt))
-    args = DPOConfig(**common.training_args_kwargs(recipe, tuning, output), beta=job.beta, loss_type=[job.loss_type],
-                     max_length=recipe.max_length, precompute_ref_log_probs=False)
+    rows = pair_rows(loaded.records, fmt)
+    dataset = Dataset.from_list(unpaired_rows(rows) if kind == "kto" else rows)
+    trainer_cls, args = _trainer(kind, job, beta, loss, recipe, tuning, output)
     progress = common.progress_callback(output)
-    trainer = DPOTrainer(
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -102,8 +185,13 @@ def run_dpo(job: DPOJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[s
     common.quiet(trainer)
     trained = trainer.model
     n_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    ref = "the frozen starting adapter" if job.adapter else ("a full copy" if tuning.full else "the base (adapter off)")
-    print(f"alignkit train dpo: {len(dataset)} pairs, format {fmt.name}, beta {job.beta}, reference {ref} "
+    if not spec["reference"]:
+        ref = "none (reference-free)"
+    elif job.adapter:
+        ref = "the frozen starting adapter" if kind == "dpo" else "the base (the adapter switched off)"
+    else:
+        ref = "a full copy" if tuning.full else "the base (adapter off)"
+    print(f"alignkit train {kind}: {len(rows)} pairs, format {fmt.name}, loss {loss}, beta {beta}, reference {ref} "
           f"({n_params:,} trainable parameters)", file=sys.stderr)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if job.resume else None)
@@ -115,13 +203,14 @@ def run_dpo(job: DPOJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[s
 
     last = next((h for h in reversed(progress.history) if "loss" in h), {})
     info = {
-        "kind": "dpo",
+        "kind": kind,
         "alignkit_version": __version__,
         "base_model": job.model,
         "base_source": source,
         "init_adapter": job.adapter,
-        "beta": job.beta,
-        "loss_type": job.loss_type,
+        "beta": beta,
+        "loss_type": loss,
+        "reference": ref,
         "format": {"name": fmt.name, "template": fmt.template},
         "inference": fmt.method_options(),
         "data": {"path": job.data, "records": len(loaded.records), "hash": data.data_hash(loaded.records)},
@@ -132,8 +221,10 @@ def run_dpo(job: DPOJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[s
                                      final_reward_accuracy=last.get("rewards/accuracies"),
                                      final_reward_margin=last.get("rewards/margins")),
     }
+    if kind == "simpo":
+        info["simpo_gamma"] = job.simpo_gamma
     common.write_outputs(output=output, model=trained, tokenizer=tokenizer, tuning=tuning, info=info,
                          base_spec=job.model)
-    print(f"alignkit train dpo: wrote {output} (loss {info['result']['first_loss']} -> {info['result']['final_loss']}, "
-          f"{seconds:.0f} s)", file=sys.stderr)
+    print(f"alignkit train {kind}: wrote {output} (loss {info['result']['first_loss']} -> "
+          f"{info['result']['final_loss']}, {seconds:.0f} s)", file=sys.stderr)
     return info

@@ -98,3 +98,89 @@ def synthesize_pairs(records: Sequence[dict[str, Any]], chosen_model: Any, rejec
                                                    "rejected_finish_reason": r.finish_reason}})
                 counts["written"] += 1
     return counts
+
+
+def synthesize_ranked_pairs(records: Sequence[dict[str, Any]], model: Any, cfg: GenerationConfig, scorer: Any,
+                            output: str, *, k: int = 4, pick: str = "worst", min_margin: float = 0.0,
+                            batch_size: int = 8, keep_truncated: bool = False, removed: str | None = None,
+                            seed: int = 0, report: Callable[[str], None] | None = None,
+                            progress: Progress = SILENT) -> dict[str, int]:
+    """AI-feedback pairs: ``k`` sampled answers per prompt from one route, rated by ``scorer``; chosen = the best,
+    rejected = the worst (``pick="worst"``) or a random one of those at least ``min_margin`` below the best
+    (``pick="random-lower"``). Prompts whose answers tie (best - worst <= ``min_margin``), or that have fewer
+    than two usable, rated, distinct answers, are dropped with the reason (to ``removed`` if given). Every
+    record keeps all candidates with their scores, the route and the scorer."""
+    import random
+
+    from alignkit.methods.best_of_n import sample
+    from alignkit.scoring import score_records
+    from alignkit.types import as_messages
+
+    if pick not in ("worst", "random-lower"):
+        raise ValueError(f"unknown pick {pick!r}")
+    report = report or (lambda s: print(s, file=sys.stderr))
+    done = written_ids(output) | (written_ids(removed) if removed else set())
+    todo = [r for r in records if str(r["id"]) not in done]
+    counts = {"written": 0, "skipped_done": len(records) - len(todo), "dropped": 0, "tie": 0, "unrated": 0,
+              "too_few": 0}
+    prov = {"route": model.info(), "generation": cfg.to_dict(), "scorer": scorer.info(), "k": k, "pick": pick,
+            "min_margin": min_margin}
+    drop_out = JsonlAppender(removed) if removed else None
+    with JsonlAppender(output) as out, progress.task("ranked pairs", len(todo)) as advance:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            prompts = [as_messages(_prompt_messages(r)) for r in batch]
+            groups = sample(model, prompts, [cfg] * len(batch), k)
+            items, owners = [], []
+            for i, (p, group) in enumerate(zip(prompts, groups)):
+                seen: set[str] = set()
+                for c in group:
+                    text = c.text.strip()
+                    if _usable(c, keep_truncated) is None and text not in seen:
+                        seen.add(text)
+                        items.append((p, text))
+                        owners.append(i)
+            scores = score_records(scorer, items)
+            advance(len(batch))
+            for i, rec in enumerate(batch):
+                mine = [(items[j][1], scores[j]) for j in range(len(items)) if owners[j] == i]
+                rated = [(t, s.value) for t, s in mine if s.value is not None]
+                candidates = [{"text": c.text.strip(), "finish_reason": c.finish_reason,
+                               "usable": _usable(c, keep_truncated) is None} for c in groups[i]]
+                by_text = {t: s.to_dict() for t, s in mine}
+                for c in candidates:
+                    c.update(by_text.get(c["text"], {}))
+                problem, key = None, None
+                if len(mine) < 2:
+                    problem, key = f"fewer than two usable, distinct answers among {k}", "too_few"
+                elif len(rated) < 2:
+                    reasons = sorted({s.reason or "" for _, s in mine if s.value is None})
+                    problem, key = f"fewer than two answers could be rated ({'; '.join(reasons)[:300]})", "unrated"
+                else:
+                    rated.sort(key=lambda x: -x[1])
+                    best_text, best = rated[0]
+                    lower = [(t, v) for t, v in rated[1:] if best - v > min_margin]
+                    if not lower:
+                        problem, key = (f"tie: best {best:.4g} and worst {rated[-1][1]:.4g} differ by no more than "
+                                        f"--min-margin {min_margin:g}"), "tie"
+                if problem:
+                    counts["dropped"] += 1
+                    counts[key] += 1
+                    report(f"  dropped {rec['id']!r}: {problem}")
+                    if drop_out:
+                        drop_out.write({"id": rec["id"], "reason": problem, "candidates": candidates})
+                    continue
+                if pick == "worst":
+                    rej_text, rej = lower[-1]
+                else:
+                    rej_text, rej = random.Random(f"{seed}:{rec['id']}").choice(lower)
+                msgs = _prompt_messages(rec)
+                prompt: Any = msgs[0]["content"] if len(msgs) == 1 else msgs
+                extra = {k2: v for k2, v in rec.items() if k2 not in ("id", "prompt", "messages")}
+                out.write({"id": rec["id"], "prompt": prompt, "chosen": best_text, "rejected": rej_text, **extra,
+                           "scores": {"chosen": round(best, 6), "rejected": round(rej, 6), "margin": round(best - rej, 6)},
+                           "provenance": {**prov, "candidates": candidates}})
+                counts["written"] += 1
+    if drop_out:
+        drop_out.close()
+    return counts

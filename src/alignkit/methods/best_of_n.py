@@ -1,0 +1,143 @@
+"""Best-of-N: sample N answers from a model (under any method, any route), rate them with a scorer, return the
+best. It is a model like every other, so generate, chat, eval and the server take it.
+
+The N samples of a prompt are N rows of one batch, adjacent, so a backend with prefix reuse computes the shared
+prompt once (the transformers backend keeps one copy of the common prefix's key/values for all rows). With a
+seed, candidate ``j`` samples with ``seed + j`` (reproducible, and the candidates differ); greedy requests
+(temperature 0) sample at the method's own ``sample_temperature`` -- N greedy answers would all be the same.
+
+Every completion records all N candidates with their scores (``meta["best_of_n"]``) and a ``select`` stage in
+``meta["route"]``; ``meta["usage"]`` counts the tokens of all N. A candidate the scorer cannot rate is never
+chosen over one it can; if none can be rated the first usable candidate is returned and the record says so.
+Streaming shows the chosen answer once it is chosen. Scoring (the shift analysis) sees the wrapped model's
+distribution: best-of-N changes which sample is kept, not the model's next-token probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from alignkit.errors import InputError
+from alignkit.methods.base import MethodModel, Prepared
+from alignkit.models.base import configs_for
+from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent
+
+DEFAULT_SAMPLE_TEMPERATURE = 0.8
+
+
+def candidate_configs(config: GenerationConfig, n: int, sample_temperature: float) -> list[GenerationConfig]:
+    """The N sampling configs of one request: its own temperature (or ``sample_temperature`` if it asked for
+    greedy decoding), seeds ``seed .. seed + n - 1`` when it has a seed."""
+    temp = config.temperature if config.temperature > 0 else sample_temperature
+    return [replace(config, temperature=temp, seed=None if config.seed is None else config.seed + j)
+            for j in range(n)]
+
+
+def sample(model: Any, prompts: Sequence[Prompt], configs: Sequence[GenerationConfig], n: int,
+           sample_temperature: float = DEFAULT_SAMPLE_TEMPERATURE, **kwargs: Any) -> list[list[Completion]]:
+    """N sampled completions per prompt, all in one call (the N rows of a prompt adjacent)."""
+    rows: list[Prompt] = []
+    row_cfgs: list[GenerationConfig] = []
+    for p, c in zip(prompts, configs):
+        rows += [p] * n
+        row_cfgs += candidate_configs(c, n, sample_temperature)
+    comps = model.generate(rows, row_cfgs, **kwargs) if rows else []
+    return [comps[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def usable(comp: Completion) -> bool:
+    return bool(comp.text.strip())
+
+
+class BestOfN(MethodModel):
+    """The best of ``n`` samples of ``base`` by ``scorer``."""
+
+    backend = "best-of-n"
+    method = "best-of-n"
+
+    def __init__(self, base: Any, scorer: Any, n: int, sample_temperature: float = DEFAULT_SAMPLE_TEMPERATURE) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise InputError(f"--n must be a positive integer, got {n!r}")
+        if not sample_temperature > 0:
+            raise InputError(f"best-of-n: the sampling temperature must be > 0, got {sample_temperature!r}")
+        super().__init__(base)
+        self.scorer, self.n, self.sample_temperature = scorer, n, sample_temperature
+        self.recommended = getattr(base, "recommended", {})
+
+    def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
+        return Prepared(prompt)
+
+    # the wrapped model (a method) cleans its own answers; best-of-N only chooses among them
+    def generate(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> list[Completion]:
+        from alignkit.scoring import score_records
+
+        configs = configs_for(len(prompts), config)
+        groups = sample(self.base, prompts, configs, self.n, self.sample_temperature, **kwargs)
+        items = [(p, c.text) for p, group in zip(prompts, groups) for c in group]
+        flat = score_records(self.scorer, items)
+        out = []
+        for i, (p, group) in enumerate(zip(prompts, groups)):
+            scores = flat[i * self.n : (i + 1) * self.n]
+            out.append(self._choose(p, group, scores))
+        return out
+
+    def _choose(self, prompt: Prompt, group: list[Completion], scores: list[Any]) -> Completion:
+        from alignkit.methods.routes import _own_usage, _total, usage, user_text
+
+        rated = [j for j, (c, s) in enumerate(zip(group, scores)) if usable(c) and s.value is not None]
+        note = None
+        if rated:
+            best = max(rated, key=lambda j: (scores[j].value, -j))  # ties: the earliest sample
+        else:
+            best = next((j for j, c in enumerate(group) if usable(c)), 0)
+            note = "no candidate could be rated: the first usable one was returned"
+        candidates = [{"text": c.text, **s.to_dict(), "finish_reason": c.finish_reason,
+                       "completion_tokens": c.completion_tokens} for c, s in zip(group, scores)]
+        chosen = group[best]
+        inner = list((chosen.meta or {}).get("route") or [])
+        if not any(r["stage"] == "answer" for r in inner):
+            inner.append({"stage": "answer", "model": self.base.spec, "method": getattr(self.base, "method", None),
+                          "input": user_text(prompt), "output": chosen.text, "usage": _own_usage(chosen)})
+        # the tokens of all N candidates (each candidate's whole route, if it has one)
+        all_usage = {k: sum(usage(c)[k] for c in group) for k in ("prompt_tokens", "completion_tokens")}
+        others = {k: all_usage[k] - usage(chosen)[k] for k in all_usage}
+        record = {"stage": "select", "method": "best-of-n", "model": self.scorer.spec, "n": self.n,
+                  "chosen": best, "scores": [s["score"] for s in candidates], "usage": others}
+        if note:
+            record["fallback"] = note
+        route = [*inner, record]
+        info = {"n": self.n, "scorer": self.scorer.spec, "chosen": best, "candidates": candidates,
+                "sample_temperature": self.sample_temperature}
+        if note:
+            info["note"] = note
+        meta = {**(chosen.meta or {}), "best_of_n": info, "route": route, "usage": _total(route)}
+        return replace(chosen, meta=meta)
+
+    def stream(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> Iterator[StreamEvent]:
+        for i, comp in enumerate(self.generate(prompts, config, **kwargs)):
+            yield StreamEvent(i, comp.text, comp.finish_reason, comp)
+
+    def render(self, prompt: Prompt) -> str:
+        return self.base.render(prompt)
+
+    def clean(self, text: str) -> str:
+        return self.base.clean(text) if isinstance(self.base, MethodModel) else text
+
+    def method_info(self) -> dict[str, Any]:
+        return {"best_of_n": {"n": self.n, "scorer": self.scorer.info(), "sample_temperature": self.sample_temperature}}
+
+    def info(self) -> dict[str, Any]:
+        inner = self.base.info()
+        return {**inner, "method": f"best-of-n({self.n}) > {inner.get('method', self.base.backend)}",
+                **self.method_info()}
+
+    def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
+        from alignkit.methods.routes import _inner_prompts
+
+        return _inner_prompts(self.base, prompt, config)
+
+    def close(self) -> None:
+        self.base.close()
+        self.scorer.close()

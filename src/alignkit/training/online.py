@@ -1,0 +1,192 @@
+"""Online RL on TRL with a scorer as the reward: GRPO (group-relative advantages) and RLOO (leave-one-out
+baseline). The policy samples ``--num-generations`` answers per prompt in the layout it is trained in; each
+answer is cut at the layout's end (the closing fence of the urial layout) and rated by any alignkit scorer
+(``reward:PATH``, ``judge:MODEL``, ``geval:MODEL``). An answer the scorer cannot rate gets no reward (TRL
+ignores it), never a made-up one.
+
+On a CPU this runs on tiny models (the tests) and, slowly, on the embedded base. On GPUs, TRL's generation
+backends (vLLM) and DeepSpeed/FSDP configs are passed through by ``accelerate launch``; see the README.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from alignkit.errors import InputError
+from alignkit.models.catalog import DEFAULT_MODEL
+from alignkit.training import common
+
+
+@dataclass(frozen=True)
+class OnlineJob:
+    data: str = field(default="", metadata={
+        "help": "prompts: a JSONL file of {id, prompt or messages ending with a user turn}", "required": True})
+    output: str = field(default="", metadata={"help": "output folder (adapter or model, model card, log)",
+                                              "required": True})
+    scorer: str = field(default="", metadata={
+        "help": "the reward: reward:PATH_OR_HUB, judge:MODEL or geval:MODEL", "required": True})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model spec"})
+    adapter: str | None = field(default=None, metadata={"help": "start from this LoRA adapter (e.g. the SFT one)"})
+    num_generations: int = field(default=4, metadata={"min": 2, "help": "answers sampled per prompt (the group)"})
+    max_completion_length: int = field(default=128, metadata={"min": 1, "help": "most tokens per sampled answer"})
+    temperature: float = field(default=0.8, metadata={"gt": 0, "help": "sampling temperature of the policy"})
+    beta: float = field(default=0.0, metadata={"min": 0,
+        "help": "KL coefficient to the reference (the starting model); 0 (TRL's default for GRPO) skips the reference"})
+    format: str = field(default="auto", metadata={
+        "help": "conversation layout (auto: the starting adapter's, else chat-template if the tokenizer has one, "
+                "else urial)", "choices": ["auto", "urial", "chat-template"]})
+    template: str = field(default="urial-k0", metadata={"help": "--format urial: the K=0 template"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUTPUT"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT folder"})
+
+
+def prompt_rows(records: list[dict[str, Any]], fmt: Any) -> list[dict[str, Any]]:
+    """TRL rows: the rendered prompt (urial layout: preamble and an opened answer block) or the conversation
+    (chat templates), plus the original request for the scorer."""
+    from alignkit.training.format import _urial_preamble, render_urial
+
+    preamble = _urial_preamble(fmt.template) if fmt.name == "urial" else ""
+    rows = []
+    for r in records:
+        msgs = [{"role": "user", "content": r["prompt"]}] if "prompt" in r else list(r["messages"])
+        if fmt.name == "chat-template":
+            rows.append({"prompt": msgs, "request": msgs[-1]["content"]})
+        else:
+            rendered, fence = render_urial(msgs, preamble, open_answer=True)
+            rows.append({"prompt": rendered.text, "request": msgs[-1]["content"], "fence": fence})
+    return rows
+
+
+def _text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    return str(completion)
+
+
+def make_reward(scorer: Any, log: list[dict[str, Any]] | None = None):
+    """A TRL reward function: the scorer's score of each sampled answer (None when it cannot rate one)."""
+    from alignkit.scoring import score_records
+
+    def reward(prompts, completions, request=None, fence=None, **kwargs):
+        answers = []
+        for i, c in enumerate(completions):
+            text = _text(c)
+            end = fence[i] if fence else None
+            if end and end in text:
+                text = text[: text.index(end)]
+            answers.append(text.strip())
+        scores = score_records(scorer, list(zip(request, answers)))
+        if log is not None:
+            log.extend({"request": q, "answer": a, **s.to_dict()} for q, a, s in zip(request, answers, scores))
+        return [s.value for s in scores]
+
+    reward.__name__ = f"scorer:{scorer.spec}"
+    return reward
+
+
+def _hash(records: list[dict[str, Any]]) -> str:
+    import hashlib
+    import json
+
+    payload = json.dumps(records, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, algorithm: str = "grpo") -> dict[str, Any]:
+    from alignkit.cli.generate import parse_records
+    from alignkit.scoring import open_scorer, parse_spec
+    from alignkit.training.dpo import resolve_format
+    from alignkit.training.format import check_format
+
+    if algorithm not in ("grpo", "rloo"):
+        raise InputError(f"unknown online algorithm {algorithm!r}; choose grpo or rloo")
+    common.check_recipe(recipe)
+    parse_spec(job.scorer)
+    if job.adapter and tuning.full:
+        raise InputError("--full trains all weights; it cannot start from --adapter")
+    records = [r for _, r in parse_records(job.data, "stop")]
+    if not records:
+        raise InputError(f"{job.data}: no prompts")
+    per_step = recipe.batch_size * recipe.grad_accum
+    if per_step % job.num_generations:
+        raise InputError(f"--batch-size x --grad-accum ({per_step}) must be a multiple of --num-generations "
+                         f"({job.num_generations}): each optimiser step takes whole groups")
+    output = common.prepare_output(job.output, job.resume, job.overwrite)
+    scorer = open_scorer(job.scorer)
+    model, tokenizer, source = common.load_for_training(job.model, adapter=job.adapter, trainable_adapter=True)
+    fmt = resolve_format(job, tokenizer)
+    check_format(fmt, tokenizer)
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(prompt_rows(records, fmt))
+    samples: list[dict[str, Any]] = []
+    kwargs = {**common.training_args_kwargs(recipe, tuning, output), "num_generations": job.num_generations,
+              "max_completion_length": job.max_completion_length, "temperature": job.temperature,
+              "beta": job.beta}
+    if algorithm == "grpo":
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+    else:
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+    kwargs.pop("include_num_input_tokens_seen", None)
+    args = Config(**kwargs)
+    progress = common.progress_callback(output)
+    trainer = Trainer(
+        model=model,
+        reward_funcs=make_reward(scorer, samples),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=None if (tuning.full or job.adapter) else tuning.lora_config(),
+        callbacks=[progress],
+    )
+    common.quiet(trainer)
+    trained = trainer.model
+    n_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    print(f"alignkit train {algorithm}: {len(records)} prompts x {job.num_generations} samples, format {fmt.name}, "
+          f"reward {scorer.spec} ({n_params:,} trainable parameters)", file=sys.stderr)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if job.resume else None)
+    seconds = time.perf_counter() - t0
+    from alignkit import __version__
+
+    rewards = [h.get("reward") for h in progress.history if isinstance(h.get("reward"), (int, float))]
+    info = {
+        "kind": algorithm,
+        "alignkit_version": __version__,
+        "base_model": job.model,
+        "base_source": source,
+        "init_adapter": job.adapter,
+        "scorer": scorer.info(),
+        "num_generations": job.num_generations,
+        "beta": job.beta,
+        "loss_type": algorithm,
+        "reference": "the starting model" if job.beta > 0 else "none (beta 0)",
+        "format": {"name": fmt.name, "template": fmt.template},
+        "inference": fmt.method_options(),
+        "data": {"path": job.data, "records": len(records), "hash": _hash(records)},
+        "tuning": asdict(tuning),
+        "recipe": common.recipe_dict(recipe, tuning),
+        "result": common.result_dict(steps=trainer.state.global_step, seconds=seconds, history=progress.history,
+                                     tokens=0, n_params=n_params, first_reward=rewards[0] if rewards else None,
+                                     final_reward=rewards[-1] if rewards else None,
+                                     unrated_samples=sum(1 for s in samples if s["score"] is None),
+                                     samples=len(samples)),
+    }
+    common.write_outputs(output=output, model=trained, tokenizer=tokenizer, tuning=tuning, info=info,
+                         base_spec=job.model)
+    import json
+
+    with (output / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    print(f"alignkit train {algorithm}: wrote {output} (mean reward {info['result']['first_reward']} -> "
+          f"{info['result']['final_reward']}, {seconds:.0f} s; every sample and its score in samples.jsonl)",
+          file=sys.stderr)
+    return info
