@@ -201,3 +201,48 @@ def test_dera_behind_the_server(pair):
             model="dera", prompt="The quick brown", max_tokens=6, temperature=0, stream=True))
         assert s == r.choices[0].text
         assert client.models.list().data[0].info["method"] == "dera"
+
+
+def test_sweep_with_a_scorer_measures_kl_and_recommends_a_lambda(tiny_dir, tmp_path, capsys):
+    """KL(pi_lam || pi_ref) is 0 at lambda 0 and grows with lambda; every answer is rated; a lambda is recommended
+    on the validation split; rerunning rates nothing twice."""
+    import json
+
+    from alignkit.cli.main import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS * 2)))
+    out = tmp_path / "sweep"
+    args = ["dera", "sweep", "--ref", str(tiny_dir["base"]), "--aligned", str(tiny_dir["aligned"]),
+            "--aligned-method", "none", "--lams", "0,0.5,1,2", "--input", str(inp), "--output", str(out),
+            "--max-new-tokens", "6", "--scorer", "geval:" + str(tiny_dir["judge"]), "--validation-share", "0.5"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    kl = [summary["lams"][k]["all"]["kl_per_token"] for k in ("0", "0.5", "1", "2")]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[0] < kl[1] < kl[2] < kl[3]
+    for k, s in summary["lams"].items():
+        assert s["validation"]["answers"] + s["test"]["answers"] == 6
+        rows = [json.loads(x) for x in (out / f"lam-{k}.scores.jsonl").read_text().splitlines()]
+        assert len(rows) == 6 and all("kl_sum" in r for r in rows)
+    rec = summary["recommendation"]
+    if rec is not None:  # a random tiny judge may rate nothing readable
+        assert rec["lam"] in (0.0, 0.5, 1.0, 2.0)
+    assert summary["scorer"]["kind"] == "geval"
+    assert (out / "sweep.png").stat().st_size > 1000 and "KL/token" in capsys.readouterr().out
+    before = (out / "lam-1.scores.jsonl").read_text()
+    assert main(args) == 0
+    assert (out / "lam-1.scores.jsonl").read_text() == before  # resumed: nothing rated twice
+
+
+def test_kl_to_reference_equals_a_direct_computation(pair):
+    ref, aligned = pair
+    d = DeRa(ref, aligned, 0.7)
+    conts = [" fox jumps", " you there", " return 1"]
+    got = d.kl_to_reference(PROMPTS, conts)
+    for p, c, (total, n) in zip(PROMPTS, conts, got):
+        ids = ref.encode(c)
+        la = torch.cat([x.logprobs for x in aligned.iter_logprobs([p], [ids])])
+        lr = torch.cat([x.logprobs for x in ref.iter_logprobs([p], [ids])])
+        mix = torch.log_softmax(0.7 * la + 0.3 * lr, dim=-1)
+        assert n == len(ids)
+        assert total == pytest.approx(float((mix.exp() * (mix - lr)).sum()), rel=1e-5, abs=1e-8)

@@ -34,6 +34,10 @@ class Contestant:
     corrector: str | None = None
     corrector_method: str | None = None
     corrector_layout: str | None = None
+    # best-of-n: sample n answers, keep the one the scorer rates highest
+    scorer: str | None = None
+    n: int = field(default=4, metadata={"min": 1})
+    sample_temperature: float = field(default=0.8, metadata={"gt": 0})
     stop: tuple[str, ...] = ()
     """extra stop strings for this contestant's answers"""
 
@@ -110,7 +114,8 @@ class Harness:
         opts = MethodOptions(method=c.method, template=c.template, k=c.k, ref=c.ref, lam=c.lam, rewriter=c.rewriter,
                              rewriter_method=c.rewriter_method, rewriter_layout=c.rewriter_layout,
                              corrector=c.corrector, corrector_method=c.corrector_method,
-                             corrector_layout=c.corrector_layout)
+                             corrector_layout=c.corrector_layout, scorer=c.scorer, n=c.n,
+                             sample_temperature=c.sample_temperature)
         return apply_method(self.loader(c.model), opts, self.loader)
 
     def run(self) -> dict[str, Any]:

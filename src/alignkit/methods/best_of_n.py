@@ -71,17 +71,33 @@ class BestOfN(MethodModel):
 
     # the wrapped model (a method) cleans its own answers; best-of-N only chooses among them
     def generate(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> list[Completion]:
+        out = dict(self._run(prompts, config, **kwargs))
+        return [out[i] for i in range(len(prompts))]
+
+    def _run(self, prompts: Sequence[Prompt], config=None, *, should_stop=None, **kwargs: Any
+             ) -> Iterator[tuple[int, Completion]]:
+        """``(index, chosen completion)`` per prompt. The N rows of all prompts run in one stream of the wrapped
+        model; a prompt ``should_stop`` answers True for (its client went away) is dropped, with no result."""
         from alignkit.scoring import score_records
 
         configs = configs_for(len(prompts), config)
-        groups = sample(self.base, prompts, configs, self.n, self.sample_temperature, **kwargs)
-        items = [(p, c.text) for p, group in zip(prompts, groups) for c in group]
+        rows: list[Prompt] = []
+        row_cfgs: list[GenerationConfig] = []
+        for p, c in zip(prompts, configs):
+            rows += [p] * self.n
+            row_cfgs += candidate_configs(c, self.n, self.sample_temperature)
+        if should_stop is not None:
+            kwargs["should_stop"] = lambda r: should_stop(r // self.n)
+        finals: list[Completion | None] = [None] * len(rows)
+        for ev in self.base.stream(rows, row_cfgs, **kwargs) if rows else ():
+            if ev.completion is not None:
+                finals[ev.index] = ev.completion
+        done = [i for i in range(len(prompts)) if all(finals[i * self.n + j] is not None for j in range(self.n))]
+        groups = {i: [finals[i * self.n + j] for j in range(self.n)] for i in done}
+        items = [(prompts[i], c.text) for i in done for c in groups[i]]  # type: ignore[union-attr]
         flat = score_records(self.scorer, items)
-        out = []
-        for i, (p, group) in enumerate(zip(prompts, groups)):
-            scores = flat[i * self.n : (i + 1) * self.n]
-            out.append(self._choose(p, group, scores))
-        return out
+        for k, i in enumerate(done):
+            yield i, self._choose(prompts[i], groups[i], flat[k * self.n : (k + 1) * self.n])  # type: ignore[arg-type]
 
     def _choose(self, prompt: Prompt, group: list[Completion], scores: list[Any]) -> Completion:
         from alignkit.methods.routes import _own_usage, _total, usage, user_text
@@ -116,7 +132,8 @@ class BestOfN(MethodModel):
         return replace(chosen, meta=meta)
 
     def stream(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> Iterator[StreamEvent]:
-        for i, comp in enumerate(self.generate(prompts, config, **kwargs)):
+        """The chosen answer of each prompt, in one piece once the N candidates are in and rated."""
+        for i, comp in self._run(prompts, config, **kwargs):
             yield StreamEvent(i, comp.text, comp.finish_reason, comp)
 
     def render(self, prompt: Prompt) -> str:
