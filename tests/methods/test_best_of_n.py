@@ -191,3 +191,27 @@ def test_ranked_pairs_command(tiny_dir, tmp_path, capsys):
     plain = [a for a in base if a not in ("--rank-by", "geval:" + str(tiny_dir["judge"]))]
     assert main(plain + ["--k", "3"]) == 2  # --k without --rank-by
     assert "--rank-by only" in capsys.readouterr().err
+
+
+def test_best_of_n_as_an_eval_contestant(tiny_dir, tmp_path):
+    from alignkit.cli.main import main
+
+    inst = tmp_path / "inst.jsonl"
+    inst.write_text("".join(json.dumps({"id": f"q{i}", "instruction": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(json.dumps({
+        "instructions": str(inst), "judge": "none", "max_new_tokens": 6, "output": str(tmp_path / "ev"),
+        "contestants": [{"name": "raw", "model": str(tiny_dir["base"]), "method": "none"},
+                        {"name": "bon", "model": str(tiny_dir["base"]), "method": "none", "n": 3,
+                         "scorer": "geval:" + str(tiny_dir["judge"])}]}))
+    assert main(["eval", "--config", str(cfg), "--quiet"]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert set(report["cheap"]) == {"raw", "bon"}
+    answers = [json.loads(x) for x in (tmp_path / "ev" / "answers" / "bon.jsonl").read_text().splitlines()]
+    # the tokens of all N candidates count in the route's cost
+    assert report["cheap"]["bon"]["mean_tokens_all_stages"] > report["cheap"]["raw"]["mean_tokens"]
+    assert len(answers) == 3 and all(len(a["best_of_n"]["candidates"]) == 3 for a in answers)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"instructions": str(inst), "judge": "none", "output": str(tmp_path / "ev2"),
+                               "contestants": [{"name": "b", "model": "x", "n": 0, "scorer": "reward:x"}]}))
+    assert main(["eval", "--config", str(bad)]) == 2

@@ -171,6 +171,8 @@ class Harness:
                         if comp.meta and comp.meta.get("route"):
                             rec["route"] = comp.meta["route"]
                             rec["usage"] = comp.meta.get("usage")
+                        if comp.meta and comp.meta.get("best_of_n"):
+                            rec["best_of_n"] = comp.meta["best_of_n"]  # every candidate and its score
                         out.write(rec)
                         done[it["id"]] = rec
                     self.say(f"{c.name}: {len(done)}/{len(items)} answers")
