@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the result here (default docs/results/best_of_n.json)")
     args = ap.parse_args(argv)
 
-    from alignkit import GenerationConfig, load_model
+    from alignkit import GenerationConfig
     from alignkit.methods import MethodOptions, apply_method
     from alignkit.methods.best_of_n import BestOfN
     from alignkit.models.registry import ModelPool

@@ -34,52 +34,49 @@ FAMILY: dict[str, dict[str, Any]] = {
 }
 
 
+PREFS_HELP = "preference data: a JSONL file of {id, prompt, chosen, rejected} records"
+
+
 @dataclass(frozen=True)
-class DPOJob:
-    data: str = field(default="", metadata={
-        "help": "preference data: a JSONL file of {id, prompt, chosen, rejected} records", "required": True})
+class Start:
+    """Where a tuning job starts, what it writes and in which layout: shared by the preference and online
+    trainers."""
+
+    data: str = field(default="", metadata={"help": PREFS_HELP, "required": True})
     output: str = field(default="", metadata={"help": "output folder (adapter or model, model card, log)",
                                               "required": True})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model spec"})
     adapter: str | None = field(default=None, metadata={
-        "help": "start from this LoRA adapter (e.g. the SFT one): it is trained further and a frozen copy of it is "
-                "the reference"})
+        "help": "start from this LoRA adapter (e.g. the SFT one): it is trained further (for DPO a frozen copy of "
+                "it is the reference)"})
+    format: str = field(default="auto", metadata={
+        "help": "conversation layout (auto: the starting adapter's, else chat-template if the tokenizer has one, "
+                "else urial)", "choices": ["auto", "urial", "chat-template"]})
+    template: str = field(default="urial-k0", metadata={"help": "--format urial: the K=0 template"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUTPUT"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT folder"})
+
+
+@dataclass(frozen=True)
+class DPOJob(Start):
     beta: float = field(default=0.1, metadata={"gt": 0,
         "help": "DPO beta: strength of the KL tie to the reference (DeRa's lambda rescales it at decoding time)"})
     loss_type: str = field(default="sigmoid", metadata={
         "help": "DPO loss variant (TRL's loss_type): sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), exo_pair, "
                 "nca_pair, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm",
         "choices": list(DPO_LOSSES)})
-    format: str = field(default="auto", metadata={
-        "help": "conversation layout (auto: the starting adapter's, else chat-template if the tokenizer has one, "
-                "else urial)", "choices": ["auto", "urial", "chat-template"]})
-    template: str = field(default="urial-k0", metadata={"help": "--format urial: the K=0 template"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUTPUT"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT folder"})
 
 
 @dataclass(frozen=True)
-class FamilyJob:
+class FamilyJob(Start):
     """The options of ``train kto|orpo|simpo``: DPO's, with the loss and beta of each trainer."""
 
-    data: str = field(default="", metadata={
-        "help": "preference data: a JSONL file of {id, prompt, chosen, rejected} records", "required": True})
-    output: str = field(default="", metadata={"help": "output folder (adapter or model, model card, log)",
-                                              "required": True})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model spec"})
-    adapter: str | None = field(default=None, metadata={"help": "start from this LoRA adapter (e.g. the SFT one)"})
     beta: float | None = field(default=None, metadata={"gt": 0,
         "help": "the trainer's beta (default: KTO 0.1; ORPO 0.1, the weight of its odds-ratio term; SimPO 2.0, "
                 "its reward scale)"})
     loss_type: str | None = field(default=None, metadata={
         "help": "loss variant: kto or apo_zero_unpaired for KTO (default kto); ORPO and SimPO have one"})
     simpo_gamma: float = field(default=0.5, metadata={"min": 0, "help": "SimPO: target reward margin"})
-    format: str = field(default="auto", metadata={
-        "help": "conversation layout (auto: the starting adapter's, else chat-template if the tokenizer has one, "
-                "else urial)", "choices": ["auto", "urial", "chat-template"]})
-    template: str = field(default="urial-k0", metadata={"help": "--format urial: the K=0 template"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUTPUT"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT folder"})
 
 
 def resolve_format(job: DPOJob, tokenizer: Any) -> PromptFormat:
@@ -141,10 +138,6 @@ def _trainer(kind: str, job: Any, beta: float, loss: str, recipe: common.Recipe,
 
     # SimPO = CPO's simpo loss with no behaviour-cloning (NLL) term
     return CPOTrainer, CPOConfig(**base, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=job.simpo_gamma)
-
-
-def run_dpo(job: DPOJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[str, Any]:
-    return run_preference(job, recipe, tuning, "dpo")
 
 
 def run_preference(job: Any, recipe: common.Recipe, tuning: common.Tuning, kind: str = "dpo") -> dict[str, Any]:

@@ -16,31 +16,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from alignkit.errors import InputError
-from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.training import common
+from alignkit.training.dpo import Start
 
 
 @dataclass(frozen=True)
-class OnlineJob:
-    data: str = field(default="", metadata={
+class OnlineJob(Start):
+    data: str = field(default="", metadata={  # prompts, not preference pairs (the field keeps its place)
         "help": "prompts: a JSONL file of {id, prompt or messages ending with a user turn}", "required": True})
-    output: str = field(default="", metadata={"help": "output folder (adapter or model, model card, log)",
-                                              "required": True})
     scorer: str = field(default="", metadata={
         "help": "the reward: reward:PATH_OR_HUB, judge:MODEL or geval:MODEL", "required": True})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model spec"})
-    adapter: str | None = field(default=None, metadata={"help": "start from this LoRA adapter (e.g. the SFT one)"})
     num_generations: int = field(default=4, metadata={"min": 2, "help": "answers sampled per prompt (the group)"})
     max_completion_length: int = field(default=128, metadata={"min": 1, "help": "most tokens per sampled answer"})
     temperature: float = field(default=0.8, metadata={"gt": 0, "help": "sampling temperature of the policy"})
     beta: float = field(default=0.0, metadata={"min": 0,
         "help": "KL coefficient to the reference (the starting model); 0 (TRL's default for GRPO) skips the reference"})
-    format: str = field(default="auto", metadata={
-        "help": "conversation layout (auto: the starting adapter's, else chat-template if the tokenizer has one, "
-                "else urial)", "choices": ["auto", "urial", "chat-template"]})
-    template: str = field(default="urial-k0", metadata={"help": "--format urial: the K=0 template"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUTPUT"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT folder"})
 
 
 def prompt_rows(records: list[dict[str, Any]], fmt: Any) -> list[dict[str, Any]]:
