@@ -121,6 +121,10 @@ def test_best_of_n_from_the_command_line(tiny_dir, tmp_path, capsys):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["meta"]["best_of_n"]["candidates"]) == 3 for r in rows)
     assert all(r["route"][-1]["stage"] == "select" for r in rows)
+    capsys.readouterr()
+    assert main(["chat", "--model", str(tiny_dir["base"]), "--method", "none", "--scorer", spec, "--n", "2",
+                 "--message", "The quick brown", "--max-new-tokens", "4", "--temperature", "1.5"]) == 0
+    assert capsys.readouterr().out.strip()
     assert main(["generate", "--model", str(tiny_dir["base"]), "--method", "best-of-n", "--input", str(inp),
                  "--output", str(tmp_path / "x.jsonl")]) == 2
     assert "needs --scorer" in capsys.readouterr().err

@@ -220,3 +220,17 @@ def test_online_rl_needs_whole_groups(tiny_dir, reward_dir, tmp_path, capsys):
                  str(tmp_path / "o"), "--scorer", f"reward:{reward_dir}", "--num-generations", "3",
                  "--batch-size", "4"]) == 2
     assert "multiple of --num-generations" in capsys.readouterr().err
+
+
+def test_the_gpu_sampling_switch_reaches_trls_config(tmp_path):
+    """--use-vllm (GPU only, not run here) is passed to TRL as its own options, and TRL's config accepts them."""
+    from trl import GRPOConfig
+
+    from alignkit.training.common import Recipe, Tuning
+    from alignkit.training.online import OnlineJob, config_kwargs
+
+    kw = config_kwargs(OnlineJob(data="p", output=str(tmp_path), scorer="reward:x", use_vllm=True), Recipe(),
+                       Tuning(), tmp_path)
+    assert kw["use_vllm"] is True and kw["vllm_mode"] == "colocate" and kw["num_generations"] == 4
+    cfg = GRPOConfig(**kw)
+    assert cfg.use_vllm and cfg.vllm_mode == "colocate"

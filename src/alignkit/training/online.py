@@ -31,6 +31,9 @@ class OnlineJob(Start):
     temperature: float = field(default=0.8, metadata={"gt": 0, "help": "sampling temperature of the policy"})
     beta: float = field(default=0.0, metadata={"min": 0,
         "help": "KL coefficient to the reference (the starting model); 0 (TRL's default for GRPO) skips the reference"})
+    use_vllm: bool = field(default=False, metadata={
+        "help": "GPU: sample with vLLM inside the training process (TRL's use_vllm, colocate mode); needs vLLM's "
+                "CUDA build -- not run on this CPU machine"})
 
 
 def prompt_rows(records: list[dict[str, Any]], fmt: Any) -> list[dict[str, Any]]:
@@ -87,6 +90,17 @@ def _hash(records: list[dict[str, Any]]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
+def config_kwargs(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, output: Any) -> dict[str, Any]:
+    """The GRPO/RLOO config: the shared training arguments plus the sampling settings (and vLLM on GPUs)."""
+    kwargs = {**common.training_args_kwargs(recipe, tuning, output), "num_generations": job.num_generations,
+              "max_completion_length": job.max_completion_length, "temperature": job.temperature,
+              "beta": job.beta}
+    kwargs.pop("include_num_input_tokens_seen", None)
+    if job.use_vllm:
+        kwargs.update(use_vllm=True, vllm_mode="colocate")
+    return kwargs
+
+
 def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, algorithm: str = "grpo") -> dict[str, Any]:
     from alignkit.cli.generate import parse_records
     from alignkit.scoring import open_scorer, parse_spec
@@ -115,16 +129,13 @@ def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, alg
 
     dataset = Dataset.from_list(prompt_rows(records, fmt))
     samples: list[dict[str, Any]] = []
-    kwargs = {**common.training_args_kwargs(recipe, tuning, output), "num_generations": job.num_generations,
-              "max_completion_length": job.max_completion_length, "temperature": job.temperature,
-              "beta": job.beta}
+    kwargs = config_kwargs(job, recipe, tuning, output)
     if algorithm == "grpo":
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
     else:
         from trl import RLOOConfig as Config
         from trl import RLOOTrainer as Trainer
-    kwargs.pop("include_num_input_tokens_seen", None)
     args = Config(**kwargs)
     progress = common.progress_callback(output)
     trainer = Trainer(
