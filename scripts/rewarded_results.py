@@ -77,6 +77,10 @@ def main(argv=None) -> int:
                            if s.get("validation") and s["validation"]["mean_score"] is not None else None,
                            "score_test": round(s["test"]["mean_score"], 3)
                            if s.get("test") and s["test"]["mean_score"] is not None else None,
+                           "stderr_validation": round(s["validation"]["stderr"], 3)
+                           if s.get("validation") and s["validation"].get("stderr") is not None else None,
+                           "stderr_test": round(s["test"]["stderr"], 3)
+                           if s.get("test") and s["test"].get("stderr") is not None else None,
                            "refusal_rate": round(s["refusal_rate"], 3)}
                      for lam, s in sweep["lams"].items()},
             "recommendation": sweep.get("recommendation"),

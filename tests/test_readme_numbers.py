@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CITE = re.compile(r"(docs/[\w./-]+\.json)")
-NUMBER = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)(%?)")
+NUMBER = re.compile(r"(?<![\w.])(-?\d[\d,]*(?:\.\d+)?)(%?)")  # a sign belongs to its number
 
 
 def _tables(lines: list[str]) -> list[tuple[int, list[str]]]:
