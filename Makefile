@@ -83,7 +83,7 @@ test-fast: $(STAMP)
 # every benchmark, each writing docs/results/NAME.json (the README cites those files; a test checks them).
 # `siblings` makes the tuned siblings first (and writes docs/results/siblings.json); the vLLM engine runs in
 # its own environment.
-bench: $(STAMP) siblings routes vllm-env
+bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/prefix_cache.py
 	$(BIN)/python bench/urial_throughput.py
 	$(BIN)/python bench/urial_selfstop.py
@@ -93,6 +93,7 @@ bench: $(STAMP) siblings routes vllm-env
 	$(BIN)/python bench/dera_cost.py --ref runs/siblings/sft --aligned runs/siblings/dpo
 	$(BIN)/python bench/judge_concurrency.py
 	$(BIN)/python bench/route_cost.py
+	$(BIN)/python bench/best_of_n.py --reward runs/rewarded/rm
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/engines.py --engines hf,llamacpp
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \
