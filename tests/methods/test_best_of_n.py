@@ -219,3 +219,38 @@ def test_best_of_n_as_an_eval_contestant(tiny_dir, tmp_path):
     bad.write_text(json.dumps({"instructions": str(inst), "judge": "none", "output": str(tmp_path / "ev2"),
                                "contestants": [{"name": "b", "model": "x", "n": 0, "scorer": "reward:x"}]}))
     assert main(["eval", "--config", str(bad)]) == 2
+
+
+def test_a_rewriter_best_of_n_and_a_corrector_are_one_route(tiny_dir, tmp_path):
+    """rewriter -> best of N answers of the model -> corrector: every stage's record, in order, and the corrector
+    corrects the chosen answer."""
+    from alignkit.methods.routes import AnswerCorrector, PromptRewriter
+    from alignkit.models.registry import ModelPool
+
+    rewrite = tmp_path / "rw.yaml"
+    rewrite.write_text('id: t-rewrite\nstage: rewrite\nmethod: none\ntemplate: "Improve: {prompt}\\nBetter:"\n'
+                       'decoding: {max_new_tokens: 4}\n')
+    correct = tmp_path / "co.yaml"
+    correct.write_text('id: t-correct\nstage: correct\nmethod: none\ntemplate: "Q: {question} A:{answer}\\nFixed:"\n')
+    pool = ModelPool()
+    spec = str(tiny_dir["base"])
+    route = apply_method(pool(spec), MethodOptions(
+        method="none", scorer="geval:" + str(tiny_dir["judge"]), n=3, rewriter=spec, rewriter_layout=str(rewrite),
+        corrector=spec, corrector_layout=str(correct)), pool)
+    assert isinstance(route, AnswerCorrector) and isinstance(route.upstream, PromptRewriter)
+    assert isinstance(route.upstream.base, BestOfN)
+    assert route.info()["method"] == "bpo > none > best-of-3 > aligner"
+    comp = route.generate(["Name a colour."], CFG)[0]
+    stages = [r["stage"] for r in comp.meta["route"]]
+    assert stages == ["rewrite", "answer", "select", "correct"]
+    select, correct_rec = comp.meta["route"][2], comp.meta["route"][3]
+    chosen = comp.meta["route"][1]["output"]
+    assert correct_rec["input"]["answer"] == chosen  # the corrector saw the chosen candidate
+    assert len(select["scores"]) == 3
+
+
+def test_n_without_a_scorer_is_refused(tiny_base):
+    from alignkit.errors import InputError
+
+    with pytest.raises(InputError, match="give --scorer"):
+        apply_method(tiny_base, MethodOptions(method="none", n=8))

@@ -78,6 +78,8 @@ def apply_method(model: Any, options: MethodOptions, loader: Any = None) -> Any:
 
 def _apply_core(model: Any, options: MethodOptions, loader: Any = None) -> Any:
     method = options.method
+    if not options.scorer and (options.n != 4 or options.sample_temperature != 0.8):
+        raise InputError("--n and --sample-temperature apply to best-of-n: give --scorer SPEC too")
     if method == "best-of-n":
         if not options.scorer:
             raise InputError("--method best-of-n needs --scorer SPEC (reward:PATH, judge:MODEL or geval:MODEL) and "
