@@ -19,7 +19,12 @@ from pydantic import ValidationError
 
 from alignkit.errors import AlignkitError, ContextLengthError
 from alignkit.methods import recommended_repetition_penalty
-from alignkit.server.protocol import ChatCompletionRequest, CompletionRequest
+from alignkit.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
 from alignkit.server.service import Overloaded, Service, collect
 from alignkit.types import GenerationConfig, Message
 
@@ -32,6 +37,8 @@ class Limits:
     """largest max_tokens a request may ask for"""
     default_max_tokens: int = 256
     max_n: int = 4
+    max_prompts: int = 32
+    """most prompts in one /v1/completions request"""
     max_body_bytes: int = 1 << 20
     retry_after: int = 2
 
@@ -56,7 +63,8 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
         yield
         await asyncio.to_thread(service.stop)  # running batches finish; queued requests get 503
 
-    app = FastAPI(title="alignkit", version="1", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="alignkit", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan,
+                  description="OpenAI-compatible API of an alignkit model or alignment method.")
     model = service.model
 
     @app.exception_handler(APIError)
@@ -91,46 +99,82 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         req = await _parse(request, ChatCompletionRequest, limits)
-        msgs = [Message(m.role, m.content) for m in req.messages]
+        msgs = [Message(m.alignkit_role, m.text) for m in req.messages]
         if req.stream and req.logprobs:
             raise APIError(400, "logprobs are available without streaming only", param="logprobs")
         if log_prompts:
             log.info("chat request: %s", json.dumps([m.to_dict() for m in msgs], ensure_ascii=False))
-        return await _complete(request, req, msgs, chat=True)
+        return await _complete(request, req, [msgs], chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = await _parse(request, CompletionRequest, limits)
         if req.stream and (req.logprobs or req.echo):
             raise APIError(400, "logprobs and echo are available without streaming only", param="stream")
+        if len(req.prompts) > limits.max_prompts:
+            raise APIError(400, f"{len(req.prompts)} prompts in one request; this server allows at most "
+                           f"{limits.max_prompts}", param="prompt")
+        prompts = [p if isinstance(p, str) else await asyncio.to_thread(_from_ids, model, p) for p in req.prompts]
         if log_prompts:
-            log.info("completion request: %r", req.prompt)
-        return await _complete(request, req, req.prompt, chat=False)
+            log.info("completion request: %r", prompts)
+        return await _complete(request, req, prompts, chat=False)
 
-    async def _complete(request: Request, req: Any, prompt: Any, *, chat: bool):
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        """vLLM's shape: ``{count, max_model_len, tokens}`` -- a chat is tokenised as the served route renders it
+        (template, in-context preamble and all), so ``count`` is what the model will read."""
+        req = await _parse(request, TokenizeRequest, limits)
+        if not hasattr(model, "render") or not hasattr(model, "encode"):
+            raise APIError(400, "this model cannot tokenize here (no local tokenizer)")
+        if req.messages is not None:
+            prompt: Any = [Message(m.alignkit_role, m.text) for m in req.messages]
+        else:
+            prompt = req.prompt
+        ids = await asyncio.to_thread(_tokens, model, prompt, req.add_special_tokens)
+        return {"count": len(ids), "max_model_len": model.context_length, "tokens": ids, "token_strs": None}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        req = await _parse(request, DetokenizeRequest, limits)
+        tok = getattr(model, "tokenizer", None)
+        if tok is None:
+            raise APIError(400, "this model cannot detokenize here (no local tokenizer)")
+        vocab = len(tok) if hasattr(tok, "__len__") else None
+        if vocab and any(t >= vocab for t in req.tokens):
+            raise APIError(400, f"token id out of range (the vocabulary has {vocab} tokens)", param="tokens")
+        return {"prompt": tok.decode(req.tokens, skip_special_tokens=False)}
+
+    _declare_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
+                          "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest})
+
+    async def _complete(request: Request, req: Any, prompts: list[Any], *, chat: bool):
+        """Generate ``n`` choices for each prompt in one job; choice ``i * n + j`` is prompt i's j-th."""
         max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
         if max_tokens > limits.max_tokens:
             raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens}",
                            param="max_tokens")
         if req.n > limits.max_n:
             raise APIError(400, f"n is {req.n}; this server allows at most {limits.max_n}", param="n")
-        prompt_tokens = await asyncio.to_thread(_count, model, prompt, max_tokens)
         ctx = model.context_length
-        if ctx and prompt_tokens is not None and prompt_tokens + max_tokens > ctx:
-            raise APIError(400, f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}; together "
-                           f"they exceed the model's context of {ctx} tokens", param="messages" if chat else "prompt",
-                           code="context_length_exceeded")
+        for i, prompt in enumerate(prompts):
+            prompt_tokens = await asyncio.to_thread(_count, model, prompt, max_tokens)
+            if ctx and prompt_tokens is not None and prompt_tokens + max_tokens > ctx:
+                which = "the prompt" if len(prompts) == 1 else f"prompt {i}"
+                raise APIError(400, f"{which} has {prompt_tokens} tokens and max_tokens is {max_tokens}; together "
+                               f"they exceed the model's context of {ctx} tokens",
+                               param="messages" if chat else "prompt", code="context_length_exceeded")
         rp = req.repetition_penalty
         if rp is None:
             rp = recommended_repetition_penalty(model)
         try:
             configs = [GenerationConfig(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                                         top_k=req.top_k, repetition_penalty=rp, stop=tuple(req.stops),
-                                        seed=None if req.seed is None else req.seed + i) for i in range(req.n)]
+                                        seed=None if req.seed is None else req.seed + j)
+                       for _ in prompts for j in range(req.n)]
         except ValueError as e:
             raise APIError(400, str(e)) from None
         try:
-            job = service.submit([prompt] * req.n, configs)
+            job = service.submit([p for p in prompts for _ in range(req.n)], configs)
         except Overloaded as e:
             raise APIError(503, f"server busy: {e}; retry later", type_="server_error", code="overloaded",
                            headers={"Retry-After": str(limits.retry_after)}) from None
@@ -151,8 +195,11 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
         logprobs = None
         want_lp = req.logprobs if chat else req.logprobs is not None
         if want_lp or (not chat and req.echo):
-            logprobs = await asyncio.to_thread(_logprobs, model, req, prompt, comps, chat)
-        return _response(rid, chat, service.name, prompt, comps, req, logprobs)
+            logprobs = []
+            for i, prompt in enumerate(prompts):
+                mine = comps[i * req.n : (i + 1) * req.n]
+                logprobs += await asyncio.to_thread(_logprobs, model, req, prompt, mine, chat)
+        return _response(rid, chat, service.name, prompts, comps, req, logprobs)
 
     async def _sse(job, rid: str, chat: bool, n: int, include_usage: bool):
         created = int(time.time())
@@ -182,12 +229,57 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
                 yield _sse_data({"id": rid, "object": obj, "created": created, "model": service.name, "choices": [ch]})
             if include_usage and finals:
                 yield _sse_data({"id": rid, "object": obj, "created": created, "model": service.name, "choices": [],
-                                 "usage": _usage(list(finals.values()))})
+                                 "usage": _usage([finals[k] for k in sorted(finals)], n)})
             yield "data: [DONE]\n\n"
         finally:  # the client went away, or the stream ended: stop generating for it
             job.cancel()
 
     return app
+
+
+def _tokens(model: Any, prompt: Any, add_special: bool) -> list[int]:
+    """The ids the served model reads for ``prompt``: a chat as the route prepares it for the model under it
+    (template, in-context preamble; a rewriter stage runs), then that model's own tokenisation; text as given."""
+    from alignkit.methods.base import MethodModel
+
+    try:
+        if isinstance(prompt, str):
+            ids = list(model.encode(prompt))
+            bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+            return ([bos] + ids) if add_special and bos is not None and (not ids or ids[0] != bos) else ids
+        inner = model
+        while isinstance(inner, MethodModel):
+            prompt = inner.prepare_batch([prompt], [GenerationConfig()])[0].prompt
+            inner = inner.base
+        if not hasattr(inner, "encode_prompt"):
+            raise APIError(400, "this model cannot tokenize here (no local tokenizer)")
+        return list(inner.encode_prompt(prompt))
+    except AlignkitError as e:
+        raise APIError(400, str(e)) from None
+
+
+def _declare_bodies(app: FastAPI, bodies: dict[str, Any]) -> None:
+    """The routes parse their bodies themselves (OpenAI-style 400s, a size limit before parsing); this declares
+    each request body's JSON schema in the OpenAPI document, so generated clients and API fuzzers see them."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for path, cls in bodies.items():
+            schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[cls.__name__] = schema
+            op = doc["paths"][path]["post"]
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{cls.__name__}"}}}}
+            op.setdefault("responses", {})["400"] = {"description": "invalid request (OpenAI-style error body)"}
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _sse_data(obj: dict[str, Any]) -> str:
@@ -234,14 +326,33 @@ def _count(model: Any, prompt: Any, max_tokens: int) -> int | None:
         raise APIError(400, str(e)) from None
 
 
-def _usage(comps) -> dict[str, int]:
-    """Token usage of a response; for a route, every stage's tokens added up (rewriter, model, corrector)."""
+def _usage(comps, n: int = 1) -> dict[str, int]:
+    """Token usage of a response: each prompt's tokens once (its ``n`` choices share it), every choice's tokens;
+    for a route, every stage's tokens added up (rewriter, model, corrector)."""
     from alignkit.methods.routes import usage
 
     each = [usage(x) for x in comps]
-    p = each[0]["prompt_tokens"] if each else 0
+    p = sum(u["prompt_tokens"] for u in each[::n]) if each else 0
     c = sum(u["completion_tokens"] for u in each)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _from_ids(model: Any, ids: list[int]) -> str:
+    """A token-id prompt as the text it stands for -- only when that text tokenises back to the same ids (so the
+    model sees exactly the tokens sent); a leading BOS is dropped (the model adds its own)."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None or not hasattr(model, "encode"):
+        raise APIError(400, "token-id prompts need a local model with a tokenizer; send text", param="prompt")
+    bos = getattr(tok, "bos_token_id", None)
+    body = ids[1:] if bos is not None and ids and ids[0] == bos else list(ids)
+    vocab = len(tok) if hasattr(tok, "__len__") else None
+    if vocab and any(t >= vocab for t in body):
+        raise APIError(400, f"token id out of range (the vocabulary has {vocab} tokens)", param="prompt")
+    text = tok.decode(body, skip_special_tokens=False)
+    if list(model.encode(text)) != body:
+        raise APIError(400, "these token ids are not how this model's tokenizer writes their text, so the model "
+                       "would see other tokens; send the text instead", param="prompt")
+    return text
 
 
 def _logprobs(model: Any, req: Any, prompt: Any, comps, chat: bool) -> list[Any]:
@@ -286,17 +397,18 @@ def _piece_fn(model: Any):
     return lambda t: tok.convert_tokens_to_string([t])
 
 
-def _response(rid: str, chat: bool, name: str, prompt: Any, comps, req: Any, logprobs) -> dict[str, Any]:
+def _response(rid: str, chat: bool, name: str, prompts: list[Any], comps, req: Any, logprobs) -> dict[str, Any]:
     created = int(time.time())
     if chat:
         choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
                     "logprobs": logprobs[i] if logprobs else None} for i, c in enumerate(comps)]
         return {"id": rid, "object": "chat.completion", "created": created, "model": name, "choices": choices,
-                "usage": _usage(comps)}
-    choices = [{"index": i, "text": (prompt + c.text) if req.echo else c.text, "finish_reason": c.finish_reason,
-                "logprobs": logprobs[i] if logprobs else None} for i, c in enumerate(comps)]
+                "usage": _usage(comps, req.n)}
+    choices = [{"index": i, "text": (prompts[i // req.n] + c.text) if req.echo else c.text,
+                "finish_reason": c.finish_reason, "logprobs": logprobs[i] if logprobs else None}
+               for i, c in enumerate(comps)]
     return {"id": rid, "object": "text_completion", "created": created, "model": name, "choices": choices,
-            "usage": _usage(comps)}
+            "usage": _usage(comps, req.n)}
 
 
 def _safe_info(model: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ Unknown fields are accepted and ignored (clients send many), except features thi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -55,8 +55,32 @@ class _Request(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] = Field(
+        description="the text, or content parts: text parts are joined; images, audio and files are refused")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, v):
+        if isinstance(v, list):
+            for part in v:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise ValueError(f"content parts of type {kind!r} are not supported by this server (text only)")
+                if not isinstance(part.get("text"), str):
+                    raise ValueError("a text content part needs its text (a string)")
+        return v
+
+    @property
+    def text(self) -> str:
+        """The message as text: text parts joined by newlines (as vLLM does)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p["text"] for p in self.content)
+
+    @property
+    def alignkit_role(self) -> str:
+        return "system" if self.role == "developer" else self.role  # developer: the newer name of system
 
 
 class ChatCompletionRequest(_Request):
@@ -73,17 +97,58 @@ class ChatCompletionRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str]
+    """``prompt`` is a string, a list of strings, a list of token ids, or a list of lists of token ids (OpenAI's
+    four forms); ``prompts`` is it as a list, one entry (text or token ids) per prompt."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v):
+    def _prompts(cls, v):
         if isinstance(v, list):
-            if len(v) != 1 or not isinstance(v[0], str):
-                raise ValueError("give one prompt (a string); batch prompts by sending requests concurrently")
-            v = v[0]
-        if not v:
+            if not v:
+                raise ValueError("prompt must not be an empty list")
+            if all(isinstance(x, int) for x in v) and any(x < 0 for x in v):
+                raise ValueError("token ids must be >= 0")
+            if any(isinstance(x, list) and (not x or any(t < 0 for t in x)) for x in v):
+                raise ValueError("each token-id prompt must be a non-empty list of ids >= 0")
+            if any(isinstance(x, str) and not x for x in v):
+                raise ValueError("prompts must not be empty")
+        elif not v:
             raise ValueError("prompt must not be empty")
         return v
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        v = self.prompt
+        if isinstance(v, str):
+            return [v]
+        if all(isinstance(x, int) for x in v):
+            return [list(v)]  # type: ignore[list-item]
+        return list(v)  # type: ignore[arg-type]
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's ``/tokenize``: a completion prompt, or chat messages (rendered as the served route renders them)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        return self
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    tokens: list[int] = Field(min_length=0)
