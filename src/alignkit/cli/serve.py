@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from alignkit.cli._common import open_model
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
@@ -30,6 +31,11 @@ class ServeJob:
     max_n: int = field(default=4, metadata={"min": 1, "help": "largest n (choices per request)"})
     max_body_bytes: int = field(default=1 << 20, metadata={"min": 1, "help": "largest request body"})
     log_prompts: bool = field(default=False, metadata={"help": "log prompts (off: prompts and keys are never logged)"})
+    route: tuple[str, ...] = field(default=(), metadata={
+        "help": "serve several routes from one process: NAME=KEY=VALUE,KEY=VALUE,... with model= (default --model) "
+                "and any alignment-method option, e.g. urial=method=urial,template=urial-k3 or "
+                "mix=model=runs/dpo,method=dera,ref=runs/sft,lam=0.5; a request's 'model' picks the route; routes "
+                "on the same model spec share one loaded copy (in a config file: route: [..])"})
 
 
 def add_parser(sub) -> None:
@@ -57,18 +63,64 @@ def run(args: argparse.Namespace) -> int:
     file_values.setdefault("method", "auto")
     method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
-    model = open_model(job.model, options, method)
-    name = job.name or f"{model.method}:{job.model}"
-    service = Service(model, name, max_batch=job.max_batch, max_queue=job.max_queue)
+    if job.route:
+        services = [Service(model, name, max_batch=job.max_batch, max_queue=job.max_queue)
+                    for name, model in open_routes(job.route, job.model, options)]
+        name = ", ".join(s.name for s in services)
+    else:
+        model = open_model(job.model, options, method)
+        name = job.name or f"{model.method}:{job.model}"
+        services = [Service(model, name, max_batch=job.max_batch, max_queue=job.max_queue)]
     limits = Limits(max_tokens=job.max_tokens, default_max_tokens=job.default_max_tokens, max_n=job.max_n,
                     max_body_bytes=job.max_body_bytes)
     api_key = job.api_key or os.environ.get("ALIGNKIT_API_KEY") or None
     if job.log_prompts:
         logging.getLogger("alignkit.server").setLevel(logging.INFO)
-    app = build_app(service, api_key=api_key, limits=limits, log_prompts=job.log_prompts)
+    app = build_app(services, api_key=api_key, limits=limits, log_prompts=job.log_prompts)
     if job.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print("alignkit serve: warning: listening beyond localhost without --api-key", file=sys.stderr)
     print(f"alignkit serve: {name} on http://{job.host}:{job.port}/v1" + (" (API key required)" if api_key else ""),
           file=sys.stderr)
     uvicorn.run(app, host=job.host, port=job.port, log_level="warning", timeout_graceful_shutdown=30)
     return 0
+
+
+def parse_route(text: str) -> tuple[str, str | None, dict[str, Any]]:
+    """``NAME=KEY=VALUE,KEY=VALUE`` -> (name, model spec or None, method options), values read as YAML scalars
+    and checked against the option they set."""
+    import yaml
+
+    from alignkit.errors import InputError
+    from alignkit.validate import check_mapping
+
+    name, sep, rest = text.partition("=")
+    if not sep or not name.strip():
+        raise InputError(f"--route {text!r}: write NAME=KEY=VALUE,KEY=VALUE (e.g. urial=method=urial)")
+    values: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise InputError(f"--route {name}: {item!r} is not KEY=VALUE")
+        values[key.strip().replace("-", "_")] = yaml.safe_load(value) if value.strip() else None
+    model = values.pop("model", None)
+    if model is not None and not isinstance(model, str):
+        model = str(model)
+    values.setdefault("method", "auto")
+    return name.strip(), model, check_mapping(MethodOptions, values, what=f"--route {name}")
+
+
+def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptions) -> list[tuple[str, Any]]:
+    """Every route of ``--route``, all loaded through one pool: a model spec several routes use is loaded once, and
+    an adapter folder is a view of its base already loaded (one copy of the weights, adapters switched per call)."""
+    from alignkit.errors import InputError
+    from alignkit.methods import apply_method
+    from alignkit.models.registry import SharedPool
+
+    parsed = [parse_route(r) for r in routes]  # every route checked before anything loads
+    names = [n for n, _, _ in parsed]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"--route: the name(s) {', '.join(dupes)} are used twice")
+    pool = SharedPool(options)
+    return [(name, apply_method(pool(model or default_model), MethodOptions(**values), pool))
+            for name, model, values in parsed]

@@ -108,6 +108,61 @@ class HFModel:
             min_prefix=min_prefix_tokens,
         )
 
+    # ------------------------------------------------------------------ LoRA adapters sharing these weights
+    _peft: Any = None  # the PeftModel holding every adapter attached to these weights (shared by the views)
+    _adapter_name: str | None = None  # the adapter this view switches on (None: none, the base itself)
+
+    def adapter_view(self, folder: str, *, spec: str | None = None) -> HFModel:
+        """Another model on these same weights, with the LoRA adapter in ``folder`` switched on for its calls
+        (PEFT multi-adapter): no second copy of the weights. Every view of these weights (and this model itself)
+        switches its adapter on -- or all adapters off -- before each forward pass, under one lock, so routes can
+        interleave, even step by step (DeRa between two adapters); each view keeps its own prefix store."""
+        path = check_adapter_folder(folder)
+        tok_source = adapter_tokenizer_source(folder)
+        tokenizer = self.tokenizer
+        if tok_source:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tok_source)
+            if len(tokenizer) != len(self.tokenizer) or tokenizer.get_vocab() != self.tokenizer.get_vocab():
+                raise ModelLoadError(f"adapter {folder!r} brings another vocabulary; it cannot share the weights of "
+                                     f"{self.spec!r} (load it on its own)")
+        from peft import PeftModel
+
+        with self._lock:
+            if self._peft is None and hasattr(self.model, "peft_config"):
+                raise ModelLoadError(f"{self.spec!r} already carries an adapter; views go on a plain base model")
+            count = len(self._peft.peft_config) if self._peft is not None else 0
+            name = f"view{count}"
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                    self._peft.eval()
+                    self.engine.activate = self._activate
+                else:
+                    self._peft.load_adapter(str(path), adapter_name=name)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise ModelLoadError(f"could not attach adapter {folder!r}: {str(e).splitlines()[0]}") from e
+            view = HFModel(self.model, tokenizer, spec=spec or folder,
+                           source={**self.source, "adapter": str(folder), "shared_with": self.spec},
+                           min_prefix_tokens=self.engine.min_prefix, score_batch_size=self.score_batch_size,
+                           score_chunk=self.score_chunk)
+            view._lock, view._peft, view._adapter_name = self._lock, self._peft, name
+            view.engine.activate = view._activate
+            view.trained_format = trained_format(folder)
+            self._activate()
+            return view
+
+    def _activate(self) -> None:
+        """Switch this view's adapter on (or every adapter off, for the base); called before each forward."""
+        lora = self._peft.base_model
+        if self._adapter_name is None:
+            lora.disable_adapter_layers()
+        else:
+            lora.enable_adapter_layers()
+            if lora.active_adapters != [self._adapter_name]:
+                lora.set_adapter(self._adapter_name)
+
     # ------------------------------------------------------------------ the public stepper protocol
     max_stepper_rows: int | None = None  # batched: one stepper holds any number of rows
 
@@ -214,6 +269,8 @@ class HFModel:
 
     # ------------------------------------------------------------------ scoring
     def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.engine.activate is not None:
+            self.engine.activate()
         out = self.engine.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
         return out.last_hidden_state
 

@@ -193,11 +193,15 @@ class DecodeEngine(TokenLoop):
         self.pad_id = pad_id
         self.min_prefix = min_prefix
         self.store = PrefixStore()
+        self.activate: Callable[[], None] | None = None
+        """Called before every forward pass (weights shared by several adapter views: switch this one's on)."""
         self.windows = layer_windows(model.config)
         self.device = next(model.parameters()).device
 
     # ------------------------------------------------------------------ prefill
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache):
+        if self.activate is not None:
+            self.activate()
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -228,6 +232,8 @@ class DecodeEngine(TokenLoop):
             self.store.hits += 1
             return have, self.store.get_for(rows, have)
         self.store.misses += 1
+        if self.activate is not None:
+            self.activate()
         ids = torch.tensor([list(rows[0][:common])], dtype=torch.long)
         cache = new_cache(self.windows)
         with torch.no_grad():  # the decoder trunk only: the prefix needs key/values, not logits
@@ -252,6 +258,8 @@ class DecodeEngine(TokenLoop):
             mask[i, plen : plen + lens[i]] = 1
         pos = torch.arange(plen, plen + smax).unsqueeze(0).expand(b, -1)
         cache = cache_from_layers([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv], smax, self.windows)
+        if self.activate is not None:
+            self.activate()
         hidden = self.decoder(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),

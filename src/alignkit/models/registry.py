@@ -186,3 +186,22 @@ class ModelPool:
         for m in self.models.values():
             m.close()
         self.models.clear()
+
+
+class SharedPool(ModelPool):
+    """A :class:`ModelPool` in which an adapter folder on the transformers backend does not load its base again:
+    it becomes a view of the base already in the pool (or loaded now), with its LoRA adapter switched on for its
+    own calls (PEFT multi-adapter). One copy of the weights serves the base and all its adapters -- what a server
+    with several routes wants (``alignkit serve --route``)."""
+
+    def __call__(self, spec: str) -> Any:
+        if spec in self.models:
+            return self.models[spec]
+        resolved = resolve(spec)
+        if (resolved.backend == "hf" and resolved.kind == "adapter" and not self.options.adapter
+                and not self.options.merge_adapter):
+            base = self(adapter_base(resolved.target))
+            if hasattr(base, "adapter_view"):
+                self.models[spec] = base.adapter_view(resolved.target, spec=spec)
+                return self.models[spec]
+        return super().__call__(spec)

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,17 +56,41 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
-def build_app(service: Service, *, api_key: str | None = None, limits: Limits = Limits(),
+def build_app(services: Service | Sequence[Service], *, api_key: str | None = None, limits: Limits = Limits(),
               log_prompts: bool = False) -> FastAPI:
+    """The API of one route (a :class:`Service`) or of several: a request's ``model`` field picks the route by
+    its name (with one route, any name is that route)."""
+    routes: dict[str, Service] = {}
+    for svc in [services] if isinstance(services, Service) else list(services):
+        if svc.name in routes:
+            raise ValueError(f"two routes are named {svc.name!r}")
+        routes[svc.name] = svc
+    if not routes:
+        raise ValueError("no route to serve")
+
+    def pick(name: str | None) -> tuple[Service, Any]:
+        if len(routes) == 1:
+            svc = next(iter(routes.values()))
+        elif name is None:
+            raise APIError(400, f"this server has several routes; name one in 'model': {', '.join(routes)}",
+                           param="model")
+        elif name not in routes:
+            raise APIError(404, f"no route {name!r} here; the routes are {', '.join(routes)}", param="model",
+                           code="model_not_found")
+        else:
+            svc = routes[name]
+        return svc, svc.model
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        service.start()
+        for svc in routes.values():
+            svc.start()
         yield
-        await asyncio.to_thread(service.stop)  # running batches finish; queued requests get 503
+        for svc in routes.values():  # running batches finish; queued requests get 503
+            await asyncio.to_thread(svc.stop)
 
     app = FastAPI(title="alignkit", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan,
-                  description="OpenAI-compatible API of an alignkit model or alignment method.")
-    model = service.model
+                  description="OpenAI-compatible API of alignkit models and alignment methods (one per route).")
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -88,27 +113,32 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok" if service.accepting else "shutting down", "model": service.name,
-                "stats": service.stats.__dict__}
+        accepting = all(svc.accepting for svc in routes.values())
+        first = next(iter(routes.values()))
+        return {"status": "ok" if accepting else "shutting down", "model": first.name,
+                "routes": {name: svc.stats.__dict__ for name, svc in routes.items()}, "stats": first.stats.__dict__,
+                "memory": _memory(routes)}
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": service.name, "object": "model", "created": 0,
-                                            "owned_by": "alignkit", "info": _safe_info(model)}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "alignkit",
+                                            "info": _safe_info(svc.model)} for name, svc in routes.items()]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         req = await _parse(request, ChatCompletionRequest, limits)
+        service, model = pick(req.model)
         msgs = [Message(m.alignkit_role, m.text) for m in req.messages]
         if req.stream and req.logprobs:
             raise APIError(400, "logprobs are available without streaming only", param="logprobs")
         if log_prompts:
             log.info("chat request: %s", json.dumps([m.to_dict() for m in msgs], ensure_ascii=False))
-        return await _complete(request, req, [msgs], chat=True)
+        return await _complete(service, req, [msgs], chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = await _parse(request, CompletionRequest, limits)
+        service, model = pick(req.model)
         if req.stream and (req.logprobs or req.echo):
             raise APIError(400, "logprobs and echo are available without streaming only", param="stream")
         if len(req.prompts) > limits.max_prompts:
@@ -117,13 +147,14 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
         prompts = [p if isinstance(p, str) else await asyncio.to_thread(_from_ids, model, p) for p in req.prompts]
         if log_prompts:
             log.info("completion request: %r", prompts)
-        return await _complete(request, req, prompts, chat=False)
+        return await _complete(service, req, prompts, chat=False)
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
         """vLLM's shape: ``{count, max_model_len, tokens}`` -- a chat is tokenised as the served route renders it
         (template, in-context preamble and all), so ``count`` is what the model will read."""
         req = await _parse(request, TokenizeRequest, limits)
+        _, model = pick(req.model)
         if not hasattr(model, "render") or not hasattr(model, "encode"):
             raise APIError(400, "this model cannot tokenize here (no local tokenizer)")
         if req.messages is not None:
@@ -136,6 +167,7 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
     @app.post("/detokenize")
     async def detokenize(request: Request):
         req = await _parse(request, DetokenizeRequest, limits)
+        _, model = pick(req.model)
         tok = getattr(model, "tokenizer", None)
         if tok is None:
             raise APIError(400, "this model cannot detokenize here (no local tokenizer)")
@@ -147,8 +179,9 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
     _declare_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
                           "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest})
 
-    async def _complete(request: Request, req: Any, prompts: list[Any], *, chat: bool):
+    async def _complete(service: Service, req: Any, prompts: list[Any], *, chat: bool):
         """Generate ``n`` choices for each prompt in one job; choice ``i * n + j`` is prompt i's j-th."""
+        model = service.model
         max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
         if max_tokens > limits.max_tokens:
             raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens}",
@@ -182,7 +215,8 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
         if req.stream:
             opts = (req.model_extra or {}).get("stream_options") or {}
             include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-            return StreamingResponse(_sse(job, rid, chat, req.n, include_usage), media_type="text/event-stream")
+            return StreamingResponse(_sse(service, job, rid, chat, req.n, include_usage),
+                                     media_type="text/event-stream")
         try:
             comps = await collect(job)
         except asyncio.CancelledError:
@@ -201,7 +235,7 @@ def build_app(service: Service, *, api_key: str | None = None, limits: Limits = 
                 logprobs += await asyncio.to_thread(_logprobs, model, req, prompt, mine, chat)
         return _response(rid, chat, service.name, prompts, comps, req, logprobs)
 
-    async def _sse(job, rid: str, chat: bool, n: int, include_usage: bool):
+    async def _sse(service: Service, job, rid: str, chat: bool, n: int, include_usage: bool):
         created = int(time.time())
         obj = "chat.completion.chunk" if chat else "text_completion"
         started: set[int] = set()
@@ -280,6 +314,33 @@ def _declare_bodies(app: FastAPI, bodies: dict[str, Any]) -> None:
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _memory(routes: dict[str, Service]) -> dict[str, Any]:
+    """What the routes hold in memory: each set of loaded weights once, with every model spec that uses it (routes
+    on the same base and its adapters share one), and the process's peak resident set size."""
+    import resource
+
+    weights: dict[int, dict[str, Any]] = {}
+
+    def walk(m: Any, depth: int = 0) -> None:
+        inner = [getattr(m, a, None) for a in ("base", "upstream", "corrector", "rewriter", "ref", "aligned")]
+        inner = [x for x in inner if x is not None and x is not m and hasattr(x, "spec")]
+        if not inner:  # a backend model
+            torch_model = getattr(m, "model", None)
+            count = getattr(torch_model, "num_parameters", None)
+            entry = weights.setdefault(id(torch_model if torch_model is not None else m), {
+                "backend": getattr(m, "backend", None), "specs": [],
+                "parameters": count() if callable(count) else None})
+            if m.spec not in entry["specs"]:
+                entry["specs"].append(m.spec)
+        for x in inner if depth < 16 else ():
+            walk(x, depth + 1)
+
+    for svc in routes.values():
+        walk(svc.model)
+    return {"loaded_weights": list(weights.values()),
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def _sse_data(obj: dict[str, Any]) -> str:
