@@ -6,7 +6,7 @@ Unknown fields are accepted and ignored (clients send many), except features thi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,7 +24,7 @@ class _Request(BaseModel):
     top_k: int = Field(default=0, ge=0)
     repetition_penalty: float | None = Field(default=None, gt=0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     n: int = Field(default=1, ge=1)
     stream: bool = False
     user: str | None = None
@@ -137,7 +137,7 @@ class TokenizeRequest(BaseModel):
 
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_special_tokens: bool = True
 
     @model_validator(mode="after")
@@ -151,4 +151,4 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    tokens: list[int] = Field(min_length=0)
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(min_length=0)
