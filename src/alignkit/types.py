@@ -39,9 +39,13 @@ Prompt = str | Sequence[Message]
 FinishReason = Literal["stop", "length"]
 
 
+#: the range of repetition penalties (outside it logits overflow or vanish); temperatures below the minimum are greedy
+MIN_PENALTY, MAX_PENALTY, MIN_TEMPERATURE = 0.01, 100.0, 1e-5
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Decoding parameters of one request. ``temperature == 0`` means greedy decoding."""
+    """Decoding parameters of one request. ``temperature == 0`` (below 1e-5) means greedy decoding."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -65,12 +69,14 @@ class GenerationConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if not (MIN_PENALTY <= self.repetition_penalty <= MAX_PENALTY):
+            raise ValueError(f"repetition_penalty must be between {MIN_PENALTY} and {MAX_PENALTY} (1: off), got "
+                             f"{self.repetition_penalty!r}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperatures below 1e-5 decode greedily (as vLLM does): dividing logits by them overflows."""
+        return self.temperature < MIN_TEMPERATURE
 
     def to_dict(self) -> dict[str, Any]:
         return {

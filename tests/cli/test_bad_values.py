@@ -53,7 +53,7 @@ COMMANDS = {
 BAD = {
     "generate": [("--max-new-tokens", "0", ">= 1"), ("--temperature", "-1", ">= 0"), ("--batch-size", "0", ">= 1"),
                  ("--batch-size", "-1", ">= 1"), ("--top-p", "1.5", "<= 1"), ("--top-p", "0", "> 0"),
-                 ("--top-k", "-3", ">= 0"), ("--repetition-penalty", "0", "> 0"), ("--temperature", "nan", ">= 0"),
+                 ("--top-k", "-3", ">= 0"), ("--repetition-penalty", "0", ">= 0.01"), ("--repetition-penalty", "1e-300", ">= 0.01"), ("--temperature", "nan", ">= 0"),
                  ("--k", "-1", ">= 0"), ("--lam", "-0.5", ">= 0"), ("--concurrency", "0", ">= 1"),
                  ("--timeout", "0", "> 0"), ("--n-ctx", "0", ">= 1"), ("--n", "0", ">= 1"),
                  ("--sample-temperature", "0", "> 0")],

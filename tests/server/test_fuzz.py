@@ -51,4 +51,11 @@ def test_no_request_from_the_openapi_document_gets_a_5xx(fuzzed):
         run(path)
     assert not failures, "\n".join(failures[:10])
     assert set(seen) == set(paths)
-    assert all(any(s < 300 for s in codes) for codes in seen.values()), seen  # valid requests were generated too
+    # and the server still answers valid requests on every path after all that
+    import httpx
+
+    valid = {"/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+             "/v1/completions": {"prompt": ["Hi", "Ho"], "max_tokens": 2},
+             "/tokenize": {"prompt": "Hi"}, "/detokenize": {"tokens": [5, 6]}}
+    for path, body in valid.items():
+        assert httpx.post(root + path, json=body, timeout=60).status_code == 200, path

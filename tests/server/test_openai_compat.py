@@ -149,3 +149,13 @@ def test_langchain_openai_invoke_stream_and_batch(chat_server, raw_server):
                     max_retries=0)
     got = llm.batch(PROMPTS)  # langchain sends both prompts in one request (a prompt list)
     assert got == [raw_server.model.generate([p], GenerationConfig(max_new_tokens=5))[0].text for p in PROMPTS]
+
+
+def test_a_vanishing_temperature_is_greedy(raw_server):
+    """Dividing logits by 1e-30 would overflow: temperatures below 1e-5 decode greedily (as vLLM does)."""
+    tiny_t = raw_server.client.completions.create(model="raw", prompt=PROMPTS[0], max_tokens=6, temperature=1e-30)
+    greedy = raw_server.client.completions.create(model="raw", prompt=PROMPTS[0], max_tokens=6, temperature=0)
+    assert tiny_t.choices[0].text == greedy.choices[0].text
+    with pytest.raises(openai.BadRequestError, match="repetition_penalty"):
+        raw_server.client.completions.create(model="raw", prompt=PROMPTS[0], max_tokens=2,
+                                             extra_body={"repetition_penalty": 1e-300})

@@ -19,7 +19,7 @@ class Decoding:
     temperature: float = field(default=0.0, metadata={"min": 0, "help": "sampling temperature; 0 is greedy"})
     top_p: float = field(default=1.0, metadata={"gt": 0, "max": 1, "help": "nucleus sampling threshold"})
     top_k: int = field(default=0, metadata={"min": 0, "help": "sample from the k most likely tokens (0: off)"})
-    repetition_penalty: float | None = field(default=None, metadata={"gt": 0,
+    repetition_penalty: float | None = field(default=None, metadata={"min": 0.01, "max": 100,
         "help": "penalty for repeating tokens of the answer so far (1: off; default: the method's recommendation, "
                 "1.15 for urial, else 1.0)"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})

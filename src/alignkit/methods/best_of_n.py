@@ -30,7 +30,7 @@ DEFAULT_SAMPLE_TEMPERATURE = 0.8
 def candidate_configs(config: GenerationConfig, n: int, sample_temperature: float) -> list[GenerationConfig]:
     """The N sampling configs of one request: its own temperature (or ``sample_temperature`` if it asked for
     greedy decoding), seeds ``seed .. seed + n - 1`` when it has a seed."""
-    temp = config.temperature if config.temperature > 0 else sample_temperature
+    temp = sample_temperature if config.greedy else config.temperature
     return [replace(config, temperature=temp, seed=None if config.seed is None else config.seed + j)
             for j in range(n)]
 
