@@ -230,9 +230,11 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         want_lp = req.logprobs if chat else req.logprobs is not None
         if want_lp or (not chat and req.echo):
             logprobs = []
+            sent = None if chat else req.prompts
             for i, prompt in enumerate(prompts):
                 mine = comps[i * req.n : (i + 1) * req.n]
-                logprobs += await asyncio.to_thread(_logprobs, model, req, prompt, mine, chat)
+                ids = _strip_bos(model, sent[i]) if sent is not None and not isinstance(sent[i], str) else None
+                logprobs += await asyncio.to_thread(_logprobs, model, req, prompt, mine, chat, ids)
         return _response(rid, chat, service.name, prompts, comps, req, logprobs)
 
     async def _sse(service: Service, job, rid: str, chat: bool, n: int, include_usage: bool):
@@ -398,6 +400,11 @@ def _usage(comps, n: int = 1) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
+def _strip_bos(model: Any, ids: list[int]) -> list[int]:
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    return list(ids[1:]) if bos is not None and ids and ids[0] == bos else list(ids)
+
+
 def _from_ids(model: Any, ids: list[int]) -> str:
     """A token-id prompt as the text it stands for -- only when that text tokenises back to the same ids (so the
     model sees exactly the tokens sent); a leading BOS is dropped (the model adds its own)."""
@@ -416,7 +423,7 @@ def _from_ids(model: Any, ids: list[int]) -> str:
     return text
 
 
-def _logprobs(model: Any, req: Any, prompt: Any, comps, chat: bool) -> list[Any]:
+def _logprobs(model: Any, req: Any, prompt: Any, comps, chat: bool, prompt_ids: list[int] | None = None) -> list[Any]:
     """Per-choice log-probabilities of the returned text, from a teacher-forced pass of the same model."""
     k = (req.top_logprobs or 0) if chat else (req.logprobs or 0)
     if not model.capabilities.topk_logprobs and not model.capabilities.full_vocab_logits:
@@ -425,8 +432,10 @@ def _logprobs(model: Any, req: Any, prompt: Any, comps, chat: bool) -> list[Any]
         raise APIError(400, "echo with logprobs needs a server started with --method none", param="echo")
     out = []
     for c in comps:
-        if not chat and req.echo:  # the prompt's own tokens too, each given what precedes it
-            sc = model.score([""], [prompt + c.text], top_k=max(k, 1))[0]
+        if not chat and req.echo:  # the prompt's own tokens too, each given what precedes it (and BOS)
+            # token ids, not text: the prompt's tokens then the generated ones, never re-tokenised across the seam
+            ids = list(prompt_ids) if prompt_ids is not None else list(model.encode(prompt))
+            sc = model.score([""], [ids + list(c.token_ids or model.encode(c.text))], top_k=max(k, 1))[0]
         else:
             sc = model.score([prompt], [c.text], top_k=max(k, 1))[0]
         piece = _piece_fn(model)
