@@ -159,3 +159,11 @@ def test_a_vanishing_temperature_is_greedy(raw_server):
     with pytest.raises(openai.BadRequestError, match="repetition_penalty"):
         raw_server.client.completions.create(model="raw", prompt=PROMPTS[0], max_tokens=2,
                                              extra_body={"repetition_penalty": 1e-300})
+
+
+@pytest.mark.parametrize("field, value", [("response_format", {"type": "json_object"}),
+                                          ("guided_json", {"type": "object"}), ("guided_choice", ["a", "b"]),
+                                          ("guided_regex", "[a-z]+")])
+def test_structured_output_is_refused_by_name_not_ignored(raw_server, field, value):
+    with pytest.raises(openai.BadRequestError, match=field):
+        raw_server.client.completions.create(model="raw", prompt="Hi", max_tokens=2, extra_body={field: value})

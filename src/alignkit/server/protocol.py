@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias")
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias", "guided_json",
+               "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
 
 
 class _Request(BaseModel):
