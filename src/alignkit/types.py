@@ -54,6 +54,8 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    constraint: Any = None
+    """Structured output (:class:`alignkit.structured.Constraint`): what the completion must match, or None."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str) or not isinstance(self.stop, (tuple, list)):
@@ -87,6 +89,7 @@ class GenerationConfig:
             "repetition_penalty": self.repetition_penalty,
             "seed": self.seed,
             "stop": list(self.stop),
+            **({"constraint": self.constraint.to_dict()} if self.constraint is not None else {}),
         }
 
 

@@ -202,6 +202,13 @@ class SteppingModel(Protocol):
 # ----------------------------------------------------------------------------- helpers for backends
 
 
+def refuse_constraints(configs: Sequence[GenerationConfig], backend: str) -> None:
+    """Backends that do not run alignkit's token loop cannot enforce structured output: say so, never ignore it."""
+    if any(c.constraint is not None for c in configs):
+        raise CapabilityError(f"structured output (a constraint on the completion) is enforced in alignkit's token "
+                              f"loop on the hf backend; the {backend} backend cannot enforce it")
+
+
 def configs_for(
     n: int, config: GenerationConfig | Sequence[GenerationConfig] | None
 ) -> list[GenerationConfig]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers.generation.logits_process import (
@@ -49,6 +50,7 @@ class _Row:
     emitted: int = 0
     finish: str | None = None
     stop: str | None = None
+    guide: Any = None  # structured output: the row's constraint state (alignkit.structured.Guide)
 
 
 def _processors(cfg: GenerationConfig) -> LogitsProcessorList:
@@ -76,7 +78,13 @@ class TokenLoop:
         self.decode = decode
         self.context_length = context_length
 
+    #: set by a backend that can enforce structured output: its transformers tokenizer and vocabulary size
+    grammar_tokenizer: Any = None
+    grammar_vocab: int = 0
+
     def _select(self, row: _Row, logits: torch.Tensor) -> int:
+        if row.guide is not None:  # structured output: only tokens that keep the output valid
+            logits = row.guide.mask(logits)
         scores = logits.unsqueeze(0)
         if len(row.processors):
             # the repetition penalty looks at the answer so far, not the prompt: a prompt full of examples
@@ -95,6 +103,8 @@ class TokenLoop:
         """Add a token to a row, update its text and finish state; return the text to emit."""
         row.gen.append(token)
         cfg = row.config
+        if row.guide is not None and token not in self.eos_ids:
+            row.guide.accept(token)
         if token in self.eos_ids:
             row.finish = "stop"
             row.text = self.decode(row.gen[:-1])
@@ -105,6 +115,8 @@ class TokenLoop:
             hit = find_stop(row.text, cfg.stop, max(0, min(prev_len, row.emitted) - longest))
             if hit is not None:
                 row.text, row.stop, row.finish = row.text[: hit[0]], hit[1], "stop"
+            elif row.guide is not None and row.guide.done:
+                row.finish = "stop"  # the constrained output is complete
             elif len(row.gen) >= cfg.max_new_tokens:
                 row.finish = "length"
             elif self.context_length and len(row.prompt_ids) + len(row.gen) >= self.context_length:
@@ -134,8 +146,20 @@ class TokenLoop:
             if not cfg.greedy:
                 gen = torch.Generator(device="cpu")
                 gen.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,))))
-            rows.append(_Row(i, list(ids), cfg, gen, _processors(cfg)))
+            row = _Row(i, list(ids), cfg, gen, _processors(cfg))
+            if cfg.constraint is not None:
+                row.guide = self._guide(cfg.constraint)
+            rows.append(row)
         return rows
+
+    def _guide(self, constraint: Any) -> Any:
+        from alignkit.errors import CapabilityError
+        from alignkit.structured import Guide, ll_tokenizer
+
+        if self.grammar_tokenizer is None:
+            raise CapabilityError("structured output needs a transformers tokenizer on this backend (the hf backend "
+                                  "has one)")
+        return Guide(constraint, ll_tokenizer(self.grammar_tokenizer, self.grammar_vocab), self.grammar_vocab)
 
     @torch.no_grad()
     def loop(

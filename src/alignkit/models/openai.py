@@ -23,6 +23,7 @@ from alignkit.models.base import (
     PositionReducer,
     configs_for,
     find_stop,
+    refuse_constraints,
     stream_safe_length,
 )
 from alignkit.models.registry import ModelOptions, ResolvedSpec
@@ -183,6 +184,7 @@ class OpenAIModel:
         """``response_format`` (e.g. ``{"type": "json_object"}``) is passed to chat requests where the server
         offers structured output."""
         configs = configs_for(len(prompts), config)
+        refuse_constraints(configs, "openai")
         futures = [self._pool.submit(self._one, p, c, response_format) for p, c in zip(prompts, configs)]
         return [f.result() for f in futures]
 
@@ -230,6 +232,7 @@ class OpenAIModel:
         should_stop=None,
     ) -> Iterator[StreamEvent]:
         configs = configs_for(len(prompts), config)
+        refuse_constraints(configs, "openai")
         out: queue.Queue = queue.Queue()
         sem = threading.BoundedSemaphore(self.concurrency)
 

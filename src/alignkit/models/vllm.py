@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from alignkit.errors import CapabilityError, ModelLoadError
-from alignkit.models.base import Capabilities, PositionReducer, configs_for
+from alignkit.models.base import Capabilities, PositionReducer, configs_for, refuse_constraints
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
 
 
@@ -104,6 +104,7 @@ class VLLMModel:
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None,
                  **_: Any) -> list[Completion]:
         configs = configs_for(len(prompts), config)
+        refuse_constraints(configs, "vllm")
         if not prompts:
             return []
         ids = [self.encode_prompt(p) for p in prompts]

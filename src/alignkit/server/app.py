@@ -200,9 +200,16 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         if rp is None:
             rp = recommended_repetition_penalty(model)
         try:
+            constraint = await asyncio.to_thread(lambda: req.constraint)
+        except AlignkitError as e:
+            raise APIError(400, str(e), param="response_format") from None
+        if constraint is not None and not _can_constrain(model):
+            raise APIError(400, "structured output (response_format / guided_*) needs a local transformers model "
+                           "here; this route's model cannot enforce it", param="response_format")
+        try:
             configs = [GenerationConfig(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                                         top_k=req.top_k, repetition_penalty=rp, stop=tuple(req.stops),
-                                        seed=None if req.seed is None else req.seed + j)
+                                        seed=None if req.seed is None else req.seed + j, constraint=constraint)
                        for _ in prompts for j in range(req.n)]
         except ValueError as e:
             raise APIError(400, str(e)) from None
@@ -398,6 +405,22 @@ def _usage(comps, n: int = 1) -> dict[str, int]:
     p = sum(u["prompt_tokens"] for u in each[::n]) if each else 0
     c = sum(u["completion_tokens"] for u in each)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _can_constrain(model: Any) -> bool:
+    """Whether the token loop under this route can enforce a structured-output constraint."""
+    seen = 0
+    while seen < 16:
+        seen += 1
+        for attr in ("aligned_inner", "corrector", "base"):
+            inner = getattr(model, attr, None)
+            if inner is not None and inner is not model:
+                model = inner
+                break
+        else:
+            break
+    engine = getattr(model, "engine", None)
+    return getattr(engine, "grammar_tokenizer", None) is not None
 
 
 def _strip_bos(model: Any, ids: list[int]) -> list[int]:

@@ -1,7 +1,8 @@
 """Request models of the OpenAI-compatible API (pydantic). Responses are plain dicts in OpenAI's shape.
 
 Unknown fields are accepted and ignored (clients send many), except features this server does not offer
-(tools, functions, response formats, logit bias), which are refused with a 400 that names them.
+(tools, functions, logit bias), which are refused with a 400 that names them. Structured output
+(``response_format``, vLLM's ``guided_*``) is read by :attr:`_Request.constraint`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias", "guided_json",
-               "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "structured_outputs")
+#: structured output, enforced by alignkit.structured (response_format, and vLLM's guided_* fields)
+STRUCTURED = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
 
 class _Request(BaseModel):
@@ -51,6 +53,14 @@ class _Request(BaseModel):
     @property
     def stops(self) -> list[str]:
         return list(self.stop or [])
+
+    @property
+    def constraint(self):
+        """The request's structured-output constraint (alignkit.structured.Constraint) or None."""
+        from alignkit.structured import from_request
+
+        extra = self.model_extra or {}
+        return from_request({k: extra[k] for k in STRUCTURED if k in extra})
 
 
 class ChatMessage(BaseModel):
