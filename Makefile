@@ -106,6 +106,7 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/judge_concurrency.py
 	$(BIN)/python bench/route_cost.py
 	$(BIN)/python bench/best_of_n.py --reward runs/rewarded/rm
+	$(BIN)/python bench/structured.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/engines.py --engines hf,llamacpp
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \

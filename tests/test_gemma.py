@@ -92,3 +92,21 @@ def test_the_local_judge_alias(tmp_path):
     assert m.capabilities.chat_template and m.source["alias"] == "smollm2-135m-instruct"
     out = m.generate([[Message("user", "What is the capital of France?")]], GenerationConfig(max_new_tokens=12))[0]
     assert "Paris" in out.text
+
+
+def test_structured_output_on_the_embedded_model(gemma):
+    """A JSON schema on the real model (the 262k-token vocabulary): every answer parses and matches
+    (bench/structured.py runs 100 such requests and measures the cost per token)."""
+    import jsonschema
+
+    from alignkit.methods import MethodOptions, apply_method
+    from alignkit.structured import Constraint
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+              "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer", "minimum": 0,
+                                                                                  "maximum": 120}}}
+    model = apply_method(gemma, MethodOptions(method="none"))
+    prompts = [f"A JSON record of a {who}:\n" for who in ("sailor", "painter", "baker", "nurse")]
+    for comp in model.generate(prompts, GenerationConfig(max_new_tokens=32, constraint=Constraint.json_schema(schema))):
+        assert comp.finish_reason == "stop"
+        jsonschema.validate(json.loads(comp.text), schema)
