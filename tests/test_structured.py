@@ -108,3 +108,16 @@ def test_structured_output_over_the_server(raw):
         with pytest.raises(openai.BadRequestError, match="invalid json schema"):
             c.completions.create(model="raw", prompt="Hi", max_tokens=2,
                                  extra_body={"guided_json": {"type": "nonsense"}})
+
+
+def test_the_llamacpp_backend_enforces_it_too(tiny_gguf):
+    from alignkit import load_model
+
+    model = apply_method(load_model(f"llamacpp:{tiny_gguf['llama']}"), MethodOptions(method="none"))
+    for temperature in (0.0, 1.2):
+        cfg = GenerationConfig(max_new_tokens=60, temperature=temperature, seed=5, constraint=Constraint.json_schema(SCHEMA))
+        for comp in model.generate(PROMPTS, cfg):
+            assert comp.finish_reason == "stop", comp.text
+            jsonschema.validate(json.loads(comp.text), SCHEMA)
+    out = model.generate(PROMPTS, GenerationConfig(max_new_tokens=8, constraint=Constraint("regex", "[a-c]{3}")))
+    assert all(re.fullmatch("[a-c]{3}", c.text) for c in out)

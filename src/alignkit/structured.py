@@ -1,7 +1,7 @@
 """Structured output: a constraint on what a completion may say -- a JSON schema, any JSON object, a regular
 expression, one of several choices, or a Lark grammar -- enforced token by token in alignkit's own token loop
-with llguidance (a well-kept structured-generation library), so it works for every local transformers model and
-every method built on it (in-context alignment, DeRa, best-of-N, routes).
+with llguidance (a well-kept structured-generation library), so it works for every local model -- the transformers
+and llama.cpp backends -- and every method built on them (in-context alignment, DeRa, best-of-N, routes).
 
 At each step the constraint's matcher gives the set of tokens that keep the output valid; every other token's
 logit is set to -inf before the usual sampling (temperature, top-p/top-k, the repetition penalty). The

@@ -107,7 +107,10 @@ class HFModel:
             head=self._head,
             min_prefix=min_prefix_tokens,
         )
-        self.engine.grammar_tokenizer, self.engine.grammar_vocab = tokenizer, self.vocab_size
+        from alignkit.structured import ll_tokenizer
+
+        self.engine.grammar_vocab = self.vocab_size
+        self.engine.grammar_tokenizer = lambda: ll_tokenizer(tokenizer, self.vocab_size)
 
     # ------------------------------------------------------------------ LoRA adapters sharing these weights
     _peft: Any = None  # the PeftModel holding every adapter attached to these weights (shared by the views)

@@ -78,7 +78,8 @@ class TokenLoop:
         self.decode = decode
         self.context_length = context_length
 
-    #: set by a backend that can enforce structured output: its transformers tokenizer and vocabulary size
+    #: set by a backend that can enforce structured output: a function giving llguidance's tokenizer (built once,
+    #: on first use) and the vocabulary size of the logits
     grammar_tokenizer: Any = None
     grammar_vocab: int = 0
 
@@ -154,12 +155,11 @@ class TokenLoop:
 
     def _guide(self, constraint: Any) -> Any:
         from alignkit.errors import CapabilityError
-        from alignkit.structured import Guide, ll_tokenizer
+        from alignkit.structured import Guide
 
         if self.grammar_tokenizer is None:
-            raise CapabilityError("structured output needs a transformers tokenizer on this backend (the hf backend "
-                                  "has one)")
-        return Guide(constraint, ll_tokenizer(self.grammar_tokenizer, self.grammar_vocab), self.grammar_vocab)
+            raise CapabilityError("structured output cannot be enforced by this backend's token loop")
+        return Guide(constraint, self.grammar_tokenizer(), self.grammar_vocab)
 
     @torch.no_grad()
     def loop(

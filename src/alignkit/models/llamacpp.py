@@ -116,7 +116,20 @@ class LlamaCppModel:
         if eot is not None:
             eos.add(eot)
         self.engine = TokenLoop(eos_ids=eos, decode=self.decode, context_length=n_ctx)
+        self.engine.grammar_vocab = self.vocab_size
+        self.engine.grammar_tokenizer = self._ll_tokenizer
+        self._lltok: Any = None
         self._fingerprint: str | None = None
+
+    def _ll_tokenizer(self) -> Any:
+        """llguidance's view of this model's vocabulary, read from llama.cpp itself (built once)."""
+        if self._lltok is None:
+            import llama_cpp
+            from llguidance.llamacpp import lltokenizer_from_vocab
+
+            vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+            self._lltok = lltokenizer_from_vocab(vocab, n_vocab=self.vocab_size, eos_token=sorted(self.engine.eos_ids))
+        return self._lltok
 
     # ------------------------------------------------------------------ tokens
     def _special_id(self, text: str) -> int | None:
