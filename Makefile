@@ -62,7 +62,7 @@ CSTAMP       := $(CLIENTS_VENV)/.alignkit-installed
 $(CSTAMP): Makefile
 	$(PYTHON) -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/pip install --quiet "litellm==1.106.2"
-	$(CLIENTS_VENV)/bin/python -c "import litellm"
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(CLIENTS_VENV)/bin/python -c "import litellm"
 	touch $@
 
 clients-env: $(CSTAMP)
