@@ -121,3 +121,25 @@ def test_the_llamacpp_backend_enforces_it_too(tiny_gguf):
             jsonschema.validate(json.loads(comp.text), SCHEMA)
     out = model.generate(PROMPTS, GenerationConfig(max_new_tokens=8, constraint=Constraint("regex", "[a-c]{3}")))
     assert all(re.fullmatch("[a-c]{3}", c.text) for c in out)
+
+
+def test_the_command_line_flags(tiny_dir, tmp_path, capsys):
+    from alignkit.cli.main import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", "--model", str(tiny_dir["base"]), "--method", "none", "--input", str(inp), "--output",
+                 str(out), "--max-new-tokens", "60", "--json-schema", str(schema)]) == 0
+    for row in (json.loads(x) for x in out.read_text().splitlines()):
+        jsonschema.validate(json.loads(row["output"]), SCHEMA)
+        assert row["provenance"]["generation"]["constraint"]["kind"] == "json_schema"
+    capsys.readouterr()
+    assert main(["generate", "--model", "./no-such-model", "--input", str(inp), "--output", str(tmp_path / "x.jsonl"),
+                 "--regex", "[a-"]) == 2
+    assert "invalid regex" in capsys.readouterr().err
+    assert main(["generate", "--model", "./no-such-model", "--input", str(inp), "--output", str(tmp_path / "y.jsonl"),
+                 "--regex", "a", "--choice", "b"]) == 2
+    assert "give one of" in capsys.readouterr().err

@@ -26,6 +26,41 @@ class Decoding:
     stop: tuple[str, ...] = field(
         default=(), metadata={"help": "extra stop string; the output ends before it (\\n and \\t escapes work)"}
     )
+    json_schema: str | None = field(default=None, metadata={
+        "help": "structured output: every answer is JSON matching the JSON schema in this file (enforced token by "
+                "token; transformers and llama.cpp backends)"})
+    regex: str | None = field(default=None, metadata={"help": "structured output: every answer matches this regex"})
+    choice: tuple[str, ...] = field(default=(), metadata={
+        "help": "structured output: every answer is exactly one of these strings"})
+
+    def constraint(self) -> Any:
+        """The structured-output constraint these options ask for (at most one), or None."""
+        import json
+        from pathlib import Path
+
+        from alignkit.errors import InputError
+        from alignkit.structured import Constraint
+
+        given = [n for n, v in (("--json-schema", self.json_schema), ("--regex", self.regex),
+                                ("--choice", self.choice)) if v]
+        if len(given) > 1:
+            raise InputError(f"give one of --json-schema, --regex, --choice (got {', '.join(given)})")
+        if self.json_schema:
+            try:
+                schema = json.loads(Path(self.json_schema).read_text(encoding="utf-8"))
+            except OSError as e:
+                raise InputError(f"--json-schema: cannot read {self.json_schema!r}: {e.strerror}") from None
+            except json.JSONDecodeError as e:
+                raise InputError(f"--json-schema: {self.json_schema!r} is not valid JSON: {e}") from None
+            c = Constraint.json_schema(schema)
+        elif self.regex:
+            c = Constraint("regex", self.regex)
+        elif self.choice:
+            c = Constraint.choice(list(self.choice))
+        else:
+            return None
+        c.grammar()  # a bad schema or regex fails here, before any model runs
+        return c
 
     def config(self, model: Any = None) -> GenerationConfig:
         """The generation config; unset options take the method's recommended decoding."""
@@ -35,6 +70,7 @@ class Decoding:
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             repetition_penalty=rp, seed=self.seed, stop=tuple(unescape(s) for s in self.stop),
+            constraint=self.constraint(),
         )
 
 

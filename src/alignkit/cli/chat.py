@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     file_values = load_config_file(args.config, ChatJob, Decoding, MethodOptions, ModelOptions)
     job: ChatJob = build(ChatJob, args, file_values)
     decoding: Decoding = build(Decoding, args, file_values)
+    decoding.constraint()  # a bad schema, regex or choice list fails before any model loads
     file_values.setdefault("method", "auto")  # chat talks to whatever the model is best talked to with
     method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     file_values = load_config_file(args.config, GenerateJob, Decoding, MethodOptions, ModelOptions)
     job: GenerateJob = build(GenerateJob, args, file_values)
     decoding: Decoding = build(Decoding, args, file_values)
+    decoding.constraint()  # a bad schema, regex or choice list fails before any model loads
     method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
     records = parse_records(job.input, job.on_error)
