@@ -254,3 +254,16 @@ def test_n_without_a_scorer_is_refused(tiny_base):
 
     with pytest.raises(InputError, match="give --scorer"):
         apply_method(tiny_base, MethodOptions(method="none", n=8))
+
+
+def test_best_of_n_around_dera(tiny_dir):
+    """`--method dera --scorer S --n 2`: best-of-N chooses among DeRa's samples (the sides are plain models)."""
+    from alignkit.methods.dera import DeRa
+    from alignkit.models.registry import ModelPool
+
+    pool = ModelPool()
+    model = apply_method(pool(str(tiny_dir["aligned"])), MethodOptions(
+        method="dera", ref=str(tiny_dir["base"]), lam=0.5, aligned_method="none", scorer="geval:" + str(tiny_dir["judge"]),
+        n=2), pool)
+    assert isinstance(model, BestOfN) and isinstance(model.base, DeRa)
+    assert len(model.generate(["Hi"], CFG)[0].meta["best_of_n"]["candidates"]) == 2

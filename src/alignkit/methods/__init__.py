@@ -135,7 +135,8 @@ def _dera(model: Any, options: MethodOptions, loader: Any) -> Any:
     if loader is None:
         raise InputError("--method dera needs a way to load the reference model")
     # the sides are plain models under their methods; route stages wrap the DeRa model as a whole
-    side = replace(options, method="none", ref=None, lam=None, rewriter=None, corrector=None, scorer=None)
+    side = replace(options, method="none", ref=None, lam=None, rewriter=None, corrector=None, scorer=None, n=4,
+                   sample_temperature=0.8)
     aligned_method = options.aligned_method
     if aligned_method == "auto":
         if getattr(model, "trained_format", None):
