@@ -218,6 +218,25 @@ def progress_callback(output: Path):
     return Progress()
 
 
+def start_trainer(trainer_cls: Any, output: Path, *, model: Any, tuning: Tuning, adapter: str | None,
+                  peft_task: str = "CAUSAL_LM", **kwargs: Any) -> tuple[Any, Any, int]:
+    """A TRL trainer with alignkit's progress lines and loss log (TRL's own printers removed), LoRA unless full
+    fine-tuning or training further from an adapter; returns (trainer, progress callback, trainable parameters)."""
+    progress = progress_callback(output)
+    trainer = trainer_cls(model=model, peft_config=None if (tuning.full or adapter) else tuning.lora_config(peft_task),
+                          callbacks=[progress], **kwargs)
+    quiet(trainer)
+    n_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return trainer, progress, n_params
+
+
+def run_training(trainer: Any, resume: bool) -> float:
+    """Train (from the last checkpoint in the output folder with ``resume``); the seconds it took."""
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    return time.perf_counter() - t0
+
+
 def _trim_log(path: Path, step: int) -> None:
     """A resumed run starts from its checkpoint: log rows past it (written before a crash) are dropped, so the
     log never holds a step twice; a torn last line goes too."""

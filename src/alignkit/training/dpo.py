@@ -14,7 +14,6 @@ default, on the same ``{prompt, chosen, rejected}`` data, with the same output f
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -166,18 +165,10 @@ def run_preference(job: Any, recipe: common.Recipe, tuning: common.Tuning, kind:
     rows = pair_rows(loaded.records, fmt)
     dataset = Dataset.from_list(unpaired_rows(rows) if kind == "kto" else rows)
     trainer_cls, args = _trainer(kind, job, beta, loss, recipe, tuning, output)
-    progress = common.progress_callback(output)
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=None if (tuning.full or job.adapter) else tuning.lora_config(),
-        callbacks=[progress],
-    )
-    common.quiet(trainer)
+    trainer, progress, n_params = common.start_trainer(trainer_cls, output, model=model, tuning=tuning,
+                                                       adapter=job.adapter, args=args, train_dataset=dataset,
+                                                       processing_class=tokenizer)
     trained = trainer.model
-    n_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     if not spec["reference"]:
         ref = "none (reference-free)"
     elif job.adapter:
@@ -186,9 +177,7 @@ def run_preference(job: Any, recipe: common.Recipe, tuning: common.Tuning, kind:
         ref = "a full copy" if tuning.full else "the base (adapter off)"
     print(f"alignkit train {kind}: {len(rows)} pairs, format {fmt.name}, loss {loss}, beta {beta}, reference {ref} "
           f"({n_params:,} trainable parameters)", file=sys.stderr)
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if job.resume else None)
-    seconds = time.perf_counter() - t0
+    seconds = common.run_training(trainer, job.resume)
     tokens = trainer.state.num_input_tokens_seen or 0
     if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
         trained.delete_adapter("ref")

@@ -11,7 +11,6 @@ backends (vLLM) and DeepSpeed/FSDP configs are passed through by ``accelerate la
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -137,24 +136,13 @@ def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, alg
         from trl import RLOOConfig as Config
         from trl import RLOOTrainer as Trainer
     args = Config(**kwargs)
-    progress = common.progress_callback(output)
-    trainer = Trainer(
-        model=model,
-        reward_funcs=make_reward(scorer, samples),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=None if (tuning.full or job.adapter) else tuning.lora_config(),
-        callbacks=[progress],
-    )
-    common.quiet(trainer)
+    trainer, progress, n_params = common.start_trainer(Trainer, output, model=model, tuning=tuning,
+                                                       adapter=job.adapter, reward_funcs=make_reward(scorer, samples),
+                                                       args=args, train_dataset=dataset, processing_class=tokenizer)
     trained = trainer.model
-    n_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     print(f"alignkit train {algorithm}: {len(records)} prompts x {job.num_generations} samples, format {fmt.name}, "
           f"reward {scorer.spec} ({n_params:,} trainable parameters)", file=sys.stderr)
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if job.resume else None)
-    seconds = time.perf_counter() - t0
+    seconds = common.run_training(trainer, job.resume)
     from alignkit import __version__
 
     rewards = [h.get("reward") for h in progress.history if isinstance(h.get("reward"), (int, float))]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -129,27 +128,17 @@ def run_reward(job: RewardJob, recipe: common.Recipe, tuning: common.Tuning) -> 
 
     args = RewardConfig(**common.training_args_kwargs(recipe, tuning, output), max_length=recipe.max_length,
                         center_rewards_coefficient=job.center_rewards or None)
-    progress = common.progress_callback(output)
-    trainer = RewardTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        processing_class=tokenizer,
-        peft_config=None if tuning.full else tuning.lora_config(task="SEQ_CLS"),
-        callbacks=[progress],
-    )
-    common.quiet(trainer)
+    trainer, progress, n_params = common.start_trainer(
+        RewardTrainer, output, model=model, tuning=tuning, adapter=None, peft_task="SEQ_CLS", args=args,
+        train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer)
     trained = trainer.model
-    n_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     print(f"alignkit train reward: {len(train_rows)} pairs ({len(test_rows)} held out), layout {layout.name}, "
           f"{n_params:,} trainable parameters", file=sys.stderr)
     trained.eval()
     scorer = RewardModelScorer(trained, tokenizer, layout, spec=f"reward:{output}")
     before = accuracy(scorer, test_rows) if not job.resume else None
-    t0 = time.perf_counter()
     trained.train()
-    trainer.train(resume_from_checkpoint=True if job.resume else None)
-    seconds = time.perf_counter() - t0
+    seconds = common.run_training(trainer, job.resume)
     trained.eval()
     held = accuracy(scorer, test_rows)
     on_train = accuracy(scorer, train_rows[:256])

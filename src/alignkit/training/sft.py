@@ -9,7 +9,6 @@ learns exactly the layout it is prompted with at inference.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,24 +97,14 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, record
     if cut:
         print(f"alignkit train: {cut} of {len(dataset)} conversations are longer than --max-length "
               f"{recipe.max_length} and were cut", file=sys.stderr)
-    progress = common.progress_callback(output)
-    trainer = trainer_class()(
-        model=model,
-        args=sft_config(recipe, tuning, output),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=None if tuning.full or init_adapter else tuning.lora_config(),
-        callbacks=[progress],
-    )
-    common.quiet(trainer)
+    trainer, progress, n_params = common.start_trainer(
+        trainer_class(), output, model=model, tuning=tuning, adapter=init_adapter,
+        args=sft_config(recipe, tuning, output), train_dataset=dataset, processing_class=tokenizer)
     trained = trainer.model
-    n_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     print(f"alignkit train sft: {len(dataset)} conversations, format {fmt.name}, "
           f"{'full fine-tuning' if tuning.full else f'LoRA r={tuning.lora_r}'} ({n_params:,} trainable parameters)",
           file=sys.stderr)
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if job.resume else None)
-    seconds = time.perf_counter() - t0
+    seconds = common.run_training(trainer, job.resume)
     steps = trainer.state.global_step
     tokens = trainer.state.num_input_tokens_seen or _tokens_trained(trainer)
     from alignkit import __version__
