@@ -17,18 +17,7 @@ SIB=${SIB:-runs/siblings}
 OUT=${OUT:-runs/rewarded}
 MODEL=${MODEL:-gemma-3-270m}
 MARGIN=${MARGIN:-0.5}
-mkdir -p "$OUT"
-step() { echo; echo "== $1"; }
-TIMES="$OUT/times.json"; [ -f "$TIMES" ] || echo '{}' > "$TIMES"
-timed() {
-  local name=$1; shift; local t0; t0=$(date +%s.%N)
-  "$@"
-  "$BIN/python" - "$TIMES" "$name" "$t0" "$(date +%s.%N)" <<'PY'
-import json, sys
-path, name, t0, t1 = sys.argv[1:]
-d = json.load(open(path)); d[name] = round(float(t1) - float(t0), 1); json.dump(d, open(path, "w"), indent=2)
-PY
-}
+. "$(dirname "$0")/recipe_steps.sh"  # step, timed
 [ -f "$SIB/sft/alignkit.json" ] && [ -f "$SIB/dpo/alignkit.json" ] || { echo "run make siblings first"; exit 1; }
 
 step "1/7 answers for the safety pairs"

@@ -14,9 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-
-def _json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+from siblings_results import _json  # scripts/siblings_results.py: a JSON file, or None if absent
 
 
 def _rows(path: Path) -> list[dict]:

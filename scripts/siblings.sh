@@ -9,19 +9,7 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-runs/siblings}
 MODEL=${MODEL:-gemma-3-270m}
-mkdir -p "$OUT"
-step() { echo; echo "== $1"; }
-# seconds per step, for docs/results/siblings.json (a step skipped because it is done keeps its old time)
-TIMES="$OUT/times.json"; [ -f "$TIMES" ] || echo '{}' > "$TIMES"
-timed() {  # timed NAME command...: run it, record its wall time
-  local name=$1; shift; local t0; t0=$(date +%s.%N)
-  "$@"
-  "$BIN/python" - "$TIMES" "$name" "$t0" "$(date +%s.%N)" <<'PY'
-import json, sys
-path, name, t0, t1 = sys.argv[1:]
-d = json.load(open(path)); d[name] = round(float(t1) - float(t0), 1); json.dump(d, open(path, "w"), indent=2)
-PY
-}
+. "$(dirname "$0")/recipe_steps.sh"  # step, timed
 
 step "1/4 SFT ($OUT/sft)"
 if [ ! -f "$OUT/sft/alignkit.json" ]; then
