@@ -4,9 +4,7 @@ invalid), sent to a running server; none may answer 5xx, and every 4xx is an Ope
 from __future__ import annotations
 
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis")
-
+import schemathesis  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from alignkit.methods import MethodOptions, apply_method  # noqa: E402

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 
+import lm_eval  # noqa: E402
 import pytest
-
-lm_eval = pytest.importorskip("lm_eval")
 
 from alignkit import GenerationConfig, Message  # noqa: E402
 from alignkit.methods import MethodOptions, apply_method  # noqa: E402

@@ -5,9 +5,8 @@ that declares every request body -- checked with the official openai client and 
 from __future__ import annotations
 
 import httpx
+import openai  # noqa: E402
 import pytest
-
-openai = pytest.importorskip("openai")
 
 from alignkit import GenerationConfig, Message  # noqa: E402
 from alignkit.methods import MethodOptions, apply_method  # noqa: E402
@@ -138,7 +137,8 @@ def test_the_openapi_document_declares_every_request_body_and_docs_exist(chat_se
 
 
 def test_langchain_openai_invoke_stream_and_batch(chat_server, raw_server):
-    lc = pytest.importorskip("langchain_openai")
+    import langchain_openai as lc
+
     chat = lc.ChatOpenAI(base_url=chat_server.url, api_key="none", model="chat", max_tokens=6, temperature=0,
                          max_retries=0)
     want = chat_server.model.generate([[Message("user", "Name a colour.")]], GenerationConfig(max_new_tokens=6))[0].text

@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import httpx
+import openai  # noqa: E402
 import pytest
-
-openai = pytest.importorskip("openai")
 
 from alignkit import GenerationConfig, load_model  # noqa: E402
 from alignkit.cli.serve import open_routes  # noqa: E402

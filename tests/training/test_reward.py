@@ -14,8 +14,6 @@ import torch
 from alignkit.cli.main import main
 from alignkit.errors import InputError
 
-pytest.importorskip("trl")
-
 FAST = ["--learning-rate", "5e-3", "--batch-size", "8", "--save-steps", "100"]
 
 
