@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
@@ -11,6 +12,39 @@ from alignkit.methods import MethodOptions, apply_method, recommended_repetition
 from alignkit.models.registry import ModelOptions, ModelPool
 from alignkit.progress import Progress
 from alignkit.types import GenerationConfig, Prompt
+
+
+@dataclass(frozen=True)
+class Sharding:
+    shard: str | None = field(default=None, metadata={
+        "help": "do only shard I of N (written I/N, from 0: the input records at positions k with k %% N == I) and "
+                "write them beside the output (OUTPUT.shard-I-of-N); `alignkit merge OUTPUT` joins the finished "
+                "shards, `alignkit shards --workers N COMMAND ...` runs them all and merges"})
+
+
+def start_shard(sharding: Sharding, command: str, input_path: str, output: str, ids: list[str],
+                files: dict[str, dict[str, Any]] | None = None, options: Sequence[Any] = ()):
+    """The shard job (None when unsharded) and the output path this run writes to. ``options``: the command's
+    resolved option dataclasses (shards that disagree on them do not merge)."""
+    import dataclasses
+
+    from alignkit.sharding import Shard, ShardJob
+
+    shard = Shard.parse(sharding.shard)
+    if shard is None:
+        return None, output
+    resolved = {}
+    for o in options:
+        resolved.update({k: v for k, v in dataclasses.asdict(o).items() if k not in ("resume", "shard", "show_prompt")})
+    job = ShardJob(shard, command, input_path, output, [ids[k] for k in range(len(ids)) if shard.owns(k)],
+                   files or {"output": {"key": ["id"], "complete": True}}, resolved)
+    for spec in job.files.values():  # each file: where it merges to, where this shard writes it
+        spec.setdefault("output", output)
+        spec.setdefault("target", str(shard.path(spec["output"])))
+    job.check_input()
+    print(f"alignkit {command}: shard {shard.index}/{shard.count}: {len(job.ids)} of {len(ids)} record(s) -> "
+          f"{job.target}", file=sys.stderr)
+    return job, str(job.target)
 
 
 @dataclass(frozen=True)

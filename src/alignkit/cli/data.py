@@ -7,8 +7,9 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from alignkit.cli._common import Decoding, add_quiet, open_model, progress_for
+from alignkit.cli._common import Decoding, Sharding, add_quiet, open_model, progress_for, start_shard
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.methods import MethodOptions
@@ -105,9 +106,9 @@ def add_parser(sub) -> None:
         ("clean", CleanJob, run_clean, "remove exact and near duplicates and answers outside length bounds", ()),
         ("select", SelectJob, run_select, "choose N diverse records by sentence embedding (farthest-point)", ()),
         ("answers", AnswersJob, run_answers, "synthesise SFT records: a teacher model/method answers prompts",
-         (Decoding, MethodOptions, ModelOptions)),
+         (Decoding, MethodOptions, ModelOptions, Sharding)),
         ("pairs", PairsJob, run_pairs, "synthesise preference pairs: a preferred route vs a dispreferred route",
-         (Decoding, ModelOptions)),
+         (Decoding, ModelOptions, Sharding)),
     ]
     from alignkit.cli import data_routes
 
@@ -118,7 +119,8 @@ def add_parser(sub) -> None:
         sp.add_argument("--config", help="YAML file of options (flags override it)")
         add_dataclass_arguments(sp, job)
         for cls in extra:
-            group = {Decoding: "decoding", MethodOptions: "teacher's alignment method", ModelOptions: "model options"}
+            group = {Decoding: "decoding", MethodOptions: "teacher's alignment method", ModelOptions: "model options",
+                     Sharding: "sharding"}
             add_dataclass_arguments(sp, cls, group=group[cls])
         if extra:
             add_quiet(sp)
@@ -228,12 +230,30 @@ def run_answers(args: argparse.Namespace) -> int:
     decoding: Decoding = build(Decoding, args, values)
     method: MethodOptions = build(MethodOptions, args, values)
     options: ModelOptions = build(ModelOptions, args, values)
-    records = _prompts(job.input)
+    shard, records, output, _ = _shard(args, values, "data answers", job, _prompts(job.input),
+                                          options=(decoding, method, options))
     teacher = open_model(job.model, options, method)
-    counts = synthesize_answers(records, teacher, decoding.config(teacher), job.output, batch_size=job.batch_size,
+    counts = synthesize_answers(records, teacher, decoding.config(teacher), output, batch_size=job.batch_size,
                                 keep_truncated=job.keep_truncated, progress=progress_for(args))
-    print(f"alignkit data answers: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
+    print(f"alignkit data answers: {json.dumps(counts)} -> {output}", file=sys.stderr)
+    if shard is not None:
+        print(f"alignkit data answers: shard finished: {shard.finish(counts)}", file=sys.stderr)
     return 0
+
+
+def _shard(args: argparse.Namespace, values: dict, command: str, job: Any, records: list[dict],
+           removed: str | None = None, options: tuple = ()):
+    """(shard job or None, the records this run does, its output, its --removed file)."""
+    files: dict[str, dict[str, Any]] = {"output": {"key": ["id"], "complete": False}}  # unusable answers drop
+    if removed:
+        files["removed"] = {"key": ["id"], "complete": False, "output": removed}
+    shard, output = start_shard(build(Sharding, args, values), command, job.input, job.output,
+                                [str(r["id"]) for r in records], files, (job, *options))
+    if shard is None:
+        return None, records, job.output, removed
+    mine = set(shard.ids)
+    return (shard, [r for r in records if str(r["id"]) in mine], output,
+            shard.files["removed"]["target"] if removed else None)
 
 
 def run_pairs(args: argparse.Namespace) -> int:
@@ -244,7 +264,8 @@ def run_pairs(args: argparse.Namespace) -> int:
     options: ModelOptions = build(ModelOptions, args, values)
     records = _prompts(job.input)
     if job.rank_by:
-        return _ranked_pairs(args, job, decoding, options, records)
+        return _ranked_pairs(args, values, job, decoding, options, records)
+    shard, records, output, _ = _shard(args, values, "data pairs", job, records, options=(decoding, options))
     for name in ("k", "pick", "min_margin", "removed"):
         if getattr(job, name) != PairsJob.__dataclass_fields__[name].default:
             raise InputError(f"--{name.replace('_', '-')} applies to --rank-by only")
@@ -262,13 +283,15 @@ def run_pairs(args: argparse.Namespace) -> int:
                                                                      job.rejected_template):
         raise InputError("the chosen and rejected routes are the same model and method; pairs need two routes")
     counts = synthesize_pairs(records, chosen, rejected, decoding.config(chosen), decoding.config(rejected),
-                              job.output, batch_size=job.batch_size, keep_truncated=job.keep_truncated,
+                              output, batch_size=job.batch_size, keep_truncated=job.keep_truncated,
                               progress=progress_for(args))
-    print(f"alignkit data pairs: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
+    print(f"alignkit data pairs: {json.dumps(counts)} -> {output}", file=sys.stderr)
+    if shard is not None:
+        print(f"alignkit data pairs: shard finished: {shard.finish(counts)}", file=sys.stderr)
     return 0
 
 
-def _ranked_pairs(args: argparse.Namespace, job: PairsJob, decoding: Decoding, options: ModelOptions,
+def _ranked_pairs(args: argparse.Namespace, values: dict, job: PairsJob, decoding: Decoding, options: ModelOptions,
                   records: list[dict]) -> int:
     from alignkit.models.registry import ModelPool
     from alignkit.scoring import open_scorer, parse_spec
@@ -283,18 +306,22 @@ def _ranked_pairs(args: argparse.Namespace, job: PairsJob, decoding: Decoding, o
     if decoding.temperature <= 0:
         raise InputError("--rank-by samples --k answers per prompt: give --temperature > 0 (e.g. 0.8); greedy "
                          "decoding would give the same answer k times")
+    shard, records, output, removed = _shard(args, values, "data pairs", job, records, job.removed,
+                                             (decoding, options))
     pool = ModelPool(options)
     from alignkit.methods import apply_method
 
     route = apply_method(pool(job.chosen_model), MethodOptions(method=job.chosen_method,
                                                                template=job.chosen_template), pool)
-    scorer = open_scorer(job.rank_by, pool, cache=Path(job.output).with_suffix(".judge-cache.jsonl")
+    scorer = open_scorer(job.rank_by, pool, cache=Path(output).with_suffix(".judge-cache.jsonl")
                          if not job.rank_by.startswith("reward:") else None)
-    counts = synthesize_ranked_pairs(records, route, decoding.config(route), scorer, job.output, k=job.k,
+    counts = synthesize_ranked_pairs(records, route, decoding.config(route), scorer, output, k=job.k,
                                      pick=job.pick, min_margin=job.min_margin, batch_size=job.batch_size,
-                                     keep_truncated=job.keep_truncated, removed=job.removed,
+                                     keep_truncated=job.keep_truncated, removed=removed,
                                      seed=decoding.seed or 0, progress=progress_for(args))
-    print(f"alignkit data pairs: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
+    print(f"alignkit data pairs: {json.dumps(counts)} -> {output}", file=sys.stderr)
+    if shard is not None:
+        print(f"alignkit data pairs: shard finished: {shard.finish(counts)}", file=sys.stderr)
     return 0
 
 

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
                    "k, template, ref, lam}], judge, judge_method, pairwise_baseline, output, ...")
     p.add_argument("--output", help="output folder (overrides the config's)")
     p.add_argument("--limit", type=int, help="use the first N instructions (overrides the config's)")
+    p.add_argument("--shard", metavar="I/N", help="do only shard I of N of the instructions (from 0), answering and "
+                   "judging into OUTPUT.shard-I-of-N/; `alignkit merge OUTPUT` joins the finished shards, then this "
+                   "command without --shard writes the report (`alignkit shards` does all of it)")
     add_quiet(p)
     p.set_defaults(func=run)
 
@@ -41,9 +44,22 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         data["limit"] = args.limit
     cfg = EvalConfig.from_dict(data)
+    if getattr(args, "shard", None):
+        return _run_shard(args, cfg)
     report = Harness(cfg, ModelPool(ModelOptions()), progress=lambda m: None, tracker=progress_for(args)).run()
     print((Path(cfg.output) / "report.md").read_text())
     missing = {n: sum(s.get("missing", {}).values()) for n, s in report["summary"].items()}
     print(f"alignkit eval: report in {cfg.output}/ (report.md, report.html, report.json, radar.png); "
           f"unreadable judge scores: {missing}", file=sys.stderr)
+    return 0
+
+
+
+def _run_shard(args: argparse.Namespace, cfg) -> int:
+    from alignkit.evaluation.harness import run_shard
+    from alignkit.models.registry import ModelPool
+
+    manifest = run_shard(cfg, args.config, args.shard, ModelPool(ModelOptions()), tracker=progress_for(args),
+                         say=lambda m: print(f"alignkit eval: {m}", file=sys.stderr))
+    print(f"alignkit eval: shard finished: {manifest}", file=sys.stderr)
     return 0

@@ -7,7 +7,16 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignkit.cli._common import Decoding, add_quiet, open_model, progress_for, show_prompt, with_seed
+from alignkit.cli._common import (
+    Decoding,
+    Sharding,
+    add_quiet,
+    open_model,
+    progress_for,
+    show_prompt,
+    start_shard,
+    with_seed,
+)
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.evaluation.cheap import answer_metrics
@@ -48,6 +57,7 @@ def add_parser(sub) -> None:
     add_dataclass_arguments(p, Decoding, group="decoding")
     add_dataclass_arguments(p, MethodOptions, group="alignment method")
     add_dataclass_arguments(p, ModelOptions, group="model options")
+    add_dataclass_arguments(p, Sharding, group="sharding")
     add_quiet(p)
     p.set_defaults(func=run)
 
@@ -93,32 +103,39 @@ def _check_record(rec: dict[str, Any]) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    file_values = load_config_file(args.config, GenerateJob, Decoding, MethodOptions, ModelOptions)
+    file_values = load_config_file(args.config, GenerateJob, Decoding, MethodOptions, ModelOptions, Sharding)
     job: GenerateJob = build(GenerateJob, args, file_values)
     decoding: Decoding = build(Decoding, args, file_values)
     decoding.constraint()  # a bad schema, regex or choice list fails before any model loads
     method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
     records = parse_records(job.input, job.on_error)
-    index = {str(r["id"]): i for i, (_, r) in enumerate(records)}
+    index = {str(r["id"]): i for i, (_, r) in enumerate(records)}  # a record's seed: its place in the whole input
     if job.show_prompt:
         model = open_model(job.model, options, method)
         base_cfg = decoding.config(model)
         for _, r in records:
             show_prompt(model, _prompt(r), with_seed(base_cfg, index[str(r["id"])]), label=f"id={r['id']}")
         return 0
-    done = written_ids(job.output) if job.resume else set()
-    if not job.resume and _nonempty(job.output):
-        raise InputError(f"output file {job.output!r} already has records; pass --resume to continue it, "
+    shard, output = start_shard(build(Sharding, args, file_values), "generate", job.input, job.output,
+                                [str(r["id"]) for _, r in records], options=(job, decoding, method, options))
+    if shard is not None:
+        mine = set(shard.ids)
+        records = [nr for nr in records if str(nr[1]["id"]) in mine]
+    done = written_ids(output) if job.resume else set()
+    if not job.resume and _nonempty(output):
+        raise InputError(f"output file {output!r} already has records; pass --resume to continue it, "
                          "or choose another output file")
     todo = [(n, r) for n, r in records if str(r["id"]) not in done]
     if not todo:
-        print(f"alignkit generate: nothing to do ({len(records)} records, all already in {job.output})", file=sys.stderr)
+        print(f"alignkit generate: nothing to do ({len(records)} records, all already in {output})", file=sys.stderr)
+        if shard is not None:
+            shard.finish({"records": len(records)})
         return 0
     model = open_model(job.model, options, method)
     base_cfg = decoding.config(model)
     provenance = {"model": model.info(), "generation": base_cfg.to_dict()}
-    with JsonlAppender(job.output) as out, progress_for(args).task("generate", len(todo)) as advance:
+    with JsonlAppender(output) as out, progress_for(args).task("generate", len(todo)) as advance:
         for start in range(0, len(todo), job.batch_size):
             batch = [r for _, r in todo[start : start + job.batch_size]]
             configs = [with_seed(base_cfg, index[str(r["id"])]) for r in batch]
@@ -133,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
                     row["meta"] = meta
                 out.write({**row, "provenance": provenance})
             advance(len(batch))
-    print(f"alignkit generate: wrote {len(todo)} record(s) to {job.output}", file=sys.stderr)
+    print(f"alignkit generate: wrote {len(todo)} record(s) to {output}", file=sys.stderr)
+    if shard is not None:
+        print(f"alignkit generate: shard finished: {shard.finish({'records': len(records)})}", file=sys.stderr)
     return 0
 
 

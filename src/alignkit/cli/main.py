@@ -22,6 +22,8 @@ COMMANDS = {
     "eval": "alignkit.cli.eval",
     "train": "alignkit.cli.train",
     "data": "alignkit.cli.data",
+    "shards": "alignkit.cli.shards",
+    "merge": "alignkit.cli.merge",
 }
 
 

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignkit.cli._common import _log_warnings_to_stderr, add_quiet, progress_for
+from alignkit.cli._common import Sharding, _log_warnings_to_stderr, add_quiet, progress_for, start_shard
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.io import BadLine, JsonlAppender, read_jsonl
@@ -64,6 +64,7 @@ def add_parser(sub) -> None:
     add_dataclass_arguments(p, ShiftJob)
     add_dataclass_arguments(p, ShiftOptions, group="analysis")
     add_dataclass_arguments(p, ModelOptions, group="model options")
+    add_dataclass_arguments(p, Sharding, group="sharding")
     add_quiet(p)
     p.set_defaults(func=run)
 
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from alignkit.analysis.shift import ShiftAnalyzer, ShiftOptions
 
     _log_warnings_to_stderr()
-    file_values = load_config_file(args.config, ShiftJob, ShiftOptions, ModelOptions)
+    file_values = load_config_file(args.config, ShiftJob, ShiftOptions, ModelOptions, Sharding)
     job: ShiftJob = build(ShiftJob, args, file_values)
     sopts: ShiftOptions = build(ShiftOptions, args, file_values)
     mopts: ModelOptions = build(ModelOptions, args, file_values)
@@ -113,13 +114,19 @@ def run(args: argparse.Namespace) -> int:
     if len(specs) > 1 and any(a is not None for _, _, a, _ in items):
         raise InputError("the input carries answers, which belong to one aligned model; give one --aligned")
 
+    shard, output = start_shard(build(Sharding, args, file_values), "shift", job.input, job.output,
+                                [it[0] for it in items], {"output": {"key": ["aligned", "id"], "complete": True}},
+                                options=(job, sopts, mopts))
+    if shard is not None:
+        mine = set(shard.ids)
+        items = [it for it in items if it[0] in mine]
     model = ModelPool(mopts)  # one copy of each model in memory, however many roles it plays
 
     base = model(job.base)
-    done = _done(job.output) if job.resume else set()
-    if not job.resume and _nonempty(job.output):
-        raise InputError(f"output file {job.output!r} already has records; pass --resume, or choose another file")
-    with JsonlAppender(job.output) as out:
+    done = _done(output) if job.resume else set()
+    if not job.resume and _nonempty(output):
+        raise InputError(f"output file {output!r} already has records; pass --resume, or choose another file")
+    with JsonlAppender(output) as out:
         for spec, method in zip(specs, methods):
             mopt = MethodOptions(method=method, template=job.template if method == "urial" else None,
                                  ref=job.ref if method == "dera" else None, lam=job.lam if method == "dera" else None,
@@ -133,9 +140,13 @@ def run(args: argparse.Namespace) -> int:
             todo = [it for it in items if (label, it[0]) not in done]
             with progress_for(args).task(f"shift {label}", len(todo)) as advance:
                 _run_one(analyzer, aligned, todo, job, out, advance)
-    records = _read(job.output)
+    records = _read(output)
     summary = summarize(records)
-    if job.report:
+    if shard is not None:
+        print(f"alignkit shift: shard finished: {shard.finish({'answers': len(items)})}; the report is written "
+              "from the merged output (alignkit merge, then this command without --shard, with --resume)",
+              file=sys.stderr)
+    elif job.report:
         from alignkit.analysis.report import write_report
 
         prov = {"base": job.base, "aligned": [f"{m}:{s}" for s, m in zip(specs, methods)], **sopts.__dict__}

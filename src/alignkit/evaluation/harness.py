@@ -102,11 +102,14 @@ def _done(path: Path) -> dict[str, dict[str, Any]]:
 
 
 class Harness:
-    def __init__(self, cfg: EvalConfig, loader, progress=print, tracker: Progress = SILENT) -> None:
+    def __init__(self, cfg: EvalConfig, loader, progress=print, tracker: Progress = SILENT, *,
+                 only: set[str] | None = None, output: str | None = None) -> None:
         """``progress(message)`` gets a line per finished batch; ``tracker`` draws bars (see
-        :mod:`alignkit.progress`)."""
+        :mod:`alignkit.progress`). ``only``: the instruction ids to do (one shard of the job), written under
+        ``output`` (the shard's folder) and with no report: the report is built from the merged shards."""
         self.cfg, self.loader, self.say, self.tracker = cfg, loader, progress, tracker
-        self.out = Path(cfg.output)
+        self.out = Path(output or cfg.output)
+        self.only = only
 
     def _model(self, c: Contestant) -> Any:
         from alignkit.methods import MethodOptions, apply_method
@@ -119,12 +122,13 @@ class Harness:
         return apply_method(self.loader(c.model), opts, self.loader)
 
     def run(self) -> dict[str, Any]:
-        from alignkit.evaluation.data import load_instructions
         from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
         from alignkit.methods import MethodOptions, apply_method
 
-        items = load_instructions(self.cfg.instructions, limit=self.cfg.limit, types=list(self.cfg.types) or None)
+        items = self.items()
         answers = {c.name: self._generate(c, items) for c in self.cfg.contestants}
+        if self.only is not None and self.cfg.judge in (None, "none"):
+            return {}
         if self.cfg.judge in (None, "none"):  # judge-free: the answers' own metrics only
             from alignkit.evaluation.report import build_report
 
@@ -144,11 +148,35 @@ class Harness:
             for c in self.cfg.contestants:
                 if c.name != base:
                     pairwise[c.name] = self._pairwise(c.name, base, items, answers, judges["pairwise"])
+        if self.only is not None:
+            return {}
         from alignkit.evaluation.report import build_report
 
         prov = {"judge": judges["multi-aspect"].provenance(), "rubrics": {k: j.rubric.hash for k, j in judges.items()},
                 "instructions": self.cfg.instructions, "contestants": [c.__dict__ for c in self.cfg.contestants]}
         return build_report(items, judged, pairwise, prov, self.out)
+
+    def items(self) -> list[dict[str, Any]]:
+        """The instructions this run does (all of them, or one shard's)."""
+        from alignkit.evaluation.data import load_instructions
+
+        items = load_instructions(self.cfg.instructions, limit=self.cfg.limit, types=list(self.cfg.types) or None)
+        return items if self.only is None else [it for it in items if str(it["id"]) in self.only]
+
+    def files(self) -> dict[str, dict[str, Any]]:
+        """Every file a run writes, keyed for :mod:`alignkit.sharding` (relative to the output folder)."""
+        files: dict[str, dict[str, Any]] = {}
+        judged = self.cfg.judge not in (None, "none")
+        for c in self.cfg.contestants:
+            files[f"answers/{c.name}.jsonl"] = {"key": ["id"], "complete": True}
+            if judged:
+                files[f"judgments/{c.name}.jsonl"] = {"key": ["id"], "complete": True}
+                if self.cfg.pairwise_baseline and c.name != self.cfg.pairwise_baseline:
+                    # safety prompts are not compared pairwise: not every id appears
+                    files[f"pairwise/{c.name}-vs-{self.cfg.pairwise_baseline}.jsonl"] = {"key": ["id"], "complete": False}
+        if judged:
+            files["judge-cache.jsonl"] = {"key": None}
+        return files
 
     def _generate(self, c: Contestant, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         path = self.out / "answers" / f"{c.name}.jsonl"
@@ -219,6 +247,32 @@ class Harness:
                     done[it["id"]] = rec
                 advance(len(batch))
         return done
+
+
+def run_shard(cfg: EvalConfig, config_path: str, shard_text: str, loader, *, tracker: Progress = SILENT,
+              say=lambda m: None) -> Path:
+    """Answer and judge one shard of an evaluation into ``OUTPUT.shard-I-of-N/`` and write its manifest (see
+    :mod:`alignkit.sharding`); returns the manifest's path. ``config_path`` is the job's input: shards of
+    another config do not merge."""
+    import dataclasses
+
+    from alignkit.sharding import Shard, ShardJob
+
+    shard = Shard.parse(shard_text)
+    if shard is None:
+        raise InputError("run_shard needs a shard (I/N)")
+    folder = shard.path(cfg.output)
+    plan = Harness(cfg, loader)
+    ids = [str(it["id"]) for it in plan.items()]
+    files = {rel: {**spec, "output": str(Path(cfg.output) / rel), "target": str(folder / rel)}
+             for rel, spec in plan.files().items()}
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output"}
+    job = ShardJob(shard, "eval", config_path, cfg.output, [ids[k] for k in range(len(ids)) if shard.owns(k)], files,
+                   options)
+    job.check_input()
+    say(f"shard {shard.index}/{shard.count}: {len(job.ids)} of {len(ids)} instruction(s) -> {folder}")
+    Harness(cfg, loader, progress=lambda m: None, tracker=tracker, only=set(job.ids), output=str(folder)).run()
+    return job.finish({"instructions": len(job.ids)})
 
 
 def summarise(items, judged, pairwise) -> dict[str, Any]:

@@ -89,7 +89,7 @@ class LlamaCppModel:
             check_gguf(lora, "LoRA adapter")
         try:
             self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, lora_path=lora,
-                             n_threads=n_threads or max(1, os.cpu_count() or 1), n_batch=min(512, n_ctx),
+                             n_threads=n_threads or _threads(), n_batch=min(512, n_ctx),
                              swa_full=True, verbose=False)
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelLoadError(f"llama.cpp could not load {str(path)!r}: {str(e).splitlines()[0]}") from e
@@ -349,3 +349,11 @@ def load(resolved: Any, *, spec: str, options: Any) -> LlamaCppModel:
         lora = str(convert_peft_adapter(Path(lora), path))
     return LlamaCppModel(path, spec=spec, n_ctx=options.n_ctx, lora=lora,
                          source={"alias": resolved.target} if resolved.kind == "alias" else None)
+
+
+def _threads() -> int:
+    """OMP_NUM_THREADS when set (as `alignkit shards` sets it for each shard), else every core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return max(1, os.cpu_count() or 1)
