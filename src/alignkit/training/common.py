@@ -129,7 +129,23 @@ def read_info(folder: str | Path) -> dict[str, Any] | None:
         raise InputError(f"{p} is not valid JSON: {e}") from e
 
 
+def process_state() -> Any:
+    """accelerate's process state: one process, or one of several started by ``accelerate launch`` or
+    ``torchrun`` (on a machine without CUDA they talk over gloo). The trainer shares it."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_no_cuda())
+
+
+def say(message: str) -> None:
+    """A progress line on stderr, from the main process only."""
+    if process_state().is_main_process:
+        print(message, file=sys.stderr)
+
+
 def prepare_output(output: str, resume: bool, overwrite: bool) -> Path:
+    """Check (every process, before anyone changes anything), then make (the main process) the output folder."""
+    state = process_state()
     out = Path(output)
     ckpts = out / CHECKPOINTS
     if resume:
@@ -139,11 +155,14 @@ def prepare_output(output: str, resume: bool, overwrite: bool) -> Path:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"output folder {output!r} is not empty; pass --resume to continue a run there, "
                          "--overwrite to replace it, or choose another folder")
-    if out.exists() and overwrite:
-        import shutil
+    state.wait_for_everyone()  # every process has checked the folder before the main one changes it
+    if state.is_main_process:
+        if out.exists() and overwrite:
+            import shutil
 
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
     return out
 
 
@@ -169,6 +188,7 @@ def training_args_kwargs(recipe: Recipe, tuning: Tuning, output: Path) -> dict[s
         seed=recipe.seed,
         data_seed=recipe.seed,
         report_to="none",
+        use_cpu=_no_cuda(),  # several CPU processes (accelerate launch, torchrun) then train together over gloo
         bf16=False,
         fp16=False,
         gradient_checkpointing=False,
@@ -176,6 +196,12 @@ def training_args_kwargs(recipe: Recipe, tuning: Tuning, output: Path) -> dict[s
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
     )
+
+
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def progress_callback(output: Path):
@@ -192,12 +218,14 @@ def progress_callback(output: Path):
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = time.perf_counter()
             self.start_step = state.global_step
+            if not state.is_world_process_zero:  # one log and one set of lines, however many processes
+                return
             _trim_log(self.log_path, state.global_step)
             print(f"alignkit train: {state.max_steps} optimiser steps"
                   + (f", resuming at step {state.global_step}" if state.global_step else ""), file=sys.stderr)
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if not logs:
+            if not logs or not state.is_world_process_zero:  # the logged loss is already the mean over processes
                 return
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 3), **{
                 k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}}
@@ -267,7 +295,17 @@ def count_tokens(dataset: Any, columns: tuple[str, ...]) -> int:
 
 def write_outputs(*, output: Path, model: Any, tokenizer: Any, tuning: Tuning, info: dict[str, Any],
                   base_spec: str) -> None:
-    """Adapter (or full weights), tokenizer, alignkit.json and README.md model card."""
+    """Adapter (or full weights), tokenizer, alignkit.json and README.md model card: written once, by the main
+    process, while the others wait."""
+    state = process_state()
+    if state.is_main_process:
+        _write_outputs(output=output, model=model, tokenizer=tokenizer, tuning=tuning,
+                       info={**info, "processes": state.num_processes}, base_spec=base_spec)
+    state.wait_for_everyone()
+
+
+def _write_outputs(*, output: Path, model: Any, tokenizer: Any, tuning: Tuning, info: dict[str, Any],
+                   base_spec: str) -> None:
     info = {**info, "output": str(output)}
     model.save_pretrained(str(output))
     tokenizer.save_pretrained(str(output))

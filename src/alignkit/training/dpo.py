@@ -13,7 +13,6 @@ default, on the same ``{prompt, chosen, rejected}`` data, with the same output f
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -175,8 +174,8 @@ def run_preference(job: Any, recipe: common.Recipe, tuning: common.Tuning, kind:
         ref = "the frozen starting adapter" if kind == "dpo" else "the base (the adapter switched off)"
     else:
         ref = "a full copy" if tuning.full else "the base (adapter off)"
-    print(f"alignkit train {kind}: {len(rows)} pairs, format {fmt.name}, loss {loss}, beta {beta}, reference {ref} "
-          f"({n_params:,} trainable parameters)", file=sys.stderr)
+    common.say(f"alignkit train {kind}: {len(rows)} pairs, format {fmt.name}, loss {loss}, beta {beta}, reference {ref} "
+               f"({n_params:,} trainable parameters)")
     seconds = common.run_training(trainer, job.resume)
     tokens = trainer.state.num_input_tokens_seen or 0
     if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
@@ -207,6 +206,6 @@ def run_preference(job: Any, recipe: common.Recipe, tuning: common.Tuning, kind:
         info["simpo_gamma"] = job.simpo_gamma
     common.write_outputs(output=output, model=trained, tokenizer=tokenizer, tuning=tuning, info=info,
                          base_spec=job.model)
-    print(f"alignkit train {kind}: wrote {output} (loss {info['result']['first_loss']} -> "
-          f"{info['result']['final_loss']}, {seconds:.0f} s)", file=sys.stderr)
+    common.say(f"alignkit train {kind}: wrote {output} (loss {info['result']['first_loss']} -> "
+               f"{info['result']['final_loss']}, {seconds:.0f} s)")
     return info

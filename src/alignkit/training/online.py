@@ -10,7 +10,6 @@ backends (vLLM) and DeepSpeed/FSDP configs are passed through by ``accelerate la
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -140,8 +139,8 @@ def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, alg
                                                        adapter=job.adapter, reward_funcs=make_reward(scorer, samples),
                                                        args=args, train_dataset=dataset, processing_class=tokenizer)
     trained = trainer.model
-    print(f"alignkit train {algorithm}: {len(records)} prompts x {job.num_generations} samples, format {fmt.name}, "
-          f"reward {scorer.spec} ({n_params:,} trainable parameters)", file=sys.stderr)
+    common.say(f"alignkit train {algorithm}: {len(records)} prompts x {job.num_generations} samples, format {fmt.name}, "
+               f"reward {scorer.spec} ({n_params:,} trainable parameters)")
     seconds = common.run_training(trainer, job.resume)
     from alignkit import __version__
 
@@ -175,7 +174,6 @@ def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, alg
     with (output / "samples.jsonl").open("w", encoding="utf-8") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    print(f"alignkit train {algorithm}: wrote {output} (mean reward {info['result']['first_reward']} -> "
-          f"{info['result']['final_reward']}, {seconds:.0f} s; every sample and its score in samples.jsonl)",
-          file=sys.stderr)
+    common.say(f"alignkit train {algorithm}: wrote {output} (mean reward {info['result']['first_reward']} -> "
+               f"{info['result']['final_reward']}, {seconds:.0f} s; every sample and its score in samples.jsonl)")
     return info

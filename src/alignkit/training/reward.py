@@ -10,7 +10,6 @@ function the scorer uses, so training and scoring read identical token ids.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -118,9 +117,9 @@ def run_reward(job: RewardJob, recipe: common.Recipe, tuning: common.Tuning) -> 
     train_rows, too_long = tokenised_pairs(train_recs, layout, tokenizer, recipe.max_length)
     test_rows, test_long = tokenised_pairs(test_recs, layout, tokenizer, recipe.max_length)
     if too_long or test_long:
-        print(f"alignkit train reward: {len(too_long) + len(test_long)} pair(s) longer than --max-length "
-              f"{recipe.max_length} left out: {', '.join((too_long + test_long)[:10])}"
-              + (" ..." if len(too_long) + len(test_long) > 10 else ""), file=sys.stderr)
+        common.say(f"alignkit train reward: {len(too_long) + len(test_long)} pair(s) longer than --max-length "
+                   f"{recipe.max_length} left out: {', '.join((too_long + test_long)[:10])}"
+                   + (" ..." if len(too_long) + len(test_long) > 10 else ""))
     if not train_rows:
         raise InputError(f"no training pair fits in --max-length {recipe.max_length}")
     from datasets import Dataset
@@ -132,8 +131,8 @@ def run_reward(job: RewardJob, recipe: common.Recipe, tuning: common.Tuning) -> 
         RewardTrainer, output, model=model, tuning=tuning, adapter=None, peft_task="SEQ_CLS", args=args,
         train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer)
     trained = trainer.model
-    print(f"alignkit train reward: {len(train_rows)} pairs ({len(test_rows)} held out), layout {layout.name}, "
-          f"{n_params:,} trainable parameters", file=sys.stderr)
+    common.say(f"alignkit train reward: {len(train_rows)} pairs ({len(test_rows)} held out), layout {layout.name}, "
+               f"{n_params:,} trainable parameters")
     trained.eval()
     scorer = RewardModelScorer(trained, tokenizer, layout, spec=f"reward:{output}")
     before = accuracy(scorer, test_rows) if not job.resume else None
@@ -170,12 +169,11 @@ def run_reward(job: RewardJob, recipe: common.Recipe, tuning: common.Tuning) -> 
                          base_spec=job.model)
     (output / "README.md").write_text(reward_card({**info, "output": str(output)}), encoding="utf-8")
     acc = held["accuracy"]
-    print(f"alignkit train reward: wrote {output} (loss {info['result']['first_loss']} -> "
-          f"{info['result']['final_loss']}, {seconds:.0f} s); held-out accuracy "
-          + (f"{acc:.1%} on {held['pairs']} pairs (before training {before['accuracy']:.1%})"
-             if acc is not None and before and before["accuracy"] is not None
-             else f"{acc:.1%} on {held['pairs']} pairs" if acc is not None else "n/a (no held-out pairs)"),
-          file=sys.stderr)
+    common.say(f"alignkit train reward: wrote {output} (loss {info['result']['first_loss']} -> "
+               f"{info['result']['final_loss']}, {seconds:.0f} s); held-out accuracy "
+               + (f"{acc:.1%} on {held['pairs']} pairs (before training {before['accuracy']:.1%})"
+                  if acc is not None and before and before["accuracy"] is not None
+                  else f"{acc:.1%} on {held['pairs']} pairs" if acc is not None else "n/a (no held-out pairs)"))
     return info
 
 

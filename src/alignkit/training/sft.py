@@ -8,7 +8,6 @@ learns exactly the layout it is prompted with at inference.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,15 +94,14 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, record
     check_format(fmt, tokenizer)
     dataset, cut = build_dataset(loaded.records, fmt, tokenizer, recipe.max_length)
     if cut:
-        print(f"alignkit train: {cut} of {len(dataset)} conversations are longer than --max-length "
-              f"{recipe.max_length} and were cut", file=sys.stderr)
+        common.say(f"alignkit train: {cut} of {len(dataset)} conversations are longer than --max-length "
+                   f"{recipe.max_length} and were cut")
     trainer, progress, n_params = common.start_trainer(
         trainer_class(), output, model=model, tuning=tuning, adapter=init_adapter,
         args=sft_config(recipe, tuning, output), train_dataset=dataset, processing_class=tokenizer)
     trained = trainer.model
-    print(f"alignkit train sft: {len(dataset)} conversations, format {fmt.name}, "
-          f"{'full fine-tuning' if tuning.full else f'LoRA r={tuning.lora_r}'} ({n_params:,} trainable parameters)",
-          file=sys.stderr)
+    common.say(f"alignkit train sft: {len(dataset)} conversations, format {fmt.name}, "
+               f"{'full fine-tuning' if tuning.full else f'LoRA r={tuning.lora_r}'} ({n_params:,} trainable parameters)")
     seconds = common.run_training(trainer, job.resume)
     steps = trainer.state.global_step
     tokens = trainer.state.num_input_tokens_seen or _tokens_trained(trainer)
@@ -126,8 +124,8 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, record
     }
     common.write_outputs(output=output, model=trained, tokenizer=tokenizer, tuning=tuning, info=info,
                          base_spec=job.model)
-    print(f"alignkit train sft: wrote {output} (loss {info['result']['first_loss']} -> "
-          f"{info['result']['final_loss']}, {seconds:.0f} s)", file=sys.stderr)
+    common.say(f"alignkit train sft: wrote {output} (loss {info['result']['first_loss']} -> "
+               f"{info['result']['final_loss']}, {seconds:.0f} s)")
     return info
 
 
@@ -137,7 +135,11 @@ _LOGIT_SCALES = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logi
 def compact_loss_applies(model: Any) -> bool:
     """On CPU, TRL's chunked LM head projects every position (prompt ones too) and computes the entropy of
     each; the compact loss projects only the positions that carry a label. Used for models whose head is a
-    plain projection with an optional final soft-cap (Gemma, Llama, Qwen, ...)."""
+    plain projection with an optional final soft-cap (Gemma, Llama, Qwen, ...). Not under several processes:
+    DistributedDataParallel synchronises gradients only for calls through its own forward, so a wrapped model
+    (``accelerate launch``/``torchrun``) keeps TRL's loss."""
+    if not hasattr(model, "get_base_model") and not hasattr(model, "config"):  # DDP and other wrappers
+        return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = base.config.get_text_config()
     params = next(base.parameters())
