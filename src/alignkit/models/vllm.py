@@ -7,7 +7,12 @@
   the shift analysis uses its approximate mode with this backend. Prompt log-probabilities bypass the
   prefix cache.
 * **Scale-out**: ``--tensor-parallel-size``, ``--pipeline-parallel-size`` and ``--distributed-executor
-  ray`` are passed to vLLM (multi-GPU, multi-node through a Ray cluster); see the README's worked example.
+  ray|mp`` are passed to vLLM (multi-GPU, multi-node through a Ray cluster); see the README's worked example.
+  On vLLM's CPU build, exercised here: tensor-parallel 2 with ``mp`` works (greedy tokens equal the
+  single-process ones; alignkit splits the CPU cores between the ranks when ``VLLM_CPU_OMP_THREADS_BIND`` is
+  not set); the ``ray`` executor is refused by vLLM itself ("current platform cpu does not support ray"), and
+  pipeline-parallel 2 fails inside a worker -- both shown by ``tests/models/test_vllm_scale.py``. Ray still
+  runs batch jobs here, one vLLM engine per task: ``alignkit shards --ray``.
   The server path is vLLM's own OpenAI-compatible server, reached with the ``openai:`` backend.
 * vLLM's repetition penalty covers the prompt as well as the answer (alignkit's other backends penalise
   the answer only), so in-context alignment's recommended penalty behaves differently here; the README
@@ -50,10 +55,17 @@ class VLLMModel:
             kwargs["max_model_len"] = max_model_len
         if distributed_executor:
             kwargs["distributed_executor_backend"] = distributed_executor
+        world = tensor_parallel_size * pipeline_parallel_size
+        binding = _cpu_thread_binding(world) if world > 1 else None
+        if binding:  # the workers start inside LLM(); the setting does not outlive this load
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding
         try:
             self.llm = LLM(**kwargs)
         except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; report the first line
             raise ModelLoadError(f"vLLM could not load {source!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        finally:
+            if binding:
+                os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
         self.spec = spec
         self.source = {"source": source, "vllm_options": kwargs, **(provenance or {})}
         self.tokenizer = self.llm.get_tokenizer()
@@ -180,7 +192,14 @@ class VLLMModel:
                 "vllm": vllm.__version__}
 
     def close(self) -> None:
-        pass
+        """Shut the engine down: its worker processes (tensor/pipeline parallel) exit and memory is freed."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
 
 def load(resolved: Any, *, spec: str, options: Any) -> VLLMModel:
@@ -207,3 +226,21 @@ def load(resolved: Any, *, spec: str, options: Any) -> VLLMModel:
                      dtype="float32" if options.dtype == "float32" else options.dtype)
 
 
+def _cpu_thread_binding(world: int) -> str | None:
+    """vLLM's CPU build binds each rank's threads to a NUMA node, so it refuses tensor/pipeline parallelism on a
+    one-node machine unless told which cores each rank gets: this process's cores split evenly, as
+    ``VLLM_CPU_OMP_THREADS_BIND`` wants them (None when the user set it, or there is a GPU)."""
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    except ImportError:
+        return None
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if len(cores) < world:
+        raise ModelLoadError(f"{world} vLLM ranks need at least {world} CPU cores; this process may use {len(cores)}")
+    per = len(cores) // world
+    return "|".join(",".join(str(c) for c in cores[i * per:(i + 1) * per]) for i in range(world))
