@@ -83,3 +83,25 @@ def test_pipeline_parallel_fails_inside_vllms_cpu_worker():
 def test_a_rank_count_beyond_the_cores_is_one_clear_error():
     with pytest.raises(ModelLoadError, match="need at least 64 CPU cores"):
         load_model("vllm:gemma-3-270m", tensor_parallel_size=64, distributed_executor="mp")
+
+
+def test_ray_tasks_run_one_vllm_engine_each_and_merge_to_the_single_run(tmp_path):
+    """Data-parallel vLLM through Ray: `alignkit shards --ray local` on a private Ray cluster, one engine per task."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"i{k}", "prompt": q}) + "\n" for k, q in enumerate(PROMPTS)))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    job = ["generate", "--model", "vllm:gemma-3-270m", "--method", "urial", "--input", str(inp), "--max-new-tokens",
+           "24", "--quiet"]
+    single = subprocess.run([sys.executable, "-m", "alignkit", *job, "--output", str(tmp_path / "one.jsonl")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "alignkit", "shards", "--workers", "2", "--ray", "local", *job,
+                        "--output", str(tmp_path / "ray.jsonl")], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def texts(name):
+        return [(x["id"], x["output"]) for x in map(json.loads, (tmp_path / name).read_text().splitlines())]
+
+    assert texts("ray.jsonl") == texts("one.jsonl")
+    record = json.loads((tmp_path / "ray.shards.json").read_text())
+    assert [s["returncode"] for s in record["shards"]] == [0, 0] and all(s["node"] for s in record["shards"])
