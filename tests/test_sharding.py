@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from alignkit.cli.main import main
 from alignkit.errors import InputError
 from alignkit.sharding import Shard, merge
+from tests.support.ports import free_port
 
 
 def _write(path: Path, rows) -> Path:
@@ -235,11 +235,9 @@ def test_sharded_eval_merges_answers_judgments_and_cache(tiny_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- Ray: a two-node cluster on this machine
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+# Token authentication off for this throw-away local cluster: a local ray.init() elsewhere (e.g. `--ray local`)
+# leaves ~/.ray/auth_token behind, which would switch the head to token mode and lock the worker out
+RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
@@ -247,8 +245,8 @@ def ray_cluster(tmp_path_factory):
     ray_bin = Path(sys.executable).with_name("ray")
     assert ray_bin.exists(), "ray is part of alignkit[scale], which the dev install includes"
     temp = Path("/tmp") / f"ak-ray-{os.getpid()}"  # Ray's socket paths must stay short
-    port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    port = free_port()
+    env = RAY_ENV
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     log = tmp_path_factory.mktemp("ray") / "ray-start.log"
 
@@ -284,7 +282,7 @@ def test_shards_run_as_ray_tasks_on_two_nodes_and_merge_to_the_unsharded_output(
     out = tmp_path / "ray.jsonl"
     r = subprocess.run([sys.executable, "-m", "alignkit", "shards", "--workers", "2", "--threads", "1", "--ray",
                         ray_cluster, *_gen(tiny_dir, inp, out)], capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                       env=RAY_ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _texts(out) == _texts(tmp_path / "full.jsonl")
     record = json.loads((tmp_path / "ray.shards.json").read_text())
@@ -294,7 +292,7 @@ def test_shards_run_as_ray_tasks_on_two_nodes_and_merge_to_the_unsharded_output(
 
 
 def test_ray_errors_are_one_clear_line(tiny_dir, inp, tmp_path, capsys):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     assert main(["shards", "--workers", "2", "--ray", f"127.0.0.1:{port}",
                  *_gen(tiny_dir, inp, tmp_path / "o.jsonl")]) == 2
     assert "cannot reach a Ray cluster" in capsys.readouterr().err

@@ -55,21 +55,26 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine
             yield lineno, rec
 
 
-def written_ids(path: str | Path) -> set[str]:
-    """Ids of the complete records already in an output file (a torn last line is ignored)."""
+def complete_records(path: str | Path) -> list[dict[str, Any]]:
+    """The complete records of an output file, in order (a torn last line from a killed run is not a record)."""
     p = Path(path)
-    ids: set[str] = set()
+    out: list[dict[str, Any]] = []
     if not p.exists():
-        return ids
+        return out
     with p.open("r", encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(rec, dict) and "id" in rec:
-                ids.add(str(rec["id"]))
-    return ids
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
+def written_ids(path: str | Path) -> set[str]:
+    """Ids of the complete records already in an output file (a torn last line is ignored)."""
+    return {str(rec["id"]) for rec in complete_records(path) if "id" in rec}
 
 
 class JsonlAppender:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alignkit.errors import InputError
+from alignkit.io import complete_records
 
 T = TypeVar("T")
 MANIFEST_VERSION = 1
@@ -155,22 +156,6 @@ def _has_records(path: Path) -> bool:
     return False
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    """Complete records of a JSONL file (a torn last line from a killed run is not a record)."""
-    out = []
-    if not path.exists():
-        return out
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    return out
-
-
 def find_manifests(output: str | Path) -> list[Path]:
     p = Path(output)
     stem = p.stem if p.suffix else p.name
@@ -253,7 +238,7 @@ def merge(output: str | Path, *, force: bool = False, say: Callable[[str], None]
         for d in data:
             i = d["shard"][0]
             path = _file_of(d, rel)
-            for line_no, rec in enumerate(_records(path)):
+            for line_no, rec in enumerate(complete_records(path)):
                 k = tuple(str(rec.get(f)) for f in key)
                 rid = str(rec.get("id"))
                 if "id" not in rec:

@@ -4,7 +4,6 @@ process at the same global batch, one output folder written once, a loadable ada
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from alignkit.cli.main import main
+from tests.support.ports import free_port
 from tests.training.test_train import _sft_records
 
 # 8 records and a global batch of 8: every optimiser step sees the whole data set, so one process and two
@@ -20,21 +20,15 @@ COMMON = ["--template", "tuned-k0", "--learning-rate", "5e-3", "--save-steps", "
           "--logging-steps", "1"]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(launcher: str, args: list[str], log: Path) -> None:
     bin_dir = Path(sys.executable).parent
     if launcher == "accelerate":
         # on a machine without CUDA, accelerate's --multi_gpu launcher is what starts N processes (torchrun
         # underneath); alignkit's trainer then runs them on the CPU over gloo
         cmd = [str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_port())]
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     else:
-        cmd = [str(bin_dir / "torchrun"), "--nproc-per-node", "2", "--master-port", str(_port())]
+        cmd = [str(bin_dir / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port())]
     with log.open("w") as f:
         r = subprocess.run([*cmd, "-m", "alignkit", *args], stdout=f, stderr=subprocess.STDOUT, timeout=900)
     assert r.returncode == 0, log.read_text()[-4000:]
