@@ -296,3 +296,28 @@ def test_ray_errors_are_one_clear_line(tiny_dir, inp, tmp_path, capsys):
     assert main(["shards", "--workers", "2", "--ray", f"127.0.0.1:{port}",
                  *_gen(tiny_dir, inp, tmp_path / "o.jsonl")]) == 2
     assert "cannot reach a Ray cluster" in capsys.readouterr().err
+
+
+def test_shards_command_runs_eval_with_a_real_judge_and_writes_the_report(tiny_dir, tmp_path):
+    """`alignkit shards` over `eval` (CLI all the way): shard folders, merge, then the report from merged files."""
+    items = [{"id": f"e{k}", "instruction": f"Tell me about {w}.", "category": "writing"}
+             for k, w in enumerate(["cats", "rain", "tea", "maps", "salt"])]
+    inst = _write(tmp_path / "inst.jsonl", items)
+
+    def config(out):
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(f"instructions: {inst}\njudge: {tiny_dir['judge']}\nmax_new_tokens: 4\n"
+                        f"judge_max_new_tokens: 6\nretries: 0\noutput: {tmp_path / out}\ncontestants:\n"
+                        f"  - {{name: raw, model: {tiny_dir['base']}, method: none}}\n")
+        return path
+
+    assert main(["eval", "--config", str(config("full")), "--quiet"]) == 0
+    r = subprocess.run([sys.executable, "-m", "alignkit", "shards", "--workers", "2", "eval", "--config",
+                        str(config("sh")), "--quiet"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "sh.shard-1-of-2" / "answers" / "raw.jsonl").exists()
+    full = json.loads((tmp_path / "full" / "report.json").read_text())
+    got = json.loads((tmp_path / "sh" / "report.json").read_text())
+    assert got["summary"] == full["summary"] and got["cheap"] == full["cheap"]
+    for sub in ("answers", "judgments"):
+        assert _read(tmp_path / "sh" / sub / "raw.jsonl") == _read(tmp_path / "full" / sub / "raw.jsonl")

@@ -48,6 +48,37 @@ def test_exact_metrics_by_hand():
     assert p0["top_aligned"][0] == ["a", pytest.approx(0.5)]
 
 
+def _guarded_reference(lp_a, lp_b, targets):
+    """The metrics written the plain way (masks, one full-vocabulary temporary per term)."""
+    tgt = targets.unsqueeze(1)
+    la_t, lb_t = lp_a.gather(1, tgt), lp_b.gather(1, tgt)
+    pa, pb = lp_a.exp(), lp_b.exp()
+    zero = torch.zeros_like(pa)
+    return ((lp_b > lb_t).sum(1), (lp_a > la_t).sum(1),
+            torch.where(pa > 0, pa * (lp_a - lp_b), zero).sum(1).clamp(min=0),
+            -torch.where(pa > 0, pa * lp_a, zero).sum(1), -torch.where(pb > 0, pb * lp_b, zero).sum(1))
+
+
+def test_fused_metrics_equal_the_plain_form_and_survive_masked_tokens():
+    g = torch.Generator().manual_seed(0)
+    lp_a = (torch.randn(6, 5000, generator=g) * 4).log_softmax(-1)
+    lp_b = (torch.randn(6, 5000, generator=g) * 4).log_softmax(-1)
+    lp_a[2, :100] = float("-inf")  # a masked vocabulary in one row of each model
+    lp_b[4, 7] = float("-inf")
+    lp_a, lp_b = lp_a.log_softmax(-1), lp_b.log_softmax(-1)
+    tgt = torch.randint(100, 5000, (6,), generator=g)
+    tgt[0], tgt[1] = lp_b[0].argmax(), lp_b[1].topk(9).indices[-1]  # near the top: ranked from the top-k pass
+    tgt[3] = lp_a[3].topk(20).indices[-1]  # just past the top-k window for the aligned rank
+    out = exact_positions(lp_a, lp_b, tgt, top_k=3, token_text=str)
+    assert out[0]["base_rank"] == 0 and out[1]["base_rank"] == 8 and out[3]["aligned_rank"] == 19
+    rb, ra, kl, ha, hb = _guarded_reference(lp_a, lp_b, tgt)
+    assert [p["base_rank"] for p in out] == rb.tolist() and [p["aligned_rank"] for p in out] == ra.tolist()
+    for p, k, x, y in zip(out, kl.tolist(), ha.tolist(), hb.tolist()):
+        assert not math.isnan(p["kl"])  # infinite where the base gives an aligned token no mass, as it should
+        assert p["kl"] == k if math.isinf(k) else p["kl"] == pytest.approx(k, rel=1e-6, abs=1e-9)
+        assert p["h_aligned"] == pytest.approx(x, rel=1e-6) and p["h_base"] == pytest.approx(y, rel=1e-6)
+
+
 def test_approximate_metrics_by_hand():
     top_a = [("x", math.log(0.6)), ("y", math.log(0.3))]
     top_b = [("y", math.log(0.5)), ("z", math.log(0.2)), ("w", math.log(0.1))]

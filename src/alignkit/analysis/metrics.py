@@ -24,31 +24,73 @@ def category(rank: int) -> str:
 
 
 def exact_positions(lp_a, lp_b, targets, *, top_k: int, token_text: Callable[[int], str], start: int = 0) -> list[dict[str, Any]]:
-    """Metrics for a chunk of positions from full-vocabulary log-probs ``[n, V]`` of both models."""
+    """Metrics for a chunk of positions from full-vocabulary log-probs ``[n, V]`` of both models.
+
+    Each full-vocabulary pass is done once: one top-k per model (which also gives the ranks of all but the rare
+    far-ranked targets, see :func:`_rank`), one ``exp`` per model, the products summed in place, no masks --
+    ``p * log p`` is 0 where ``p`` underflows to 0 as long as ``log p`` is finite, and the rows where a model
+    gives a token ``-inf`` (a masked vocabulary) are recomputed with the guarded form."""
     import torch
 
     tgt = targets.unsqueeze(1)
-    la_t = lp_a.gather(1, tgt).squeeze(1)
-    lb_t = lp_b.gather(1, tgt).squeeze(1)
-    rank_b = (lp_b > lb_t.unsqueeze(1)).sum(1)
-    rank_a = (lp_a > la_t.unsqueeze(1)).sum(1)
-    pa, pb = lp_a.exp(), lp_b.exp()
-    kl = torch.where(pa > 0, pa * (lp_a - lp_b), torch.zeros_like(pa)).sum(1).clamp(min=0)
-    h_a = -torch.where(pa > 0, pa * lp_a, torch.zeros_like(pa)).sum(1)
-    h_b = -torch.where(pb > 0, pb * lp_b, torch.zeros_like(pb)).sum(1)
-    ta_v, ta_i = lp_a.topk(top_k, dim=-1)
-    tb_v, tb_i = lp_b.topk(top_k, dim=-1)
+    la_t = lp_a.gather(1, tgt)
+    lb_t = lp_b.gather(1, tgt)
+    wide = min(max(top_k, RANK_WINDOW), lp_a.shape[1])
+    ta_v, ta_i = lp_a.topk(wide, dim=-1)
+    tb_v, tb_i = lp_b.topk(wide, dim=-1)
+    rank_a = _rank(lp_a, la_t, ta_v)
+    rank_b = _rank(lp_b, lb_t, tb_v)
+    ta_v, ta_i, tb_v, tb_i = ta_v[:, :top_k], ta_i[:, :top_k], tb_v[:, :top_k], tb_i[:, :top_k]
+    pa = lp_a.exp()
+    h_a = -(pa * lp_a).sum(1)
+    d = lp_a - lp_b
+    d.mul_(pa)
+    kl = d.sum(1)
+    del d
+    pb = lp_b.exp()
+    pb.mul_(lp_b)
+    h_b = -pb.sum(1)
+    del pb
+    bad = torch.isnan(kl) | torch.isnan(h_a) | torch.isnan(h_b)
+    if bool(bad.any()):  # -inf log-probs: 0 * -inf; the guarded form for those rows only
+        rows = bad.nonzero().squeeze(1)
+        ra, rb = lp_a[rows], lp_b[rows]
+        qa, qb = ra.exp(), rb.exp()
+        zero = torch.zeros((), dtype=ra.dtype)
+        kl[rows] = torch.where(qa > 0, qa * (ra - rb), zero).sum(1)
+        h_a[rows] = -torch.where(qa > 0, qa * ra, zero).sum(1)
+        h_b[rows] = -torch.where(qb > 0, qb * rb, zero).sum(1)
+    kl = kl.clamp(min=0)
     out = []
-    cols = [x.tolist() for x in (targets, rank_b, rank_a, lb_t, la_t, kl, h_a, h_b, ta_v, ta_i, tb_v, tb_i)]
-    for i, (tok, rb, ra, lb, la, k, ha, hb, tav, tai, tbv, tbi) in enumerate(zip(*cols)):
+    cols = [x.tolist() for x in (targets, rank_b, rank_a, lb_t.squeeze(1), la_t.squeeze(1), kl, h_a, h_b, ta_v,
+                                 ta_i, tb_v, tb_i)]
+    for i, (tok, rb_, ra_, lb, la, k, ha, hb, tav, tai, tbv, tbi) in enumerate(zip(*cols)):
         out.append({
-            "t": start + i, "id": tok, "token": token_text(tok), "base_rank": rb, "aligned_rank": ra,
+            "t": start + i, "id": tok, "token": token_text(tok), "base_rank": rb_, "aligned_rank": ra_,
             "rank_exact": True, "p_base": math.exp(lb), "p_aligned": math.exp(la), "kl": k,
-            "h_aligned": ha, "h_base": hb, "category": category(rb),
+            "h_aligned": ha, "h_base": hb, "category": category(rb_),
             "top_base": [[token_text(j), math.exp(v)] for v, j in zip(tbv, tbi)],
             "top_aligned": [[token_text(j), math.exp(v)] for v, j in zip(tav, tai)],
         })
     return out
+
+
+#: ranks below this come from the top-k pass itself; a row whose token ranks lower is counted over the vocabulary
+RANK_WINDOW = 16
+
+
+def _rank(lp, lp_t, top_v):
+    """How many tokens each row gives a higher log-probability than its target: exact. Every token outside the
+    row's top ``w`` is at most the w-th value, so when that value is not above the target's, the count over the
+    top ``w`` is the count over the vocabulary; only the other rows (targets ranked w or lower) are compared in
+    full."""
+    import torch
+
+    rank = torch.count_nonzero(top_v > lp_t, dim=1)
+    far = (top_v[:, -1:] > lp_t).squeeze(1).nonzero().squeeze(1)
+    if far.numel():
+        rank[far] = torch.count_nonzero(lp[far] > lp_t[far], dim=1)
+    return rank
 
 
 def approx_position(

@@ -19,6 +19,7 @@ from alignkit.models.base import (
     LogprobChunk,
     PositionReducer,
     configs_for,
+    logprob_blocks,
     run_stream_to_completions,
 )
 from alignkit.models.hf_decode import DecodeEngine, Stepper
@@ -320,9 +321,9 @@ class HFModel:
                         continue
                     for a in range(0, len(c), self.score_chunk):
                         b = min(a + self.score_chunk, len(c))
-                        lp = torch.log_softmax(self._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b]), dim=-1)
-                        tgt = torch.tensor(c[a:b], dtype=torch.long, device=lp.device)
-                        yield LogprobChunk(start + row, a, lp, tgt, b == len(c))
+                        logits = self._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b])
+                        tgt = torch.tensor(c[a:b], dtype=torch.long, device=logits.device)
+                        yield from logprob_blocks(logits, start + row, a, tgt, len(c))
 
     def _batch_hidden(self, pairs) -> torch.Tensor:
         seqs = [(p + c)[:-1] if c else p for p, c in pairs]

@@ -37,6 +37,7 @@ from alignkit.models.base import (
     LogprobChunk,
     PositionReducer,
     configs_for,
+    logprob_blocks,
     run_stream_to_completions,
 )
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
@@ -291,8 +292,7 @@ class LlamaCppModel:
             targets = torch.tensor(cont, dtype=torch.long)
             for start in range(0, len(cont), self.score_chunk):
                 block = torch.from_numpy(rows[start : start + self.score_chunk])
-                yield LogprobChunk(index, start, torch.log_softmax(block, dim=-1), targets[start : start + len(block)],
-                                   start + self.score_chunk >= len(cont))
+                yield from logprob_blocks(block, index, start, targets[start : start + len(block)], len(cont))
 
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str | Sequence[int]], *, top_k: int = 0,
               reduce: PositionReducer | None = None) -> list[TokenScores]:
