@@ -13,7 +13,7 @@ from alignkit import GenerationConfig, load_model
 from alignkit.analysis.aggregate import summarize
 from alignkit.analysis.metrics import approx_position, category, exact_positions
 from alignkit.analysis.shift import Item, ShiftAnalyzer, ShiftOptions, answer_ids
-from alignkit.errors import InputError
+from alignkit.errors import CapabilityError, InputError
 from alignkit.methods import MethodOptions, apply_method
 from alignkit.methods.templates import parse_template
 
@@ -42,6 +42,8 @@ def test_exact_metrics_by_hand():
     assert p0["p_base"] == pytest.approx(0.1) and p0["p_aligned"] == pytest.approx(0.5)
     kl0 = sum(a * math.log(a / b) for a, b in zip(pa[0].tolist(), pb[0].tolist()) if a > 0)
     assert p0["kl"] == pytest.approx(kl0)
+    kl0_rev = sum(b * math.log(b / a) for a, b in zip(pa[0].tolist(), pb[0].tolist()) if b > 0)
+    assert p0["kl_base_aligned"] == pytest.approx(kl0_rev) and abs(kl0_rev - kl0) > 0.1  # the other direction
     assert p0["h_base"] == pytest.approx(-sum(b * math.log(b) for b in pb[0].tolist()))
     assert p1["h_aligned"] == pytest.approx(math.log(4), abs=1e-6)
     assert p0["top_base"] == [["b", pytest.approx(0.6)], ["c", pytest.approx(0.2)]]
@@ -56,7 +58,35 @@ def _guarded_reference(lp_a, lp_b, targets):
     zero = torch.zeros_like(pa)
     return ((lp_b > lb_t).sum(1), (lp_a > la_t).sum(1),
             torch.where(pa > 0, pa * (lp_a - lp_b), zero).sum(1).clamp(min=0),
+            torch.where(pb > 0, pb * (lp_b - lp_a), zero).sum(1).clamp(min=0),
             -torch.where(pa > 0, pa * lp_a, zero).sum(1), -torch.where(pb > 0, pb * lp_b, zero).sum(1))
+
+
+def test_released_kl_renormalises_each_top_k_and_sums_the_shared_tokens():
+    pa = torch.tensor([[0.4, 0.3, 0.2, 0.06, 0.04]], dtype=torch.float64)
+    pb = torch.tensor([[0.1, 0.5, 0.05, 0.3, 0.05]], dtype=torch.float64)
+    out = exact_positions(pa.log(), pb.log(), torch.tensor([0]), top_k=2, token_text=str, released_k=3)
+    # top-3: aligned {0, 1, 2} -> 0.4, 0.3, 0.2 over 0.9; base {1, 3, 0} -> 0.5, 0.3, 0.1 over 0.9; shared 0 and 1
+    wa = {0: 0.4 / 0.9, 1: 0.3 / 0.9}
+    wb = {0: 0.1 / 0.9, 1: 0.5 / 0.9}
+    assert out[0]["kl_released"] == pytest.approx(sum(wb[t] * math.log(wb[t] / wa[t]) for t in (0, 1)))
+    assert "kl_released" not in exact_positions(pa.log(), pb.log(), torch.tensor([0]), top_k=2, token_text=str)[0]
+
+
+def test_rank_curves_with_the_papers_cap_and_medians():
+    from alignkit.analysis.aggregate import summarize
+
+    def pos(t, rank):
+        return {"t": t, "base_rank": rank, "kl": 0.1, "kl_base_aligned": 0.2, "p_base": 0.5,
+                "category": category(rank), "token": "x", "aligned_rank": 0}
+
+    recs = [{"aligned": "m", "mode": "exact", "positions": [pos(0, r), pos(1, 0)]} for r in (0, 2, 100, 5000)]
+    s = summarize(recs, min_count=1)["m"]
+    c = s["curves"]
+    assert c["mean_base_rank_cap50"][0] == pytest.approx((0 + 2 + 50 + 50) / 4)
+    assert c["mean_base_rank"][0] == pytest.approx((0 + 2 + 100 + 1000) / 4)
+    assert c["median_base_rank"] == [51, 0]  # median of 0, 2, 100, 5000
+    assert s["mean_kl"] == pytest.approx(0.1) and s["mean_kl_base_aligned"] == pytest.approx(0.2)
 
 
 def test_fused_metrics_equal_the_plain_form_and_survive_masked_tokens():
@@ -71,8 +101,11 @@ def test_fused_metrics_equal_the_plain_form_and_survive_masked_tokens():
     tgt[3] = lp_a[3].topk(20).indices[-1]  # just past the top-k window for the aligned rank
     out = exact_positions(lp_a, lp_b, tgt, top_k=3, token_text=str)
     assert out[0]["base_rank"] == 0 and out[1]["base_rank"] == 8 and out[3]["aligned_rank"] == 19
-    rb, ra, kl, ha, hb = _guarded_reference(lp_a, lp_b, tgt)
+    rb, ra, kl, klr, ha, hb = _guarded_reference(lp_a, lp_b, tgt)
     assert [p["base_rank"] for p in out] == rb.tolist() and [p["aligned_rank"] for p in out] == ra.tolist()
+    for p, r in zip(out, klr.tolist()):
+        assert not math.isnan(p["kl_base_aligned"])
+        assert p["kl_base_aligned"] == r if math.isinf(r) else p["kl_base_aligned"] == pytest.approx(r, rel=1e-6)
     for p, k, x, y in zip(out, kl.tolist(), ha.tolist(), hb.tolist()):
         assert not math.isnan(p["kl"])  # infinite where the base gives an aligned token no mass, as it should
         assert p["kl"] == k if math.isinf(k) else p["kl"] == pytest.approx(k, rel=1e-6, abs=1e-9)
@@ -86,6 +119,7 @@ def test_approximate_metrics_by_hand():
     assert p["base_rank"] == 3 and not p["rank_exact"] and p["category"] == "shifted"
     # shared token y, then one tail bucket: A's tail 0.7, B's tail 0.5
     assert p["kl"] == pytest.approx(0.3 * math.log(0.3 / 0.5) + 0.7 * math.log(0.7 / 0.5))
+    assert p["kl_base_aligned"] == pytest.approx(0.5 * math.log(0.5 / 0.3) + 0.5 * math.log(0.5 / 0.7))
     q = approx_position(1, "z", math.log(0.2), math.log(0.2), top_a, top_b)
     assert q["base_rank"] == 1 and q["rank_exact"] and q["category"] == "marginal"
 
@@ -124,7 +158,16 @@ def test_exact_and_approximate_agree_when_k_covers_the_vocabulary(tiny_base, tin
         assert [p["base_rank"] for p in e["positions"]] == [p["base_rank"] for p in a["positions"]]
         for pe, pa in zip(e["positions"], a["positions"]):
             assert pa["kl"] == pytest.approx(pe["kl"], abs=1e-6)
+            assert pa["kl_base_aligned"] == pytest.approx(pe["kl_base_aligned"], abs=1e-6)  # the other direction
             assert pa["p_base"] == pytest.approx(pe["p_base"], rel=1e-6)
+    # the released code's KL, with k covering the vocabulary, is the full KL(base || aligned)
+    rel = list(ShiftAnalyzer(tiny_base, aligned, label="a", options=ShiftOptions(context="raw",
+                                                                             released_kl_k=vocab)).analyse(items))
+    for e, r in zip(ex, rel):
+        for pe, pr in zip(e["positions"], r["positions"]):
+            assert pr["kl_released"] == pytest.approx(pe["kl_base_aligned"], abs=1e-5)
+    with pytest.raises(CapabilityError, match="needs exact mode"):
+        ShiftAnalyzer(tiny_base, aligned, label="a", options=ShiftOptions(mode="approx", released_kl_k=30))
     # with a small k the approximate KL is a lower bound and ranks beyond k are flagged
     small = list(ShiftAnalyzer(tiny_base, aligned, label="a",
                                options=ShiftOptions(context="raw", mode="approx", top_k=3)).analyse(items))
@@ -221,7 +264,6 @@ def test_api_models_get_the_labelled_approximate_mode(tiny_base, tiny_aligned):
             assert pa["p_base"] == pytest.approx(pe["p_base"], rel=1e-5)  # the answer token's own log-prob is exact
             if pe["base_rank"] < 5:
                 assert pa["rank_exact"] and pa["base_rank"] == pe["base_rank"]
-    from alignkit.errors import CapabilityError
 
     with pytest.raises(CapabilityError, match="exact mode needs"):
         ShiftAnalyzer(tiny_base, api_aligned, label="a", options=ShiftOptions(mode="exact"))

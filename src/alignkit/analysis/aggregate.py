@@ -3,6 +3,7 @@ tokens, and the same split by instruction category -- per aligned model."""
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from alignkit.analysis.metrics import CATEGORIES
 
 RANK_CAP = 1000  # mean-rank curves cap each rank, so one token ranked 200,000th does not drown a curve
+PAPER_RANK_CAP = 50  # Re-Align's cap: its claim "mean base rank below 5 after the first positions" is read on it
 
 
 def _shares(positions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -17,7 +19,11 @@ def _shares(positions: list[dict[str, Any]]) -> dict[str, Any]:
     counts = Counter(p["category"] for p in positions)
     out: dict[str, Any] = {c: (counts[c] / n if n else 0.0) for c in CATEGORIES}
     out["positions"] = n
-    out["mean_kl"] = sum(p["kl"] for p in positions) / n if n else 0.0
+    out["mean_kl"] = sum(p["kl"] for p in positions) / n if n else 0.0  # KL(aligned || base)
+    rev = [p["kl_base_aligned"] for p in positions if p.get("kl_base_aligned") is not None]
+    out["mean_kl_base_aligned"] = sum(rev) / len(rev) if rev else None  # KL(base || aligned)
+    rel = [p["kl_released"] for p in positions if p.get("kl_released") is not None]
+    out["mean_kl_released"] = sum(rel) / len(rel) if rel else None  # the released code's top-k KL, when asked
     for k in (1, 3, 5):
         out[f"base_top{k}"] = sum(p["base_rank"] < k for p in positions) / n if n else 0.0
     pb = [p["p_base"] for p in positions if p["p_base"] is not None]
@@ -40,6 +46,8 @@ def _curves(answers: list[dict[str, Any]], min_count: int) -> dict[str, list]:
         "mean_kl": [sum(p["kl"] for p in by_t[t]) / len(by_t[t]) for t in ts],
         "mean_p_base": [sum(p["p_base"] or 0.0 for p in by_t[t]) / len(by_t[t]) for t in ts],
         "mean_base_rank": [sum(min(p["base_rank"], RANK_CAP) for p in by_t[t]) / len(by_t[t]) for t in ts],
+        "mean_base_rank_cap50": [sum(min(p["base_rank"], PAPER_RANK_CAP) for p in by_t[t]) / len(by_t[t]) for t in ts],
+        "median_base_rank": [statistics.median(p["base_rank"] for p in by_t[t]) for t in ts],
         "shifted": [sum(p["category"] == "shifted" for p in by_t[t]) / len(by_t[t]) for t in ts],
     }
 

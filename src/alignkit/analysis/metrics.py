@@ -6,6 +6,11 @@ only the top-k log-probabilities an API returns (rank beyond k is reported as ``
 ``rank_exact=False``; KL is computed over the tokens both top-k lists share plus one tail bucket, which
 is a lower bound of the true KL by the data-processing inequality).
 
+Both directions of the KL are reported, labelled: ``kl`` is KL(P_A || P_B) (aligned relative to base: what the
+aligned model's choices cost under the base), ``kl_base_aligned`` is KL(P_B || P_A), the direction the Re-Align
+authors' released analysis code computes (there over a renormalised shared top-50; here over the full
+vocabulary in exact mode).
+
 Categories follow Re-Align: **unshifted** (o_t is the base's top token), **marginal** (base rank 1-2),
 **shifted** (base rank >= 3).
 """
@@ -23,7 +28,8 @@ def category(rank: int) -> str:
     return "unshifted" if rank == 0 else "marginal" if rank <= 2 else "shifted"
 
 
-def exact_positions(lp_a, lp_b, targets, *, top_k: int, token_text: Callable[[int], str], start: int = 0) -> list[dict[str, Any]]:
+def exact_positions(lp_a, lp_b, targets, *, top_k: int, token_text: Callable[[int], str], start: int = 0,
+                    released_k: int = 0) -> list[dict[str, Any]]:
     """Metrics for a chunk of positions from full-vocabulary log-probs ``[n, V]`` of both models.
 
     Each full-vocabulary pass is done once: one top-k per model (which also gives the ranks of all but the rare
@@ -35,11 +41,13 @@ def exact_positions(lp_a, lp_b, targets, *, top_k: int, token_text: Callable[[in
     tgt = targets.unsqueeze(1)
     la_t = lp_a.gather(1, tgt)
     lb_t = lp_b.gather(1, tgt)
-    wide = min(max(top_k, RANK_WINDOW), lp_a.shape[1])
+    wide = min(max(top_k, RANK_WINDOW, released_k), lp_a.shape[1])
     ta_v, ta_i = lp_a.topk(wide, dim=-1)
     tb_v, tb_i = lp_b.topk(wide, dim=-1)
     rank_a = _rank(lp_a, la_t, ta_v)
     rank_b = _rank(lp_b, lb_t, tb_v)
+    released = _released_kl(ta_v[:, :released_k], ta_i[:, :released_k], tb_v[:, :released_k],
+                            tb_i[:, :released_k]).tolist() if released_k else None
     ta_v, ta_i, tb_v, tb_i = ta_v[:, :top_k], ta_i[:, :top_k], tb_v[:, :top_k], tb_i[:, :top_k]
     pa = lp_a.exp()
     h_a = -(pa * lp_a).sum(1)
@@ -48,31 +56,49 @@ def exact_positions(lp_a, lp_b, targets, *, top_k: int, token_text: Callable[[in
     kl = d.sum(1)
     del d
     pb = lp_b.exp()
+    d = lp_b - lp_a
+    d.mul_(pb)
+    kl_ba = d.sum(1)
+    del d
     pb.mul_(lp_b)
     h_b = -pb.sum(1)
     del pb
-    bad = torch.isnan(kl) | torch.isnan(h_a) | torch.isnan(h_b)
+    bad = torch.isnan(kl) | torch.isnan(kl_ba) | torch.isnan(h_a) | torch.isnan(h_b)
     if bool(bad.any()):  # -inf log-probs: 0 * -inf; the guarded form for those rows only
         rows = bad.nonzero().squeeze(1)
         ra, rb = lp_a[rows], lp_b[rows]
         qa, qb = ra.exp(), rb.exp()
         zero = torch.zeros((), dtype=ra.dtype)
         kl[rows] = torch.where(qa > 0, qa * (ra - rb), zero).sum(1)
+        kl_ba[rows] = torch.where(qb > 0, qb * (rb - ra), zero).sum(1)
         h_a[rows] = -torch.where(qa > 0, qa * ra, zero).sum(1)
         h_b[rows] = -torch.where(qb > 0, qb * rb, zero).sum(1)
-    kl = kl.clamp(min=0)
+    kl, kl_ba = kl.clamp(min=0), kl_ba.clamp(min=0)
     out = []
-    cols = [x.tolist() for x in (targets, rank_b, rank_a, lb_t.squeeze(1), la_t.squeeze(1), kl, h_a, h_b, ta_v,
-                                 ta_i, tb_v, tb_i)]
-    for i, (tok, rb_, ra_, lb, la, k, ha, hb, tav, tai, tbv, tbi) in enumerate(zip(*cols)):
+    cols = [x.tolist() for x in (targets, rank_b, rank_a, lb_t.squeeze(1), la_t.squeeze(1), kl, kl_ba, h_a, h_b,
+                                 ta_v, ta_i, tb_v, tb_i)]
+    for i, (tok, rb_, ra_, lb, la, k, kr, ha, hb, tav, tai, tbv, tbi) in enumerate(zip(*cols)):
         out.append({
             "t": start + i, "id": tok, "token": token_text(tok), "base_rank": rb_, "aligned_rank": ra_,
-            "rank_exact": True, "p_base": math.exp(lb), "p_aligned": math.exp(la), "kl": k,
+            "rank_exact": True, "p_base": math.exp(lb), "p_aligned": math.exp(la), "kl": k, "kl_base_aligned": kr,
             "h_aligned": ha, "h_base": hb, "category": category(rb_),
             "top_base": [[token_text(j), math.exp(v)] for v, j in zip(tbv, tbi)],
             "top_aligned": [[token_text(j), math.exp(v)] for v, j in zip(tav, tai)],
         })
+        if released is not None:
+            out[-1]["kl_released"] = released[i]
     return out
+
+
+def _released_kl(va, ia, vb, ib):
+    """KL(base || aligned) as the Re-Align authors' released analysis computes it: each model's top-k
+    probabilities renormalised over its own top-k, summed over the tokens both top-k lists share."""
+    import torch
+
+    la, lb = va.log_softmax(-1), vb.log_softmax(-1)
+    shared = ib.unsqueeze(2) == ia.unsqueeze(1)  # [n, k_base, k_aligned]: the same token in both lists
+    terms = lb.exp().unsqueeze(2) * (lb.unsqueeze(2) - la.unsqueeze(1))
+    return torch.where(shared, terms, torch.zeros((), dtype=terms.dtype)).sum((1, 2))
 
 
 #: ranks below this come from the top-k pass itself; a row whose token ranks lower is counted over the vocabulary
@@ -112,6 +138,9 @@ def approx_position(
     tail_b = max(0.0, 1.0 - sum(pb[tok] for tok in shared))
     if tail_a > 1e-12:
         kl += tail_a * math.log(tail_a / max(tail_b, 1e-12))
+    kl_ba = sum(pb[tok] * math.log(pb[tok] / pa[tok]) for tok in shared if pb[tok] > 0)
+    if tail_b > 1e-12:
+        kl_ba += tail_b * math.log(tail_b / max(tail_a, 1e-12))
     # what the top-k lists say about the entropies (the tail counted as one outcome: a lower bound)
     def h(ps: dict[str, float]) -> float:
         rest = max(0.0, 1.0 - sum(ps.values()))
@@ -120,6 +149,7 @@ def approx_position(
     return {
         "t": t, "id": None, "token": token, "base_rank": rank, "aligned_rank": None, "rank_exact": exact,
         "p_base": math.exp(lp_b) if lp_b is not None else None, "p_aligned": math.exp(lp_a), "kl": max(kl, 0.0),
+        "kl_base_aligned": max(kl_ba, 0.0),
         "h_aligned": h(pa), "h_base": h(pb), "category": category(rank),
         "top_base": [[tok, math.exp(v)] for tok, v in sorted(top_b, key=lambda kv: -kv[1])],
         "top_aligned": [[tok, math.exp(v)] for tok, v in sorted(top_a, key=lambda kv: -kv[1])],

@@ -54,6 +54,8 @@ def figures(summary: dict[str, Any]) -> dict[str, bytes]:
         ("mean_p_base", "base probability of the aligned token", "mean P_base(o_t)"),
         ("shifted", "share of shifted tokens by answer position", "shifted share"),
         ("mean_base_rank", "base rank of the aligned token (capped at 1000)", "mean base rank"),
+        ("mean_base_rank_cap50", "base rank of the aligned token (capped at 50, as Re-Align)", "mean base rank"),
+        ("median_base_rank", "median base rank of the aligned token (no cap)", "median base rank"),
     ):
         fig, ax = plt.subplots(figsize=(7, 3))
         for lab in labels:
@@ -90,16 +92,21 @@ def _esc(s: Any) -> str:
     return html.escape(str(s), quote=True)
 
 
+def _kl(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _summary_table(summary: dict[str, Any]) -> str:
     head = ("<tr><th>aligned model</th><th>mode</th><th>answers</th><th>positions</th><th>unshifted</th>"
-            "<th>marginal</th><th>shifted</th><th>mean KL</th><th>in base top-1 / 3 / 5</th>"
+            "<th>marginal</th><th>shifted</th><th>mean KL(aligned ‖ base) / KL(base ‖ aligned)</th>"
+            "<th>in base top-1 / 3 / 5</th>"
             "<th>shifted in first fifth</th><th>answer token = aligned top-1</th></tr>")
     rows = []
     for lab, s in summary.items():
         rows.append(
             f"<tr><td>{_esc(lab)}</td><td>{_esc(', '.join(s['mode']))}</td><td>{s['answers']}</td>"
             f"<td>{s['positions']}</td><td>{s['unshifted']:.1%}</td><td>{s['marginal']:.1%}</td>"
-            f"<td><b>{s['shifted']:.1%}</b></td><td>{s['mean_kl']:.3f}</td>"
+            f"<td><b>{s['shifted']:.1%}</b></td><td>{s['mean_kl']:.3f} / {_kl(s.get('mean_kl_base_aligned'))}</td>"
             f"<td>{s['base_top1']:.1%} / {s['base_top3']:.1%} / {s['base_top5']:.1%}</td>"
             f"<td>{s['shifted_in_first_fifth']:.1%}</td>"
             f"<td>{'n/a' if s['aligned_top1'] is None else format(s['aligned_top1'], '.1%')}</td></tr>")

@@ -32,6 +32,10 @@ class ShiftOptions:
         "help": "exact (full vocabulary), approx (top-k log-probabilities, for API models) or auto",
         "choices": ["auto", "exact", "approx"]})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "answers per teacher-forced pass"})
+    released_kl_k: int = field(default=0, metadata={"min": 0, "help":
+        "also report kl_released: KL(base || aligned) the way the Re-Align authors' released code computes it "
+        "(each model's top-k renormalised, summed over the tokens both top-k lists share; they keep k = 30, read "
+        "up to 50) -- comparable with their figures, unlike the full-vocabulary KLs; exact mode; 0 = off"})
 
 
 def base_prompt(context: str, instruction: str, template: Any = None) -> str:
@@ -86,6 +90,9 @@ class ShiftAnalyzer:
         if options.top_k < 1:
             raise InputError("--top-k must be at least 1")
         self.mode = self._mode()
+        if options.released_kl_k and self.mode != "exact":
+            raise CapabilityError("--released-kl-k needs exact mode (each model's own top-k of the full vocabulary); "
+                                  "API models give approximate mode")
         if self.mode == "exact":
             fb, fa = base.vocab_fingerprint(), aligned.vocab_fingerprint()
             if fb != fa:
@@ -114,6 +121,7 @@ class ShiftAnalyzer:
 
     def provenance(self) -> dict[str, Any]:
         return {"mode": self.mode, "base_context": self.options.context, "top_k": self.options.top_k,
+                "released_kl_k": self.options.released_kl_k,
                 "base": self.base.info(), "aligned": self.aligned.info()}
 
     # ------------------------------------------------------------------ running
@@ -166,7 +174,7 @@ class ShiftAnalyzer:
             if len(cb.targets):
                 positions[cb.index].extend(exact_positions(
                     ca.logprobs, cb.logprobs, cb.targets, top_k=self.options.top_k,
-                    token_text=self.base.token_text, start=cb.start))
+                    token_text=self.base.token_text, start=cb.start, released_k=self.options.released_kl_k))
             if cb.last:
                 i = cb.index
                 if not answers[i]:

@@ -211,11 +211,12 @@ def _print_table(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title="token-distribution shift")
-    for col in ("aligned model", "answers", "positions", "unshifted", "marginal", "shifted", "mean KL"):
+    for col in ("aligned model", "answers", "positions", "unshifted", "marginal", "shifted", "KL(A‖B)", "KL(B‖A)"):
         t.add_column(col)
     for lab, s in summary.items():
         t.add_row(lab, str(s["answers"]), str(s["positions"]), f"{s['unshifted']:.1%}", f"{s['marginal']:.1%}",
-                  f"{s['shifted']:.1%}", f"{s['mean_kl']:.3f}")
+                  f"{s['shifted']:.1%}", f"{s['mean_kl']:.3f}",
+                  "n/a" if s.get("mean_kl_base_aligned") is None else f"{s['mean_kl_base_aligned']:.3f}")
     Console().print(t)
     for lab, s in summary.items():
         toks = ", ".join(f"{t!r}×{n}" for t, n in s["top_shifted_tokens"][:12])
