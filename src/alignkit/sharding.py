@@ -70,11 +70,20 @@ class Shard:
     def path(self, output: str | Path) -> Path:
         """Where this shard writes what the unsharded command writes to ``output`` (a file or a folder)."""
         p = Path(output)
-        return p.with_name(f"{p.stem}.{self.label}{p.suffix}") if p.suffix else p.with_name(f"{p.name}.{self.label}")
+        return self.beside(p, p.suffix)
+
+    def beside(self, output: str | Path, ending: str) -> Path:
+        """A file of this shard next to ``output``: ``out.jsonl`` -> ``out.shard-I-of-N{ending}``."""
+        return Path(output).with_name(f"{stem(output)}.{self.label}{ending}")
 
     def manifest_path(self, output: str | Path) -> Path:
-        p = Path(output)
-        return p.with_name(f"{p.stem if p.suffix else p.name}.{self.label}.manifest.json")
+        return self.beside(output, ".manifest.json")
+
+
+def stem(output: str | Path) -> str:
+    """``runs/x.jsonl`` -> ``x``; a folder ``runs/eval`` -> ``eval``: the name shard files start with."""
+    p = Path(output)
+    return p.stem if p.suffix else p.name
 
 
 def file_sha256(path: str | Path) -> str:
@@ -158,8 +167,7 @@ def _has_records(path: Path) -> bool:
 
 def find_manifests(output: str | Path) -> list[Path]:
     p = Path(output)
-    stem = p.stem if p.suffix else p.name
-    pat = re.compile(re.escape(stem) + r"\.shard-(\d+)-of-(\d+)\.manifest\.json$")
+    pat = re.compile(re.escape(stem(p)) + r"\.shard-(\d+)-of-(\d+)\.manifest\.json$")
     if not p.parent.exists():
         return []
     return sorted((q for q in p.parent.iterdir() if pat.match(q.name)),
@@ -169,8 +177,7 @@ def find_manifests(output: str | Path) -> list[Path]:
 def shard_files_present(output: str | Path) -> list[Path]:
     """Shard outputs beside ``output`` (finished or not): for messages about unfinished shards."""
     p = Path(output)
-    stem = p.stem if p.suffix else p.name
-    pat = re.compile(re.escape(stem) + r"\.shard-(\d+)-of-(\d+)" + re.escape(p.suffix) + "$")
+    pat = re.compile(re.escape(stem(p)) + r"\.shard-(\d+)-of-(\d+)" + re.escape(p.suffix) + "$")
     return sorted(q for q in p.parent.iterdir() if pat.match(q.name)) if p.parent.exists() else []
 
 
@@ -183,8 +190,8 @@ def merge(output: str | Path, *, force: bool = False, say: Callable[[str], None]
     if not manifests:
         present = shard_files_present(out)
         hint = (f" ({len(present)} shard output(s) exist, none finished: rerun them with --resume)" if present else "")
-        raise InputError(f"no finished shards of {str(out)!r}: no {out.stem if out.suffix else out.name}"
-                         f".shard-I-of-N.manifest.json beside it{hint}")
+        raise InputError(f"no finished shards of {str(out)!r}: no {stem(out)}.shard-I-of-N.manifest.json beside "
+                         f"it{hint}")
     data = [read_manifest(m) for m in manifests]
     counts = {d["shard"][1] for d in data}
     if len(counts) != 1:

@@ -68,7 +68,7 @@ def output_of(job: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignkit.sharding import Shard, merge
+    from alignkit.sharding import Shard, atomic_write_text, merge, stem
 
     if args.workers < 1:
         raise InputError("--workers must be at least 1")
@@ -77,16 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if any(a == "--shard" or a.startswith("--shard=") for a in rest):
         raise InputError("do not give --shard to the command: `alignkit shards` gives each shard its own")
     output = output_of(job)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    if threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise InputError("--threads must be at least 1")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     argvs = []
     for i in range(args.workers):
         extra = ["--shard", f"{i}/{args.workers}"] + (["--resume"] if SHARDABLE[words] and "--resume" not in rest else [])
         argvs.append([*words, *rest, *extra])
-    logs = [str(Path(Shard(i, args.workers).path(output)).with_name(
-        f"{Path(output).stem if Path(output).suffix else Path(output).name}.{Shard(i, args.workers).label}.log"))
-        for i in range(args.workers)]
+    logs = [str(Shard(i, args.workers).beside(output, ".log")) for i in range(args.workers)]
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     where = f"Ray ({args.ray})" if args.ray else "local processes"
     print(f"alignkit shards: {args.workers} shard(s) of `alignkit {' '.join(words)}` as {where}, {threads} thread(s) "
@@ -95,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
     results = (_run_ray(args.ray, argvs, logs, env, threads) if args.ray else _run_local(argvs, logs, env))
     wall = time.perf_counter() - t0
     failed = [r for r in results if r["returncode"] != 0]
-    record = Path(output).with_name(f"{Path(output).stem if Path(output).suffix else Path(output).name}.shards.json")
-    from alignkit.sharding import atomic_write_text
+    record = Path(output).with_name(f"{stem(output)}.shards.json")
 
     atomic_write_text(record, json.dumps({"command": ["alignkit", *job], "workers": args.workers, "threads": threads,
                                           "ray": args.ray, "cpu_count": os.cpu_count(), "wall_seconds": wall,
