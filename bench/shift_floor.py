@@ -21,13 +21,13 @@ from _results import write_result  # bench/_results.py: docs/results/NAME.json
 from shift_speed import _setup
 
 
-def floor_pass(model, prompts, answers, batch_size: int) -> int:
-    """The two bare forward passes' work for one model: decoder, then the head over the answer positions."""
+def head_chunks(model, prompts, answers, batch_size: int):
+    """The two bare forward passes' work for one model, chunk by chunk: the decoder over each batch, then the
+    output head over the answer positions -> (answer index, logits [n, V], target ids [n])."""
     import torch
 
     hf = model.base if hasattr(model, "base") else model
     pairs = hf._pairs(prompts, answers)
-    n = 0
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
             batch = pairs[start : start + batch_size]
@@ -35,8 +35,11 @@ def floor_pass(model, prompts, answers, batch_size: int) -> int:
             for row, (p, c) in enumerate(batch):
                 for a in range(0, len(c), hf.score_chunk):
                     b = min(a + hf.score_chunk, len(c))
-                    n += hf._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b]).shape[0]
-    return n
+                    yield start + row, hf._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b]), torch.tensor(c[a:b])
+
+
+def floor_pass(model, prompts, answers, batch_size: int) -> int:
+    return sum(logits.shape[0] for _, logits, _ in head_chunks(model, prompts, answers, batch_size))
 
 
 def reference(base, aligned, bprompts, aprompts, answers, batch_size: int) -> tuple[list[list[int]], list[list[float]]]:
@@ -44,24 +47,12 @@ def reference(base, aligned, bprompts, aprompts, answers, batch_size: int) -> tu
     benchmark: log-softmax over 64-row blocks, every rank a full-vocabulary comparison, KL with masks (untimed)."""
     import torch
 
-    def rows(model, prompts):
-        hf = model.base if hasattr(model, "base") else model
-        pairs = hf._pairs(prompts, answers)
-        with torch.no_grad():
-            for start in range(0, len(pairs), batch_size):
-                batch = pairs[start : start + batch_size]
-                hidden = hf._batch_hidden(batch)
-                for row, (p, c) in enumerate(batch):
-                    for a in range(0, len(c), hf.score_chunk):
-                        b = min(a + hf.score_chunk, len(c))
-                        yield start + row, torch.log_softmax(hf._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b]),
-                                                             -1), torch.tensor(c[a:b])
-
-    ranks = [[] for _ in answers]
-    kls = [[] for _ in answers]
-    for (i, lb, t), (_, la, _) in zip(rows(base, bprompts), rows(aligned, aprompts)):
-        lb_t = lb.gather(1, t[:, None])
-        ranks[i] += (lb > lb_t).sum(1).tolist()
+    ranks: list[list[int]] = [[] for _ in answers]
+    kls: list[list[float]] = [[] for _ in answers]
+    for (i, zb, t), (_, za, _) in zip(head_chunks(base, bprompts, answers, batch_size),
+                                      head_chunks(aligned, aprompts, answers, batch_size)):
+        lb, la = zb.log_softmax(-1), za.log_softmax(-1)
+        ranks[i] += (lb > lb.gather(1, t[:, None])).sum(1).tolist()
         pa = la.exp()
         kls[i] += torch.where(pa > 0, pa * (la - lb), torch.zeros_like(pa)).sum(1).clamp(min=0).tolist()
     return ranks, kls
