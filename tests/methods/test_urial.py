@@ -250,6 +250,18 @@ def test_similar_examples_are_chosen_per_query(tiny_base):
     chosen = m.examples_for([Message("user", "Why does the moon have phases?")])
     assert [e.id for e in chosen] == ["moon-phases"]
     assert m.info()["selection"]["mode"] == "similar"
+    # provenance names the examples actually used: per record, not the fixed template's list
+    assert m.info()["template"]["examples"] == "chosen per query: see each record's meta.examples"
+    from alignkit.methods.templates import Example
+    from alignkit.methods.urial import InContextAligned
+
+    pool = [Example(id="bread-short", query="How do I bake bread?", answer="Knead, rise, bake."),
+            Example(id="moon-short", query="Why does the moon change shape?", answer="Sunlight on it.")]
+    short = InContextAligned(tiny_base, parse_template({"id": "s", "preamble": "Be kind.", "examples": []}),
+                             selector=SimilarExamples(pool, 1, sel.embed))  # fits the tiny model's 512 tokens
+    prepared = short.prepare([Message("user", "Why does the moon have phases?")], GenerationConfig(max_new_tokens=4))
+    assert prepared.meta == {"examples": ["moon-short"]} and "Sunlight on it." in prepared.prompt
+    assert short.info()["template"]["examples"] == "chosen per query: see each record's meta.examples"
     with pytest.raises(InputError, match="more than"):
         SimilarExamples(t.examples, 5, embed=lambda texts: None)
 

@@ -142,6 +142,8 @@ class InContextAligned(MethodModel):
     def method_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"template": self.template.provenance()}
         if self.selector is not None:
+            # the fixed template's examples are not the ones used: each completion names its own (meta.examples)
+            info["template"]["examples"] = "chosen per query: see each record's meta.examples"
             info["selection"] = self.selector.info()
         return info
 
