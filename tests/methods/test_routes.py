@@ -206,7 +206,8 @@ def test_bad_layout_flag_is_a_clean_error(parrot, tmp_path, capsys):
 
 
 def test_server_serves_the_route(parrot):
-    openai = pytest.importorskip("openai")
+    import openai
+
     from alignkit.server.app import build_app
     from alignkit.server.service import Service
     from tests.support.openai_server import ServerThread

