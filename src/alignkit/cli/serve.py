@@ -25,6 +25,11 @@ class ServeJob:
     api_key: str | None = field(default=None, metadata={
         "help": "require 'Authorization: Bearer KEY' on /v1 (or set ALIGNKIT_API_KEY)"})
     max_batch: int = field(default=8, metadata={"min": 1, "help": "most requests (choices) generated together"})
+    scheduler: str = field(default="auto", metadata={
+        "choices": ("auto", "continuous", "static"),
+        "help": "continuous: requests join the running batch between decode steps and leave when they finish "
+                "(transformers backend, under any method but a rewriter/corrector route); static: a batch runs "
+                "until its last request ends; auto: continuous where the model can"})
     max_queue: int = field(default=64, metadata={"min": 0, "help": "requests waiting beyond that get 503 + Retry-After"})
     max_tokens: int = field(default=2048, metadata={"min": 1, "help": "largest max_tokens a request may ask for"})
     default_max_tokens: int = field(default=256, metadata={"min": 1, "help": "max_tokens when a request gives none"})
@@ -64,13 +69,15 @@ def run(args: argparse.Namespace) -> int:
     method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
     if job.route:
-        services = [Service(model, name, max_batch=job.max_batch, max_queue=job.max_queue)
+        services = [Service(model, name, max_batch=job.max_batch, max_queue=job.max_queue,
+                            scheduler=job.scheduler)
                     for name, model in open_routes(job.route, job.model, options)]
         name = ", ".join(s.name for s in services)
     else:
         model = open_model(job.model, options, method)
         name = job.name or f"{model.method}:{job.model}"
-        services = [Service(model, name, max_batch=job.max_batch, max_queue=job.max_queue)]
+        services = [Service(model, name, max_batch=job.max_batch, max_queue=job.max_queue,
+                            scheduler=job.scheduler)]
     limits = Limits(max_tokens=job.max_tokens, default_max_tokens=job.default_max_tokens, max_n=job.max_n,
                     max_body_bytes=job.max_body_bytes)
     api_key = job.api_key or os.environ.get("ALIGNKIT_API_KEY") or None

@@ -85,6 +85,18 @@ class MethodModel(ABC):
     def stream(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> Iterator[StreamEvent]:
         prepared, configs = self._prepare_all(prompts, config)
         cleaners = [self.stream_cleaner() for _ in prepared]
+        admit = kwargs.get("admit")
+        if admit is not None:  # continuous batching: requests that join are prepared as they join
+            def prepare_joining(running: int) -> list[tuple[Prompt, GenerationConfig]]:
+                joining = list(admit(running))
+                if not joining:
+                    return []
+                more, cfgs = self._prepare_all([p for p, _ in joining], [c for _, c in joining])
+                prepared.extend(more)
+                cleaners.extend(self.stream_cleaner() for _ in more)
+                return [(p.prompt, c) for p, c in zip(more, cfgs)]
+
+            kwargs["admit"] = prepare_joining
         for ev in self.base.stream([p.prompt for p in prepared], configs, **kwargs):
             cl = cleaners[ev.index]
             if ev.completion is None:

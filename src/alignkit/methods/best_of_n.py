@@ -74,24 +74,51 @@ class BestOfN(MethodModel):
         out = dict(self._run(prompts, config, **kwargs))
         return [out[i] for i in range(len(prompts))]
 
-    def _run(self, prompts: Sequence[Prompt], config=None, *, should_stop=None, **kwargs: Any
+    def _run(self, prompts: Sequence[Prompt], config=None, *, should_stop=None, admit=None, **kwargs: Any
              ) -> Iterator[tuple[int, Completion]]:
         """``(index, chosen completion)`` per prompt. The N rows of all prompts run in one stream of the wrapped
-        model; a prompt ``should_stop`` answers True for (its client went away) is dropped, with no result."""
+        model; a prompt ``should_stop`` answers True for (its client went away) is dropped, with no result.
+        With ``admit`` (continuous batching) requests join as N rows each, and each is rated and answered as
+        soon as its N candidates are in; otherwise all are rated together at the end."""
         from alignkit.scoring import score_records
 
-        configs = configs_for(len(prompts), config)
+        n = self.n
+        prompts = list(prompts)
         rows: list[Prompt] = []
         row_cfgs: list[GenerationConfig] = []
-        for p, c in zip(prompts, configs):
-            rows += [p] * self.n
-            row_cfgs += candidate_configs(c, self.n, self.sample_temperature)
+
+        def expand(ps: Sequence[Prompt], cs: Sequence[GenerationConfig]) -> list[tuple[Prompt, GenerationConfig]]:
+            out = []
+            for p, c in zip(ps, cs):
+                out += [(p, rc) for rc in candidate_configs(c, n, self.sample_temperature)]
+            return out
+
+        for p, c in expand(prompts, configs_for(len(prompts), config)):
+            rows.append(p)
+            row_cfgs.append(c)
         if should_stop is not None:
-            kwargs["should_stop"] = lambda r: should_stop(r // self.n)
+            kwargs["should_stop"] = lambda r: should_stop(r // n)
         finals: list[Completion | None] = [None] * len(rows)
+        if admit is not None:
+            def admit_rows(running: int) -> list[tuple[Prompt, GenerationConfig]]:
+                joining = list(admit(-(-running // n)))  # the caller counts requests, the model rows
+                prompts.extend(p for p, _ in joining)
+                more = expand([p for p, _ in joining], [c for _, c in joining])
+                finals.extend([None] * len(more))
+                return more
+
+            kwargs["admit"] = admit_rows
         for ev in self.base.stream(rows, row_cfgs, **kwargs) if rows else ():
-            if ev.completion is not None:
-                finals[ev.index] = ev.completion
+            if ev.completion is None:
+                continue
+            finals[ev.index] = ev.completion
+            i = ev.index // n
+            if admit is not None and all(finals[i * n + j] is not None for j in range(n)):
+                group = finals[i * n : (i + 1) * n]
+                scores = score_records(self.scorer, [(prompts[i], c.text) for c in group])  # type: ignore[union-attr]
+                yield i, self._choose(prompts[i], group, scores)  # type: ignore[arg-type]
+        if admit is not None:
+            return
         done = [i for i in range(len(prompts)) if all(finals[i * self.n + j] is not None for j in range(self.n))]
         groups = {i: [finals[i * self.n + j] for j in range(self.n)] for i in done}
         items = [(prompts[i], c.text) for i in done for c in groups[i]]  # type: ignore[union-attr]

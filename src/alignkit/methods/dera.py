@@ -74,7 +74,10 @@ class DeRa:
         self.spec = aligned.spec
         self.capabilities = Capabilities(
             full_vocab_logits=True, topk_logprobs=va, chat_template=aligned.capabilities.chat_template,
-            streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=False)
+            streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=False,
+            # requests can join the running lockstep pair when both sides batch any number of rows
+            continuous_batching=all(m.max_stepper_rows is None and m.capabilities.continuous_batching
+                                    for m in (self.ref_inner, self.aligned_inner)))
         self.recommended = getattr(aligned, "recommended", {})
         # tokenizer-level helpers come from the aligned side (both sides share the vocabulary)
         self.tokenizer = self.aligned_inner.tokenizer
@@ -126,24 +129,40 @@ class DeRa:
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def stream(self, prompts: Sequence[Prompt], config=None, *, should_stop=None, reuse_prefix: bool = True
-               ) -> Iterator[StreamEvent]:
+    def stream(self, prompts: Sequence[Prompt], config=None, *, should_stop=None, reuse_prefix: bool = True,
+               admit=None) -> Iterator[StreamEvent]:
+        """Both models in lockstep; ``admit`` (continuous batching, when ``capabilities.continuous_batching``):
+        joining requests are prepared for both sides and join both models' batches."""
         configs = configs_for(len(prompts), config)
         if not prompts:
             return
+        if admit is not None and not self.capabilities.continuous_batching:
+            raise CapabilityError("DeRa takes requests into a running batch only when both models batch rows "
+                                  "(the transformers backend)")
         a_ids, r_ids, merged, metas = [], [], [], []
-        for p, c in zip(prompts, configs):
+        cleaner = (self.aligned.stream_cleaner if isinstance(self.aligned, MethodModel) else None)
+        cleaners: list[Any] = []
+
+        def add(p: Prompt, c: GenerationConfig) -> tuple[list[int], GenerationConfig, list[list[int]]]:
             ia, sa, meta = self._side(self.aligned, p, c)
             ir, sr, _ = self._side(self.ref, p, c)
             a_ids.append(ia)
             r_ids.append(ir)
             merged.append(replace(c, stop=tuple(dict.fromkeys(c.stop + sa + sr))))
             metas.append(meta)
+            cleaners.append(cleaner() if cleaner else None)
+            # the row's prompt is the longer side's, so the context limit holds for both models
+            return (ia if len(ia) >= len(ir) else ir), merged[-1], [ia, ir]
+
+        for p, c in zip(prompts, configs):
+            add(p, c)
         lam = self.lam
         loop = self.aligned_inner.token_loop  # the aligned side's decoding rules (both share the vocabulary)
         extra = max(c.max_new_tokens for c in configs)
-        cleaner = (self.aligned.stream_cleaner if isinstance(self.aligned, MethodModel) else None)
-        cleaners = [cleaner() if cleaner else None for _ in prompts]
+        loop_admit = None
+        if admit is not None:
+            def loop_admit(running: int):
+                return [add(p, c) for p, c in admit(running)]
 
         def combine(ls):
             return lam * ls[0] + (1 - lam) * ls[1]
@@ -157,7 +176,7 @@ class DeRa:
                 group = rows[start : start + width]
                 steppers = [self.aligned_inner.stepper([a_ids[r.index] for r in group], extra=extra, reuse=reuse_prefix),
                             self.ref_inner.stepper([r_ids[r.index] for r in group], extra=extra, reuse=reuse_prefix)]
-                yield from self._events(loop.loop(group, steppers, combine, should_stop), cleaners, metas)
+                yield from self._events(loop.loop(group, steppers, combine, should_stop, loop_admit), cleaners, metas)
 
     @staticmethod
     def _events(events, cleaners, metas) -> Iterator[StreamEvent]:

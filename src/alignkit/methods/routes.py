@@ -179,7 +179,8 @@ class PromptRewriter(MethodModel):
         super().__init__(base)
         self.rewriter, self.layout = rewriter, layout
         self.recommended = getattr(base, "recommended", {})
-        self.capabilities = base.capabilities
+        # a joining request would first need its rewrite, run while the batch waits: scheduled in batches
+        self.capabilities = replace(base.capabilities, continuous_batching=False)
 
     # the wrapped model's own cleaning still applies (e.g. urial's answer block)
     def clean(self, text: str) -> str:
@@ -258,7 +259,8 @@ class AnswerCorrector(MethodModel):
         self.recommended = getattr(upstream, "recommended", {})
         caps = corrector.capabilities
         # it answers what the upstream route answers; its scores are the corrector's
-        self.capabilities = replace(caps, chat_template=upstream.capabilities.chat_template)
+        # (a joining request would first need its upstream answer, run while the batch waits: scheduled in batches)
+        self.capabilities = replace(caps, chat_template=upstream.capabilities.chat_template, continuous_batching=False)
         self._upstream_memo: dict[str, str] = {}  # request -> the upstream answer last corrected for it
 
     # the corrected answer is an answer: trimmed, and cleaned by the corrector's method where it has a layout

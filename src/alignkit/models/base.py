@@ -72,6 +72,11 @@ class Capabilities:
     """Decodes token by token under a caller's control through the public stepper protocol
     (:class:`SteppingModel`): what DeRa's lockstep mix and other decoding-time methods build on."""
 
+    continuous_batching: bool = False
+    """``stream(..., admit=)`` takes requests into the running batch between decode steps (iteration-level
+    scheduling): ``admit(running rows)`` returns ``(prompt, config)`` pairs that join now, numbered after every
+    request before them. The server schedules such a model continuously."""
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 

@@ -90,6 +90,7 @@ class HFModel:
             prefix_reuse=True,
             token_ids=True,
             stepping=True,
+            continuous_batching=True,
         )
         eos = set()
         for src in (getattr(model, "generation_config", None), tokenizer):
@@ -253,13 +254,23 @@ class HFModel:
         *,
         reuse_prefix: bool = True,
         should_stop: Callable[[int], bool] | None = None,
+        admit: Callable[[int], Sequence[tuple[Prompt, GenerationConfig]]] | None = None,
     ) -> Iterator[StreamEvent]:
+        """Batched generation; ``admit`` makes it continuous (see ``Capabilities.continuous_batching``)."""
         configs = configs_for(len(prompts), config)
         if not prompts:
             return
         ids = [self.encode_prompt(p) for p in prompts]
+        engine_admit = None
+        if admit is not None:
+            def engine_admit(running: int):
+                joining = []
+                for p, c in admit(running):
+                    pid = self.encode_prompt(p)
+                    joining.append((pid, c, [pid]))
+                return joining
         with self._lock:
-            yield from self.engine.run(ids, configs, reuse=reuse_prefix, should_stop=should_stop)
+            yield from self.engine.run(ids, configs, reuse=reuse_prefix, should_stop=should_stop, admit=engine_admit)
 
     def generate(
         self,

@@ -31,6 +31,7 @@ from alignkit.models.kvcache import (
     cache_from_layers,
     cache_layers,
     common_prefix_length,
+    join_left_padded,
     layer_windows,
     merge_left_padded,
     new_cache,
@@ -140,9 +141,10 @@ class TokenLoop:
         )
         return StreamEvent(row.index, delta, row.finish, comp)  # type: ignore[arg-type]
 
-    def new_rows(self, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig]) -> list[_Row]:
+    def new_rows(self, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], start: int = 0) -> list[_Row]:
+        """Rows for the prompts, numbered from ``start`` (the index their events carry)."""
         rows = []
-        for i, (ids, cfg) in enumerate(zip(prompts, configs)):
+        for i, (ids, cfg) in enumerate(zip(prompts, configs), start):
             gen = None
             if not cfg.greedy:
                 gen = torch.Generator(device="cpu")
@@ -168,11 +170,29 @@ class TokenLoop:
         steppers: Sequence[Stepper],
         combine: Callable[[list[torch.Tensor]], torch.Tensor],
         should_stop: Callable[[int], bool] | None = None,
+        admit: Admit | None = None,
     ) -> Iterator[StreamEvent]:
         """The token loop: ``combine`` turns the steppers' next-token logits (one ``[active, V]`` tensor each)
-        into the logits to sample from; every stepper is then fed the chosen tokens (models in lockstep)."""
+        into the logits to sample from; every stepper is then fed the chosen tokens (models in lockstep).
+
+        ``admit(running)`` (continuous batching) is asked before every step, with the number of rows running,
+        for requests that join now: a list of ``(row prompt ids, config, [prompt ids for each stepper])``. Their
+        rows are numbered after every row before them; each stepper prefills them and merges them into its
+        batch (``stepper.join``). The loop ends when no row is left running."""
         active = list(range(len(rows)))
-        while active:
+        while True:
+            if admit is not None:
+                joining = admit(len(active))
+                if joining:
+                    first = rows[-1].index + 1 if rows else 0
+                    new = self.new_rows([j[0] for j in joining], [j[1] for j in joining], start=first)
+                    extra = max(j[1].max_new_tokens for j in joining)
+                    for k, st in enumerate(steppers):
+                        st.join([j[2][k] for j in joining], extra=extra)
+                    active.extend(range(len(rows), len(rows) + len(new)))
+                    rows.extend(new)
+            if not active:
+                break
             logits = combine([st.logits for st in steppers])
             tokens, keep = [], []
             for j, ri in enumerate(active):
@@ -193,6 +213,10 @@ class TokenLoop:
             for st in steppers:
                 st.step(tokens, keep)
 
+
+#: continuous batching: ``admit(running rows)`` -> the requests that join now, as
+#: ``(row prompt ids, config, [prompt ids for each stepper])``
+Admit = Callable[[int], Sequence[tuple[list[int], GenerationConfig, Sequence[Sequence[int]]]]]
 
 
 class DecodeEngine(TokenLoop):
@@ -330,29 +354,52 @@ class DecodeEngine(TokenLoop):
         configs: Sequence[GenerationConfig],
         reuse: bool = True,
         should_stop: Callable[[int], bool] | None = None,
+        admit: Admit | None = None,
     ) -> Iterator[StreamEvent]:
         """Generate for every prompt, yielding text pieces as they appear and a final event per prompt.
         ``should_stop(i)`` is asked before each step: a prompt it answers True for is dropped from the batch
-        at once, without a final event (its client went away)."""
+        at once, without a final event (its client went away). ``admit``: see :meth:`TokenLoop.loop`."""
         stepper = Stepper(self, prompts, extra=max(c.max_new_tokens for c in configs), reuse=reuse)
-        yield from self.loop(self.new_rows(prompts, configs), [stepper], lambda logits: logits[0], should_stop)
+        yield from self.loop(self.new_rows(prompts, configs), [stepper], lambda logits: logits[0], should_stop, admit)
 
 class Stepper:
     """One model's side of a batched decode: its key/value cache, attention mask and next-token logits."""
 
     def __init__(self, engine: DecodeEngine, prompts: Sequence[Sequence[int]], *, extra: int, reuse: bool = True):
         engine._check_fits(prompts)
-        self.engine = engine
+        self.engine, self.reuse = engine, reuse
         self.cache, self.mask, self.logits = engine.prefill(prompts, extra=extra, reuse=reuse)
         self.positions = self.mask.sum(-1)  # the next position of every row
 
     def step(self, tokens: list[int], keep: list[int]) -> None:
-        """Keep the rows ``keep`` (indices into the current batch) and feed each its next token."""
+        """Keep the rows ``keep`` (indices into the current batch) and feed each its next token. Columns that
+        are padding for every kept row (a finished row's prompt and answer) are freed with it."""
         if len(keep) < self.mask.shape[0]:
             idx = torch.tensor(keep, dtype=torch.long)
-            self.cache.batch_select_indices(idx.to(self.engine.device))
-            self.mask, self.positions = self.mask[idx], self.positions[idx]
+            mask = self.mask[idx]
+            used = mask.any(0).nonzero()
+            start = int(used[0]) if len(used) else 0
+            for layer in self.cache.layers:
+                layer.select(idx.to(self.engine.device), start)
+            self.mask, self.positions = mask[:, start:], self.positions[idx]
         self.mask = torch.cat([self.mask, torch.ones((len(keep), 1), dtype=torch.long)], dim=1)
         ids = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)
         self.logits = self.engine._forward(ids, self.mask, self.positions.unsqueeze(1), self.cache)
         self.positions = self.positions + 1
+
+    def join(self, prompts: Sequence[Sequence[int]], *, extra: int) -> None:
+        """Add rows to the running batch (continuous batching): the new prompts are prefilled (sharing the
+        stored prefix when they have it) and their key/values merged into the batch's cache; from the next
+        ``step`` on they decode with the others. ``logits`` then holds the new rows' next-token logits after
+        the running rows'."""
+        engine = self.engine
+        engine._check_fits(prompts)
+        cache, mask, logits = engine.prefill(prompts, extra=extra, reuse=self.reuse)
+        self.cache, pad_old, pad_new = join_left_padded(self.cache, cache, extra, engine.windows)
+        self.mask = torch.cat([_pad_left(self.mask, pad_old), _pad_left(mask, pad_new)])
+        self.positions = torch.cat([self.positions, mask.sum(-1)])
+        self.logits = torch.cat([self.logits, logits.to(self.logits.dtype)])
+
+
+def _pad_left(mask: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros((mask.shape[0], n)), mask], dim=1) if n else mask

@@ -90,6 +90,15 @@ class GrowableLayer(DynamicLayer):
             self._vbuf = self._vbuf[indices]
             self._refresh_views()
 
+    def select(self, indices: torch.Tensor, start: int) -> None:
+        """Keep the rows ``indices`` and drop the first ``start`` positions (padding no kept row uses), in one
+        copy: what a finished request leaves behind in a continuous batch is freed."""
+        if self._kbuf is not None:
+            self._kbuf = self._kbuf[indices, :, start:]
+            self._vbuf = self._vbuf[indices, :, start:]
+            self._len -= start
+            self._refresh_views()
+
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self._kbuf is not None:
             self._kbuf = self._kbuf.repeat_interleave(repeats, dim=0)
@@ -194,6 +203,29 @@ def merge_left_padded(
         layer._refresh_views()
         layers.append(layer)
     return Cache(layers=layers), pads
+
+
+def join_left_padded(a: Cache, b: Cache, extra_capacity: int, windows: LayerWindows = None) -> tuple[Cache, int, int]:
+    """One batch of the rows of ``a`` then those of ``b`` (each left-padded, right-aligned), the narrower one
+    padded further on the left to the wider's length. Returns the cache and how many columns were added on the
+    left of ``a``'s and of ``b``'s rows. Exact: every row stays contiguous and right-aligned, and padding is
+    masked (positions are per row)."""
+    la, lb = cache_layers(a), cache_layers(b)
+    wa, wb = la[0][0].shape[-2], lb[0][0].shape[-2]
+    width = max(wa, wb)
+    layers = []
+    for li, ((ka, va), (kb, vb)) in enumerate(zip(la, lb)):
+        na, nb = ka.shape[0], kb.shape[0]
+        k = ka.new_zeros((na + nb, ka.shape[1], width + extra_capacity, ka.shape[-1]))
+        v = va.new_zeros((na + nb, va.shape[1], width + extra_capacity, va.shape[-1]))
+        k[:na, :, width - wa : width], v[:na, :, width - wa : width] = ka, va
+        k[na:, :, width - wb : width], v[na:, :, width - wb : width] = kb, vb
+        layer = _layer(windows[li] if windows else None)
+        layer.lazy_initialization(k, v)
+        layer._kbuf, layer._vbuf, layer._len = k, v, width
+        layer._refresh_views()
+        layers.append(layer)
+    return Cache(layers=layers), width - wa, width - wb
 
 
 class PrefixStore:

@@ -26,7 +26,7 @@ from alignkit.server.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
-from alignkit.server.service import Overloaded, Service, collect
+from alignkit.server.service import Overloaded, Service, backend_models, collect, share_gates, weights_id
 from alignkit.types import GenerationConfig, Message
 
 log = logging.getLogger("alignkit.server")
@@ -67,6 +67,7 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         routes[svc.name] = svc
     if not routes:
         raise ValueError("no route to serve")
+    share_gates(list(routes.values()))
 
     def pick(name: str | None) -> tuple[Service, Any]:
         if len(routes) == 1:
@@ -331,23 +332,13 @@ def _memory(routes: dict[str, Service]) -> dict[str, Any]:
     import resource
 
     weights: dict[int, dict[str, Any]] = {}
-
-    def walk(m: Any, depth: int = 0) -> None:
-        inner = [getattr(m, a, None) for a in ("base", "upstream", "corrector", "rewriter", "ref", "aligned")]
-        inner = [x for x in inner if x is not None and x is not m and hasattr(x, "spec")]
-        if not inner:  # a backend model
-            torch_model = getattr(m, "model", None)
-            count = getattr(torch_model, "num_parameters", None)
-            entry = weights.setdefault(id(torch_model if torch_model is not None else m), {
-                "backend": getattr(m, "backend", None), "specs": [],
-                "parameters": count() if callable(count) else None})
+    for svc in routes.values():
+        for m in backend_models(svc.model):
+            count = getattr(getattr(m, "model", None), "num_parameters", None)
+            entry = weights.setdefault(weights_id(m), {"backend": getattr(m, "backend", None), "specs": [],
+                                                       "parameters": count() if callable(count) else None})
             if m.spec not in entry["specs"]:
                 entry["specs"].append(m.spec)
-        for x in inner if depth < 16 else ():
-            walk(x, depth + 1)
-
-    for svc in routes.values():
-        walk(svc.model)
     return {"loaded_weights": list(weights.values()),
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 

@@ -1,11 +1,22 @@
-"""Server logic, independent of HTTP: a bounded queue of jobs, and one worker thread that batches the jobs
-waiting at the same time onto the model (static batching: a batch runs until its last row finishes; jobs
-that arrive meanwhile form the next batch). A job whose client went away is cancelled: its rows are dropped
-from the running batch at the next step."""
+"""Server logic, independent of HTTP: a bounded queue of jobs, and one worker thread that runs them on the
+model in batches.
+
+Two schedulers:
+
+* **continuous** (iteration-level, for models with ``capabilities.continuous_batching``: the transformers
+  backend and the methods built on it): between two decode steps, waiting jobs join the running batch as long
+  as it has room (``max_batch`` rows); a job is answered as soon as its own rows finish, and a finished row's
+  key/values are freed at once, so a short request never waits for a long one;
+* **static** (every other model): the jobs waiting at the same time form a batch that runs until its last
+  row finishes; jobs that arrive meanwhile form the next one. A job is still answered when its own rows finish.
+
+Either way a job whose client went away is cancelled: its rows are dropped from the running batch at the
+next step."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import queue
@@ -47,13 +58,85 @@ class Stats:
     cancelled: int = 0
     rejected: int = 0
     max_batch_rows: int = 0
+    joined: int = 0
+    """jobs that joined a batch already running (continuous scheduling)"""
+
+
+SCHEDULERS = ("auto", "continuous", "static")
+
+
+class Gate:
+    """Turns on loaded weights shared by several routes: one route's batch runs at a time, and while another
+    route waits for its turn the running batch takes no more requests (it drains, then hands over), so a busy
+    continuous route cannot starve the others."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._count = threading.Lock()
+
+    @contextlib.contextmanager
+    def turn(self):
+        with self._count:
+            self._waiting += 1
+        self._lock.acquire()
+        with self._count:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @property
+    def contended(self) -> bool:
+        return self._waiting > 0
+
+
+def backend_models(model: Any, depth: int = 0) -> list[Any]:
+    """The backend models under a model (through methods, routes, DeRa's pair, best-of-N's scorer)."""
+    inner = [getattr(model, a, None) for a in ("base", "upstream", "corrector", "rewriter", "ref", "aligned", "scorer")]
+    inner = [x for x in inner if x is not None and x is not model and hasattr(x, "spec")]
+    if not inner or depth >= 16:
+        return [model]
+    return [leaf for x in inner for leaf in backend_models(x, depth + 1)]
+
+
+def weights_id(model: Any) -> int:
+    """One id per set of loaded weights (a base model and its adapter views share one)."""
+    torch_model = getattr(model, "model", None)
+    return id(torch_model if torch_model is not None else model)
+
+
+def share_gates(services: list[Service]) -> None:
+    """Give services whose models share loaded weights one :class:`Gate`."""
+    groups: list[tuple[set[int], Gate]] = []
+    for svc in services:
+        ids = {weights_id(m) for m in backend_models(svc.model)}
+        for held, gate in groups:
+            if held & ids:
+                held |= ids
+                svc.gate = gate
+                break
+        else:
+            groups.append((ids, svc.gate))
 
 
 class Service:
     """Runs jobs on one model with batching; thread-safe ``submit`` from the event loop."""
 
     def __init__(self, model: Any, name: str, *, max_batch: int = 8, max_queue: int = 64,
-                 batch_wait: float = 0.01) -> None:
+                 batch_wait: float = 0.01, scheduler: str = "auto") -> None:
+        from alignkit.errors import CapabilityError, InputError
+
+        if scheduler not in SCHEDULERS:
+            raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        can = bool(getattr(getattr(model, "capabilities", None), "continuous_batching", False))
+        if scheduler == "continuous" and not can:
+            raise CapabilityError(
+                f"model {getattr(model, 'spec', name)!r} cannot take requests into a running batch (continuous "
+                "batching needs the transformers backend, under any method except a rewriter or corrector route); "
+                "use --scheduler static or auto")
+        self.continuous = can and scheduler != "static"
         self.model, self.name = model, name
         self.max_batch, self.batch_wait = max(1, max_batch), batch_wait
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max(1, max_queue))
@@ -61,6 +144,7 @@ class Service:
         self._worker: threading.Thread | None = None
         self.stats = Stats()
         self._held: Job | None = None
+        self.gate = Gate()  # shared with the routes on the same weights (server.app.build_app)
         self._can_cancel = "should_stop" in inspect.signature(model.stream).parameters or _accepts_kwargs(model.stream)
 
     # -------------------------------------------------------------- lifecycle
@@ -126,39 +210,89 @@ class Service:
         while not self._stopping.is_set():
             batch = self._take_batch()
             if batch:
-                self._run_batch(batch)
+                with self.gate.turn():
+                    self._run_batch(batch)
         if self._held is not None:
             self._held.push(("error", Overloaded("the server is shutting down")))
             self._held = None
 
+    def _joining(self, running: int) -> list[Job]:
+        """Jobs that join the running batch now: waiting jobs, in order, while they fit in ``max_batch``."""
+        joining: list[Job] = []
+        free = self.max_batch - running
+        while free > 0 and not self._stopping.is_set() and not self.gate.contended:
+            if self._held is not None:
+                job, self._held = self._held, None
+            else:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if job.cancelled.is_set():
+                continue
+            if len(job.prompts) > free:
+                self._held = job  # waits for room (or for the next batch)
+                break
+            joining.append(job)
+            free -= len(job.prompts)
+        return joining
+
     def _run_batch(self, batch: list[Job]) -> None:
-        rows: list[tuple[Job, int]] = [(job, i) for job in batch for i in range(len(job.prompts))]
-        prompts = [job.prompts[i] for job, i in rows]
-        configs = [job.configs[i] for job, i in rows]
+        rows: list[tuple[Job, int]] = []
+        left: dict[int, int] = {}  # id(job) -> choices not finished yet
+        jobs: list[Job] = []
+
+        def add(new: list[Job]) -> list[tuple[Prompt, GenerationConfig]]:
+            for job in new:
+                jobs.append(job)
+                left[id(job)] = len(job.prompts)
+                rows.extend((job, i) for i in range(len(job.prompts)))
+            self.stats.rows += sum(len(j.prompts) for j in new)
+            return [(job.prompts[i], job.configs[i]) for job in new for i in range(len(job.prompts))]
+
+        first = add(batch)
         self.stats.batches += 1
-        self.stats.rows += len(rows)
         self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(rows))
-        kwargs = {"should_stop": lambda r: rows[r][0].cancelled.is_set()} if self._can_cancel else {}
+        kwargs: dict[str, Any] = {}
+        if self._can_cancel:
+            kwargs["should_stop"] = lambda r: rows[r][0].cancelled.is_set()
+        if self.continuous:
+            def admit(running: int) -> list[tuple[Prompt, GenerationConfig]]:
+                new = self._joining(running)
+                if not new:
+                    return []
+                self.stats.joined += len(new)
+                self.stats.max_batch_rows = max(self.stats.max_batch_rows, running + sum(len(j.prompts) for j in new))
+                return add(new)
+
+            kwargs["admit"] = admit
         try:
-            events = self.model.stream(prompts, configs, **kwargs)
+            events = self.model.stream([p for p, _ in first], [c for _, c in first], **kwargs)
             for ev in events:
                 job, choice = rows[ev.index]
                 if not job.cancelled.is_set():
                     job.push(("event", choice, ev))
-                if all(j.cancelled.is_set() for j in batch):
+                if ev.completion is not None:
+                    left[id(job)] -= 1
+                    if left[id(job)] == 0:
+                        job.push(("done",))  # answered now, not when the whole batch ends
+                if all(j.cancelled.is_set() or left[id(j)] == 0 for j in jobs) and self._queue.empty() \
+                        and self._held is None:
                     close = getattr(events, "close", None)
                     if close:
                         close()
                     break
-        except Exception as e:  # reported to every job of the batch; the server stays up
+        except Exception as e:  # reported to every job of the batch not answered yet; the server stays up
             log.exception("generation failed")
-            for job in batch:
-                job.push(("error", e))
+            for job in jobs:
+                if left[id(job)]:
+                    job.push(("error", e))
             return
-        for job in batch:
-            if job.cancelled.is_set():
-                self.stats.cancelled += 1
-            job.push(("done",))
+        for job in jobs:
+            if left[id(job)]:
+                if job.cancelled.is_set():
+                    self.stats.cancelled += 1
+                job.push(("done",))
 
 
 async def collect(job: Job) -> list[Completion]:
