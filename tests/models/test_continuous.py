@@ -35,10 +35,10 @@ class Schedule:
         self.prompts, self.configs = prompts, configs
         self.calls, self.running, self.order = 0, [], []
 
-    def __call__(self, running: int):
+    def __call__(self, running: int, room: int | None = None):
         self.running.append(running)
-        now = [k for s, k in self.waiting if s <= self.calls]
-        self.waiting = [(s, k) for s, k in self.waiting if s > self.calls]
+        now = [k for s, k in self.waiting if s <= self.calls][:room]  # what the model has room for; the rest waits
+        self.waiting = [(s, k) for s, k in self.waiting if k not in now]
         self.calls += 1
         self.order += now
         return [(self.prompts[k], self.configs[k]) for k in now]

@@ -87,8 +87,8 @@ class MethodModel(ABC):
         cleaners = [self.stream_cleaner() for _ in prepared]
         admit = kwargs.get("admit")
         if admit is not None:  # continuous batching: requests that join are prepared as they join
-            def prepare_joining(running: int) -> list[tuple[Prompt, GenerationConfig]]:
-                joining = list(admit(running))
+            def prepare_joining(running: int, room: int | None) -> list[tuple[Prompt, GenerationConfig]]:
+                joining = list(admit(running, room))
                 if not joining:
                     return []
                 more, cfgs = self._prepare_all([p for p, _ in joining], [c for _, c in joining])

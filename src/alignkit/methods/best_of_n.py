@@ -100,8 +100,9 @@ class BestOfN(MethodModel):
             kwargs["should_stop"] = lambda r: should_stop(r // n)
         finals: list[Completion | None] = [None] * len(rows)
         if admit is not None:
-            def admit_rows(running: int) -> list[tuple[Prompt, GenerationConfig]]:
-                joining = list(admit(-(-running // n)))  # the caller counts requests, the model rows
+            def admit_rows(running: int, room: int | None) -> list[tuple[Prompt, GenerationConfig]]:
+                # the caller counts requests, the model rows
+                joining = list(admit(-(-running // n), None if room is None else room // n))
                 prompts.extend(p for p, _ in joining)
                 more = expand([p for p, _ in joining], [c for _, c in joining])
                 finals.extend([None] * len(more))

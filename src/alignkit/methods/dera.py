@@ -161,8 +161,8 @@ class DeRa:
         extra = max(c.max_new_tokens for c in configs)
         loop_admit = None
         if admit is not None:
-            def loop_admit(running: int):
-                return [add(p, c) for p, c in admit(running)]
+            def loop_admit(running: int, room: int | None):
+                return [add(p, c) for p, c in admit(running, room)]
 
         def combine(ls):
             return lam * ls[0] + (1 - lam) * ls[1]

@@ -74,8 +74,9 @@ class Capabilities:
 
     continuous_batching: bool = False
     """``stream(..., admit=)`` takes requests into the running batch between decode steps (iteration-level
-    scheduling): ``admit(running rows)`` returns ``(prompt, config)`` pairs that join now, numbered after every
-    request before them. The server schedules such a model continuously."""
+    scheduling): ``admit(running, room)`` -- the requests running, and how many more the model can hold now
+    (``None``: no limit) -- returns at most ``room`` ``(prompt, config)`` pairs that join now, numbered after
+    every request before them. The server schedules such a model continuously."""
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -254,7 +254,7 @@ class HFModel:
         *,
         reuse_prefix: bool = True,
         should_stop: Callable[[int], bool] | None = None,
-        admit: Callable[[int], Sequence[tuple[Prompt, GenerationConfig]]] | None = None,
+        admit: Callable[[int, int | None], Sequence[tuple[Prompt, GenerationConfig]]] | None = None,
     ) -> Iterator[StreamEvent]:
         """Batched generation; ``admit`` makes it continuous (see ``Capabilities.continuous_batching``)."""
         configs = configs_for(len(prompts), config)
@@ -263,9 +263,9 @@ class HFModel:
         ids = [self.encode_prompt(p) for p in prompts]
         engine_admit = None
         if admit is not None:
-            def engine_admit(running: int):
+            def engine_admit(running: int, room: int | None):
                 joining = []
-                for p, c in admit(running):
+                for p, c in admit(running, room):
                     pid = self.encode_prompt(p)
                     joining.append((pid, c, [pid]))
                 return joining

@@ -175,14 +175,19 @@ class TokenLoop:
         """The token loop: ``combine`` turns the steppers' next-token logits (one ``[active, V]`` tensor each)
         into the logits to sample from; every stepper is then fed the chosen tokens (models in lockstep).
 
-        ``admit(running)`` (continuous batching) is asked before every step, with the number of rows running,
-        for requests that join now: a list of ``(row prompt ids, config, [prompt ids for each stepper])``. Their
-        rows are numbered after every row before them; each stepper prefills them and merges them into its
-        batch (``stepper.join``). The loop ends when no row is left running."""
+        ``admit(running, room)`` (continuous batching) is asked before every step, with the number of rows
+        running and how many more the steppers can hold (``None``: no limit), for requests that join now: a list
+        of at most ``room`` ``(row prompt ids, config, [prompt ids for each stepper])``. Their rows are numbered
+        after every row before them; each stepper prefills them and merges them into its batch
+        (``stepper.join``). The loop ends when no row is left running."""
         active = list(range(len(rows)))
         while True:
             if admit is not None:
-                joining = admit(len(active))
+                rooms = [st.room for st in steppers if st.room is not None]
+                room = min(rooms) if rooms else None
+                joining = admit(len(active), room)
+                if room is not None and len(joining) > room:
+                    raise RuntimeError(f"admit returned {len(joining)} requests; the steppers had room for {room}")
                 if joining:
                     first = rows[-1].index + 1 if rows else 0
                     new = self.new_rows([j[0] for j in joining], [j[1] for j in joining], start=first)
@@ -214,9 +219,9 @@ class TokenLoop:
                 st.step(tokens, keep)
 
 
-#: continuous batching: ``admit(running rows)`` -> the requests that join now, as
-#: ``(row prompt ids, config, [prompt ids for each stepper])``
-Admit = Callable[[int], Sequence[tuple[list[int], GenerationConfig, Sequence[Sequence[int]]]]]
+#: continuous batching: ``admit(running rows, room)`` -> the requests that join now (at most ``room`` unless it is
+#: None), as ``(row prompt ids, config, [prompt ids for each stepper])``
+Admit = Callable[[int, "int | None"], Sequence[tuple[list[int], GenerationConfig, Sequence[Sequence[int]]]]]
 
 
 class DecodeEngine(TokenLoop):
@@ -364,6 +369,8 @@ class DecodeEngine(TokenLoop):
 
 class Stepper:
     """One model's side of a batched decode: its key/value cache, attention mask and next-token logits."""
+
+    room: int | None = None  # rows it can still take (continuous batching): no limit
 
     def __init__(self, engine: DecodeEngine, prompts: Sequence[Sequence[int]], *, extra: int, reuse: bool = True):
         engine._check_fits(prompts)

@@ -216,10 +216,11 @@ class Service:
             self._held.push(("error", Overloaded("the server is shutting down")))
             self._held = None
 
-    def _joining(self, running: int) -> list[Job]:
-        """Jobs that join the running batch now: waiting jobs, in order, while they fit in ``max_batch``."""
+    def _joining(self, running: int, room: int | None) -> list[Job]:
+        """Jobs that join the running batch now: waiting jobs, in order, while they fit in ``max_batch`` and in
+        the ``room`` the model has left."""
         joining: list[Job] = []
-        free = self.max_batch - running
+        free = self.max_batch - running if room is None else min(self.max_batch - running, room)
         while free > 0 and not self._stopping.is_set() and not self.gate.contended:
             if self._held is not None:
                 job, self._held = self._held, None
@@ -257,8 +258,8 @@ class Service:
         if self._can_cancel:
             kwargs["should_stop"] = lambda r: rows[r][0].cancelled.is_set()
         if self.continuous:
-            def admit(running: int) -> list[tuple[Prompt, GenerationConfig]]:
-                new = self._joining(running)
+            def admit(running: int, room: int | None) -> list[tuple[Prompt, GenerationConfig]]:
+                new = self._joining(running, room)
                 if not new:
                     return []
                 self.stats.joined += len(new)
