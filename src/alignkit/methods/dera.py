@@ -75,9 +75,8 @@ class DeRa:
         self.capabilities = Capabilities(
             full_vocab_logits=True, topk_logprobs=va, chat_template=aligned.capabilities.chat_template,
             streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=False,
-            # requests can join the running lockstep pair when both sides batch any number of rows
-            continuous_batching=all(m.max_stepper_rows is None and m.capabilities.continuous_batching
-                                    for m in (self.ref_inner, self.aligned_inner)))
+            # requests can join the running lockstep pair when both sides take rows into a running batch
+            continuous_batching=all(m.capabilities.continuous_batching for m in (self.ref_inner, self.aligned_inner)))
         self.recommended = getattr(aligned, "recommended", {})
         # tokenizer-level helpers come from the aligned side (both sides share the vocabulary)
         self.tokenizer = self.aligned_inner.tokenizer
@@ -137,8 +136,7 @@ class DeRa:
         if not prompts:
             return
         if admit is not None and not self.capabilities.continuous_batching:
-            raise CapabilityError("DeRa takes requests into a running batch only when both models batch rows "
-                                  "(the transformers backend)")
+            raise CapabilityError("DeRa takes requests into a running batch only when both models can")
         a_ids, r_ids, merged, metas = [], [], [], []
         cleaner = (self.aligned.stream_cleaner if isinstance(self.aligned, MethodModel) else None)
         cleaners: list[Any] = []
@@ -159,24 +157,39 @@ class DeRa:
         lam = self.lam
         loop = self.aligned_inner.token_loop  # the aligned side's decoding rules (both share the vocabulary)
         extra = max(c.max_new_tokens for c in configs)
-        loop_admit = None
-        if admit is not None:
-            def loop_admit(running: int, room: int | None):
-                return [add(p, c) for p, c in admit(running, room)]
+        # the row's prompt is the longer side's, so the context limit holds for both models
+        row_ids = [a if len(a) >= len(r) else r for a, r in zip(a_ids, r_ids)]
+        width = min(w for w in (self.aligned_inner.max_stepper_rows, self.ref_inner.max_stepper_rows, len(prompts))
+                    if w is not None)
+        pending = list(range(width, len(prompts)))  # rows beyond what the steppers hold join as others finish
+
+        def loop_admit(running: int, room: int | None):
+            room = len(pending) + 1 if room is None else room
+            out = []
+            while pending and len(out) < room:
+                k = pending.pop(0)
+                out.append((row_ids[k], merged[k], [a_ids[k], r_ids[k]]))
+            if admit is not None and not pending and len(out) < room:
+                out += [add(p, c) for p, c in admit(running + len(out), room - len(out))]
+            return out
 
         def combine(ls):
             return lam * ls[0] + (1 - lam) * ls[1]
 
         with self.aligned_inner.exclusive(), self.ref_inner.exclusive():
-            # the row's prompt is the longer side's, so the context limit holds for both models
-            rows = loop.new_rows([a if len(a) >= len(r) else r for a, r in zip(a_ids, r_ids)], merged)
-            width = min(w for w in (self.aligned_inner.max_stepper_rows, self.ref_inner.max_stepper_rows, len(rows))
-                        if w is not None)
-            for start in range(0, len(rows), width):  # batched (transformers) or one row at a time (llama.cpp)
-                group = rows[start : start + width]
-                steppers = [self.aligned_inner.stepper([a_ids[r.index] for r in group], extra=extra, reuse=reuse_prefix),
-                            self.ref_inner.stepper([r_ids[r.index] for r in group], extra=extra, reuse=reuse_prefix)]
-                yield from self._events(loop.loop(group, steppers, combine, should_stop, loop_admit), cleaners, metas)
+            steppers = []
+            try:
+                steppers.append(self.aligned_inner.stepper(a_ids[:width], extra=extra, reuse=reuse_prefix))
+                steppers.append(self.ref_inner.stepper(r_ids[:width], extra=extra, reuse=reuse_prefix))
+                rows = loop.new_rows(row_ids[:width], merged[:width])
+                events = loop.loop(rows, steppers, combine, should_stop,
+                                   loop_admit if pending or admit is not None else None)
+                yield from self._events(events, cleaners, metas)
+            finally:
+                for st in steppers:
+                    close = getattr(st, "close", None)
+                    if close is not None:
+                        close()
 
     @staticmethod
     def _events(events, cleaners, metas) -> Iterator[StreamEvent]:

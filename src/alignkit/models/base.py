@@ -173,7 +173,11 @@ class Stepper(Protocol):
     ``logits`` is the ``[active rows, V]`` tensor of next-token logits of the rows still running;
     ``step(tokens, keep)`` keeps the rows ``keep`` (indices into the current active rows) and feeds each its
     next token, after which ``logits`` holds the next step's. Several steppers over the same rows, one per
-    model, can be driven in lockstep by one token loop."""
+    model, can be driven in lockstep by one token loop.
+
+    For continuous batching a stepper also has ``room`` (rows it can still take; ``None``: no limit) and
+    ``join(prompts, extra=)`` (prefill more rows; their logits follow the running rows'). A stepper with a
+    ``close()`` method holds resources until it is called (llama.cpp: its rows' sequences)."""
 
     logits: torch.Tensor
 
@@ -189,7 +193,7 @@ class SteppingModel(Protocol):
       ``token_loop.loop(rows, steppers, combine, should_stop)``;
     * ``stepper(prompt_ids, extra=, reuse=)``: a :class:`Stepper` over a group of token-id prompts (its
       prompts prefilled, ``extra`` tokens of room to grow; ``reuse`` allows the shared-prefix cache);
-    * ``max_stepper_rows``: how many prompts one stepper can hold (``None``: any number, batched; llama.cpp: 1);
+    * ``max_stepper_rows``: how many prompts one stepper can hold (``None``: any number; llama.cpp: ``n_seq``);
     * ``exclusive()``: a context manager holding the model for the whole lockstep run (no other request
       interleaves with its cache);
     * ``encode_prompt(prompt)``: the token ids the model sees for a prompt.

@@ -212,10 +212,10 @@ class TokenLoop:
                 if not row.finish:
                     keep.append(j)
                     tokens.append(tok)
-            if not keep:
-                break
             active = [active[j] for j in keep]
-            for st in steppers:
+            if not keep and admit is None:
+                break
+            for st in steppers:  # (with no row left, they drop every row; requests may still join)
                 st.step(tokens, keep)
 
 
@@ -381,6 +381,12 @@ class Stepper:
     def step(self, tokens: list[int], keep: list[int]) -> None:
         """Keep the rows ``keep`` (indices into the current batch) and feed each its next token. Columns that
         are padding for every kept row (a finished row's prompt and answer) are freed with it."""
+        if not keep:  # every row finished: an empty batch, which rows can join
+            self.mask, self.positions = self.mask[:0, :0], self.positions[:0]
+            self.logits = self.logits[:0]
+            for layer in self.cache.layers:
+                layer.select(torch.zeros(0, dtype=torch.long, device=self.engine.device), layer.get_seq_length())
+            return
         if len(keep) < self.mask.shape[0]:
             idx = torch.tensor(keep, dtype=torch.long)
             mask = self.mask[idx]

@@ -66,8 +66,11 @@ class ModelOptions:
     distributed_executor: str | None = field(default=None, metadata={
         "help": "vllm backend: ray (a Ray cluster, for several nodes) or mp (processes on one node)",
         "choices": ["ray", "mp"]})
-    n_ctx: int = field(default=2048, metadata={"min": 1,
-        "help": "llamacpp backend: context size in tokens (it keeps n_ctx x vocabulary logits for exact scoring)"})
+    n_ctx: int = field(default=2048, metadata={"min": 16,
+        "help": "llamacpp backend: tokens one sequence (prompt + answer) can hold"})
+    n_seq: int = field(default=8, metadata={"min": 1,
+        "help": "llamacpp backend: rows decoded together in one llama.cpp batch (the key/value cache holds "
+                "n_ctx x (n_seq + 1) tokens)"})
 
 
 #: backend name -> "module:function" of its loader ``(target, *, spec, options) -> LanguageModel``.
