@@ -87,7 +87,7 @@ def short_latency(url: str, short: int, long: int, tries: int) -> dict:
         started = threading.Event()
         result = {}
 
-        def long_run():
+        def long_run(started: threading.Event = started, result: dict = result) -> None:
             t = time.perf_counter()
             with httpx.stream("POST", url + "/completions", json={"model": "raw", "prompt": LONG_PROMPT,
                                                                   "max_tokens": long, "temperature": 0,

@@ -233,6 +233,15 @@ def configs_for(
     return configs
 
 
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token lists share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def find_stop(text: str, stops: Sequence[str], start: int = 0) -> tuple[int, str] | None:
     """Earliest occurrence at or after ``start`` of any stop string: ``(index, stop)`` or None."""
     best: tuple[int, str] | None = None

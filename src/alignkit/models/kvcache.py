@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from alignkit.models.base import common_prefix_length
+
 
 class GrowableLayer(DynamicLayer):
     """A full-attention cache layer ``[batch, heads, seq, dim]`` that grows by doubling its capacity."""
@@ -273,10 +275,3 @@ class PrefixStore:
     def clear(self) -> None:
         self.entries = []
 
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -41,11 +41,11 @@ from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
     PositionReducer,
+    common_prefix_length,
     configs_for,
     logprob_blocks,
     run_stream_to_completions,
 )
-from alignkit.models.kvcache import common_prefix_length
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
 
 GGUF_MAGIC = b"GGUF"
@@ -167,16 +167,20 @@ class _Sequences:
         self.held = list(ids)
 
     def start(self, prompts: Sequence[Sequence[int]], reuse: bool = True) -> tuple[list[int], np.ndarray]:
-        """Put each prompt in a free row sequence: the prefix the prompts share goes to sequence 0 (what it
-        held of it is kept) and is copied into each row's sequence; each prompt's own tokens are then evaluated,
-        all in one batch. Returns the sequences and each prompt's last-position logits."""
+        """Put each prompt in a free row sequence: the prefix the prompts share (one prompt: what sequence 0
+        holds of it) is kept or evaluated in sequence 0 and copied into each row's sequence; each prompt's own
+        tokens are then evaluated, all in one batch; sequence 0 then holds the first prompt, for the next
+        requests. Returns the sequences and each prompt's last-position logits."""
         if len(prompts) > len(self.free):
             raise RuntimeError(f"{len(prompts)} rows but {len(self.free)} free sequences")
         if not reuse:
             self._cut(0, 0)
             self.held = []
         first = list(prompts[0])
-        common = len(first) - 1 if len(prompts) == 1 else min(common_prefix_length(first, p) for p in prompts[1:])
+        if len(prompts) == 1:  # what sequence 0 holds of it (the rest is evaluated in one batch, in the row)
+            common = min(common_prefix_length(self.held, first), len(first) - 1)
+        else:
+            common = min(common_prefix_length(first, p) for p in prompts[1:])
         common = min(common, min(len(p) for p in prompts) - 1)  # each row evaluates >= 1 token of its own
         for _ in self.hold(first[:common], common):
             pass
@@ -200,6 +204,9 @@ class _Sequences:
             for seq in seqs:
                 self.release(seq)
             raise
+        if len(first) > common:  # sequence 0 shares the first prompt's cells: kept when its row is freed
+            self._lib.llama_memory_seq_cp(self.mem, seqs[0], 0, common, len(first))
+            self.held = first
         return seqs, logits
 
     def step(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int]) -> np.ndarray:
@@ -268,7 +275,7 @@ class LlamaCppModel:
             full_vocab_logits=True, topk_logprobs=self.vocab_size, chat_template=bool(self._template),
             streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=True, continuous_batching=True,
         )
-        from alignkit.models.hf_decode import TokenLoop
+        from alignkit.models.token_loop import TokenLoop
 
         eos = {int(self.llm.token_eos())}
         eot = self._special_id("<end_of_turn>")
