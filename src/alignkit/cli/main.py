@@ -56,15 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
+    """transformers' warnings and progress bars off, by the environment variables it reads when it is imported
+    (importing it here would cost ~1 s for commands that never use it, e.g. on the llama.cpp backend)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' and the hub's progress bars
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:  # logging settings only: this module does not import torch
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 def entrypoint() -> None:
