@@ -111,6 +111,7 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/structured.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/engines.py --engines hf,llamacpp
+	$(BIN)/python bench/engines_command.py
 	$(BIN)/python bench/sharded_generate.py
 	$(BIN)/python bench/train_processes.py
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \

@@ -116,7 +116,8 @@ def _llamacpp(out, qs, cfg, args):
     prepared = [cpp_urial.prepare(q, cfg) for q in qs]
     from llama_cpp import Llama
 
-    llm = Llama(model_path=cpp.path, n_ctx=2048, logits_all=False, flash_attn=True, swa_full=True, verbose=False)
+    llm = Llama(model_path=cpp.path, n_ctx=2048, logits_all=False, flash_attn=True, swa_full=True, verbose=False,
+                n_threads=cpp.llm.n_threads)  # (its default is half the cores)
     llm.create_completion(prepared[0].prompt, max_tokens=4)  # warm, as alignkit was: the preamble is cached
     t0 = time.perf_counter()
     direct_tokens = 0
