@@ -490,7 +490,11 @@ class LlamaStepper:
         self.seqs: list[int] = []
         self.pos: list[int] = []
         self.logits = torch.empty((0, model.vocab_size))
-        self.join(prompts)
+        try:
+            self.join(prompts)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def room(self) -> int:
