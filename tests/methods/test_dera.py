@@ -247,3 +247,31 @@ def test_kl_to_reference_equals_a_direct_computation(pair):
         mix = torch.log_softmax(0.7 * la + 0.3 * lr, dim=-1)
         assert n == len(ids)
         assert total == pytest.approx(float((mix.exp() * (mix - lr)).sum()), rel=1e-5, abs=1e-8)
+
+
+def test_the_sweep_and_method_dera_build_the_same_sides(tiny_dir, tmp_path):
+    """One code path: with the reference under in-context alignment (a template of the user's) and the aligned side
+    resolved by auto, `alignkit dera sweep` writes, at each lambda, what `generate --method dera` writes."""
+    import json
+
+    import yaml
+
+    from alignkit.cli.main import main
+
+    template = tmp_path / "t.yaml"
+    template.write_text(yaml.safe_dump({"id": "mine", "preamble": "Answer kindly and briefly.",
+                                        "examples": [{"query": "Hi there", "answer": "Hello! How can I help?"}]}))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    sides = ["--ref-method", "urial", "--aligned-method", "auto", "--template", str(template)]
+    assert main(["dera", "sweep", "--ref", str(tiny_dir["base"]), "--aligned", str(tiny_dir["aligned"]), "--lams",
+                 "0.5", "--input", str(inp), "--output", str(tmp_path / "sweep"), "--max-new-tokens", "6",
+                 *sides]) == 0
+    assert main(["generate", "--model", str(tiny_dir["aligned"]), "--method", "dera", "--ref", str(tiny_dir["base"]),
+                 "--lam", "0.5", "--input", str(inp), "--output", str(tmp_path / "gen.jsonl"), "--max-new-tokens",
+                 "6", "--quiet", *sides]) == 0
+    swept = [json.loads(x) for x in (tmp_path / "sweep" / "lam-0.5.jsonl").read_text().splitlines()]
+    generated = [json.loads(x) for x in (tmp_path / "gen.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in swept] == [r["output"] for r in generated]
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert summary["aligned_method"] == "template"  # auto: the tiny aligned model has a chat template

@@ -7,7 +7,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from alignkit.cli.generate import parse_records
     from alignkit.evaluation.cheap import answer_metrics
     from alignkit.io import JsonlAppender, written_ids
-    from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
+    from alignkit.methods import MethodOptions, dera_sides, recommended_repetition_penalty
     from alignkit.methods.dera import DeRa
     from alignkit.models.registry import ModelPool
     from alignkit.types import GenerationConfig, as_messages
@@ -104,16 +104,9 @@ def run(args: argparse.Namespace) -> int:
         from alignkit.scoring import open_scorer, parse_spec
 
         parse_spec(job.scorer)
-    side = MethodOptions(method="none", template=None)
-    aligned_model = load(job.aligned)
-    aligned_method = job.aligned_method
-    if aligned_method == "auto" and not getattr(aligned_model, "trained_format", None):
-        # a model alignkit trained is prompted the way it was trained (method auto); others: template or raw
-        aligned_method = "template" if aligned_model.capabilities.chat_template else "none"
-    aligned = apply_method(aligned_model, replace(side, method=aligned_method,
-                                                  template=job.template if aligned_method == "urial" else None))
-    ref = apply_method(load(job.ref), replace(side, method=job.ref_method,
-                                              template=job.template if job.ref_method == "urial" else None))
+    # the sides exactly as --method dera makes them (one code path)
+    ref, aligned, aligned_method = dera_sides(load(job.aligned), load(job.ref), MethodOptions(
+        template=job.template, aligned_method=job.aligned_method, ref_method=job.ref_method))
     summary: dict[str, Any] = {"ref": job.ref, "aligned": job.aligned, "ref_method": job.ref_method,
                                "aligned_method": aligned_method, "lams": {}}
     for lam in lams:

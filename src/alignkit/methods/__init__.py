@@ -27,7 +27,10 @@ class MethodOptions:
         "help": "in-context examples: fixed (the template's) or similar (the K most similar to each query from "
                 "the example pool, by sentence embedding)", "choices": ["fixed", "similar"]})
     ref: str | None = field(default=None, metadata={
-        "help": "--method dera: the reference model spec (--model is the aligned model)"})
+        "help": "--method dera: the reference model spec (--model is the aligned model). DeRa's equivalence (lam "
+                "emulates KL strength beta/lam) holds when the aligned model is the KL-regularised optimum relative "
+                "to this reference -- an SFT model and its DPO/RLHF version; other pairings (a base model and its "
+                "in-context-aligned self, a base and an SFT model) are a heuristic interpolation"})
     lam: float | None = field(default=None, metadata={"min": 0,
         "help": "--method dera: lambda; logits = lam * aligned + (1 - lam) * ref (0: ref, 1: aligned, >1: beyond)"})
     ref_method: str = field(default="none", metadata={
@@ -126,27 +129,37 @@ def _auto(model: Any, options: MethodOptions) -> tuple[str, MethodOptions]:
 
 
 def _dera(model: Any, options: MethodOptions, loader: Any) -> Any:
-    from dataclasses import replace
-
     from alignkit.methods.dera import DeRa
 
     if options.ref is None or options.lam is None:
         raise InputError("--method dera needs --ref REF_MODEL and --lam LAMBDA (--model is the aligned model)")
     if loader is None:
         raise InputError("--method dera needs a way to load the reference model")
-    # the sides are plain models under their methods; route stages wrap the DeRa model as a whole
+    ref, aligned, _ = dera_sides(model, loader(options.ref), options)
+    return DeRa(ref, aligned, options.lam)
+
+
+def dera_sides(aligned_model: Any, ref_model: Any, options: MethodOptions) -> tuple[Any, Any, str]:
+    """The two sides of DeRa, each a plain model under its method -- the one code path of ``--method dera`` and
+    ``alignkit dera sweep``. ``aligned_method auto``: the layout alignkit trained the model on, else its chat
+    template, else raw. The in-context options (template, k, select) apply to whichever side is aligned in
+    context (urial). Returns ``(ref, aligned, the aligned side's method)``."""
+    from dataclasses import replace
+
+    # route stages wrap the DeRa model as a whole, never a side
     side = replace(options, method="none", ref=None, lam=None, rewriter=None, corrector=None, scorer=None, n=4,
                    sample_temperature=0.8)
     aligned_method = options.aligned_method
-    if aligned_method == "auto":
-        if getattr(model, "trained_format", None):
-            aligned_method = "auto"
-        else:
-            aligned_method = "template" if model.capabilities.chat_template else "none"
-    aligned = apply_method(model, replace(side, method=aligned_method))
-    ref_model = loader(options.ref)
-    ref = apply_method(ref_model, replace(side, method=options.ref_method, template=None, k=None, select="fixed"))
-    return DeRa(ref, aligned, options.lam)
+    if aligned_method == "auto" and not getattr(aligned_model, "trained_format", None):
+        aligned_method = "template" if aligned_model.capabilities.chat_template else "none"
+
+    def under(method: str) -> MethodOptions:
+        if method == "urial":
+            return replace(side, method=method)
+        return replace(side, method=method, template=None, k=None, select="fixed")
+
+    return (apply_method(ref_model, under(options.ref_method)), apply_method(aligned_model, under(aligned_method)),
+            aligned_method)
 
 
 def _urial(model: Any, options: MethodOptions) -> Any:
