@@ -19,7 +19,10 @@ from alignkit.models.registry import ModelOptions
 
 @dataclass(frozen=True)
 class SweepJob:
-    ref: str = field(default="", metadata={"help": "the reference model spec (e.g. the SFT or base model)", "required": True})
+    ref: str = field(default="", metadata={
+        "help": "the reference model spec: DeRa's theory (lambda emulates KL strength beta/lambda) covers an SFT model "
+                "as reference and its DPO/RLHF version as --aligned; other pairings (a base model, the same model in "
+                "context) are a heuristic interpolation", "required": True})
     aligned: str = field(default="", metadata={"help": "the aligned model spec", "required": True})
     lams: str = field(default="0,0.25,0.5,0.75,1,1.25", metadata={"help": "comma-separated lambdas to try"})
     input: str = field(default="", metadata={"help": "JSONL of records with an id and a prompt or messages", "required": True})
