@@ -218,10 +218,13 @@ def join_left_padded(a: Cache, b: Cache, extra_capacity: int, windows: LayerWind
     layers = []
     for li, ((ka, va), (kb, vb)) in enumerate(zip(la, lb)):
         na, nb = ka.shape[0], kb.shape[0]
-        k = ka.new_zeros((na + nb, ka.shape[1], width + extra_capacity, ka.shape[-1]))
-        v = va.new_zeros((na + nb, va.shape[1], width + extra_capacity, va.shape[-1]))
-        k[:na, :, width - wa : width], v[:na, :, width - wa : width] = ka, va
-        k[na:, :, width - wb : width], v[na:, :, width - wb : width] = kb, vb
+        # uninitialised, then written: the rows, and zeros in the padding only (masked, but must be finite);
+        # the spare capacity after ``width`` is written before it is ever read
+        k = ka.new_empty((na + nb, ka.shape[1], width + extra_capacity, ka.shape[-1]))
+        v = va.new_empty((na + nb, va.shape[1], width + extra_capacity, va.shape[-1]))
+        for rows, pad, kk, vv in ((slice(0, na), width - wa, ka, va), (slice(na, na + nb), width - wb, kb, vb)):
+            k[rows, :, :pad], v[rows, :, :pad] = 0, 0
+            k[rows, :, pad:width], v[rows, :, pad:width] = kk, vv
         layer = _layer(windows[li] if windows else None)
         layer.lazy_initialization(k, v)
         layer._kbuf, layer._vbuf, layer._len = k, v, width
