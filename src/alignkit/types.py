@@ -41,6 +41,7 @@ FinishReason = Literal["stop", "length"]
 
 #: the range of repetition penalties (outside it logits overflow or vanish); temperatures below the minimum are greedy
 MIN_PENALTY, MAX_PENALTY, MIN_TEMPERATURE = 0.01, 100.0, 1e-5
+PENALTY_SCOPES = ("answer", "all")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class GenerationConfig:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    repetition_penalty_scope: str = "answer"
+    """Which tokens the repetition penalty counts: ``answer`` (the answer so far -- alignkit's default: an
+    in-context prompt holds the very tokens an answer must be free to use) or ``all`` (prompt and answer, as
+    URIAL's original setting and vLLM do)."""
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
     constraint: Any = None
@@ -71,6 +76,9 @@ class GenerationConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if self.repetition_penalty_scope not in PENALTY_SCOPES:
+            raise ValueError(f"repetition_penalty_scope must be one of {', '.join(PENALTY_SCOPES)}, got "
+                             f"{self.repetition_penalty_scope!r}")
         if not (MIN_PENALTY <= self.repetition_penalty <= MAX_PENALTY):
             raise ValueError(f"repetition_penalty must be between {MIN_PENALTY} and {MAX_PENALTY} (1: off), got "
                              f"{self.repetition_penalty!r}")
@@ -87,6 +95,9 @@ class GenerationConfig:
             "top_p": self.top_p,
             "top_k": self.top_k,
             "repetition_penalty": self.repetition_penalty,
+            # (only when not the default, so records made before the option stay comparable)
+            **({"repetition_penalty_scope": self.repetition_penalty_scope}
+               if self.repetition_penalty_scope != "answer" else {}),
             "seed": self.seed,
             "stop": list(self.stop),
             **({"constraint": self.constraint.to_dict()} if self.constraint is not None else {}),

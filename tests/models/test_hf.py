@@ -66,6 +66,31 @@ def test_repetition_penalty_looks_at_the_answer_not_the_prompt(tiny_base):
     assert plain.token_ids == penal.token_ids  # nothing generated yet: nothing to penalise
 
 
+@pytest.mark.parametrize("scope", ["answer", "all"])
+def test_repetition_penalty_scope_equals_a_direct_computation(tiny_base, scope):
+    """Scope ``answer`` penalises the answer's own tokens, ``all`` the prompt's too (URIAL's original setting):
+    each equals a plain greedy loop that recomputes the logits and applies the penalty by hand."""
+    prompt, penalty = "The quick brown fox jumps over the lazy dog. " * 2, 2.5
+    got = tiny_base.generate([prompt], GenerationConfig(max_new_tokens=12, repetition_penalty=penalty,
+                                                        repetition_penalty_scope=scope))[0]
+    ids = tiny_base.encode_prompt(prompt)
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(12):
+            logits = tiny_base.model(torch.tensor([ids + out])).logits[0, -1].clone()
+            for t in set(out if scope == "answer" else ids + out):
+                logits[t] = logits[t] * penalty if logits[t] < 0 else logits[t] / penalty
+            out.append(int(logits.argmax()))
+            if out[-1] in tiny_base.engine.eos_ids:
+                break
+    assert list(got.token_ids) == out
+    other = "all" if scope == "answer" else "answer"
+    assert got.token_ids != tiny_base.generate([prompt], GenerationConfig(
+        max_new_tokens=12, repetition_penalty=penalty, repetition_penalty_scope=other))[0].token_ids
+    with pytest.raises(ValueError, match="repetition_penalty_scope"):
+        GenerationConfig(repetition_penalty_scope="prompt")
+
+
 def test_repetition_penalty_changes_greedy_output(tiny_base):
     plain = tiny_base.generate(["The quick"], GenerationConfig(max_new_tokens=16))[0]
     penal = tiny_base.generate(["The quick"], GenerationConfig(max_new_tokens=16, repetition_penalty=3.0))[0]

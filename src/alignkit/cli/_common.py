@@ -54,8 +54,13 @@ class Decoding:
     top_p: float = field(default=1.0, metadata={"gt": 0, "max": 1, "help": "nucleus sampling threshold"})
     top_k: int = field(default=0, metadata={"min": 0, "help": "sample from the k most likely tokens (0: off)"})
     repetition_penalty: float | None = field(default=None, metadata={"min": 0.01, "max": 100,
-        "help": "penalty for repeating tokens of the answer so far (1: off; default: the method's recommendation, "
+        "help": "penalty for repeating tokens (see --repetition-penalty-scope; 1: off; default: the method's recommendation, "
                 "1.15 for urial, else 1.0)"})
+    repetition_penalty_scope: str = field(default="answer", metadata={
+        "choices": ("answer", "all"),
+        "help": "what the repetition penalty counts: answer (the answer so far; an in-context prompt's examples hold "
+                "tokens an answer must be free to use) or all (prompt and answer, URIAL's original setting; vLLM "
+                "always counts both)"})
     seed: int | None = field(default=None, metadata={"help": "random seed for sampling"})
     stop: tuple[str, ...] = field(
         default=(), metadata={"help": "extra stop string; the output ends before it (\\n and \\t escapes work)"}
@@ -103,7 +108,8 @@ class Decoding:
             rp = recommended_repetition_penalty(model)
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            repetition_penalty=rp, seed=self.seed, stop=tuple(unescape(s) for s in self.stop),
+            repetition_penalty=rp, repetition_penalty_scope=self.repetition_penalty_scope, seed=self.seed,
+            stop=tuple(unescape(s) for s in self.stop),
             constraint=self.constraint(),
         )
 

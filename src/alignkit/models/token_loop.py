@@ -75,12 +75,13 @@ class TokenLoop:
             logits = row.guide.mask(logits)
         scores = logits.unsqueeze(0)
         if len(row.processors):
-            # the repetition penalty looks at the answer so far, not the prompt: a prompt full of examples
-            # (in-context alignment) holds the very tokens an answer must be free to use -- its closing
-            # fence, the phrasing of a polite refusal
-            seen = torch.tensor([row.gen], dtype=torch.long, device=scores.device)
+            # by default the repetition penalty looks at the answer so far, not the prompt: a prompt full of
+            # examples (in-context alignment) holds the very tokens an answer must be free to use -- its closing
+            # fence, the phrasing of a polite refusal; scope "all" counts the prompt too (URIAL's original setting)
+            ids = row.gen if row.config.repetition_penalty_scope == "answer" else row.prompt_ids + row.gen
+            seen = torch.tensor([ids], dtype=torch.long, device=scores.device)
             for proc in row.processors:
-                if row.gen or type(proc).__name__ != "RepetitionPenaltyLogitsProcessor":
+                if ids or type(proc).__name__ != "RepetitionPenaltyLogitsProcessor":
                     scores = proc(seen, scores)
         if row.config.greedy:
             return int(scores.argmax(-1))
