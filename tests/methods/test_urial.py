@@ -94,20 +94,45 @@ ADVERSARIAL = [
 ]
 
 
+@pytest.mark.parametrize("name", ["urial-k1", "urial-paper-k3", "basic-k3"])
 @pytest.mark.parametrize("text", ADVERSARIAL)
-def test_user_text_cannot_forge_turns_or_close_its_block(text):
-    t = load_template("urial-k1")
+def test_user_text_cannot_forge_turns_or_close_its_block(text, name):
+    t = load_template(name)
     msgs = [Message("system", text), Message("user", text), Message("assistant", text), Message("user", text)]
-    prompt, fence = render_conversation(t.preamble, t.examples, msgs)
-    assert fence not in text
+    prompt, fence = render_conversation(t.preamble, t.examples, msgs, t.min_fence)
+    assert fence not in text and len(fence) >= t.min_fence
     blocks = parse_blocks(prompt, fence)
-    # exactly: system, 1 example (query, answer), then the three turns -- each with its text intact
-    assert [h for h, _ in blocks] == ["# Additional instructions", QUERY_HEADER, ANSWER_HEADER, QUERY_HEADER,
-                                      ANSWER_HEADER, QUERY_HEADER]
-    assert [b for _, b in blocks[3:]] == [text, text, text]
+    # exactly: system, K examples (query, answer), then the three turns -- each with its text intact
+    assert [h for h, _ in blocks] == ["# Additional instructions", *[QUERY_HEADER, ANSWER_HEADER] * t.k,
+                                      QUERY_HEADER, ANSWER_HEADER, QUERY_HEADER]
+    assert [b for _, b in blocks[1 + 2 * t.k :]] == [text, text, text]
     headers_outside = [ln for ln in _outside_fences(prompt, fence) if ln in (QUERY_HEADER, ANSWER_HEADER)]
-    assert len(headers_outside) == 6  # 2 from the example + 3 turns + the open answer header
+    assert len(headers_outside) == 2 * t.k + 4  # the examples' headers + 3 turns + the open answer header
     assert prompt.endswith(f"{ANSWER_HEADER}\n{fence}\n")
+
+
+def test_paper_style_and_basic_templates():
+    """urial-paper-k3: second-person preamble explaining the blocks, triple-backtick fences (growing past any
+    backtick run in the texts), a greeting and an offer of further help in every answer; basic-k3: urial-k3's
+    preamble and queries with plain answers (no structure, no greeting)."""
+    paper, basic, k3 = (load_template(n) for n in ("urial-paper-k3", "basic-k3", "urial-k3"))
+    assert paper.min_fence == 3 and "You" in paper.preamble and QUERY_HEADER in paper.preamble
+    assert ANSWER_HEADER in paper.preamble
+    prompt, fence = render_conversation(paper.preamble, paper.examples, [Message("user", "Hi")], paper.min_fence)
+    assert fence == "```" and prompt.endswith(f"{ANSWER_HEADER}\n```\n")
+    assert render_conversation(paper.preamble, paper.examples, [Message("user", "a ``` b")], 3)[1] == "````"
+    for e in paper.examples:
+        first, last = e.answer.split("\n")[0], e.answer.rstrip().split("\n")[-1]
+        assert first.split()[0].rstrip("!,") in ("Hi", "Hello"), e.id
+        assert any(w in last.lower() for w in ("let me know", "happy to help", "ask away")), e.id
+    for t in (paper, basic):
+        assert sorted(e.query for e in t.examples) == sorted(e.query for e in k3.examples)
+        kinds = sorted(("refusal" in e.tags, "role-play" in e.tags) for e in t.examples)
+        assert kinds == [(False, False), (False, True), (True, False)]  # helpful, role-play, decline
+    assert basic.preamble == k3.preamble
+    for e in basic.examples:
+        assert "\n" not in e.answer and len(e.answer.split()) < 40 and not e.answer.startswith(("Hi", "Hello"))
+    assert len({paper.hash, basic.hash, k3.hash}) == 3
 
 
 def _outside_fences(prompt: str, fence: str) -> list[str]:
@@ -138,6 +163,8 @@ def test_template_hash_follows_content(tmp_path):
     b = parse_template({**TINY, "id": "other", "examples": [{"query": "q", "answer": "a"}]})
     c = parse_template({**TINY, "examples": [{"query": "q", "answer": "b"}]})
     assert a.hash == b.hash != c.hash
+    d = parse_template({**TINY, "examples": [{"query": "q", "answer": "a"}], "fence": 3})
+    assert d.hash != a.hash  # the fence changes the prompt, so the hash
     f = tmp_path / "t.yaml"
     f.write_text("id: mine\npreamble: Be good.\nexamples:\n  - '@study-focus'\n  - query: Q\n    answer: A\n")
     t = load_template(str(f))
@@ -156,6 +183,8 @@ def test_template_hash_follows_content(tmp_path):
         ("id: x\npreamble: p\nexamples: {a: 1}\n", "'examples' must be a list"),
         ("id: [unclosed\n", "not valid YAML"),
         ("- just a list\n", "must be a mapping"),
+        ("id: x\npreamble: p\nexamples: []\nfence: 2\n", "'fence' must be a whole number of backticks from 3 to 16"),
+        ("id: x\npreamble: p\nexamples: []\nfence: '5'\n", "'fence' must be a whole number"),
     ],
 )
 def test_template_validation_errors(tmp_path, content, message):

@@ -50,7 +50,7 @@ def base_prompt(context: str, instruction: str, template: Any = None) -> str:
         from alignkit.types import Message
 
         t = template or load_template()
-        return render_conversation(t.preamble, t.examples, [Message("user", instruction)])[0]
+        return render_conversation(t.preamble, t.examples, [Message("user", instruction)], t.min_fence)[0]
     raise InputError(f"unknown base context {context!r}; choose one of {', '.join(CONTEXTS)}")
 
 

@@ -1,7 +1,9 @@
 """In-context alignment templates as data: loading, validation, hashing (no torch).
 
-A template file (YAML) holds an ``id``, a ``description``, a ``preamble`` and a list of ``examples``
-(``{query, answer}``; optional ``id`` and ``tags``). The shipped templates in ``alignkit/prompts/urial``
+A template file (YAML) holds an ``id``, a ``description``, a ``preamble``, a list of ``examples``
+(``{query, answer}``; optional ``id`` and ``tags``) and optionally ``fence``: the fewest backticks a block's fence
+has (4 by default, which leaves room for ``` code blocks inside answers; 3 is the URIAL paper's layout -- the
+fence still grows past any backtick run in the texts, so no text can close its block). The shipped templates in ``alignkit/prompts/urial``
 refer to the shared example pool with ``"@name"`` strings; a user's file can do the same or spell its
 examples out. The content hash covers the resolved preamble and examples, so two files that render the
 same prompt have the same hash.
@@ -21,6 +23,7 @@ import yaml
 from alignkit.errors import AlignkitError
 
 DEFAULT_TEMPLATE = "urial-k3"
+DEFAULT_FENCE = 4
 
 
 class TemplateError(AlignkitError):
@@ -44,13 +47,15 @@ class Template:
     source: str = ""
     pool: tuple[Example, ...] = field(default=(), repr=False)
     """The example pool the template's ``@refs`` came from (retrieval selects from it)."""
+    min_fence: int = DEFAULT_FENCE
+    """The fewest backticks a fence has."""
 
     @property
     def hash(self) -> str:
-        payload = json.dumps(
-            {"preamble": self.preamble, "examples": [[e.query, e.answer] for e in self.examples]},
-            ensure_ascii=False, sort_keys=True,
-        )
+        content: dict[str, Any] = {"preamble": self.preamble, "examples": [[e.query, e.answer] for e in self.examples]}
+        if self.min_fence != DEFAULT_FENCE:  # (templates with the usual fence keep the hash they always had)
+            content["fence"] = self.min_fence
+        payload = json.dumps(content, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
@@ -120,9 +125,13 @@ def load_template(name_or_path: str | None = None) -> Template:
 def parse_template(data: Any, where: str = "<template>") -> Template:
     if not isinstance(data, dict):
         raise TemplateError(f"template {where} must be a mapping with id, preamble and examples")
-    unknown = set(data) - {"id", "description", "preamble", "examples"}
+    unknown = set(data) - {"id", "description", "preamble", "examples", "fence"}
     if unknown:
-        raise TemplateError(f"template {where} has unknown key(s) {sorted(unknown)}; allowed: id, description, preamble, examples")
+        raise TemplateError(f"template {where} has unknown key(s) {sorted(unknown)}; allowed: id, description, preamble, "
+                            "examples, fence")
+    fence = data.get("fence", DEFAULT_FENCE)
+    if not isinstance(fence, int) or isinstance(fence, bool) or not 3 <= fence <= 16:
+        raise TemplateError(f"template {where}: 'fence' must be a whole number of backticks from 3 to 16, got {fence!r}")
     if not isinstance(data.get("id"), str) or not data["id"].strip():
         raise TemplateError(f"template {where} needs a non-empty string 'id'")
     preambles, pool = load_pool()
@@ -146,5 +155,5 @@ def parse_template(data: Any, where: str = "<template>") -> Template:
             examples.append(_example(item, where, i))
     return Template(
         id=data["id"].strip(), preamble=preamble.strip(), examples=tuple(examples),
-        description=str(data.get("description", "")), source=where, pool=tuple(pool.values()),
+        description=str(data.get("description", "")), source=where, pool=tuple(pool.values()), min_fence=fence,
     )

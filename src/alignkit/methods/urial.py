@@ -54,22 +54,23 @@ MIN_FENCE = 4
 _TICKS = re.compile(r"`+")
 
 
-def fence_for(texts: Sequence[str]) -> str:
+def fence_for(texts: Sequence[str], min_fence: int = MIN_FENCE) -> str:
     """A fence no text contains: more backticks than the longest backtick run in any of them."""
     longest = max((len(m.group()) for t in texts for m in _TICKS.finditer(t)), default=0)
-    return "`" * max(MIN_FENCE, longest + 1)
+    return "`" * max(min_fence, longest + 1)
 
 
 def block(header: str, text: str, fence: str) -> str:
     return f"{header}\n{fence}\n{text}\n{fence}"
 
 
-def render_conversation(preamble: str, examples: Sequence[Example], messages: Sequence[Message]) -> tuple[str, str]:
+def render_conversation(preamble: str, examples: Sequence[Example], messages: Sequence[Message],
+                        min_fence: int = MIN_FENCE) -> tuple[str, str]:
     """The prompt for a conversation that ends with a user message, and its fence."""
     system = [m.content for m in messages if m.role == "system"]
     turns = [m for m in messages if m.role != "system"]
     texts = [preamble, *system, *(e.query for e in examples), *(e.answer for e in examples), *(m.content for m in turns)]
-    fence = fence_for(texts)
+    fence = fence_for(texts, min_fence)
     parts = [preamble.strip()]
     if system:
         parts.append(block(SYSTEM_HEADER, "\n\n".join(s.strip() for s in system), fence))
@@ -162,7 +163,7 @@ class InContextAligned(MethodModel):
 
     def _fit(self, msgs: list[Message], examples, max_new_tokens: int) -> tuple[str, str]:
         """Render; drop the oldest turns (never the preamble or examples) while it does not fit."""
-        text, fence = render_conversation(self.template.preamble, examples, msgs)
+        text, fence = render_conversation(self.template.preamble, examples, msgs, self.template.min_fence)
         limit = self.context_length
         count = getattr(self.base, "count_tokens", None)
         if not limit or count is None:
@@ -180,7 +181,7 @@ class InContextAligned(MethodModel):
             cut = 2 if len(turns) > 2 and turns[0].role == "user" and turns[1].role == "assistant" else 1
             msgs = system + turns[cut:]
             dropped += cut
-            text, fence = render_conversation(self.template.preamble, examples, msgs)
+            text, fence = render_conversation(self.template.preamble, examples, msgs, self.template.min_fence)
         if dropped:
             log.warning("conversation too long for the context: dropped the %d oldest turn(s)", dropped)
         return text, fence

@@ -64,6 +64,11 @@ def _urial_preamble(template: str | None) -> str:
     if t.examples:
         raise InputError(f"--format urial uses a template's preamble only; {t.id!r} has {len(t.examples)} examples "
                          "(pick a K=0 template such as urial-k0, so training and inference prompts are the same)")
+    from alignkit.methods.templates import DEFAULT_FENCE
+
+    if t.min_fence != DEFAULT_FENCE:
+        raise InputError(f"--format urial trains on fences of {DEFAULT_FENCE}+ backticks; template {t.id!r} asks for "
+                         f"{t.min_fence} (inference would then prompt differently from training)")
     return t.preamble
 
 
