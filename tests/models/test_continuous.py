@@ -150,3 +150,12 @@ def test_routes_that_run_a_model_before_answering_are_not_continuous(tiny_base, 
     with pytest.raises(CapabilityError, match="running batch"):
         Service(route, "r", scheduler="continuous")
     assert not Service(route, "r").continuous  # auto: static for this route
+
+
+def test_a_request_joins_a_batch_whose_rows_have_all_finished(raw, tiny_base):
+    """The only row finishes (2 tokens); a request arriving right then joins the emptied batch instead of ending
+    the stream, and gets its solo tokens."""
+    cfgs = [GenerationConfig(max_new_tokens=2), GenerationConfig(max_new_tokens=6, temperature=1.1, seed=3)]
+    got, sched = run_continuous(raw, PROMPTS[:2], cfgs, first=1, steps=[2])
+    assert sched.running[2] == 0  # nothing was running when it joined
+    assert [c.token_ids for c in got] == [c.token_ids for c in alone(raw, PROMPTS[:2], cfgs)]
