@@ -38,6 +38,7 @@ timed check "$BIN/python" bench/siblings_check.py "$OUT/sft" "$OUT/dpo" --json "
   --output "$OUT/sft-answers-greedy.jsonl" --repetition-penalty 1.0 --max-new-tokens 256 --resume
 "$BIN/alignkit" shift --base "$MODEL" --context urial --aligned "$OUT/sft" --aligned-method auto --input examples/heldout-20.jsonl --output "$OUT/shift-sft.jsonl" \
   --report "$OUT/shift-sft.html" --resume
+"$BIN/python" bench/shift_token_classes.py "$OUT/shift-sft.jsonl" > /dev/null  # -> docs/results/shift_token_classes.json
 
 step "results -> docs/results/siblings.json"
 "$BIN/python" scripts/siblings_results.py "$OUT" --times "$TIMES" --out docs/results/siblings.json

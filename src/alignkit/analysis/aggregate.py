@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from alignkit.analysis.metrics import CATEGORIES
+from alignkit.analysis.tokens import class_shares
 
 RANK_CAP = 1000  # mean-rank curves cap each rank, so one token ranked 200,000th does not drown a curve
 PAPER_RANK_CAP = 50  # Re-Align's cap: its claim "mean base rank below 5 after the first positions" is read on it
@@ -72,6 +73,12 @@ def summarize(records: Iterable[dict[str, Any]], *, top_tokens: int = 30, min_co
             **_shares(positions),
             "shifted_in_first_fifth": (sum(p["category"] == "shifted" for p in early) / len(early)) if early else 0.0,
             "top_shifted_tokens": shifted.most_common(top_tokens),
+            # style or content, by the stated rule of analysis/tokens.py: among the shifted positions, and among
+            # all positions (the base rate the shifted share is read against)
+            "token_classes": {
+                "shifted": class_shares([p["token"] for p in positions if p["category"] == "shifted"]),
+                "all": class_shares([p["token"] for p in positions]),
+            },
             "by_category": {c: _shares(ps) for c, ps in sorted(by_cat.items())},
             "curves": _curves(answers, min_count),
         }

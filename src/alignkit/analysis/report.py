@@ -131,7 +131,16 @@ def _token_lists(summary: dict[str, Any]) -> str:
     parts = []
     for lab, s in summary.items():
         items = "".join(f"<li><code>{_esc(repr(t)[1:-1])}</code> × {n}</li>" for t, n in s["top_shifted_tokens"][:30])
-        parts.append(f"<div class='toks'><h3>Most frequent shifted tokens: {_esc(lab)}</h3><ol>{items}</ol></div>")
+        classes = ""
+        tc = s.get("token_classes")
+        if tc:
+            sh, al = tc["shifted"], tc["all"]
+            classes = (f"<p>Shifted positions by token class (the stated rule of <code>alignkit/analysis/tokens.py"
+                       f"</code>): markup {sh['markup']:.0%}, function/discourse words {sh['function']:.0%}, content "
+                       f"{sh['content']:.0%} &mdash; among all positions: {al['markup']:.0%} / {al['function']:.0%} / "
+                       f"{al['content']:.0%}.</p>")
+        parts.append(f"<div class='toks'><h3>Most frequent shifted tokens: {_esc(lab)}</h3>{classes}<ol>{items}</ol>"
+                     "</div>")
     return "".join(parts)
 
 

@@ -221,3 +221,15 @@ def _print_table(summary: dict[str, Any]) -> None:
     for lab, s in summary.items():
         toks = ", ".join(f"{t!r}×{n}" for t, n in s["top_shifted_tokens"][:12])
         print(f"{lab}: most frequent shifted tokens: {toks}")
+        print(f"{lab}: {_classes_line(s)}")
+
+
+def _classes_line(s: dict[str, Any]) -> str:
+    """Style vs content among the shifted positions, next to all positions (analysis/tokens.py's rule)."""
+    tc = s.get("token_classes")
+    if not tc:
+        return "token classes: n/a"
+    sh, al = tc["shifted"], tc["all"]
+    return (f"shifted positions by token class: markup {sh['markup']:.0%}, function/discourse words "
+            f"{sh['function']:.0%}, content {sh['content']:.0%} (all positions: {al['markup']:.0%} / "
+            f"{al['function']:.0%} / {al['content']:.0%}; rule: alignkit/analysis/tokens.py)")
