@@ -1,5 +1,5 @@
-"""The strict-CI switch itself: under ALIGNKIT_STRICT=1 a skip for a missing dependency fails the run; a skip
-marked as part of the design does not; without the switch both are ordinary skips."""
+"""The strict-CI switch itself: under ALIGNKIT_STRICT=1 every skip fails the run -- a missing dependency, a missing
+tool, and a skip that calls itself part of the design; without the switch they are ordinary skips."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def test_strict_mode_fails_on_a_missing_dependency(pytester):
     code, out = _run(pytester, strict=True)
     assert code != 0, out
     assert "alignkit_no_such_package" in out and "strict CI" in out
-    assert "chromium is not installed" in out
-    assert "1 failed" in out and "1 passed" in out and "1 skipped" in out and "1 error" in out, out
+    assert "chromium is not installed" in out and "by design: no chat template" in out
+    assert "2 failed" in out and "1 passed" in out and "skipped" not in out and "1 error" in out, out
 
 
 def test_without_strict_mode_skips_stay_skips(pytester):

@@ -148,9 +148,12 @@ def test_greedy_tokens_are_top1_when_scored(model):
 
 
 def test_chat_prompts_use_the_models_template(model, tiny_aligned):
-    if not model.capabilities.chat_template:
-        pytest.skip("by design: this backend has no chat template to check")
     msgs = [Message("user", "What is the capital of France?")]
+    if not model.capabilities.chat_template:
+        # no template to use: a list of messages is refused with what to do instead, never rendered by a guess
+        with pytest.raises(CapabilityError, match="no chat template.*--method urial"):
+            model.generate([msgs], GenerationConfig(max_new_tokens=6))
+        return
     cfg = GenerationConfig(max_new_tokens=6)
     comp = model.generate([msgs], cfg)[0]
     assert comp.finish_reason in ("stop", "length")

@@ -1,9 +1,9 @@
 """Strict CI: under ``ALIGNKIT_STRICT=1`` a skipped test is a failed test.
 
 A green CI must mean every test ran. A test skipped because a package, a model or a tool is missing hides a
-gap, so in strict mode every skip -- at collection (a module-level ``importorskip``) or at run time -- is
-reported as a failure naming its reason. Skips that are part of the design (a backend that has no chat
-template has nothing to check there) say so: their reason starts with ``by design:``, and they stay skips.
+gap, so in strict mode every skip -- at collection (a module-level ``importorskip``) or at run time, whatever
+its reason -- is reported as a failure naming that reason. A case a backend does not support is tested for what
+it does instead (e.g. a clear refusal), not skipped.
 
 ``make test`` (and therefore ``.ci/run``) sets ``ALIGNKIT_STRICT=1``; a developer running ``pytest`` by hand
 without it keeps the usual skips.
@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
-DESIGNED = "by design:"
 
 
 def strict() -> bool:
@@ -32,12 +30,8 @@ def _reason(report) -> str:
 def _fail_if_undesigned(report) -> None:
     if not strict() or not report.skipped or hasattr(report, "wasxfail"):
         return
-    reason = _reason(report)
-    if reason.removeprefix("Skipped: ").startswith(DESIGNED):
-        return
     report.outcome = "failed"
-    report.longrepr = (f"strict CI (ALIGNKIT_STRICT=1): a skip is a failure unless it is part of the design; "
-                       f"this one was: {reason}")
+    report.longrepr = f"strict CI (ALIGNKIT_STRICT=1): a skip is a failure; this one was: {_reason(report)}"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -53,4 +47,4 @@ def pytest_make_collect_report(collector):
 
 
 def pytest_report_header(config):
-    return "alignkit strict mode: " + ("on (skips fail unless 'by design:')" if strict() else "off")
+    return "alignkit strict mode: " + ("on (every skip fails)" if strict() else "off")
