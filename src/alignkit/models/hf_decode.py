@@ -21,7 +21,6 @@ from alignkit.models.kvcache import (
     cache_from_layers,
     cache_layers,
     common_prefix_length,
-    join_left_padded,
     layer_windows,
     merge_left_padded,
     new_cache,
@@ -214,7 +213,8 @@ class Stepper:
         engine = self.engine
         engine._check_fits(prompts)
         cache, mask, logits = engine.prefill(prompts, extra=extra, reuse=self.reuse)
-        self.cache, pad_old, pad_new = join_left_padded(self.cache, cache, extra, engine.windows)
+        self.cache, (pad_old, pad_new) = merge_left_padded([cache_layers(self.cache), cache_layers(cache)], extra,
+                                                           engine.windows)
         self.mask = torch.cat([_pad_left(self.mask, pad_old), _pad_left(mask, pad_new)])
         self.positions = torch.cat([self.positions, mask.sum(-1)])
         self.logits = torch.cat([self.logits, logits.to(self.logits.dtype)])

@@ -182,55 +182,34 @@ def cache_layers(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def merge_left_padded(
-    rows: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], extra_capacity: int, windows: LayerWindows = None
+    parts: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], extra_capacity: int, windows: LayerWindows = None
 ) -> tuple[Cache, list[int]]:
-    """Stack per-row caches (batch 1 each, lengths may differ) into one batch, each row right-aligned
-    (left padding). Returns the cache and the pad length of each row."""
-    lengths = [row[0][0].shape[-2] for row in rows]
+    """Stack caches (per-layer ``(keys, values)`` of any batch size each; lengths may differ) into one batch, in
+    order, each part right-aligned (left padding). Returns the cache and the pad length of each part. Exact:
+    every row stays contiguous and right-aligned, and padding is masked (positions are per row)."""
+    lengths = [part[0][0].shape[-2] for part in parts]
     width = max(lengths)
     pads = [width - n for n in lengths]
+    sizes = [part[0][0].shape[0] for part in parts]
     layers = []
-    for li in range(len(rows[0])):
-        k0, v0 = rows[0][li]
-        b = len(rows)
-        kb = k0.new_zeros((b, k0.shape[1], width + extra_capacity, k0.shape[-1]))
-        vb = v0.new_zeros((b, v0.shape[1], width + extra_capacity, v0.shape[-1]))
-        for i, row in enumerate(rows):
-            k, v = row[li]
-            kb[i, :, pads[i] : width] = k[0]
-            vb[i, :, pads[i] : width] = v[0]
+    for li in range(len(parts[0])):
+        k0, v0 = parts[0][li]
+        # uninitialised, then written: the rows, and zeros in the padding only (masked, but must be finite);
+        # the spare capacity after ``width`` is written before it is ever read
+        kb = k0.new_empty((sum(sizes), k0.shape[1], width + extra_capacity, k0.shape[-1]))
+        vb = v0.new_empty((sum(sizes), v0.shape[1], width + extra_capacity, v0.shape[-1]))
+        row = 0
+        for part, pad, n in zip(parts, pads, sizes):
+            k, v = part[li]
+            kb[row : row + n, :, :pad], vb[row : row + n, :, :pad] = 0, 0
+            kb[row : row + n, :, pad:width], vb[row : row + n, :, pad:width] = k, v
+            row += n
         layer = _layer(windows[li] if windows else None)
         layer.lazy_initialization(kb, vb)
         layer._kbuf, layer._vbuf, layer._len = kb, vb, width
         layer._refresh_views()
         layers.append(layer)
     return Cache(layers=layers), pads
-
-
-def join_left_padded(a: Cache, b: Cache, extra_capacity: int, windows: LayerWindows = None) -> tuple[Cache, int, int]:
-    """One batch of the rows of ``a`` then those of ``b`` (each left-padded, right-aligned), the narrower one
-    padded further on the left to the wider's length. Returns the cache and how many columns were added on the
-    left of ``a``'s and of ``b``'s rows. Exact: every row stays contiguous and right-aligned, and padding is
-    masked (positions are per row)."""
-    la, lb = cache_layers(a), cache_layers(b)
-    wa, wb = la[0][0].shape[-2], lb[0][0].shape[-2]
-    width = max(wa, wb)
-    layers = []
-    for li, ((ka, va), (kb, vb)) in enumerate(zip(la, lb)):
-        na, nb = ka.shape[0], kb.shape[0]
-        # uninitialised, then written: the rows, and zeros in the padding only (masked, but must be finite);
-        # the spare capacity after ``width`` is written before it is ever read
-        k = ka.new_empty((na + nb, ka.shape[1], width + extra_capacity, ka.shape[-1]))
-        v = va.new_empty((na + nb, va.shape[1], width + extra_capacity, va.shape[-1]))
-        for rows, pad, kk, vv in ((slice(0, na), width - wa, ka, va), (slice(na, na + nb), width - wb, kb, vb)):
-            k[rows, :, :pad], v[rows, :, :pad] = 0, 0
-            k[rows, :, pad:width], v[rows, :, pad:width] = kk, vv
-        layer = _layer(windows[li] if windows else None)
-        layer.lazy_initialization(k, v)
-        layer._kbuf, layer._vbuf, layer._len = k, v, width
-        layer._refresh_views()
-        layers.append(layer)
-    return Cache(layers=layers), width - wa, width - wb
 
 
 class PrefixStore:
