@@ -32,6 +32,7 @@ from alignkit.models.base import (
     lockstep,
     run_stream_to_completions,
 )
+from alignkit.models.token_loop import queued_admit
 from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
 
 
@@ -161,17 +162,9 @@ class DeRa:
         row_ids = [a if len(a) >= len(r) else r for a, r in zip(a_ids, r_ids)]
         width = min(w for w in (self.aligned_inner.max_stepper_rows, self.ref_inner.max_stepper_rows, len(prompts))
                     if w is not None)
-        pending = list(range(width, len(prompts)))  # rows beyond what the steppers hold join as others finish
-
-        def loop_admit(running: int, room: int | None):
-            room = len(pending) + 1 if room is None else room
-            out = []
-            while pending and len(out) < room:
-                k = pending.pop(0)
-                out.append((row_ids[k], merged[k], [a_ids[k], r_ids[k]]))
-            if admit is not None and not pending and len(out) < room:
-                out += [add(p, c) for p, c in admit(running + len(out), room - len(out))]
-            return out
+        # rows beyond what the steppers hold join as others finish, then the caller's requests
+        loop_admit = queued_admit([(row_ids[k], merged[k], [a_ids[k], r_ids[k]]) for k in range(width, len(prompts))],
+                                  admit, add)
 
         def combine(ls):
             return lam * ls[0] + (1 - lam) * ls[1]
@@ -182,8 +175,7 @@ class DeRa:
                 steppers.append(self.aligned_inner.stepper(a_ids[:width], extra=extra, reuse=reuse_prefix))
                 steppers.append(self.ref_inner.stepper(r_ids[:width], extra=extra, reuse=reuse_prefix))
                 rows = loop.new_rows(row_ids[:width], merged[:width])
-                events = loop.loop(rows, steppers, combine, should_stop,
-                                   loop_admit if pending or admit is not None else None)
+                events = loop.loop(rows, steppers, combine, should_stop, loop_admit)
                 yield from self._events(events, cleaners, metas)
             finally:
                 for st in steppers:

@@ -146,17 +146,6 @@ class DecodeEngine(TokenLoop):
         return self._plain_prefill(rows, extra)
 
     # ------------------------------------------------------------------ decoding
-    def _check_fits(self, rows: Sequence[Sequence[int]]) -> None:
-        if self.context_length is None:
-            return
-        for i, r in enumerate(rows):
-            if len(r) >= self.context_length:
-                from alignkit.errors import ContextLengthError
-
-                raise ContextLengthError(
-                    f"prompt {i} has {len(r)} tokens; the model's context holds {self.context_length}"
-                )
-
     @torch.no_grad()
     def run(
         self,
@@ -178,7 +167,7 @@ class Stepper:
     room: int | None = None  # rows it can still take (continuous batching): no limit
 
     def __init__(self, engine: DecodeEngine, prompts: Sequence[Sequence[int]], *, extra: int, reuse: bool = True):
-        engine._check_fits(prompts)
+        engine.check_fits(prompts)
         self.engine, self.reuse = engine, reuse
         self.cache, self.mask, self.logits = engine.prefill(prompts, extra=extra, reuse=reuse)
         self.positions = self.mask.sum(-1)  # the next position of every row
@@ -211,7 +200,7 @@ class Stepper:
         ``step`` on they decode with the others. ``logits`` then holds the new rows' next-token logits after
         the running rows'."""
         engine = self.engine
-        engine._check_fits(prompts)
+        engine.check_fits(prompts)
         cache, mask, logits = engine.prefill(prompts, extra=extra, reuse=self.reuse)
         self.cache, (pad_old, pad_new) = merge_left_padded([cache_layers(self.cache), cache_layers(cache)], extra,
                                                            engine.windows)

@@ -46,6 +46,7 @@ from alignkit.models.base import (
     logprob_blocks,
     run_stream_to_completions,
 )
+from alignkit.models.token_loop import queued_admit
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
 
 GGUF_MAGIC = b"GGUF"
@@ -282,6 +283,7 @@ class LlamaCppModel:
         if eot is not None:
             eos.add(eot)
         self.engine = TokenLoop(eos_ids=eos, decode=self.decode, context_length=n_ctx)
+        self.engine.context_option = " (--n-ctx)"
         self.engine.grammar_vocab = self.vocab_size
         self.engine.grammar_tokenizer = self._ll_tokenizer
         self._lltok: Any = None
@@ -370,14 +372,6 @@ class LlamaCppModel:
     def exclusive(self) -> Any:
         return self._lock
 
-    def _check_fits(self, prompts: Sequence[Sequence[int]]) -> None:
-        for i, ids in enumerate(prompts):
-            if not ids:
-                raise ContextLengthError("empty prompt")
-            if len(ids) >= self.n_ctx:
-                raise ContextLengthError(f"prompt {i} has {len(ids)} tokens; the model's context holds {self.n_ctx} "
-                                         "(--n-ctx)")
-
     def stepper(self, prompt_ids: Sequence[Sequence[int]], *, extra: int = 0, reuse: bool = True) -> LlamaStepper:
         """A batched stepper over up to ``n_seq`` prompts (see :class:`~alignkit.models.base.SteppingModel`).
         With ``reuse`` the longest prefix shared with the previous prompt is not evaluated again. Close it when
@@ -397,29 +391,21 @@ class LlamaCppModel:
         if not prompts:
             return
         ids = [self.encode_prompt(p) for p in prompts]
-        self._check_fits(ids)
+        self.engine.check_fits(ids)
         first = min(len(ids), self.n_seq)
-        pending = list(range(first, len(ids)))
 
-        def joining(running: int, room: int | None) -> list[tuple[list[int], GenerationConfig, list[list[int]]]]:
-            room = self.n_seq if room is None else room
-            out = []
-            while pending and len(out) < room:
-                k = pending.pop(0)
-                out.append((ids[k], configs[k], [ids[k]]))
-            if admit is not None and not pending and len(out) < room:
-                for p, c in admit(running + len(out), room - len(out)):
-                    pid = self.encode_prompt(p)
-                    self._check_fits([pid])
-                    out.append((pid, c, [pid]))
-            return out
+        def convert(p: Prompt, c: GenerationConfig) -> tuple[list[int], GenerationConfig, list[list[int]]]:
+            pid = self.encode_prompt(p)
+            self.engine.check_fits([pid])
+            return pid, c, [pid]
+
+        joining = queued_admit([(ids[k], configs[k], [ids[k]]) for k in range(first, len(ids))], admit, convert)
 
         with self._lock:
             stepper = self.stepper(ids[:first], reuse=reuse_prefix)
             try:
                 rows = self.engine.new_rows(ids[:first], configs[:first])
-                yield from self.engine.loop(rows, [stepper], lambda ls: ls[0], should_stop,
-                                            joining if pending or admit is not None else None)
+                yield from self.engine.loop(rows, [stepper], lambda ls: ls[0], should_stop, joining)
             finally:
                 stepper.close()
 
@@ -501,7 +487,7 @@ class LlamaStepper:
         return len(self.model.seqs.free)
 
     def join(self, prompts: Sequence[Sequence[int]], *, extra: int = 0) -> None:
-        self.model._check_fits(prompts)
+        self.model.engine.check_fits(prompts)
         seqs, logits = self.model.seqs.start([list(p) for p in prompts], reuse=self.reuse)
         self.seqs += seqs
         self.pos += [len(p) for p in prompts]

@@ -5,6 +5,7 @@ backend's steppers -- the transformers engine (:mod:`alignkit.models.hf_decode`)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,20 @@ class TokenLoop:
             rows.append(row)
         return rows
 
+    #: said after a too-long prompt's error: the option that sets the context, if the backend has one
+    context_option: str = ""
+
+    def check_fits(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Every prompt leaves room for at least one new token in the model's context (a clear error if not)."""
+        from alignkit.errors import ContextLengthError
+
+        for i, ids in enumerate(prompts):
+            if not ids:
+                raise ContextLengthError(f"prompt {i} is empty")
+            if self.context_length is not None and len(ids) >= self.context_length:
+                raise ContextLengthError(f"prompt {i} has {len(ids)} tokens; the model's context holds "
+                                         f"{self.context_length}{self.context_option}")
+
     def _guide(self, constraint: Any) -> Any:
         from alignkit.errors import CapabilityError
         from alignkit.structured import Guide
@@ -204,6 +219,27 @@ class TokenLoop:
                 break
             for st in steppers:  # (with no row left, they drop every row; requests may still join)
                 st.step(tokens, keep)
+
+
+def queued_admit(pending: list[Any], admit: Callable[[int, int | None], Sequence[tuple[Any, GenerationConfig]]] | None,
+                 convert: Callable[[Any, GenerationConfig], Any]) -> Admit | None:
+    """The ``admit`` of a loop whose steppers could not take every prompt at the start: the waiting rows
+    (``pending``, already in the loop's ``(row ids, config, [ids per stepper])`` form, in order, so they keep
+    their numbers) join first as room frees; once they are all in, requests from the caller's ``admit`` join,
+    each turned into that form by ``convert(prompt, config)``. None when there is nothing to admit."""
+    if not pending and admit is None:
+        return None
+
+    def joining(running: int, room: int | None) -> list[Any]:
+        limit = math.inf if room is None else room
+        out = []
+        while pending and len(out) < limit:
+            out.append(pending.pop(0))
+        if admit is not None and not pending and len(out) < limit:
+            out += [convert(p, c) for p, c in admit(running + len(out), None if room is None else room - len(out))]
+        return out
+
+    return joining
 
 
 #: continuous batching: ``admit(running rows, room)`` -> the requests that join now (at most ``room`` unless it is
