@@ -183,21 +183,27 @@ class Service:
         return job
 
     # -------------------------------------------------------------- worker
+    def _pop(self, timeout: float | None) -> Job | None:
+        """The job held back for lack of room, else the next queued one (waiting up to ``timeout`` seconds;
+        None: not waiting), else None."""
+        if self._held is not None:
+            job, self._held = self._held, None
+            return job
+        try:
+            return self._queue.get_nowait() if timeout is None else self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
     def _take_batch(self) -> list[Job]:
         """The next batch: the first waiting job, plus whatever else arrives within ``batch_wait`` and fits."""
-        if self._held is not None:
-            first, self._held = self._held, None
-        else:
-            try:
-                first = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                return []
+        first = self._pop(0.1)
+        if first is None:
+            return []
         batch, rows = [first], len(first.prompts)
         deadline = time.monotonic() + self.batch_wait
         while rows < self.max_batch:
-            try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
+            job = self._pop(max(0.0, deadline - time.monotonic()))
+            if job is None:
                 break
             if rows + len(job.prompts) > self.max_batch:
                 self._held = job  # first of the next batch
@@ -222,13 +228,9 @@ class Service:
         joining: list[Job] = []
         free = self.max_batch - running if room is None else min(self.max_batch - running, room)
         while free > 0 and not self._stopping.is_set() and not self.gate.contended:
-            if self._held is not None:
-                job, self._held = self._held, None
-            else:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            job = self._pop(None)
+            if job is None:
+                break
             if job.cancelled.is_set():
                 continue
             if len(job.prompts) > free:
