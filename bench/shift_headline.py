@@ -1,11 +1,17 @@
 """The shift headline: the embedded base vs its tuned sibling (``make siblings``' SFT adapter) over the shipped
 instruction set (``alignkit/prompts/eval/alignkit-eval.jsonl``: every instruction, by task type; safety prompts as
 their own category), exact mode, both KL directions -- the paper's comparison (a base and its tuned sibling) on a
-few hundred answers rather than twenty.
+few hundred answers rather than twenty. Three rows, each its own run:
 
-    python bench/shift_headline.py [--aligned runs/siblings/sft] [--limit N]
+    python bench/shift_headline.py [--row sft|dpo|urial] [--limit N]
 
-Runs ``alignkit shift`` (resumable: runs/headline/shift.jsonl) and writes docs/results/shift_headline.json.
+- ``sft``: the SFT sibling's greedy answers, scored by the base in the sibling's layout (base context ``urial``);
+- ``dpo``: the same for the DPO sibling (``runs/siblings/dpo``, trained on top of the SFT adapter);
+- ``urial``: the base's own answers under URIAL K=3, scored by the bare base (base context ``plain``) -- the
+  in-context row.
+
+Runs ``alignkit shift`` (resumable: runs/headline/shift[-ROW].jsonl) and writes the row into
+docs/results/shift_headline.json (other rows kept).
 """
 
 from __future__ import annotations
@@ -14,15 +20,20 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
-from _results import write_result  # bench/_results.py: docs/results/NAME.json
+from _results import RESULTS, write_result  # bench/_results.py: docs/results/NAME.json
+
+# row -> (aligned model, its method, the base's context when it scores)
+ROWS = {"sft": ("runs/siblings/sft", "auto", "urial"), "dpo": ("runs/siblings/dpo", "auto", "urial"),
+        "urial": ("gemma-3-270m", "urial", "plain")}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--aligned", default="runs/siblings/sft")
+    ap.add_argument("--row", choices=sorted(ROWS), default="sft")
     ap.add_argument("--out", default="runs/headline")
     ap.add_argument("--limit", type=int, default=0, help="first N instructions only (0: all)")
     args = ap.parse_args(argv)
@@ -36,16 +47,22 @@ def main(argv=None) -> int:
     inp = out / "instructions.jsonl"
     inp.write_text("".join(json.dumps({"id": r["id"], "instruction": r["instruction"],
                                        "category": "safety" if r.get("safety") else r["type"]}) + "\n" for r in rows))
-    cmd = [sys.executable, "-m", "alignkit", "shift", "--base", "gemma-3-270m", "--context", "urial", "--aligned",
-           args.aligned, "--aligned-method", "auto", "--input", str(inp), "--output", str(out / "shift.jsonl"),
-           "--report", str(out / "shift.html"), "--resume", "--json", "--quiet"]
+    aligned, method, context = ROWS[args.row]
+    stem = "shift" if args.row == "sft" else f"shift-{args.row}"
+    cmd = [sys.executable, "-m", "alignkit", "shift", "--base", "gemma-3-270m", "--context", context, "--aligned",
+           aligned, "--aligned-method", method, "--input", str(inp), "--output", str(out / f"{stem}.jsonl"),
+           "--report", str(out / f"{stem}.html"), "--resume", "--json", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
-    result = {"command": " ".join(cmd[1:]), "instructions": len(rows), "summary": summary}
-    print(json.dumps(result, indent=2))
-    write_result("shift_headline", result)
+    row = {"command": " ".join(cmd[1:]), "instructions": len(rows), "summary": summary,
+           "_measured": {"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d")}}
+    print(json.dumps(row, indent=2))
+    old = RESULTS / "shift_headline.json"
+    rows_out = json.loads(old.read_text(encoding="utf-8")).get("rows", {}) if old.exists() else {}
+    rows_out[args.row] = row
+    write_result("shift_headline", {"rows": {k: rows_out[k] for k in sorted(rows_out)}})
     return 0
 
 
