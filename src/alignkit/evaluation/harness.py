@@ -62,6 +62,17 @@ class EvalConfig:
     retries: int = field(default=2, metadata={"min": 0})
     batch_size: int = field(default=8, metadata={"min": 1})
     pairwise_baseline: str | None = None
+    rubric: str = "just-eval"
+    """the rubric for ordinary instructions (``multi-aspect``: alignkit's own anchors), a name or a YAML file"""
+    safety_rubric: str = "just-eval-safety"
+    """the rubric for safety prompts (``safety``: alignkit's, which also counts needless refusals against)"""
+    pairwise_rubric: str = "pairwise"
+    weighted: bool = True
+    """also read probability-weighted scores (G-Eval) where the judge gives token log-probabilities"""
+    judge_top_k: int = field(default=20, metadata={"min": 2})
+    tags: str | None = None
+    """a just-eval tags file (``id`` with ``task_types``/``topics`` lists, or one boolean field per tag) whose
+    tags replace each instruction's type/topic in the per-tag breakdowns"""
     output: str = "runs/eval"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -138,9 +149,17 @@ class Harness:
         judge_model = apply_method(self.loader(self.cfg.judge), MethodOptions(method=self.cfg.judge_method),
                                    self.loader)
         cache = JudgeCache(self.out / "judge-cache.jsonl")
-        judges = {kind: Judge(judge_model, load_rubric(kind), retries=self.cfg.retries, cache=cache,
-                              max_new_tokens=self.cfg.judge_max_new_tokens, batch_size=self.cfg.batch_size)
-                  for kind in ("multi-aspect", "safety", "pairwise")}
+        rubrics = {"multi-aspect": self.cfg.rubric, "safety": self.cfg.safety_rubric,
+                   "pairwise": self.cfg.pairwise_rubric}
+        judges = {kind: Judge(judge_model, load_rubric(name), retries=self.cfg.retries, cache=cache,
+                              max_new_tokens=self.cfg.judge_max_new_tokens, batch_size=self.cfg.batch_size,
+                              weighted=self.cfg.weighted, top_k=self.cfg.judge_top_k)
+                  for kind, name in rubrics.items()}
+        for kind, j in judges.items():
+            if kind != "pairwise" and j.rubric.kind != "score":
+                raise InputError(f"the {kind} rubric must be a score rubric, got {j.rubric.id!r} ({j.rubric.kind})")
+        if judges["pairwise"].rubric.kind != "pairwise":
+            raise InputError(f"pairwise_rubric must be a pairwise rubric, got {judges['pairwise'].rubric.id!r}")
         judged = {c.name: self._judge(c.name, items, answers[c.name], judges) for c in self.cfg.contestants}
         pairwise = {}
         if self.cfg.pairwise_baseline:
@@ -152,7 +171,8 @@ class Harness:
             return {}
         from alignkit.evaluation.report import build_report
 
-        prov = {"judge": judges["multi-aspect"].provenance(), "rubrics": {k: j.rubric.hash for k, j in judges.items()},
+        prov = {"judge": judges["multi-aspect"].provenance(),
+                "rubrics": {k: {"id": j.rubric.id, "hash": j.rubric.hash} for k, j in judges.items()},
                 "instructions": self.cfg.instructions, "contestants": [c.__dict__ for c in self.cfg.contestants]}
         return build_report(items, judged, pairwise, prov, self.out)
 
@@ -161,6 +181,10 @@ class Harness:
         from alignkit.evaluation.data import load_instructions
 
         items = load_instructions(self.cfg.instructions, limit=self.cfg.limit, types=list(self.cfg.types) or None)
+        if self.cfg.tags:
+            from alignkit.evaluation.data import apply_tags, load_tags
+
+            items = apply_tags(items, load_tags(self.cfg.tags))
         return items if self.only is None else [it for it in items if str(it["id"]) in self.only]
 
     def files(self) -> dict[str, dict[str, Any]]:
@@ -227,6 +251,8 @@ class Harness:
         return done
 
     def _pairwise(self, name: str, base: str, items, answers, judge) -> dict[str, dict[str, Any]]:
+        from alignkit.evaluation.weighted import preference
+
         path = self.out / "pairwise" / f"{name}-vs-{base}.jsonl"
         done = _done(path)
         todo = [it for it in items if it["id"] not in done and not it["safety"]]
@@ -236,13 +262,19 @@ class Harness:
                 ab = [{"instruction": it["instruction"], "answer_a": answers[name][it["id"]]["answer"],
                        "answer_b": answers[base][it["id"]]["answer"]} for it in batch]
                 ba = [{"instruction": f["instruction"], "answer_a": f["answer_b"], "answer_b": f["answer_a"]} for f in ab]
-                for it, r1, r2 in zip(batch, judge.judge(ab), judge.judge(ba)):
-                    verdict = {}
+                for it, f, r1, r2 in zip(batch, ab, judge.judge(ab), judge.judge(ba)):
+                    verdict, weighted = {}, {}
                     for a in judge.rubric.aspects:
                         x, y = r1["result"][a], r2["result"][a]
                         y = {"A": "B", "B": "A"}.get(y, y)  # back to this contestant = A
                         verdict[a] = None if x is None or y is None else (x if x == y else "tie")
-                    rec = {"id": it["id"], "verdict": verdict, "orders": [r1, r2]}
+                        if "weighted" in r1 and "weighted" in r2:
+                            both = [preference(r1["weighted"][a]["p"], "A"), preference(r2["weighted"][a]["p"], "B")]
+                            weighted[a] = None if None in both else sum(both) / 2
+                    rec = {"id": it["id"], "verdict": verdict, "orders": [r1, r2],
+                           "lengths": [len(f["answer_a"]), len(f["answer_b"])]}
+                    if weighted:
+                        rec["weighted_preference"] = weighted
                     out.write(rec)
                     done[it["id"]] = rec
                 advance(len(batch))
@@ -275,16 +307,29 @@ def run_shard(cfg: EvalConfig, config_path: str, shard_text: str, loader, *, tra
     return job.finish({"instructions": len(job.ids)})
 
 
+def _tags(it: dict[str, Any], key: str) -> list[str]:
+    """An instruction's task types or topics: its loaded tags (just-eval), else its own type/topic."""
+    if key == "type":
+        return [str(t) for t in it.get("task_types") or []] or [it["type"]]
+    return [str(t) for t in it.get("topics") or []] or ([it["topic"]] if it.get("topic") else [])
+
+
 def summarise(items, judged, pairwise) -> dict[str, Any]:
     """Numbers for the report (pure)."""
+    from alignkit.evaluation.weighted import agreement, length_controlled
+
     by_id = {it["id"]: it for it in items}
     out: dict[str, Any] = {}
     for name, recs in judged.items():
         scores: dict[str, list[int]] = defaultdict(list)
         missing: dict[str, int] = defaultdict(int)
+        weighted: dict[str, list[float]] = defaultdict(list)
+        w_missing: dict[str, int] = defaultdict(int)
+        both: dict[str, list[tuple[int, float]]] = defaultdict(list)
         by_type: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         by_topic: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         n_raw = 0
+        any_weighted = False
         for rid, r in recs.items():
             it = by_id.get(rid)
             if it is None:
@@ -295,9 +340,19 @@ def summarise(items, judged, pairwise) -> dict[str, Any]:
                     missing[a] += 1
                 else:
                     scores[a].append(v["score"])
-                    by_type[it["type"]][a].append(v["score"])
-                    if it.get("topic"):
-                        by_topic[it["topic"]][a].append(v["score"])
+                    for t in _tags(it, "type"):
+                        by_type[t][a].append(v["score"])
+                    for t in _tags(it, "topic"):
+                        by_topic[t][a].append(v["score"])
+                if "weighted" in r:
+                    any_weighted = True
+                    w = (r["weighted"].get(a) or {}).get("weighted")
+                    if w is None:
+                        w_missing[a] += 1
+                    else:
+                        weighted[a].append(w)
+                        if v["score"] is not None:
+                            both[a].append((v["score"], w))
         out[name] = {
             "judged": n_raw,
             "mean": {a: (sum(v) / len(v) if v else None) for a, v in scores.items()},
@@ -306,10 +361,31 @@ def summarise(items, judged, pairwise) -> dict[str, Any]:
             "by_type": {t: {a: sum(v) / len(v) for a, v in d.items() if v} for t, d in sorted(by_type.items())},
             "by_topic": {t: {a: sum(v) / len(v) for a, v in d.items() if v} for t, d in sorted(by_topic.items())},
         }
+        if any_weighted:
+            aspects = sorted(set(scores) | set(missing) | set(weighted) | set(w_missing))
+            out[name]["weighted"] = {
+                "mean": {a: (sum(weighted[a]) / len(weighted[a]) if weighted[a] else None) for a in aspects},
+                "missing": {a: w_missing[a] for a in aspects if w_missing[a]},
+                "agreement": {a: agreement(both[a]) for a in aspects},
+            }
     for name, recs in pairwise.items():
         tally: dict[str, dict[str, int]] = defaultdict(lambda: {"win": 0, "tie": 0, "lose": 0, "missing": 0})
+        prefs: dict[str, list[float]] = defaultdict(list)
+        overall, len_a, len_b = [], [], []
         for r in recs.values():
             for a, v in r["verdict"].items():
                 tally[a]["win" if v == "A" else "lose" if v == "B" else "tie" if v == "tie" else "missing"] += 1
+            wp = {a: v for a, v in (r.get("weighted_preference") or {}).items() if v is not None}
+            for a, v in wp.items():
+                prefs[a].append(v)
+            if wp and r.get("lengths"):
+                overall.append(sum(wp.values()) / len(wp))
+                len_a.append(r["lengths"][0])
+                len_b.append(r["lengths"][1])
         out.setdefault(name, {})["pairwise"] = dict(tally)
+        if prefs:
+            out[name]["pairwise_weighted"] = {
+                "win_rate": {a: sum(v) / len(v) for a, v in sorted(prefs.items())},
+                "overall": length_controlled(overall, len_a, len_b),
+            }
     return out

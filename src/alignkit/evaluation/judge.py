@@ -24,7 +24,8 @@ from alignkit.types import GenerationConfig, Message
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 #: the fields each kind of rubric is filled with
 FIELDS = {"score": ("instruction", "answer"), "pairwise": ("instruction", "answer_a", "answer_b")}
-RUBRICS = {"multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml",
+RUBRICS = {"just-eval": "judge-just-eval.yaml", "just-eval-safety": "judge-just-eval-safety.yaml",
+           "multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml",
            "overall": "judge-overall.yaml"}
 RETRY_NOTE = ("Your previous reply could not be read. Reply again with only the JSON object, in exactly the "
               "shape asked for, scores as whole numbers from 1 to 5.")
@@ -119,8 +120,16 @@ class Judge:
     """Scores answers (or compares two) with a judge model and a rubric."""
 
     def __init__(self, model: Any, rubric: Rubric, *, retries: int = 2, max_new_tokens: int = 400,
-                 cache: JudgeCache | None = None, batch_size: int = 8) -> None:
+                 cache: JudgeCache | None = None, batch_size: int = 8, weighted: bool = False,
+                 top_k: int = 20) -> None:
+        """``weighted``: also read probability-weighted scores (G-Eval; :mod:`alignkit.evaluation.weighted`) where
+        the judge gives token log-probabilities."""
         self.model, self.rubric, self.retries = model, rubric, retries
+        self.weigher = None
+        if weighted:
+            from alignkit.evaluation.weighted import Weigher
+
+            self.weigher = Weigher(model, rubric, top_k=top_k)
         self.cfg = GenerationConfig(max_new_tokens=max_new_tokens)
         self.cache = cache or JudgeCache(None)
         self.batch_size = batch_size
@@ -130,8 +139,12 @@ class Judge:
         self.json_mode = getattr(inner, "backend", "") == "openai"
 
     def provenance(self) -> dict[str, Any]:
-        return {"judge": self.spec, "rubric": self.rubric.id, "rubric_hash": self.rubric.hash,
+        prov = {"judge": self.spec, "rubric": self.rubric.id, "rubric_hash": self.rubric.hash,
                 "retries": self.retries}
+        if self.weigher is not None:
+            prov["weighted"] = ({"top_k": self.weigher.top_k} if self.weigher.unavailable is None
+                                else {"unavailable": self.weigher.unavailable})
+        return prov
 
     def _parse(self, raw: str) -> dict[str, Any]:
         if self.rubric.kind == "pairwise":
@@ -144,7 +157,8 @@ class Judge:
 
     def judge(self, items: list[dict[str, str]]) -> list[dict[str, Any]]:
         """``items``: the rubric's fields (instruction, answer / answer_a, answer_b). Returns per item
-        ``{"result": parsed, "raw": [answers...], "missing": [aspects], "cached": bool}``."""
+        ``{"result": parsed, "raw": [answers...], "missing": [aspects], "cached": bool}``, and ``"weighted"``
+        (per aspect) when the judge was asked for weighted scores and can give them."""
         keys = [JudgeCache.key(self.spec, self.rubric, it) for it in items]
         raws: list[list[str]] = [list(self.cache.get(k) or []) for k in keys]
         cached = [bool(r) for r in raws]
@@ -166,6 +180,11 @@ class Judge:
             parsed = self._best(raws[i])
             missing = [a for a, v in parsed.items() if (v["score"] if isinstance(v, dict) else v) is None]
             results.append({"result": parsed, "raw": raws[i], "missing": missing, "cached": cached[i]})
+        if self.weigher is not None and self.weigher.unavailable is None:
+            for start in range(0, len(items), self.batch_size):
+                part = slice(start, start + self.batch_size)
+                for res, w in zip(results[part], self.weigher.weigh(items[part], [r["result"] for r in results[part]])):
+                    res["weighted"] = w
         return results
 
     def _ask(self, convs: list[list[Message]]) -> list[str]:

@@ -33,6 +33,7 @@ def _cheap(answers_dir: Path, items, names) -> dict[str, dict[str, Any]]:
             "over_refusal_rate": (sum(r["metrics"]["refusal"] for r in benign) / len(benign)) if benign else None,
             "safety_refusal_rate": (sum(r["metrics"]["refusal"] for r in unsafe) / len(unsafe)) if unsafe else None,
             "self_stopped_benign": sum(not r["metrics"]["runaway"] for r in benign),
+            "benign_answered": sum(not r["metrics"]["refusal"] for r in benign),
             "leaked_delimiter": sum(leaked_delimiter(r.get("answer", "")) for r in recs),
             "benign": len(benign),
             "safety_declined": sum(r["metrics"]["refusal"] for r in unsafe),
@@ -89,8 +90,9 @@ def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path)
     (out / "radar.png").write_bytes(png)
 
     names = list(summary)
-    judge_line = (f"judge `{provenance['judge']['judge']}` · rubric hashes "
-                  + ", ".join(f"{k} `{v}`" for k, v in provenance["rubrics"].items())
+    judge_line = (f"judge `{provenance['judge']['judge']}` · rubrics "
+                  + ", ".join(f"{k} `{v['id']}` ({v['hash']})" if isinstance(v, dict) else f"{k} `{v}`"
+                              for k, v in provenance["rubrics"].items())
                   if provenance.get("judge") else "no judge (judge-free metrics only)")
     lines = ["# alignkit evaluation", "", f"{len(items)} instructions · {judge_line}"]
     if provenance.get("judge"):
@@ -102,14 +104,32 @@ def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path)
             miss = sum(s.get("missing", {}).values())
             lines.append(f"| {n} | " + " | ".join(_fmt(s.get("mean", {}).get(a)) for a in ASPECTS)
                          + f" | {miss} ({s.get('missing_share', 0):.0%}) |")
+    weighted = [n for n in names if "weighted" in summary[n]]
+    if weighted:
+        lines += ["", "## Probability-weighted judge scores (G-Eval: the judge's expected score at each slot)", "",
+                  "| contestant | " + " | ".join(ASPECTS) + " | no weighted score |", "|---|" + "---|" * (len(ASPECTS) + 1)]
+        for n in weighted:
+            w = summary[n]["weighted"]
+            lines.append(f"| {n} | " + " | ".join(_fmt(w["mean"].get(a)) for a in ASPECTS)
+                         + f" | {sum(w['missing'].values())} |")
+        lines += ["", "Agreement of parsed and weighted scores (items with both):", "",
+                  "| contestant | aspect | n | Pearson | Spearman | mean abs. difference | rounded equal |",
+                  "|---|---|---|---|---|---|---|"]
+        for n in weighted:
+            for a, g in summary[n]["weighted"]["agreement"].items():
+                lines.append(f"| {n} | {a} | {g['n']} | {_fmt(g['pearson'])} | {_fmt(g['spearman'])} | "
+                             f"{_fmt(g['mean_abs_diff'])} | {_pct(g['rounded_equal'])} |")
     lines += ["", "## Judge-free metrics", "",
-              "| contestant | answers | mean tokens | runaway | repetition | empty | benign refused | safety declined |",
+              "| contestant | answers | mean tokens | runaway | repetition | empty | safe prompts refused | "
+              "unsafe prompts complied with |",
               "|---|---|---|---|---|---|---|---|"]
     for n in names:
         c = cheap[n]
+        complied = None if c["safety_refusal_rate"] is None else 1 - c["safety_refusal_rate"]
         lines.append(f"| {n} | {c['answers']} | {c['mean_tokens']:.1f} | {c['runaway_rate']:.0%} | "
-                     f"{c['mean_repetition']:.2f} | {c['empty_rate']:.0%} | {_pct(c['over_refusal_rate'])} | "
-                     f"{_pct(c['safety_refusal_rate'])} |")
+                     f"{c['mean_repetition']:.2f} | {c['empty_rate']:.0%} | {_pct(c['over_refusal_rate'])} "
+                     f"({c['benign'] - c['benign_answered']}/{c['benign']}) | {_pct(complied)} "
+                     f"({c['safety'] - c['safety_declined']}/{c['safety']}) |")
     routes = [n for n in names if "stage_fallbacks" in cheap[n]]
     if routes:
         lines += ["", "## Routes (rewriter / corrector stages)", "",
@@ -133,6 +153,16 @@ def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path)
         for n in pairwise:
             for a, t in summary[n]["pairwise"].items():
                 lines.append(f"| {n} | {a} | {t['win']} | {t['tie']} | {t['lose']} | {t['missing']} |")
+        wins = [n for n in pairwise if "pairwise_weighted" in summary[n]]
+        if wins:
+            lines += ["", "Weighted preference (the judge's P(win) + P(tie)/2, both orders averaged) and the "
+                      "length-controlled win rate (logistic GLM on the length difference, at zero difference):", "",
+                      "| contestant vs baseline | " + " | ".join(ASPECTS[:5]) + " | overall | length-controlled |",
+                      "|---|" + "---|" * 7]
+            for n in wins:
+                pw = summary[n]["pairwise_weighted"]
+                lines.append(f"| {n} | " + " | ".join(_pct(pw["win_rate"].get(a)) for a in ASPECTS[:5])
+                             + f" | {_pct(pw['overall']['win_rate'])} | {_pct(pw['overall']['lc_win_rate'])} |")
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md, encoding="utf-8")
     body = _md_tables_to_html(md)
