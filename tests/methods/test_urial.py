@@ -94,7 +94,7 @@ ADVERSARIAL = [
 ]
 
 
-@pytest.mark.parametrize("name", ["urial-k1", "urial-paper-k3", "basic-k3"])
+@pytest.mark.parametrize("name", shipped_templates())
 @pytest.mark.parametrize("text", ADVERSARIAL)
 def test_user_text_cannot_forge_turns_or_close_its_block(text, name):
     t = load_template(name)
@@ -121,10 +121,19 @@ def test_paper_style_and_basic_templates():
     prompt, fence = render_conversation(paper.preamble, paper.examples, [Message("user", "Hi")], paper.min_fence)
     assert fence == "```" and prompt.endswith(f"{ANSWER_HEADER}\n```\n")
     assert render_conversation(paper.preamble, paper.examples, [Message("user", "a ``` b")], 3)[1] == "````"
-    for e in paper.examples:
-        first, last = e.answer.split("\n")[0], e.answer.rstrip().split("\n")[-1]
-        assert first.split()[0].rstrip("!,") in ("Hi", "Hello"), e.id
-        assert any(w in last.lower() for w in ("let me know", "happy to help", "ask away")), e.id
+    for k in (1, 3, 8):  # the ablation's styles at every K: same queries as urial-kK, style in the answers only
+        restyled, pk, bk = (load_template(n) for n in (f"urial-k{k}", f"urial-paper-k{k}", f"basic-k{k}"))
+        queries = sorted(e.query for e in restyled.examples)
+        assert sorted(e.query for e in pk.examples) == sorted(e.query for e in bk.examples) == queries
+        assert pk.preamble == paper.preamble and pk.min_fence == 3 and bk.preamble == k3.preamble
+        for e in pk.examples:
+            first, last = e.answer.split("\n")[0], e.answer.rstrip().split("\n")[-1]
+            assert first.split()[0].rstrip("!,") in ("Hi", "Hello"), e.id
+            assert any(w in last.lower() for w in ("let me know", "happy to", "ask away", "feel free to ask",
+                                                    "if you'd like")), e.id
+        for e in bk.examples:
+            assert "\n" not in e.answer and len(e.answer.split()) < 40 and not e.answer.startswith(("Hi", "Hello"))
+    assert load_template("urial-paper-k0").k == 0 and load_template("urial-paper-k0").preamble == paper.preamble
     for t in (paper, basic):
         assert sorted(e.query for e in t.examples) == sorted(e.query for e in k3.examples)
         kinds = sorted(("refusal" in e.tags, "role-play" in e.tags) for e in t.examples)
@@ -275,7 +284,22 @@ def test_similar_examples_are_chosen_per_query(tiny_base):
     csv = sel.select("How can I load a CSV file with Python?")
     assert csv[-1].id == "python-csv" and len(csv) == 2
     gas = sel.select("What chemicals make poison gas if mixed?")
-    assert gas[-1].id == "decline-toxic-gas"
+    # the decline example keeps its role: the closest one, first (farthest from the query), the rest helpful
+    assert gas[0].id == "decline-toxic-gas" and "refusal" not in gas[1].tags
+    pure = SimilarExamples.from_template(t, 2, sel.embed, decline="similar")
+    assert pure.select("What chemicals make poison gas if mixed?")[-1].id == "decline-toxic-gas"
+    # a harmless query that sounds like a decline example's: pure similarity shows decline examples right before
+    # it; the default shows exactly one, first, whatever the query
+    pot = "Give me step-by-step instructions for repotting a plant."
+    for k in (2, 3, 5):
+        chosen = SimilarExamples.from_template(t, k, sel.embed).select(pot)
+        assert len(chosen) == k and [("refusal" in e.tags) for e in chosen] == [True] + [False] * (k - 1)
+    one = SimilarExamples.from_template(t, 1, sel.embed).select("How do I make a toxic gas at home?")
+    assert len(one) == 1 and "refusal" not in one[0].tags
+    # a styled template draws from its own style's pool
+    basic = SimilarExamples.from_template(load_template("basic-k3"), 3, sel.embed)
+    assert all(e.id.startswith("basic-") for e in basic.pool)
+    assert [e.id for e in basic.select(pot)][0] == "basic-decline-wifi"
     m = apply_method(tiny_base, MethodOptions(method="urial", select="similar", k=1, template="urial-k0"))
     chosen = m.examples_for([Message("user", "Why does the moon have phases?")])
     assert [e.id for e in chosen] == ["moon-phases"]

@@ -25,6 +25,12 @@ class Contestant:
     method: str = "auto"
     template: str | None = None
     k: int | None = field(default=None, metadata={"min": 0})
+    select: str = field(default="fixed", metadata={"choices": ["fixed", "similar", "similar-any"]})
+    """in-context examples: the template's, or chosen per instruction (see ``--select``)"""
+    repetition_penalty: float | None = field(default=None, metadata={"gt": 0})
+    """none: the method's recommendation (1.15 under in-context alignment, else off)"""
+    repetition_penalty_scope: str = field(default="answer", metadata={"choices": ["answer", "all"]})
+    """what the penalty counts: the answer's tokens, or the prompt's too (the URIAL paper's setting)"""
     ref: str | None = None
     lam: float | None = field(default=None, metadata={"min": 0})
     # route stages around the model (see alignkit.methods.routes)
@@ -125,7 +131,8 @@ class Harness:
     def _model(self, c: Contestant) -> Any:
         from alignkit.methods import MethodOptions, apply_method
 
-        opts = MethodOptions(method=c.method, template=c.template, k=c.k, ref=c.ref, lam=c.lam, rewriter=c.rewriter,
+        opts = MethodOptions(method=c.method, template=c.template, k=c.k, select=c.select, ref=c.ref, lam=c.lam,
+                             rewriter=c.rewriter,
                              rewriter_method=c.rewriter_method, rewriter_layout=c.rewriter_layout,
                              corrector=c.corrector, corrector_method=c.corrector_method,
                              corrector_layout=c.corrector_layout, scorer=c.scorer, n=c.n,
@@ -208,8 +215,10 @@ class Harness:
         todo = [it for it in items if it["id"] not in done]
         if todo:
             model = self._model(c)
-            cfg = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens, stop=c.stop,
-                                   repetition_penalty=recommended_repetition_penalty(model))
+            penalty = (recommended_repetition_penalty(model) if c.repetition_penalty is None
+                       else c.repetition_penalty)
+            cfg = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens, stop=c.stop, repetition_penalty=penalty,
+                                   repetition_penalty_scope=c.repetition_penalty_scope)
             prov = {"model": model.info(), "generation": cfg.to_dict()}
             with JsonlAppender(path) as out, self.tracker.task(f"answers {c.name}", len(todo)) as advance:
                 for s in range(0, len(todo), self.cfg.batch_size):

@@ -24,8 +24,10 @@ class MethodOptions:
     k: int | None = field(default=None, metadata={"min": 0,
         "help": "number of in-context examples (fixed selection: picks the shipped urial-kK template)"})
     select: str = field(default="fixed", metadata={
-        "help": "in-context examples: fixed (the template's) or similar (the K most similar to each query from "
-                "the example pool, by sentence embedding)", "choices": ["fixed", "similar"]})
+        "help": "in-context examples: fixed (the template's); similar (per query from the template's example pool, "
+                "by sentence embedding: one decline example kept in its role, the rest the most similar helpful "
+                "ones); similar-any (the K most similar, decline examples included)",
+        "choices": ["fixed", "similar", "similar-any"]})
     ref: str | None = field(default=None, metadata={
         "help": "--method dera: the reference model spec (--model is the aligned model). DeRa's equivalence (lam "
                 "emulates KL strength beta/lam) holds when the aligned model is the KL-regularised optimum relative "
@@ -167,12 +169,13 @@ def _urial(model: Any, options: MethodOptions) -> Any:
     from alignkit.methods.urial import InContextAligned
 
     name = options.template
-    if options.select == "similar":
+    if options.select in ("similar", "similar-any"):
         from alignkit.methods.retrieval import SimilarExamples
 
         template = load_template(name or DEFAULT_TEMPLATE)
         k = 3 if options.k is None else options.k
-        return InContextAligned(model, template, selector=SimilarExamples.from_template(template, k))
+        decline = "one" if options.select == "similar" else "similar"
+        return InContextAligned(model, template, selector=SimilarExamples.from_template(template, k, decline=decline))
     if options.k is not None:
         wanted = f"urial-k{options.k}"
         if name is None:

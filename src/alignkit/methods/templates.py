@@ -1,7 +1,8 @@
 """In-context alignment templates as data: loading, validation, hashing (no torch).
 
 A template file (YAML) holds an ``id``, a ``description``, a ``preamble``, a list of ``examples``
-(``{query, answer}``; optional ``id`` and ``tags``) and optionally ``fence``: the fewest backticks a block's fence
+(``{query, answer}``; optional ``id`` and ``tags``), optionally ``pool`` (which shipped example pool its
+``"@name"`` references and retrieval draw from: ``default``, ``basic`` or ``paper``) and ``fence``: the fewest backticks a block's fence
 has (4 by default, which leaves room for ``` code blocks inside answers; 3 is the URIAL paper's layout -- the
 fence still grows past any backtick run in the texts, so no text can close its block). The shipped templates in ``alignkit/prompts/urial``
 refer to the shared example pool with ``"@name"`` strings; a user's file can do the same or spell its
@@ -72,7 +73,7 @@ def _shipped_dir():
 
 
 def shipped_templates() -> list[str]:
-    return sorted(p.name[:-5] for p in _shipped_dir().iterdir() if p.name.endswith(".yaml") and p.name != "pool.yaml")
+    return sorted(p.name[:-5] for p in _shipped_dir().iterdir() if p.name.endswith(".yaml") and not p.name.startswith("pool"))
 
 
 def _read_yaml(text: str, where: str) -> Any:
@@ -82,10 +83,19 @@ def _read_yaml(text: str, where: str) -> Any:
         raise TemplateError(f"template {where} is not valid YAML: {e}") from e
 
 
-def load_pool() -> tuple[dict[str, str], dict[str, Example]]:
-    """The shipped preambles and example pool."""
+POOLS = ("default", "basic", "paper")
+
+
+def load_pool(name: str = "default") -> tuple[dict[str, str], dict[str, Example]]:
+    """The shipped preambles and one of the example pools: ``default`` (restyled answers, ``pool.yaml``),
+    ``basic`` (plain answers) or ``paper`` (paper-style answers), each ``pool-NAME.yaml``."""
     data = _read_yaml((_shipped_dir() / "pool.yaml").read_text(encoding="utf-8"), "pool.yaml")
-    examples = {e["id"]: _example(e, "pool.yaml", i) for i, e in enumerate(data["examples"])}
+    if name != "default":
+        fname = f"pool-{name}.yaml"
+        items = _read_yaml((_shipped_dir() / fname).read_text(encoding="utf-8"), fname)["examples"]
+    else:
+        fname, items = "pool.yaml", data["examples"]
+    examples = {e["id"]: _example(e, fname, i) for i, e in enumerate(items)}
     return dict(data["preambles"]), examples
 
 
@@ -125,16 +135,19 @@ def load_template(name_or_path: str | None = None) -> Template:
 def parse_template(data: Any, where: str = "<template>") -> Template:
     if not isinstance(data, dict):
         raise TemplateError(f"template {where} must be a mapping with id, preamble and examples")
-    unknown = set(data) - {"id", "description", "preamble", "examples", "fence"}
+    unknown = set(data) - {"id", "description", "preamble", "examples", "fence", "pool"}
     if unknown:
         raise TemplateError(f"template {where} has unknown key(s) {sorted(unknown)}; allowed: id, description, preamble, "
-                            "examples, fence")
+                            "examples, fence, pool")
+    pool_name = data.get("pool", "default")
+    if pool_name not in POOLS:
+        raise TemplateError(f"template {where}: 'pool' must be one of {', '.join(POOLS)}, got {pool_name!r}")
     fence = data.get("fence", DEFAULT_FENCE)
     if not isinstance(fence, int) or isinstance(fence, bool) or not 3 <= fence <= 16:
         raise TemplateError(f"template {where}: 'fence' must be a whole number of backticks from 3 to 16, got {fence!r}")
     if not isinstance(data.get("id"), str) or not data["id"].strip():
         raise TemplateError(f"template {where} needs a non-empty string 'id'")
-    preambles, pool = load_pool()
+    preambles, pool = load_pool(pool_name)
     preamble = data.get("preamble")
     if not isinstance(preamble, str) or not preamble.strip():
         raise TemplateError(f"template {where} needs a non-empty string 'preamble' (or '@default' / '@helpful')")
