@@ -31,6 +31,27 @@ ROWS = {"sft": ("runs/siblings/sft", "auto", "urial"), "dpo": ("runs/siblings/dp
         "urial": ("gemma-3-270m", "urial", "plain")}
 
 
+def rank_curve(path: Path) -> dict:
+    """The base rank of the aligned token by answer position, on Re-Align's reading: the mean rank with each rank
+    capped at 50 (the paper's cap) and the median, per position for the first ten and pooled after."""
+    from alignkit.analysis.aggregate import summarize
+
+    records = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    (curves,) = [s["curves"] for s in summarize(records).values()]
+
+    def pooled(key: str, lo: int, hi: float) -> float:
+        pairs = [(v, n) for t, v, n in zip(curves["t"], curves[key], curves["count"]) if lo <= t < hi]
+        return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+
+    first = [{"t": t, "mean_rank_cap50": c, "median_rank": m, "positions": n}
+             for t, c, m, n in zip(curves["t"], curves["mean_base_rank_cap50"], curves["median_base_rank"],
+                                   curves["count"]) if t < 10]
+    return {"first_ten": first, "mean_rank_cap50_positions_0_to_4": pooled("mean_base_rank_cap50", 0, 5),
+            "mean_rank_cap50_positions_5_to_9": pooled("mean_base_rank_cap50", 5, 10),
+            "mean_rank_cap50_after_10": pooled("mean_base_rank_cap50", 10, float("inf")),
+            "max_median_rank_after_10": max(m for t, m in zip(curves["t"], curves["median_base_rank"]) if t >= 10)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--row", choices=sorted(ROWS), default="sft")
@@ -57,6 +78,7 @@ def main(argv=None) -> int:
         raise SystemExit(proc.stderr[-3000:])
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     row = {"command": " ".join(cmd[1:]), "instructions": len(rows), "summary": summary,
+           "rank_curve": rank_curve(out / f"{stem}.jsonl"),
            "_measured": {"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d")}}
     print(json.dumps(row, indent=2))
     old = RESULTS / "shift_headline.json"

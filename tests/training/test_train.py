@@ -250,3 +250,70 @@ def test_compact_loss_equals_trls_loss(tiny_dir, sft_data):
     g_ours = torch.autograd.grad(ours, trainer.model.lm_head.weight)[0]
     diff = (g_ours - g_theirs).abs().max() / g_theirs.abs().max()
     assert diff < 1e-3, float(diff)
+
+
+def test_lima_recipe_preset_schedule_dev_choice_and_residual_dropout(tiny_dir, sft_data, tmp_path):
+    """--recipe lima: full fine-tuning, lr 1e-5 decaying linearly to 1e-6 (checked step by step in the log),
+    effective batch 64 by accumulation, 2048 tokens, a dev set whose lowest-loss epoch is the model written, and
+    residual dropout rising over the layers; explicit options override the preset."""
+    out = tmp_path / "lima"
+    # 11 conversations: dev = 1, train = 10 -> one optimiser step per epoch at batch 4 x 16
+    assert main(["train", "sft", "--model", str(tiny_dir["base"]), "--data", str(sft_data["sft"]), "--output",
+                 str(out), "--recipe", "lima", "--epochs", "4", "--learning-rate", "5e-3",
+                 "--min-learning-rate", "5e-4"]) == 0
+    info = json.loads((out / "alignkit.json").read_text())
+    r = info["recipe"]
+    assert r["preset"] == "lima" and info["tuning"]["full"] and (out / "config.json").is_file()
+    assert (r["batch_size"], r["grad_accum"], r["max_length"], r["epochs"]) == (4, 16, 2048, 4.0)
+    assert r["residual_dropout"] == 0.2 and r["residual_dropout_rates"] == [0.0, 0.2]  # 2 layers: 0 -> 0.2
+    assert (r["learning_rate"], r["min_learning_rate"]) == (5e-3, 5e-4)  # flags over the preset
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    lrs = [row["learning_rate"] for row in log if "learning_rate" in row]
+    assert len(lrs) == 4
+    # linear from 5e-3 to 5e-4 over 4 steps: the lr after step k is 5e-3 - k * (4.5e-3 / 4)
+    assert lrs == pytest.approx([5e-3 - k * 4.5e-3 / 4 for k in range(len(lrs))], rel=1e-6)
+    dev = info["dev"]
+    assert dev["size"] == 1 and len(dev["losses"]) == 4
+    assert dev["best"]["loss"] == min(x["loss"] for x in dev["losses"])
+    assert dev["kept_checkpoint"].endswith(f"checkpoint-{dev['best']['step']}")
+    # the model written is the best epoch's: its dev loss equals the recorded best
+    dev_rec = [x for x in _sft_records() if x["id"] in dev["ids"]]
+    assert data_loss(str(out), dev_rec, template="urial-k0") == pytest.approx(dev["best"]["loss"], rel=1e-4)
+
+
+def test_residual_dropout_hooks(tiny_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.errors import InputError
+    from alignkit.training.common import residual_dropout
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir["base"]), dtype=torch.float32)
+    ids = torch.tensor([[2, 40, 41, 42, 43, 44]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        got = residual_dropout(model, 0.5)
+        assert got["rates"] == [0.0, 0.5] and len(got["hooks"]) == 4  # two branches per layer
+        model.eval()
+        assert torch.equal(model(ids).logits, plain)  # eval mode: no dropout
+        model.train()
+        torch.manual_seed(0)
+        a = model(ids).logits
+        torch.manual_seed(1)
+        assert not torch.allclose(a, model(ids).logits)  # training: stochastic
+        for h in got["hooks"]:
+            h.remove()
+        assert torch.equal(model(ids).logits, plain)  # removed: the model is untouched
+    with pytest.raises(InputError, match="no decoder layers"):
+        residual_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2)), 0.2)
+
+
+def test_lima_options_are_checked(tiny_dir, sft_data, tmp_path, capsys):
+    base = ["train", "sft", "--model", str(tiny_dir["base"]), "--data", str(sft_data["sft"]), "--output"]
+    assert main([*base, str(tmp_path / "a"), "--recipe", "lima", "--dev-size", "11"]) == 2
+    assert "leaves nothing to train on" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "b"), "--min-learning-rate", "0.5"]) == 2
+    assert "must be below the learning rate" in capsys.readouterr().err
+    assert main(["train", "dpo", "--model", str(tiny_dir["base"]), "--data", str(sft_data["prefs"]), "--output",
+                 str(tmp_path / "c"), "--residual-dropout", "0.1"]) == 2
+    assert "part of the SFT recipe" in capsys.readouterr().err

@@ -22,8 +22,10 @@ CHECKPOINTS = "checkpoints"
 
 @dataclass(frozen=True)
 class Recipe:
-    """Optimisation settings shared by ``train sft`` and ``train dpo``. The defaults are the LIMA preset:
-    AdamW (betas 0.9 / 0.95), weight decay 0.1, linear decay to zero, no warm-up."""
+    """Optimisation settings shared by ``train sft`` and ``train dpo``. The defaults are LIMA's *optimiser*
+    (the ``lima-optimiser`` preset): AdamW (betas 0.9 / 0.95), weight decay 0.1, linear decay, no warm-up -- with
+    alignkit's short CPU schedule (3 epochs, batch 4, 512 tokens, LoRA). ``train sft --recipe lima`` is LIMA's
+    whole recipe (:data:`LIMA_RECIPE`)."""
 
     epochs: float = field(default=3.0, metadata={"gt": 0, "help": "passes over the data (LIMA used 15 on a 65B model)"})
     learning_rate: float | None = field(default=None, metadata={"gt": 0,
@@ -39,6 +41,23 @@ class Recipe:
     save_steps: int = field(default=50, metadata={"min": 1, "help": "save a resumable checkpoint every N optimiser steps"})
     logging_steps: int = field(default=1, metadata={"min": 1, "help": "report the loss every N optimiser steps"})
     max_steps: int = field(default=-1, metadata={"min": 1, "or": -1, "help": "stop after N optimiser steps (-1: run all epochs)"})
+    min_learning_rate: float = field(default=0.0, metadata={"min": 0, "help": (
+        "where the linear decay ends (0: zero; LIMA: 1e-6 from 1e-5)")})
+    residual_dropout: float = field(default=0.0, metadata={"min": 0, "max": 0.9, "help": (
+        "SFT: dropout on every layer's residual branches, rising linearly from 0 at the first layer to this at the "
+        "last (LIMA: 0.2 for smaller models, 0.3 at 65B)")})
+
+
+#: LIMA's recipe (Zhou et al., 2023) for models below 65B, as far as one CPU can follow it: 15 epochs of full
+#: fine-tuning, lr 1e-5 decaying linearly to 1e-6, no warm-up, weight decay 0.1, AdamW (0.9, 0.95), an effective
+#: batch of 64 sequences (4 x 16 gradient accumulation), 2048 tokens, residual dropout rising over the layers to
+#: 0.2, and the checkpoint chosen on a held-out dev set (LIMA: 50 examples, judged; here: the lowest dev loss
+#: over epochs, on min(50, 10% of the data)). The end-of-turn marker LIMA adds is what alignkit's layouts already
+#: train: the closing fence (urial format) or the chat template's turn end.
+LIMA_RECIPE: dict[str, Any] = {"epochs": 15.0, "learning_rate": 1e-5, "min_learning_rate": 1e-6, "scheduler": "linear",
+                               "warmup_ratio": 0.0, "weight_decay": 0.1, "batch_size": 4, "grad_accum": 16,
+                               "max_length": 2048, "residual_dropout": 0.2, "full": True, "dev_size": -1}
+RECIPES = {"lima-optimiser": {}, "lima": LIMA_RECIPE}
 
 
 @dataclass(frozen=True)
@@ -71,7 +90,10 @@ class Tuning:
                           target_modules=targets, task_type=task, bias="none")
 
 
-def check_recipe(recipe: Recipe) -> None:
+def check_recipe(recipe: Recipe, *, sft: bool = False) -> None:
+    if recipe.residual_dropout > 0 and not sft:
+        raise InputError("--residual-dropout is part of the SFT recipe (LIMA); the preference, reward and online "
+                         "trainers do not take it")
     for name in ("batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
         if getattr(recipe, name) <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(recipe, name)}")
@@ -179,7 +201,7 @@ def training_args_kwargs(recipe: Recipe, tuning: Tuning, output: Path) -> dict[s
         adam_beta1=0.9,
         adam_beta2=0.95,
         optim="adamw_torch",
-        lr_scheduler_type=recipe.scheduler,
+        **_schedule(recipe, tuning),
         warmup_steps=float(recipe.warmup_ratio),  # a float below 1 is a ratio of the steps
         logging_steps=recipe.logging_steps,
         save_strategy="steps",
@@ -196,6 +218,59 @@ def training_args_kwargs(recipe: Recipe, tuning: Tuning, output: Path) -> dict[s
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
     )
+
+
+def _schedule(recipe: Recipe, tuning: Tuning) -> dict[str, Any]:
+    """The learning-rate schedule: a linear decay that ends above zero is transformers' polynomial schedule with
+    power 1 (exactly linear from the peak to ``min_learning_rate``)."""
+    if recipe.min_learning_rate > 0:
+        if recipe.scheduler != "linear":
+            raise InputError(f"--min-learning-rate applies to the linear schedule, not {recipe.scheduler!r}")
+        if not recipe.min_learning_rate < tuning.learning_rate(recipe):
+            raise InputError(f"--min-learning-rate {recipe.min_learning_rate} must be below the learning rate "
+                             f"{tuning.learning_rate(recipe)}")
+        return {"lr_scheduler_type": "polynomial",
+                "lr_scheduler_kwargs": {"lr_end": recipe.min_learning_rate, "power": 1.0}}
+    return {"lr_scheduler_type": recipe.scheduler}
+
+
+def residual_dropout(model: Any, top: float) -> dict[str, Any]:
+    """LIMA's residual dropout: each decoder layer's residual branches (what the attention and the MLP add to
+    the residual stream) pass through dropout with a rate rising linearly from 0 at the first layer to ``top`` at
+    the last, in training mode only (forward hooks; nothing is saved with the model). Gemma-style layers (norms
+    after each branch) are hooked at those norms, Llama-style layers at the attention and MLP outputs; other
+    architectures are refused. Returns ``{"layers", "rates", "hooks"}`` (``hooks`` to remove them)."""
+    import torch
+
+    layers = None
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) and all(
+                hasattr(m, "self_attn") and hasattr(m, "mlp") for m in module):
+            layers = module
+            break
+    if layers is None:
+        raise InputError("--residual-dropout: this architecture exposes no decoder layers with self_attn and mlp; "
+                         "train without it")
+    n = len(layers)
+    rates = [top * i / (n - 1) if n > 1 else top for i in range(n)]
+    hooks = []
+
+    def make(rate: float):
+        def hook(mod, args, output):
+            if not mod.training or rate <= 0:
+                return output
+            if isinstance(output, tuple):
+                return (torch.nn.functional.dropout(output[0], rate, True), *output[1:])
+            return torch.nn.functional.dropout(output, rate, True)
+        return hook
+
+    for layer, rate in zip(layers, rates):
+        if hasattr(layer, "pre_feedforward_layernorm") and hasattr(layer, "post_feedforward_layernorm"):
+            targets = (layer.post_attention_layernorm, layer.post_feedforward_layernorm)  # Gemma 2/3 sandwich norms
+        else:
+            targets = (layer.self_attn, layer.mlp)
+        hooks += [t.register_forward_hook(make(rate)) for t in targets]
+    return {"layers": n, "rates": [round(r, 4) for r in rates], "hooks": hooks}
 
 
 def _no_cuda() -> bool:

@@ -33,6 +33,14 @@ class SFTJob:
         "help": "--format urial: the K=0 template whose preamble starts every conversation"})
     chat_template: str | None = field(default=None, metadata={
         "help": "--format chat-template: a Jinja chat template file to use (and save with the model)"})
+    recipe: str = field(default="lima-optimiser", metadata={
+        "help": "recipe preset under the other options: lima-optimiser (LIMA's optimiser on a short CPU schedule, "
+                "LoRA) or lima (LIMA's whole recipe: 15 epochs of full fine-tuning, lr 1e-5 -> 1e-6, batch 64 via "
+                "gradient accumulation, 2048 tokens, residual dropout rising to 0.2, checkpoint chosen on a dev set); "
+                "options given explicitly override the preset", "choices": ["lima-optimiser", "lima"]})
+    dev_size: int = field(default=0, metadata={"min": -1, "help": (
+        "hold out N conversations as a dev set: its loss after every epoch, and the epoch with the lowest dev "
+        "loss is the model written (-1: min(50, 10%% of the data); 0: no dev set)")})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in OUTPUT"})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT folder"})
 
@@ -60,12 +68,33 @@ def build_dataset(records: list[data.Record], fmt: PromptFormat, tokenizer: Any,
     return Dataset.from_list(rows), cut
 
 
-def sft_config(recipe: common.Recipe, tuning: common.Tuning, output: Path) -> Any:
+def sft_config(recipe: common.Recipe, tuning: common.Tuning, output: Path, *, dev: bool = False) -> Any:
     from trl import SFTConfig
 
+    kwargs = common.training_args_kwargs(recipe, tuning, output)
+    if dev:  # one dev-loss evaluation and one checkpoint per epoch; the best epoch's weights are loaded at the end
+        kwargs.update(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                      metric_for_best_model="eval_loss", greater_is_better=False,
+                      per_device_eval_batch_size=recipe.batch_size)
+        kwargs.pop("save_steps", None)
     # batches of similar lengths: less padding (on CPU, padding costs as much as real tokens)
-    return SFTConfig(**common.training_args_kwargs(recipe, tuning, output), max_length=recipe.max_length,
+    return SFTConfig(**kwargs, max_length=recipe.max_length,
                      packing=False, dataset_num_proc=None, train_sampling_strategy="group_by_length")
+
+
+def dev_split(records: list[data.Record], size: int, seed: int) -> tuple[list[data.Record], list[data.Record]]:
+    """``(train, dev)``: ``size`` conversations held out at random (seeded); -1 is min(50, 10% of the data)."""
+    import random
+
+    if size == 0:
+        return records, []
+    n = min(50, max(1, len(records) // 10)) if size < 0 else size
+    if n >= len(records):
+        raise InputError(f"--dev-size {n} leaves nothing to train on ({len(records)} conversations)")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
 def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, records: list[data.Record] | None = None,
@@ -76,7 +105,7 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, record
     conversations); ``init_adapter`` continues training that LoRA adapter instead of starting a new one (the
     result is again one adapter on the base); ``extra_info`` is merged into ``alignkit.json`` (``inference``
     entries are added to the trained layout, e.g. a route stage's layout)."""
-    common.check_recipe(recipe)
+    common.check_recipe(recipe, sft=True)
     if records is None:
         loaded = data.load(job.data, "sft")
         loaded.raise_if_problems("nothing was trained (`alignkit data validate` lists them; `alignkit data clean` "
@@ -92,17 +121,24 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, record
             raise InputError(f"cannot read --chat-template {job.chat_template!r}: {e}") from e
     fmt = resolve_format(job.format, job.template, tokenizer)
     check_format(fmt, tokenizer)
-    dataset, cut = build_dataset(loaded.records, fmt, tokenizer, recipe.max_length)
+    train_records, dev_records = dev_split(loaded.records, job.dev_size, recipe.seed)
+    dataset, cut = build_dataset(train_records, fmt, tokenizer, recipe.max_length)
     if cut:
         common.say(f"alignkit train: {cut} of {len(dataset)} conversations are longer than --max-length "
                    f"{recipe.max_length} and were cut")
+    dev_set = build_dataset(dev_records, fmt, tokenizer, recipe.max_length)[0] if dev_records else None
     trainer, progress, n_params = common.start_trainer(
         trainer_class(), output, model=model, tuning=tuning, adapter=init_adapter,
-        args=sft_config(recipe, tuning, output), train_dataset=dataset, processing_class=tokenizer)
+        args=sft_config(recipe, tuning, output, dev=dev_set is not None), train_dataset=dataset,
+        eval_dataset=dev_set, processing_class=tokenizer)
+    dropout = common.residual_dropout(trainer.model, recipe.residual_dropout) if recipe.residual_dropout > 0 else None
     trained = trainer.model
     common.say(f"alignkit train sft: {len(dataset)} conversations, format {fmt.name}, "
                f"{'full fine-tuning' if tuning.full else f'LoRA r={tuning.lora_r}'} ({n_params:,} trainable parameters)")
     seconds = common.run_training(trainer, job.resume)
+    if dropout is not None:
+        for h in dropout["hooks"]:
+            h.remove()
     steps = trainer.state.global_step
     tokens = trainer.state.num_input_tokens_seen or _tokens_trained(trainer)
     from alignkit import __version__
@@ -117,7 +153,9 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, record
         "data": {"path": job.data, "records": len(loaded.records), "hash": data.data_hash(loaded.records),
                  "cut_at_max_length": cut},
         "tuning": asdict(tuning),
-        "recipe": common.recipe_dict(recipe, tuning),
+        "recipe": {"preset": job.recipe, **common.recipe_dict(recipe, tuning),
+                   **({"residual_dropout_rates": dropout["rates"]} if dropout else {})},
+        **({"dev": _dev_info(trainer, dev_records)} if dev_records else {}),
         "result": common.result_dict(steps=steps, seconds=seconds, history=progress.history, tokens=tokens,
                                      n_params=n_params),
         **{k: v for k, v in (extra_info or {}).items() if k != "inference"},
@@ -127,6 +165,15 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, record
     common.say(f"alignkit train sft: wrote {output} (loss {info['result']['first_loss']} -> "
                f"{info['result']['final_loss']}, {seconds:.0f} s)")
     return info
+
+
+def _dev_info(trainer: Any, dev_records: list[data.Record]) -> dict[str, Any]:
+    """The dev set and its loss after each epoch; which epoch's weights were kept."""
+    losses = [{"epoch": round(row["epoch"], 3), "step": row.get("step"), "loss": row["eval_loss"]}
+              for row in trainer.state.log_history if "eval_loss" in row]
+    best = min(losses, key=lambda r: r["loss"]) if losses else None
+    return {"size": len(dev_records), "ids": [r.id for r in dev_records], "losses": losses,
+            "best": best, "kept_checkpoint": trainer.state.best_model_checkpoint}
 
 
 _LOGIT_SCALES = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
