@@ -82,6 +82,16 @@ def _pairwise_prefix(aspects: Sequence[str], values: Sequence[Any], slot: int) -
 
 def weights_available(model: Any, top_k: int) -> str | None:
     """Why ``model`` cannot give weighted scores (None: it can)."""
+    inner, api = model, False
+    for _ in range(16):  # the method wrappers down to the backend
+        api = api or getattr(inner, "backend", "") == "openai"
+        if not hasattr(inner, "base"):
+            break
+        inner = inner.base
+    if api:
+        return (f"judge {getattr(model, 'spec', model)!r} is served over an API: the openai backend scores text "
+                "prompts only, so a judge conversation's score slots cannot be read (chat completions' own "
+                "log-probabilities are not used yet)")
     caps = getattr(model, "capabilities", None)
     if caps is None or not (caps.full_vocab_logits or caps.topk_logprobs >= 1):
         return f"judge {getattr(model, 'spec', model)!r} gives no token log-probabilities"
