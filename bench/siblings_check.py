@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from urial_selfstop import HARMFUL, LEAKS, REFUSAL  # noqa: E402
+from urial_selfstop import HARMFUL, LEAKS, refused  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
             comps += model.generate(prompts[i : i + args.batch_size], cfg)
         rows = [{"instruction": q, "answer": c.text, "self_stopped": c.finish_reason == "stop",
                  "tokens": c.completion_tokens, "leak": bool(LEAKS.search(c.text)),
-                 "refusal": bool(REFUSAL.search(c.text[:200]))} for q, c in zip(prompts, comps)]
+                 "refusal": refused(c.text)} for q, c in zip(prompts, comps)]
         benign, harmful = rows[: len(held)], rows[len(held) : len(held) + len(HARMFUL)]
         scary_rows = rows[len(held) + len(HARMFUL) :]
         totals = {

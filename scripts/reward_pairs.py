@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
-from urial_selfstop import REFUSAL  # noqa: E402
+from urial_selfstop import refused  # noqa: E402
 
 # refusals written for alignkit (the dispreferred answer to a harmless request)
 REFUSALS = [
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         counts["sibling"] += 1
     for r in _rows(args.harmful_answers):
         answer = r["messages"][-1]["content"]
-        if REFUSAL.search(answer[:200]):
+        if refused(answer):
             counts["harmful_left_out"] += 1
             continue
         out.append({"id": r["id"], "prompt": r["messages"][0]["content"], "chosen": r["decline"], "rejected": answer,
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         counts["harmful"] += 1
     for i, r in enumerate(_rows(args.scary_answers)):
         answer = r["messages"][-1]["content"]
-        if REFUSAL.search(answer[:200]):
+        if refused(answer):
             counts["scary_left_out"] += 1
             continue
         out.append({"id": r["id"], "prompt": r["messages"][0]["content"], "chosen": answer,

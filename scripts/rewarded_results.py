@@ -48,9 +48,9 @@ def main(argv=None) -> int:
     prompts = _rows(run / "rank-prompts.jsonl")
     kind = {p["id"]: ("harmful" if str(p["id"]).startswith("harm-") else "scary" if str(p["id"]).startswith("scary-")
                       else "general") for p in prompts}
-    from urial_selfstop import REFUSAL  # bench/urial_selfstop.py
+    from urial_selfstop import refused  # bench/urial_selfstop.py
 
-    declines_chosen = sum(1 for r in ranked if kind.get(r["id"]) == "harmful" and REFUSAL.search(r["chosen"][:200]))
+    declines_chosen = sum(1 for r in ranked if kind.get(r["id"]) == "harmful" and refused(r["chosen"]))
     out["ranked_pairs"] = {
         "prompts": len(prompts), "written": len(ranked), "dropped": len(dropped),
         "dropped_reasons": dict(Counter(d["reason"].split(":")[0].split(" (")[0] for d in dropped)),
