@@ -144,7 +144,6 @@ class Weigher:
                         int(max(dist, key=dist.get)) if dist else 3)
         return out
 
-
     def _score(self, convs: list, conts: list[str]) -> list[Any]:
         """The batch's scores; an item the judge cannot take (too long, ...) gets None -- its slots give no number,
         and the rest of the batch is unaffected."""
