@@ -82,13 +82,9 @@ def _pairwise_prefix(aspects: Sequence[str], values: Sequence[Any], slot: int) -
 
 def weights_available(model: Any, top_k: int) -> str | None:
     """Why ``model`` cannot give weighted scores (None: it can)."""
-    inner, api = model, False
-    for _ in range(16):  # the method wrappers down to the backend
-        api = api or getattr(inner, "backend", "") == "openai"
-        if not hasattr(inner, "base"):
-            break
-        inner = inner.base
-    if api:
+    from alignkit.models.base import backend_models
+
+    if any(getattr(m, "backend", "") == "openai" for m in backend_models(model)):
         return (f"judge {getattr(model, 'spec', model)!r} is served over an API: the openai backend scores text "
                 "prompts only, so a judge conversation's score slots cannot be read (chat completions' own "
                 "log-probabilities are not used yet)")

@@ -252,6 +252,15 @@ def find_stop(text: str, stops: Sequence[str], start: int = 0) -> tuple[int, str
     return best
 
 
+def backend_models(model: Any, depth: int = 0) -> list[Any]:
+    """The backend models under a model (through methods, routes, DeRa's pair, best-of-N's scorer)."""
+    inner = [getattr(model, a, None) for a in ("base", "upstream", "corrector", "rewriter", "ref", "aligned", "scorer")]
+    inner = [x for x in inner if x is not None and x is not model and hasattr(x, "spec")]
+    if not inner or depth >= 16:
+        return [model]
+    return [leaf for x in inner for leaf in backend_models(x, depth + 1)]
+
+
 def stream_safe_length(text: str, stops: Sequence[str]) -> int:
     """How much of ``text`` can be shown while streaming without leaking the start of a stop string or a
     half-decoded character: the text minus its longest suffix that is a proper prefix of a stop string."""

@@ -20,13 +20,14 @@ from pydantic import ValidationError
 
 from alignkit.errors import AlignkitError, ContextLengthError
 from alignkit.methods import recommended_repetition_penalty
+from alignkit.models.base import backend_models
 from alignkit.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
 )
-from alignkit.server.service import Overloaded, Service, backend_models, collect, share_gates, weights_id
+from alignkit.server.service import Overloaded, Service, collect, share_gates, weights_id
 from alignkit.types import GenerationConfig, Message
 
 log = logging.getLogger("alignkit.server")

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.models.base import backend_models
 from alignkit.types import Completion, GenerationConfig, Prompt
 
 log = logging.getLogger("alignkit.server")
@@ -90,15 +91,6 @@ class Gate:
     @property
     def contended(self) -> bool:
         return self._waiting > 0
-
-
-def backend_models(model: Any, depth: int = 0) -> list[Any]:
-    """The backend models under a model (through methods, routes, DeRa's pair, best-of-N's scorer)."""
-    inner = [getattr(model, a, None) for a in ("base", "upstream", "corrector", "rewriter", "ref", "aligned", "scorer")]
-    inner = [x for x in inner if x is not None and x is not model and hasattr(x, "spec")]
-    if not inner or depth >= 16:
-        return [model]
-    return [leaf for x in inner for leaf in backend_models(x, depth + 1)]
 
 
 def weights_id(model: Any) -> int:
