@@ -36,7 +36,9 @@ TASK_TYPES = ("math", "coding", "writing", "info-seek", "role-play", "procedure"
 TOPICS = ("stem", "humanities", "lifestyle", "finance", "medical", "nature", "ethics", "malicious")
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The records of a local ``.json`` (a list, or a mapping holding one), ``.jsonl`` or ``.csv`` file, with
+    clear errors."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".csv":
         import csv
@@ -69,21 +71,20 @@ def _normalise(kind: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if label not in ("safe", "unsafe"):
                 raise InputError(f"xstest record {i}: label must be 'safe' or 'unsafe', got {r.get('label')!r}")
             text, rid, typ = r.get("prompt"), r.get("id", i), r.get("type") or label
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(f"xstest record {i} has no prompt text")
-            out.append({"id": str(rid), "instruction": text, "type": str(typ), "topic": str(r.get("focus") or ""),
-                        "safety": label == "unsafe", "label": label, "note": r.get("note") or ""})
-            continue
         else:
             text, rid = r.get("instruction"), r.get("id", i)
             typ = r.get("type") or r.get("category") or r.get("dataset") or r.get("source_id") or ""
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{kind} record {i} has no instruction text")
-        source = f"{r.get('dataset', '')} {r.get('source_id', '')}".lower()
-        safety = (bool(r.get("safety")) or "safety" in str(typ).lower()
-                  or any(name in source for name in SAFETY_SOURCES))
+        if kind == "xstest":  # its label says which prompts are unsafe; its focus word is the topic
+            safety, topic = label == "unsafe", str(r.get("focus") or "")
+        else:
+            source = f"{r.get('dataset', '')} {r.get('source_id', '')}".lower()
+            safety = (bool(r.get("safety")) or "safety" in str(typ).lower()
+                      or any(name in source for name in SAFETY_SOURCES))
+            topic = str(r.get("topic", ""))
         out.append({**{k: v for k, v in r.items() if k not in ("turns",)}, "id": str(rid), "instruction": text,
-                    "type": str(typ) or "general", "topic": str(r.get("topic", "")), "safety": safety})
+                    "type": str(typ) or "general", "topic": topic, "safety": safety})
     return out
 
 
@@ -110,7 +111,7 @@ def load_instructions(source: str = "alignkit-eval", kind: str | None = None, li
         path = Path(source)
         if not path.is_file():
             raise InputError(f"instruction set {source!r} is not a file, 'alignkit-eval' or hub:NAME")
-        raw = _read(path)
+        raw = read_rows(path)
         guess = kind or ("mt-bench" if "question" in path.name
                          else "xstest" if raw and isinstance(raw[0], dict) and "prompt" in raw[0] and "label" in raw[0]
                          else "just-eval")
@@ -126,7 +127,7 @@ def load_tags(path: str) -> dict[str, dict[str, list[str]]]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"tags file {path!r} does not exist")
-    rows = _read(p)
+    rows = read_rows(p)
     out: dict[str, dict[str, list[str]]] = {}
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or "id" not in r:

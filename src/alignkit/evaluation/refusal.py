@@ -39,20 +39,12 @@ def load_labelled(path: str | None = None, split: str | None = None) -> list[dic
         text = (resources.files("alignkit") / "prompts" / "eval" / "refusal-labelled.jsonl").read_text(encoding="utf-8")
         rows, name = [json.loads(x) for x in text.splitlines() if x.strip()], "alignkit refusal-labelled set"
     else:
+        from alignkit.evaluation.data import read_rows
+
         p = Path(path)
         if not p.is_file():
             raise InputError(f"labelled completions file {path!r} does not exist")
-        name = str(p)
-        if p.suffix == ".csv":
-            import csv
-
-            with p.open(encoding="utf-8", newline="") as f:
-                rows = list(csv.DictReader(f))
-        else:
-            try:
-                rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path} is not valid JSONL: {e}") from e
+        rows, name = read_rows(p), str(p)
     out = []
     for i, r in enumerate(rows):
         where = f"{name} record {i}"
