@@ -37,7 +37,7 @@ class SFTJob:
         "help": "recipe preset under the other options: lima-optimiser (LIMA's optimiser on a short CPU schedule, "
                 "LoRA) or lima (LIMA's whole recipe: 15 epochs of full fine-tuning, lr 1e-5 -> 1e-6, batch 64 via "
                 "gradient accumulation, 2048 tokens, residual dropout rising to 0.2, checkpoint chosen on a dev set); "
-                "options given explicitly override the preset", "choices": ["lima-optimiser", "lima"]})
+                "options given explicitly override the preset", "choices": list(common.RECIPES)})
     dev_size: int = field(default=0, metadata={"min": -1, "help": (
         "hold out N conversations as a dev set: its loss after every epoch, and the epoch with the lowest dev "
         "loss is the model written (-1: min(50, 10%% of the data); 0: no dev set)")})
