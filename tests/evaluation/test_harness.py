@@ -180,9 +180,9 @@ def test_remote_judges_ask_for_json_and_fall_back_when_refused(tiny_aligned):
     with ServerThread(build_app(Service(srv_model, "j"))) as srv:
         judge = Judge(apply_method(load_model(f"openai:j@{srv.url}", max_retries=0), MethodOptions(method="template")),
                       load_rubric("safety"), max_new_tokens=4, retries=0, weighted=True)
-        assert judge.json_mode
+        assert judge.structured == "json_object"
         res = judge.judge([{"instruction": "hi", "answer": "hello"}])
-        assert not judge.json_mode and len(res[0]["raw"]) == 1 and res[0]["missing"] == ["safety"]
+        assert judge.structured == "off" and len(res[0]["raw"]) == 1 and res[0]["missing"] == ["safety"]
         # an API judge: no weighted scores, and the provenance says why
         assert "weighted" not in res[0]
         assert "served over an API" in judge.provenance()["weighted"]["unavailable"]

@@ -76,6 +76,9 @@ class EvalConfig:
     weighted: bool = True
     """also read probability-weighted scores (G-Eval) where the judge gives token log-probabilities"""
     judge_top_k: int = field(default=20, metadata={"min": 2})
+    judge_structured: bool = True
+    """hold a local judge's reply to the rubric's shape (a JSON schema enforced token by token: scores can only be
+    1-5); an API judge is asked for a JSON object. False: the shape is asked for in the prompt only"""
     tags: str | None = None
     """a just-eval tags file (``id`` with ``task_types``/``topics`` lists, or one boolean field per tag) whose
     tags replace each instruction's type/topic in the per-tag breakdowns"""
@@ -160,7 +163,8 @@ class Harness:
                    "pairwise": self.cfg.pairwise_rubric}
         judges = {kind: Judge(judge_model, load_rubric(name), retries=self.cfg.retries, cache=cache,
                               max_new_tokens=self.cfg.judge_max_new_tokens, batch_size=self.cfg.batch_size,
-                              weighted=self.cfg.weighted, top_k=self.cfg.judge_top_k)
+                              weighted=self.cfg.weighted, top_k=self.cfg.judge_top_k,
+                              structured=self.cfg.judge_structured)
                   for kind, name in rubrics.items()}
         for kind, j in judges.items():
             if kind != "pairwise" and j.rubric.kind != "score":

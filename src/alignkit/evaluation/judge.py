@@ -3,6 +3,14 @@
 A judgment keeps the judge's raw answers; a score that cannot be read after the retries is recorded as
 missing (None). Calls are cached by (judge spec, rubric hash, input), so re-running a report costs nothing.
 Remote judges run with bounded concurrency (the openai backend's pool); local ones are batched.
+
+Structured replies: a local judge (a backend that enforces constraints in alignkit's token loop: transformers,
+llama.cpp) is held to the rubric's reply shape by a JSON schema (:meth:`Rubric.reply_constraint`) -- aspects in
+the rubric's order, a reason of at most :data:`REASON_CHARS` characters, a score that can only be 1-5 (a verdict
+only "A", "B" or "tie"), laid out exactly as the canonical shape the probability-weighted reading rewrites
+(:mod:`alignkit.evaluation.weighted`) -- so a weak judge that would echo the prompt still gives a readable verdict.
+A reply cut by the token limit is still incomplete JSON and counts as missing. An API judge is asked for a JSON
+object (``response_format``) instead; ``structured=False`` asks in the prompt only.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from alignkit.errors import AlignkitError, InputError
+from alignkit.errors import AlignkitError, CapabilityError, InputError
 from alignkit.evaluation.parse import parse_pairwise, parse_scores
 from alignkit.types import GenerationConfig, Message
 
@@ -27,6 +35,11 @@ FIELDS = {"score": ("instruction", "answer"), "pairwise": ("instruction", "answe
 RUBRICS = {"just-eval": "judge-just-eval.yaml", "just-eval-safety": "judge-just-eval-safety.yaml",
            "multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml",
            "overall": "judge-overall.yaml"}
+#: the longest reason a constrained judge may write (one sentence; it keeps a five-aspect verdict within a few
+#: hundred tokens)
+REASON_CHARS = 300
+#: how the JSON of a constrained reply is laid out: the canonical shape of the rubrics and of the weighted reading
+_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 RETRY_NOTE = ("Your previous reply could not be read. Reply again with only the JSON object, in exactly the "
               "shape asked for, scores as whole numbers from 1 to 5.")
 
@@ -39,6 +52,8 @@ class Rubric:
     system: str
     user: str
     version: int = 1
+    reply: str = "json"
+    """the reply's form: ``json`` (the object the user template shows) or ``digit`` (one digit 1-5, one aspect)"""
 
     @property
     def hash(self) -> str:
@@ -60,6 +75,27 @@ class Rubric:
         user = _PLACEHOLDER.sub(lambda m: str(fields[m.group(1)]), self.user)
         return [Message("system", self.system), Message("user", user)]
 
+    def reply_constraint(self) -> Any:
+        """The :class:`~alignkit.structured.Constraint` a reply in this rubric's shape meets (see the module doc):
+        score rubrics ``{"aspect": {"reason": "...", "score": 1-5}, ...}``, pairwise ``{"aspect": "A"|"B"|"tie",
+        ..., "reason": "..."}``, digit rubrics one digit."""
+        from alignkit.structured import Constraint
+
+        if self.reply == "digit":
+            return Constraint("regex", "[1-5]")
+        reason = {"type": "string", "maxLength": REASON_CHARS}
+        if self.kind == "pairwise":
+            props: dict[str, Any] = {a: {"enum": ["A", "B", "tie"]} for a in self.aspects}
+            props["reason"] = reason
+        else:
+            props = {a: {"type": "object", "properties": {"reason": reason,
+                                                           "score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
+                         "required": ["reason", "score"], "additionalProperties": False} for a in self.aspects}
+        schema = {"x-guidance": _LAYOUT, "type": "object", "properties": props, "required": list(props),
+                  "additionalProperties": False}
+        # not Constraint.json_schema: it sorts keys, and the aspects' order is part of the shape
+        return Constraint("json_schema", json.dumps(schema))
+
 
 def load_rubric(name_or_path: str) -> Rubric:
     if name_or_path in RUBRICS:
@@ -71,11 +107,14 @@ def load_rubric(name_or_path: str) -> Rubric:
     try:
         d = yaml.safe_load(text)
         r = Rubric(id=str(d["id"]), kind=str(d["kind"]), aspects=tuple(d["aspects"]), system=str(d["system"]),
-                   user=str(d["user"]), version=int(d.get("version", 1)))
+                   user=str(d["user"]), version=int(d.get("version", 1)), reply=str(d.get("reply", "json")))
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"rubric {name_or_path} is malformed (needs id, kind, aspects, system, user): {e}") from e
     if r.kind not in ("score", "pairwise") or not r.aspects:
         raise InputError(f"rubric {name_or_path}: kind must be score or pairwise, with at least one aspect")
+    if r.reply not in ("json", "digit") or (r.reply == "digit" and (r.kind != "score" or len(r.aspects) != 1)):
+        raise InputError(f"rubric {name_or_path}: reply must be json, or digit for a score rubric of one aspect; "
+                         f"got {r.reply!r}")
     unknown = [k for k in r.placeholders if k not in FIELDS[r.kind]]
     absent = [k for k in FIELDS[r.kind] if k not in r.placeholders]
     if unknown or absent:
@@ -121,9 +160,10 @@ class Judge:
 
     def __init__(self, model: Any, rubric: Rubric, *, retries: int = 2, max_new_tokens: int = 400,
                  cache: JudgeCache | None = None, batch_size: int = 8, weighted: bool = False,
-                 top_k: int = 20) -> None:
+                 top_k: int = 20, structured: bool = True) -> None:
         """``weighted``: also read probability-weighted scores (G-Eval; :mod:`alignkit.evaluation.weighted`) where
-        the judge gives token log-probabilities."""
+        the judge gives token log-probabilities. ``structured``: hold the reply to the rubric's shape where the
+        judge can (see the module doc)."""
         self.model, self.rubric, self.retries = model, rubric, retries
         self.weigher = None
         if weighted:
@@ -134,13 +174,21 @@ class Judge:
         self.cache = cache or JudgeCache(None)
         self.batch_size = batch_size
         self.spec = getattr(model, "spec", str(model))
-        inner = getattr(model, "base", model)
-        # structured output where the judge offers it (OpenAI-compatible chat servers); dropped if refused
-        self.json_mode = getattr(inner, "backend", "") == "openai"
+        from alignkit.models.base import backend_models
+
+        caps = getattr(model, "capabilities", None)
+        #: "schema" (the rubric's shape enforced token by token), "json_object" (asked of an API judge; dropped
+        #: if its server refuses it) or "off"
+        self.structured = "off"
+        if structured and any(getattr(m, "backend", "") == "openai" for m in backend_models(model)):
+            self.structured = "json_object"
+        elif structured and caps is not None and caps.constraints:
+            self.structured = "schema"
+            self.cfg = GenerationConfig(max_new_tokens=max_new_tokens, constraint=rubric.reply_constraint())
 
     def provenance(self) -> dict[str, Any]:
         prov = {"judge": self.spec, "rubric": self.rubric.id, "rubric_hash": self.rubric.hash,
-                "retries": self.retries}
+                "retries": self.retries, "structured": self.structured}
         if self.weigher is not None:
             prov["weighted"] = ({"top_k": self.weigher.top_k} if self.weigher.unavailable is None
                                 else {"unavailable": self.weigher.unavailable})
@@ -159,7 +207,9 @@ class Judge:
         """``items``: the rubric's fields (instruction, answer / answer_a, answer_b). Returns per item
         ``{"result": parsed, "raw": [answers...], "missing": [aspects], "cached": bool}``, and ``"weighted"``
         (per aspect) when the judge was asked for weighted scores and can give them."""
-        keys = [JudgeCache.key(self.spec, self.rubric, it) for it in items]
+        # a reply held to the schema is another experiment than a free one: its own cache entries
+        spec = self.spec + (" [schema]" if self.structured == "schema" else "")
+        keys = [JudgeCache.key(spec, self.rubric, it) for it in items]
         raws: list[list[str]] = [list(self.cache.get(k) or []) for k in keys]
         cached = [bool(r) for r in raws]
         todo = [i for i, r in enumerate(raws) if not r]
@@ -190,18 +240,22 @@ class Judge:
     def _ask(self, convs: list[list[Message]]) -> list[str]:
         """The judge's answers; a request the judge cannot take (too long, ...) becomes an error note, which
         parses as missing -- one bad item does not stop the run."""
-        if self.json_mode:
+        if self.structured == "json_object":
             try:
                 return [c.text for c in self.model.generate(convs, self.cfg, response_format={"type": "json_object"})]
             except AlignkitError:
-                self.json_mode = False  # this server does not take response_format: ask in the prompt only
+                self.structured = "off"  # this server does not take response_format: ask in the prompt only
         try:
             return [c.text for c in self.model.generate(convs, self.cfg)]
+        except CapabilityError:
+            raise  # the judge cannot do what was asked of it at all: not one item's problem
         except AlignkitError:
             out = []
             for conv in convs:
                 try:
                     out.append(self.model.generate([conv], self.cfg)[0].text)
+                except CapabilityError:
+                    raise
                 except AlignkitError as e:
                     out.append(f"[judge error: {e}]")
             return out

@@ -93,6 +93,8 @@ def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path)
     judge_line = (f"judge `{provenance['judge']['judge']}` · rubrics "
                   + ", ".join(f"{k} `{v['id']}` ({v['hash']})" if isinstance(v, dict) else f"{k} `{v}`"
                               for k, v in provenance["rubrics"].items())
+                  + {"schema": " · replies held to the rubric's JSON shape",
+                     "json_object": " · JSON replies asked of the API"}.get(provenance["judge"].get("structured"), "")
                   if provenance.get("judge") else "no judge (judge-free metrics only)")
     lines = ["# alignkit evaluation", "", f"{len(items)} instructions · {judge_line}"]
     if provenance.get("judge"):

@@ -75,7 +75,7 @@ class DeRa:
         self.spec = aligned.spec
         self.capabilities = Capabilities(
             full_vocab_logits=True, topk_logprobs=va, chat_template=aligned.capabilities.chat_template,
-            streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=False,
+            streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=False, constraints=True,
             # requests can join the running lockstep pair when both sides take rows into a running batch
             continuous_batching=all(m.capabilities.continuous_batching for m in (self.ref_inner, self.aligned_inner)))
         self.recommended = getattr(aligned, "recommended", {})

@@ -72,6 +72,10 @@ class Capabilities:
     """Decodes token by token under a caller's control through the public stepper protocol
     (:class:`SteppingModel`): what DeRa's lockstep mix and other decoding-time methods build on."""
 
+    constraints: bool = False
+    """Enforces ``GenerationConfig.constraint`` (structured output: a JSON schema, regex, choice or grammar) in
+    its own token loop; a model without it refuses a constrained request (:func:`refuse_constraints`)."""
+
     continuous_batching: bool = False
     """``stream(..., admit=)`` takes requests into the running batch between decode steps (iteration-level
     scheduling): ``admit(running, room)`` -- the requests running, and how many more the model can hold now

@@ -90,6 +90,7 @@ class HFModel:
             prefix_reuse=True,
             token_ids=True,
             stepping=True,
+            constraints=True,
             continuous_batching=True,
         )
         eos = set()

@@ -274,7 +274,8 @@ class LlamaCppModel:
         self.trained_format = None
         self.capabilities = Capabilities(
             full_vocab_logits=True, topk_logprobs=self.vocab_size, chat_template=bool(self._template),
-            streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=True, continuous_batching=True,
+            streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=True, constraints=True,
+            continuous_batching=True,
         )
         from alignkit.models.token_loop import TokenLoop
 
