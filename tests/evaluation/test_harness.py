@@ -107,6 +107,27 @@ def test_a_killed_run_resumes_to_the_same_result(setup):
             assert sorted(ids) == sorted(it["id"] for it in ITEMS)  # no duplicate, none missing
 
 
+def test_a_run_resumed_with_another_rubric_judges_again(setup):
+    """Judgments on disk count as done only when this run's judge would give them (same judge, rubric, retries,
+    structured replies, weighting): a changed rubric is judged again, never mixed into the report."""
+    config, loader, judge, tmp = setup
+    Harness(config(tmp / "run"), loader, progress=lambda m: None).run()
+    calls = judge.calls
+    Harness(config(tmp / "run"), loader, progress=lambda m: None).run()
+    assert judge.calls == calls  # same judge: nothing asked again
+    report = Harness(config(tmp / "run", rubric="multi-aspect"), loader, progress=lambda m: None).run()
+    assert judge.calls > calls
+    assert report["provenance"]["rubrics"]["multi-aspect"]["id"] == "multi-aspect"
+    latest = {}
+    for line in (tmp / "run" / "judgments" / "raw.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        latest[rec["id"]] = rec["provenance"]["rubric"]
+    assert latest == {"a": "multi-aspect", "b": "multi-aspect", "c": "multi-aspect", "d": "multi-aspect",
+                      "s1": "just-eval-safety"}
+    pairs = [json.loads(x) for x in (tmp / "run" / "pairwise" / "urial-vs-raw.jsonl").read_text().splitlines()]
+    assert all(p["provenance"]["rubric"] == "pairwise" for p in pairs)
+
+
 def test_config_errors():
     with pytest.raises(InputError, match="needs 'contestants'"):
         EvalConfig.from_dict({"judge": "x"})

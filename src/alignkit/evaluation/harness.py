@@ -121,6 +121,19 @@ def _done(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _same_judge(done: dict[str, dict[str, Any]], judge_of) -> dict[str, dict[str, Any]]:
+    """The records of ``done`` that this run's judge (``judge_of(record)``: a :class:`Judge` or None) would give:
+    same judge, rubric, retries, structured replies and weighting. Others -- a run resumed with another judge or
+    rubric -- are judged again (their answers come from the judge cache where they were asked the same), never
+    mixed into this report."""
+    keep = {}
+    for key, rec in done.items():
+        judge = judge_of(rec)
+        if judge is not None and rec.get("provenance") == json.loads(json.dumps(judge.provenance())):
+            keep[key] = rec
+    return keep
+
+
 class Harness:
     def __init__(self, cfg: EvalConfig, loader, progress=print, tracker: Progress = SILENT, *,
                  only: set[str] | None = None, output: str | None = None) -> None:
@@ -245,7 +258,7 @@ class Harness:
 
     def _judge(self, name: str, items, answers, judges) -> dict[str, dict[str, Any]]:
         path = self.out / "judgments" / f"{name}.jsonl"
-        done = _done(path)
+        done = _same_judge(_done(path), lambda rec: judges.get(rec.get("rubric")))
         todo = [it for it in items if it["id"] not in done]
         with JsonlAppender(path) as out, self.tracker.task(f"judge {name}", len(todo)) as advance:
             for s in range(0, len(todo), self.cfg.batch_size):
@@ -267,7 +280,7 @@ class Harness:
         from alignkit.evaluation.weighted import preference
 
         path = self.out / "pairwise" / f"{name}-vs-{base}.jsonl"
-        done = _done(path)
+        done = _same_judge(_done(path), lambda rec: judge)
         todo = [it for it in items if it["id"] not in done and not it["safety"]]
         with JsonlAppender(path) as out, self.tracker.task(f"pairwise {name} vs {base}", len(todo)) as advance:
             for s in range(0, len(todo), self.cfg.batch_size):
@@ -285,7 +298,7 @@ class Harness:
                             both = [preference(r1["weighted"][a]["p"], "A"), preference(r2["weighted"][a]["p"], "B")]
                             weighted[a] = None if None in both else sum(both) / 2
                     rec = {"id": it["id"], "verdict": verdict, "orders": [r1, r2],
-                           "lengths": [len(f["answer_a"]), len(f["answer_b"])]}
+                           "lengths": [len(f["answer_a"]), len(f["answer_b"])], "provenance": judge.provenance()}
                     if weighted:
                         rec["weighted_preference"] = weighted
                     out.write(rec)
