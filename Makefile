@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alignkit-installed
 
-.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings routes rewarded clients-env
+.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings routes rewarded clients-env eval-report
 
 # torch first, pinned to the CPU build these machines carry (pip finds it via find-links); an unpinned
 # torch would pull the newest CUDA build (several GB). Then the package with every extra and the test tools.
@@ -115,10 +115,19 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/engines_command.py
 	$(BIN)/python bench/sharded_generate.py
 	$(BIN)/python bench/train_processes.py
+	$(BIN)/python bench/refusal_detector.py
+	$(BIN)/python bench/urial_ablation.py
+	$(BIN)/python bench/lima_recipe.py
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \
 		$(VLLM_VENV)/bin/python bench/engines.py --engines hf,vllm
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \
 		$(VLLM_VENV)/bin/python bench/vllm_scale.py
+
+# the README's "Evaluate, measured here": the eval run, then its report copied into docs/eval
+eval-report: $(STAMP)
+	$(BIN)/python -m alignkit eval --config examples/eval-gemma.yaml
+	cp runs/eval-gemma/report.md runs/eval-gemma/report.json runs/eval-gemma/report.html runs/eval-gemma/radar.png \
+		docs/eval/
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -35,9 +35,9 @@ FIELDS = {"score": ("instruction", "answer"), "pairwise": ("instruction", "answe
 RUBRICS = {"just-eval": "judge-just-eval.yaml", "just-eval-safety": "judge-just-eval-safety.yaml",
            "multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml",
            "overall": "judge-overall.yaml"}
-#: the longest reason a constrained judge may write (one sentence; it keeps a five-aspect verdict within a few
-#: hundred tokens)
-REASON_CHARS = 300
+#: the longest reason a constrained judge may write (one sentence; it keeps a five-aspect verdict near 300 tokens --
+#: weak judges otherwise repeat themselves up to any limit)
+REASON_CHARS = 200
 #: how the JSON of a constrained reply is laid out: the canonical shape of the rubrics and of the weighted reading
 _LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 RETRY_NOTE = ("Your previous reply could not be read. Reply again with only the JSON object, in exactly the "
@@ -189,6 +189,8 @@ class Judge:
     def provenance(self) -> dict[str, Any]:
         prov = {"judge": self.spec, "rubric": self.rubric.id, "rubric_hash": self.rubric.hash,
                 "retries": self.retries, "structured": self.structured}
+        if self.structured == "schema":
+            prov["reason_chars"] = REASON_CHARS
         if self.weigher is not None:
             prov["weighted"] = ({"top_k": self.weigher.top_k} if self.weigher.unavailable is None
                                 else {"unavailable": self.weigher.unavailable})
@@ -208,7 +210,7 @@ class Judge:
         ``{"result": parsed, "raw": [answers...], "missing": [aspects], "cached": bool}``, and ``"weighted"``
         (per aspect) when the judge was asked for weighted scores and can give them."""
         # a reply held to the schema is another experiment than a free one: its own cache entries
-        spec = self.spec + (" [schema]" if self.structured == "schema" else "")
+        spec = self.spec + (f" [schema, reasons <= {REASON_CHARS}]" if self.structured == "schema" else "")
         keys = [JudgeCache.key(spec, self.rubric, it) for it in items]
         raws: list[list[str]] = [list(self.cache.get(k) or []) for k in keys]
         cached = [bool(r) for r in raws]
