@@ -121,17 +121,18 @@ def _done(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _same_judge(done: dict[str, dict[str, Any]], judge_of) -> dict[str, dict[str, Any]]:
-    """The records of ``done`` that this run's judge (``judge_of(record)``: a :class:`Judge` or None) would give:
-    same judge, rubric, retries, structured replies and weighting. Others -- a run resumed with another judge or
-    rubric -- are judged again (their answers come from the judge cache where they were asked the same), never
-    mixed into this report."""
-    keep = {}
-    for key, rec in done.items():
-        judge = judge_of(rec)
-        if judge is not None and rec.get("provenance") == json.loads(json.dumps(judge.provenance())):
-            keep[key] = rec
-    return keep
+def _same_judge(done: dict[str, dict[str, Any]], wanted) -> dict[str, dict[str, Any]]:
+    """The records of ``done`` that this run's judge would give: ``wanted(record)`` is the provenance this run's
+    judge writes for such a record (None: no judge for it) -- same judge, rubric, retries, structured replies and
+    weighting. Others -- a run resumed with another judge or rubric -- are judged again (their answers come from
+    the judge cache where they were asked the same), never mixed into this report."""
+    return {key: rec for key, rec in done.items()
+            if rec.get("provenance") is not None and rec.get("provenance") == wanted(rec)}
+
+
+def _as_written(provenance: dict[str, Any]) -> dict[str, Any]:
+    """``provenance`` as it reads back from a JSONL record (tuples become lists)."""
+    return json.loads(json.dumps(provenance))
 
 
 class Harness:
@@ -258,7 +259,8 @@ class Harness:
 
     def _judge(self, name: str, items, answers, judges) -> dict[str, dict[str, Any]]:
         path = self.out / "judgments" / f"{name}.jsonl"
-        done = _same_judge(_done(path), lambda rec: judges.get(rec.get("rubric")))
+        provenances = {kind: _as_written(j.provenance()) for kind, j in judges.items()}
+        done = _same_judge(_done(path), lambda rec: provenances.get(rec.get("rubric")))
         todo = [it for it in items if it["id"] not in done]
         with JsonlAppender(path) as out, self.tracker.task(f"judge {name}", len(todo)) as advance:
             for s in range(0, len(todo), self.cfg.batch_size):
@@ -280,7 +282,8 @@ class Harness:
         from alignkit.evaluation.weighted import preference
 
         path = self.out / "pairwise" / f"{name}-vs-{base}.jsonl"
-        done = _same_judge(_done(path), lambda rec: judge)
+        provenance = _as_written(judge.provenance())
+        done = _same_judge(_done(path), lambda rec: provenance)
         todo = [it for it in items if it["id"] not in done and not it["safety"]]
         with JsonlAppender(path) as out, self.tracker.task(f"pairwise {name} vs {base}", len(todo)) as advance:
             for s in range(0, len(todo), self.cfg.batch_size):

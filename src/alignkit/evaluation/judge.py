@@ -170,21 +170,21 @@ class Judge:
             from alignkit.evaluation.weighted import Weigher
 
             self.weigher = Weigher(model, rubric, top_k=top_k)
-        self.cfg = GenerationConfig(max_new_tokens=max_new_tokens)
         self.cache = cache or JudgeCache(None)
         self.batch_size = batch_size
         self.spec = getattr(model, "spec", str(model))
-        from alignkit.models.base import backend_models
+        from alignkit.models.base import served_over_api
 
         caps = getattr(model, "capabilities", None)
         #: "schema" (the rubric's shape enforced token by token), "json_object" (asked of an API judge; dropped
         #: if its server refuses it) or "off"
         self.structured = "off"
-        if structured and any(getattr(m, "backend", "") == "openai" for m in backend_models(model)):
+        if structured and served_over_api(model):
             self.structured = "json_object"
         elif structured and caps is not None and caps.constraints:
             self.structured = "schema"
-            self.cfg = GenerationConfig(max_new_tokens=max_new_tokens, constraint=rubric.reply_constraint())
+        self.cfg = GenerationConfig(max_new_tokens=max_new_tokens,
+                                    constraint=rubric.reply_constraint() if self.structured == "schema" else None)
 
     def provenance(self) -> dict[str, Any]:
         prov = {"judge": self.spec, "rubric": self.rubric.id, "rubric_hash": self.rubric.hash,

@@ -82,9 +82,9 @@ def _pairwise_prefix(aspects: Sequence[str], values: Sequence[Any], slot: int) -
 
 def weights_available(model: Any, top_k: int) -> str | None:
     """Why ``model`` cannot give weighted scores (None: it can)."""
-    from alignkit.models.base import backend_models
+    from alignkit.models.base import served_over_api
 
-    if any(getattr(m, "backend", "") == "openai" for m in backend_models(model)):
+    if served_over_api(model):
         return (f"judge {getattr(model, 'spec', model)!r} is served over an API: the openai backend scores text "
                 "prompts only, so a judge conversation's score slots cannot be read (chat completions' own "
                 "log-probabilities are not used yet)")

@@ -265,6 +265,12 @@ def backend_models(model: Any, depth: int = 0) -> list[Any]:
     return [leaf for x in inner for leaf in backend_models(x, depth + 1)]
 
 
+def served_over_api(model: Any) -> bool:
+    """Whether any backend under ``model`` is an API client (the openai backend): it scores text prompts only and
+    takes ``response_format`` rather than alignkit's constraints."""
+    return any(getattr(m, "backend", "") == "openai" for m in backend_models(model))
+
+
 def stream_safe_length(text: str, stops: Sequence[str]) -> int:
     """How much of ``text`` can be shown while streaming without leaking the start of a stop string or a
     half-decoded character: the text minus its longest suffix that is a proper prefix of a stop string."""
