@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     from alignkit.methods import MethodOptions, apply_method
     from alignkit.methods.best_of_n import BestOfN
     from alignkit.models.registry import ModelPool
-    from alignkit.scoring import RewardModelScorer, open_scorer
+    from alignkit.api import open_scorer
+    from alignkit.training.reward_model import RewardModelScorer
 
     held = [json.loads(x)["prompt"] for x in (Path(__file__).parent.parent / "examples" / "heldout-20.jsonl")
             .read_text().splitlines()][: args.prompts]
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         from alignkit.training.reward import load_for_reward
 
         model, tok, _ = load_for_reward(args.model)
-        from alignkit.scoring import reward_layout_for
+        from alignkit.training.reward_model import reward_layout_for
 
         reward = RewardModelScorer(model.eval(), tok, reward_layout_for(tok, "urial"), spec="reward:(fresh head)")
     cfg = GenerationConfig(max_new_tokens=args.new_tokens, temperature=0.8, seed=11, repetition_penalty=1.15)

@@ -1,20 +1,37 @@
 """alignkit: align language models cheaply and see what alignment changes.
 
-The public API is small and importing it does not import torch::
+The public API (importing it does not import torch)::
 
-    from alignkit import load_model, GenerationConfig
-    model = load_model("gemma-3-270m")
-    print(model.generate(["The capital of France is"], GenerationConfig(max_new_tokens=8))[0].text)
+    import alignkit as ak
+
+    model = ak.load("gemma-3-270m", method="urial", k=3)      # any method, any route tree, any spec
+    print(ak.chat(model, "How do I boil an egg?", max_new_tokens=64))
+    result = ak.shift("gemma-3-270m", model, prompts=["How do I boil an egg?"])
+    result.positions()                                         # a pandas DataFrame, one row per answer position
+
+See :mod:`alignkit.api` for every function and :mod:`alignkit.methods.tree` for route trees.
 """
 
 from __future__ import annotations
 
-__version__ = "0.3.0"
-
+from alignkit.api import (
+    chat,
+    decoding_config,
+    evaluate,
+    generate,
+    load,
+    node,
+    open_scorer,
+    resources,
+    scorer,
+    shift,
+)
 from alignkit.errors import AlignkitError, CapabilityError, ModelLoadError, ModelSpecError
-from alignkit.models.base import Capabilities, LanguageModel, require
+from alignkit.models.base import Capabilities, LanguageModel, require, walk
 from alignkit.models.registry import ModelOptions, load_model
+from alignkit.scoring import Score, Scorer
 from alignkit.types import Completion, GenerationConfig, Message, StreamEvent, TokenScores
+from alignkit.version import __version__
 
 __all__ = [
     "__version__",
@@ -28,8 +45,21 @@ __all__ = [
     "ModelLoadError",
     "ModelOptions",
     "ModelSpecError",
+    "Score",
+    "Scorer",
     "StreamEvent",
     "TokenScores",
+    "chat",
+    "decoding_config",
+    "evaluate",
+    "generate",
+    "load",
     "load_model",
+    "node",
+    "open_scorer",
     "require",
+    "resources",
+    "scorer",
+    "shift",
+    "walk",
 ]

@@ -72,6 +72,12 @@ def complete_records(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def nonempty(path: str | Path) -> bool:
+    """Whether a file exists and holds anything (an output that a run without ``resume`` must not touch)."""
+    p = Path(path)
+    return p.is_file() and p.stat().st_size > 0
+
+
 def written_ids(path: str | Path) -> set[str]:
     """Ids of the complete records already in an output file (a torn last line is ignored)."""
     return {str(rec["id"]) for rec in complete_records(path) if "id" in rec}

@@ -66,7 +66,7 @@ def test_a_judge_that_emits_garbage_yields_missing_never_a_number(tmp_path):
     res = Judge(judge, load_rubric("just-eval"), weighted=True, retries=1).judge([ITEM])[0]
     assert all(v["score"] is None for v in res["result"].values())
     assert all(v["weighted"] is None and v["p"] is None for v in res["weighted"].values())
-    from alignkit.evaluation.harness import summarise
+    from alignkit.evaluation.report import summarise
 
     s = summarise([{"id": "x", "type": "t", "topic": "", "safety": False}], {"j": {"x": res}}, {})["j"]
     assert s["mean"] == {} and s["missing"] == {a: 1 for a in ASPECTS}

@@ -77,11 +77,11 @@ def test_an_unrated_candidate_is_never_chosen_and_none_rated_falls_back(raw):
 
 
 def test_best_of_n_composes_with_methods_and_streams(tiny_base, tiny_dir):
-    from alignkit.methods.routes import STAGES
-    from alignkit.models.registry import ModelPool
+    from alignkit.api import resources
+    from alignkit.methods.tree import NODES
 
-    assert STAGES["best-of-n"].kind == "inner"
-    pool = ModelPool()
+    assert NODES["best-of-n"].slots == ("model",)
+    pool = resources()
     model = apply_method(pool(str(tiny_dir["aligned"])), MethodOptions(
         method="template", scorer="geval:" + str(tiny_dir["judge"]), n=2), pool)
     assert model.info()["method"] == "best-of-n(2) > template"
@@ -226,14 +226,14 @@ def test_a_rewriter_best_of_n_and_a_corrector_are_one_route(tiny_dir, tmp_path):
     """rewriter -> best of N answers of the model -> corrector: every stage's record, in order, and the corrector
     corrects the chosen answer."""
     from alignkit.methods.routes import AnswerCorrector, PromptRewriter
-    from alignkit.models.registry import ModelPool
+    from alignkit.api import resources
 
     rewrite = tmp_path / "rw.yaml"
     rewrite.write_text('id: t-rewrite\nstage: rewrite\nmethod: none\ntemplate: "Improve: {prompt}\\nBetter:"\n'
                        'decoding: {max_new_tokens: 4}\n')
     correct = tmp_path / "co.yaml"
     correct.write_text('id: t-correct\nstage: correct\nmethod: none\ntemplate: "Q: {question} A:{answer}\\nFixed:"\n')
-    pool = ModelPool()
+    pool = resources()
     spec = str(tiny_dir["base"])
     route = apply_method(pool(spec), MethodOptions(
         method="none", scorer="geval:" + str(tiny_dir["judge"]), n=3, rewriter=spec, rewriter_layout=str(rewrite),
@@ -260,9 +260,9 @@ def test_n_without_a_scorer_is_refused(tiny_base):
 def test_best_of_n_around_dera(tiny_dir):
     """`--method dera --scorer S --n 2`: best-of-N chooses among DeRa's samples (the sides are plain models)."""
     from alignkit.methods.dera import DeRa
-    from alignkit.models.registry import ModelPool
+    from alignkit.api import resources
 
-    pool = ModelPool()
+    pool = resources()
     model = apply_method(pool(str(tiny_dir["aligned"])), MethodOptions(
         method="dera", ref=str(tiny_dir["base"]), lam=0.5, aligned_method="none", scorer="geval:" + str(tiny_dir["judge"]),
         n=2), pool)

@@ -38,7 +38,7 @@ def reward_dir(tiny_dir, prefs, tmp_path_factory):
 
 
 def test_reward_trainer_lowers_its_loss_and_orders_held_out_pairs(reward_dir, prefs):
-    from alignkit.scoring import open_scorer
+    from alignkit.api import open_scorer
     from alignkit.training.reward import held_out
 
     info = json.loads((reward_dir / "alignkit.json").read_text())
@@ -64,7 +64,7 @@ def test_batched_scores_equal_a_direct_forward_pass(reward_dir):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from alignkit.scoring import RewardModelScorer
+    from alignkit.training.reward_model import RewardModelScorer
 
     scorer = RewardModelScorer.load(str(reward_dir), batch_size=4)
     prompts = ["What is 3 plus 3?", "Name a colour.", "What is 12 plus 12?"]
@@ -105,7 +105,7 @@ def hub_reward(tiny_dir, tmp_path_factory):
 def test_a_hub_style_reward_model_is_a_scorer(hub_reward):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from alignkit.scoring import open_scorer
+    from alignkit.api import open_scorer
 
     scorer = open_scorer(f"reward:{hub_reward['rm']}")
     assert scorer.layout.name == "chat-template" and scorer.info()["trained_by_alignkit"] is False
@@ -127,7 +127,7 @@ def test_a_hub_style_reward_model_is_a_scorer(hub_reward):
     ("judge+pairwise:x", "pairwise rubric"),
 ])
 def test_bad_scorer_specs_are_clear_errors(spec, needle, tiny_dir):
-    from alignkit.scoring import open_scorer
+    from alignkit.api import open_scorer
 
     if spec == "judge+pairwise:x":
         spec = f"judge+pairwise:{tiny_dir['judge']}"
@@ -137,7 +137,7 @@ def test_bad_scorer_specs_are_clear_errors(spec, needle, tiny_dir):
 
 def test_judge_scorer_means_the_aspects_and_never_guesses():
     from alignkit.evaluation.judge import Judge, load_rubric
-    from alignkit.scoring import JudgeScorer
+    from alignkit.evaluation.scorers import JudgeScorer
     from tests.support.scripted import ScriptedJudge
 
     scorer = JudgeScorer(Judge(ScriptedJudge(), load_rubric("multi-aspect"), retries=1))
@@ -152,7 +152,8 @@ def test_geval_is_the_expected_digit_under_the_judge(tiny_dir):
     from alignkit import load_model
     from alignkit.evaluation.judge import load_rubric
     from alignkit.methods import MethodOptions, apply_method
-    from alignkit.scoring import ExpectedScoreJudge, open_scorer
+    from alignkit.api import open_scorer
+    from alignkit.evaluation.scorers import ExpectedScoreJudge
 
     scorer = open_scorer(f"geval:{tiny_dir['judge']}")
     assert isinstance(scorer, ExpectedScoreJudge)
@@ -193,7 +194,7 @@ def test_a_loss_of_another_trainer_is_refused(tiny_dir, prefs, tmp_path, capsys)
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_online_rl_with_a_scorer_as_the_reward(algorithm, tiny_dir, reward_dir, tmp_path):
     from alignkit import load_model
-    from alignkit.scoring import open_scorer
+    from alignkit.api import open_scorer
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "prompt": f"What is {i} plus {i}?"}) + "\n" for i in range(4)))

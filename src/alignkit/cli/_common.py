@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
+from alignkit.generation import with_seed  # noqa: F401 -- re-exported for the commands
 from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
 from alignkit.models.registry import ModelOptions, ModelPool
 from alignkit.progress import Progress
@@ -138,9 +139,11 @@ def unescape(text: str) -> str:
 
 def open_model(spec: str, options: ModelOptions, method: MethodOptions) -> Any:
     """Load a model and wrap it in the chosen method (other models a method needs are loaded once per spec)."""
-    _log_warnings_to_stderr()
+    from alignkit.api import resources
+
+    log_warnings_to_stderr()
     pool = ModelPool(options)
-    return apply_method(pool(spec), method, pool)
+    return apply_method(pool(spec), method, resources(pool=pool))
 
 
 def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextIO | None = None, label: str = "") -> None:
@@ -166,7 +169,7 @@ def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextI
         print(f"===== meta: {prepared.meta} =====", file=out)
 
 
-def _log_warnings_to_stderr() -> None:
+def log_warnings_to_stderr() -> None:
     log = logging.getLogger("alignkit")
     if not any(getattr(h, "_alignkit", False) for h in log.handlers):
         h = logging.StreamHandler(sys.stderr)
@@ -175,8 +178,3 @@ def _log_warnings_to_stderr() -> None:
         log.addHandler(h)
         log.setLevel(logging.WARNING)
         log.propagate = False
-
-
-def with_seed(cfg: GenerationConfig, i: int) -> GenerationConfig:
-    """Each record's own seed, so its output does not depend on which batch it lands in."""
-    return cfg if cfg.seed is None else replace(cfg, seed=cfg.seed + i)

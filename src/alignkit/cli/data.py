@@ -211,7 +211,7 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def _prompts(path: str) -> list[dict]:
-    from alignkit.cli.generate import parse_records
+    from alignkit.records import parse_records
     from alignkit.types import as_messages
 
     records = [r for _, r in parse_records(path, "stop")]
@@ -294,7 +294,8 @@ def run_pairs(args: argparse.Namespace) -> int:
 def _ranked_pairs(args: argparse.Namespace, values: dict, job: PairsJob, decoding: Decoding, options: ModelOptions,
                   records: list[dict]) -> int:
     from alignkit.models.registry import ModelPool
-    from alignkit.scoring import open_scorer, parse_spec
+    from alignkit.api import open_scorer
+    from alignkit.scoring import parse_spec
     from alignkit.training.synth import synthesize_ranked_pairs
 
     parse_spec(job.rank_by)  # a bad spec fails before any model loads

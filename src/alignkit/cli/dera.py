@@ -83,16 +83,16 @@ def _lams(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignkit.cli._common import _log_warnings_to_stderr
-    from alignkit.cli.generate import parse_records
+    from alignkit.cli._common import log_warnings_to_stderr
+    from alignkit.records import parse_records, record_prompt
     from alignkit.evaluation.cheap import answer_metrics
     from alignkit.io import JsonlAppender, written_ids
     from alignkit.methods import MethodOptions, dera_sides, recommended_repetition_penalty
     from alignkit.methods.dera import DeRa
     from alignkit.models.registry import ModelPool
-    from alignkit.types import GenerationConfig, as_messages
+    from alignkit.types import GenerationConfig
 
-    _log_warnings_to_stderr()
+    log_warnings_to_stderr()
     file_values = load_config_file(args.config, SweepJob, ModelOptions)
     job: SweepJob = build(SweepJob, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
     scorer = None
     if job.scorer:
-        from alignkit.scoring import open_scorer, parse_spec
+        from alignkit.api import open_scorer
+        from alignkit.scoring import parse_spec
 
         parse_spec(job.scorer)
     # the sides exactly as --method dera makes them (one code path)
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         with JsonlAppender(path) as out, progress_for(args).task(f"dera lambda {lam:g}", len(todo)) as advance:
             for start in range(0, len(todo), job.batch_size):
                 batch = todo[start : start + job.batch_size]
-                prompts = [r["prompt"] if "prompt" in r else as_messages(r["messages"]) for r in batch]
+                prompts = [record_prompt(r) for r in batch]
                 for rec, comp in zip(batch, model.generate(prompts, cfg)):
                     out.write({**rec, "lam": lam, "output": comp.text, "finish_reason": comp.finish_reason,
                                "token_ids": list(comp.token_ids or ()),
@@ -156,7 +157,7 @@ def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, args) -> dict[str,
     from alignkit.io import JsonlAppender
     from alignkit.scoring import score_records
     from alignkit.training.reward import held_out
-    from alignkit.types import as_messages
+    from alignkit.records import record_prompt
 
     recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     spath = path.with_suffix(".scores.jsonl")
@@ -172,7 +173,7 @@ def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, args) -> dict[str,
     with JsonlAppender(spath) as out, progress_for(args).task("rate answers", len(todo)) as advance:
         for start in range(0, len(todo), job.batch_size):
             batch = todo[start : start + job.batch_size]
-            prompts = [r["prompt"] if "prompt" in r else as_messages(r["messages"]) for r in batch]
+            prompts = [record_prompt(r) for r in batch]
             scores = score_records(scorer, list(zip(prompts, [r["output"] for r in batch]))) if scorer else [None] * len(batch)
             kls: list[tuple[float, int] | None] = [None] * len(batch)
             if job.kl:

@@ -33,11 +33,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignkit.cli._common import _log_warnings_to_stderr
+    from alignkit.cli._common import log_warnings_to_stderr
+    from alignkit.api import resources
     from alignkit.evaluation.harness import EvalConfig, Harness
     from alignkit.models.registry import ModelPool
 
-    _log_warnings_to_stderr()
+    log_warnings_to_stderr()
     data = read_yaml_mapping(args.config)
     if args.output:
         data["output"] = args.output
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = EvalConfig.from_dict(data)
     if getattr(args, "shard", None):
         return _run_shard(args, cfg)
-    report = Harness(cfg, ModelPool(ModelOptions()), progress=lambda m: None, tracker=progress_for(args)).run()
+    report = Harness(cfg, resources(pool=ModelPool(ModelOptions())), progress=lambda m: None, tracker=progress_for(args)).run()
     print((Path(cfg.output) / "report.md").read_text())
     missing = {n: sum(s.get("missing", {}).values()) for n, s in report["summary"].items()}
     print(f"alignkit eval: report in {cfg.output}/ (report.md, report.html, report.json, radar.png); "
@@ -56,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_shard(args: argparse.Namespace, cfg) -> int:
+    from alignkit.api import resources
     from alignkit.evaluation.harness import run_shard
     from alignkit.models.registry import ModelPool
 
-    manifest = run_shard(cfg, args.config, args.shard, ModelPool(ModelOptions()), tracker=progress_for(args),
+    manifest = run_shard(cfg, args.config, args.shard, resources(pool=ModelPool(ModelOptions())), tracker=progress_for(args),
                          say=lambda m: print(f"alignkit eval: {m}", file=sys.stderr))
     print(f"alignkit eval: shard finished: {manifest}", file=sys.stderr)
     return 0

@@ -19,13 +19,12 @@ from alignkit.cli._common import (
 )
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
-from alignkit.evaluation.cheap import answer_metrics
-from alignkit.io import BadLine, JsonlAppender, read_jsonl, written_ids
+from alignkit.generation import generate_records
+from alignkit.io import nonempty, written_ids
+from alignkit.records import parse_records, record_prompt
 from alignkit.methods import MethodOptions
-from alignkit.methods.routes import usage
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions
-from alignkit.types import as_messages
 
 
 @dataclass(frozen=True)
@@ -62,46 +61,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_records(path: str, on_error: str) -> list[tuple[int, dict[str, Any]]]:
-    """Read and check the input; malformed lines are reported with their line numbers."""
-    good, bad, seen = [], [], {}
-    for lineno, rec in read_jsonl(path):
-        if isinstance(rec, BadLine):
-            bad.append(rec)
-            continue
-        problem = _check_record(rec)
-        if problem is None and str(rec["id"]) in seen:
-            problem = f"duplicate id {rec['id']!r} (first on line {seen[str(rec['id'])]})"
-        if problem:
-            bad.append(BadLine(path, lineno, problem))
-            continue
-        seen[str(rec["id"])] = lineno
-        good.append((lineno, rec))
-    if bad:
-        shown = "\n".join(f"  {b}" for b in bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-        if on_error == "stop":
-            raise InputError(f"{len(bad)} malformed input line(s), nothing generated (use --on-error skip to "
-                             f"skip them):\n{shown}")
-        print(f"alignkit generate: skipping {len(bad)} malformed input line(s):\n{shown}", file=sys.stderr)
-    return good
-
-
-def _check_record(rec: dict[str, Any]) -> str | None:
-    if "id" not in rec or not isinstance(rec["id"], (str, int)) or isinstance(rec["id"], bool) or rec["id"] == "":
-        return "record needs an 'id' (a non-empty string or an integer)"
-    has_prompt, has_msgs = "prompt" in rec, "messages" in rec
-    if has_prompt == has_msgs:
-        return "record needs exactly one of 'prompt' (text) or 'messages' (a list of {role, content})"
-    if has_prompt and (not isinstance(rec["prompt"], str) or not rec["prompt"]):
-        return "'prompt' must be a non-empty string"
-    if has_msgs:
-        try:
-            as_messages(rec["messages"])
-        except ValueError as e:
-            return f"bad 'messages': {e}"
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     file_values = load_config_file(args.config, GenerateJob, Decoding, MethodOptions, ModelOptions, Sharding)
     job: GenerateJob = build(GenerateJob, args, file_values)
@@ -115,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         model = open_model(job.model, options, method)
         base_cfg = decoding.config(model)
         for _, r in records:
-            show_prompt(model, _prompt(r), with_seed(base_cfg, index[str(r["id"])]), label=f"id={r['id']}")
+            show_prompt(model, record_prompt(r), with_seed(base_cfg, index[str(r["id"])]), label=f"id={r['id']}")
         return 0
     shard, output = start_shard(build(Sharding, args, file_values), "generate", job.input, job.output,
                                 [str(r["id"]) for _, r in records], options=(job, decoding, method, options))
@@ -123,45 +82,20 @@ def run(args: argparse.Namespace) -> int:
         mine = set(shard.ids)
         records = [nr for nr in records if str(nr[1]["id"]) in mine]
     done = written_ids(output) if job.resume else set()
-    if not job.resume and _nonempty(output):
+    if not job.resume and nonempty(output):
         raise InputError(f"output file {output!r} already has records; pass --resume to continue it, "
                          "or choose another output file")
-    todo = [(n, r) for n, r in records if str(r["id"]) not in done]
+    todo = [r for _, r in records if str(r["id"]) not in done]
     if not todo:
         print(f"alignkit generate: nothing to do ({len(records)} records, all already in {output})", file=sys.stderr)
         if shard is not None:
             shard.finish({"records": len(records)})
         return 0
     model = open_model(job.model, options, method)
-    base_cfg = decoding.config(model)
-    provenance = {"model": model.info(), "generation": base_cfg.to_dict()}
-    with JsonlAppender(output) as out, progress_for(args).task("generate", len(todo)) as advance:
-        for start in range(0, len(todo), job.batch_size):
-            batch = [r for _, r in todo[start : start + job.batch_size]]
-            configs = [with_seed(base_cfg, index[str(r["id"])]) for r in batch]
-            for rec, comp in zip(batch, model.generate([_prompt(r) for r in batch], configs)):
-                row = {**rec, "output": comp.text, "finish_reason": comp.finish_reason, "stop": comp.stop,
-                       "usage": usage(comp),
-                       "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens)}
-                meta = {k: v for k, v in (comp.meta or {}).items() if k not in ("route", "usage")}
-                if comp.meta and comp.meta.get("route"):
-                    row["route"] = comp.meta["route"]  # every stage: its model, input, output and usage
-                if meta:
-                    row["meta"] = meta
-                out.write({**row, "provenance": provenance})
-            advance(len(batch))
+    # every record keeps its place in the whole input (its seed), whichever shard or resumed run does it
+    generate_records(model, [r for _, r in records], decoding.config(model), output=output, resume=job.resume,
+                     batch_size=job.batch_size, progress=progress_for(args), index=index)
     print(f"alignkit generate: wrote {len(todo)} record(s) to {output}", file=sys.stderr)
     if shard is not None:
         print(f"alignkit generate: shard finished: {shard.finish({'records': len(records)})}", file=sys.stderr)
     return 0
-
-
-def _prompt(rec: dict[str, Any]):
-    return rec["prompt"] if "prompt" in rec else as_messages(rec["messages"])
-
-
-def _nonempty(path: str) -> bool:
-    from pathlib import Path
-
-    p = Path(path)
-    return p.is_file() and p.stat().st_size > 0

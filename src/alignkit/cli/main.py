@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from alignkit import __version__
+from alignkit.version import __version__
 from alignkit.errors import AlignkitError
 
 #: subcommand -> module (imported lazily so `alignkit --help` stays fast and torch-free)

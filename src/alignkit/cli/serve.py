@@ -120,6 +120,7 @@ def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptio
     """Every route of ``--route``, all loaded through one pool: a model spec several routes use is loaded once, and
     an adapter folder is a view of its base already loaded (one copy of the weights, adapters switched per call)."""
     from alignkit.errors import InputError
+    from alignkit.api import resources
     from alignkit.methods import apply_method
     from alignkit.models.registry import SharedPool
 
@@ -129,5 +130,5 @@ def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptio
     if dupes:
         raise InputError(f"--route: the name(s) {', '.join(dupes)} are used twice")
     pool = SharedPool(options)
-    return [(name, apply_method(pool(model or default_model), MethodOptions(**values), pool))
+    return [(name, apply_method(pool(model or default_model), MethodOptions(**values), resources(pool=pool)))
             for name, model, values in parsed]

@@ -9,14 +9,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignkit.cli._common import Sharding, _log_warnings_to_stderr, add_quiet, progress_for, start_shard
+from alignkit.cli._common import Sharding, log_warnings_to_stderr, add_quiet, progress_for, start_shard
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
-from alignkit.io import BadLine, JsonlAppender, read_jsonl
+from alignkit.io import JsonlAppender, complete_records, nonempty
 from alignkit.methods import MethodOptions, apply_method
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions, ModelPool
-from alignkit.types import GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -69,42 +68,18 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _items(path: str) -> list[tuple[str, str, str | None, dict[str, Any]]]:
-    out, bad, seen = [], [], set()
-    for lineno, rec in read_jsonl(path):
-        if isinstance(rec, BadLine):
-            bad.append(str(rec))
-            continue
-        rid = rec.get("id")
-        text = rec.get("instruction", rec.get("prompt"))
-        answer = rec.get("answer", rec.get("output"))
-        if rid is None or not isinstance(text, str) or not text.strip():
-            bad.append(f"{path}:{lineno}: record needs an 'id' and a non-empty 'instruction' (or 'prompt')")
-            continue
-        if answer is not None and not isinstance(answer, str):
-            bad.append(f"{path}:{lineno}: 'answer' must be a string")
-            continue
-        if str(rid) in seen:
-            bad.append(f"{path}:{lineno}: duplicate id {rid!r}")
-            continue
-        seen.add(str(rid))
-        extra = {"category": rec["category"]} if "category" in rec else {}
-        out.append((str(rid), text, answer, extra))
-    if bad:
-        raise InputError(f"{len(bad)} malformed input line(s):\n  " + "\n  ".join(bad[:20]))
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from alignkit.analysis.aggregate import summarize
+    from alignkit.analysis.run import done_keys, read_items, run_items, shift_label
     from alignkit.analysis.shift import ShiftAnalyzer, ShiftOptions
+    from alignkit.api import resources
 
-    _log_warnings_to_stderr()
+    log_warnings_to_stderr()
     file_values = load_config_file(args.config, ShiftJob, ShiftOptions, ModelOptions, Sharding)
     job: ShiftJob = build(ShiftJob, args, file_values)
     sopts: ShiftOptions = build(ShiftOptions, args, file_values)
     mopts: ModelOptions = build(ModelOptions, args, file_values)
-    items = _items(job.input)
+    items = read_items(job.input)
     specs = list(job.aligned) or [job.base]
     methods = list(job.aligned_method) or (["urial"] if not job.aligned else ["auto"])
     if len(methods) == 1:
@@ -123,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
     model = ModelPool(mopts)  # one copy of each model in memory, however many roles it plays
 
     base = model(job.base)
-    done = _done(output) if job.resume else set()
-    if not job.resume and _nonempty(output):
+    done = done_keys(output) if job.resume else set()
+    if not job.resume and nonempty(output):
         raise InputError(f"output file {output!r} already has records; pass --resume, or choose another file")
     with JsonlAppender(output) as out:
         for spec, method in zip(specs, methods):
@@ -132,15 +107,14 @@ def run(args: argparse.Namespace) -> int:
                                  ref=job.ref if method == "dera" else None, lam=job.lam if method == "dera" else None,
                                  rewriter=job.rewriter, rewriter_layout=job.rewriter_layout,
                                  corrector=job.corrector, corrector_layout=job.corrector_layout)
-            aligned = apply_method(model(spec), mopt, model)
-            name = aligned.info().get("method", aligned.method) if job.rewriter or job.corrector else aligned.method
-            label = f"{name}:{spec}" + (f"@lam={job.lam:g}" if method == "dera" else "")
+            aligned = apply_method(model(spec), mopt, resources(pool=model))
+            label = shift_label(aligned, spec)
             analyzer = ShiftAnalyzer(base, aligned, label=label, options=sopts,
                                      template=getattr(aligned, "template", None))
             todo = [it for it in items if (label, it[0]) not in done]
             with progress_for(args).task(f"shift {label}", len(todo)) as advance:
-                _run_one(analyzer, aligned, todo, job, out, advance)
-    records = _read(output)
+                run_items(analyzer, aligned, todo, job.max_new_tokens, out.write, advance)
+    records = complete_records(output)
     summary = summarize(records)
     if shard is not None:
         print(f"alignkit shift: shard finished: {shard.finish({'answers': len(items)})}; the report is written "
@@ -157,53 +131,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(summary)
     return 0
-
-
-def _run_one(analyzer, aligned, todo, job: ShiftJob, out: JsonlAppender, advance) -> None:
-    from alignkit.analysis.shift import Item, answer_ids
-
-    # plain greedy: every answer token is then the aligned model's own top choice, so a shift measures the
-    # base model, not a decoding trick (a repetition penalty would move tokens away from P_A's argmax)
-    cfg = GenerationConfig(max_new_tokens=job.max_new_tokens)
-    prov = analyzer.provenance()
-    bs = analyzer.options.batch_size
-    for start in range(0, len(todo), bs):
-        chunk = todo[start : start + bs]
-        missing = [i for i, (_, _, a, _) in enumerate(chunk) if a is None]
-        comps = dict(zip(missing, aligned.generate([chunk[i][1] for i in missing], cfg))) if missing else {}
-        batch = []
-        for i, (rid, text, a, extra) in enumerate(chunk):
-            c = comps.get(i)
-            ids = answer_ids(aligned, c) if c is not None and analyzer.mode == "exact" else None
-            batch.append(Item(rid, text, c.text if c is not None else (a or ""), {**extra, "generated": c is not None}, ids))
-        for rec in analyzer.analyse(batch):
-            out.write({**rec, "provenance": {**prov, "generation": cfg.to_dict() if rec["generated"] else None}})
-        advance(len(chunk))
-
-
-def _read(path: str) -> list[dict[str, Any]]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
-def _done(path: str) -> set[tuple[str, str]]:
-    from pathlib import Path
-
-    if not Path(path).exists():
-        return set()
-    return {(r["aligned"], str(r["id"])) for r in _read(path) if "aligned" in r and "id" in r}
-
-
-def _nonempty(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).is_file() and Path(path).stat().st_size > 0
 
 
 def _print_table(summary: dict[str, Any]) -> None:

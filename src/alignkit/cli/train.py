@@ -105,7 +105,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args._runner == "online":
         from alignkit.training.online import run_online
 
-        run_online(job, recipe, tuning, args.algorithm)
+        from alignkit.api import open_scorer
+
+        run_online(job, recipe, tuning, args.algorithm, open_scorer=open_scorer)
     elif args._runner == "reward":
         from alignkit.training.reward import run_reward
 

@@ -21,7 +21,11 @@ from alignkit.validate import check_mapping
 @dataclass(frozen=True)
 class Contestant:
     name: str
-    model: str
+    model: str = ""
+    """the model spec (with the method options below); or give ``route`` instead"""
+    route: Any = None
+    """a route tree (its YAML form, a :class:`~alignkit.methods.tree.Node` or a loaded model) instead of ``model``
+    and the method options"""
     method: str = "auto"
     template: str | None = None
     k: int | None = field(default=None, metadata={"min": 0})
@@ -49,9 +53,27 @@ class Contestant:
 
     @classmethod
     def from_dict(cls, d: Any) -> Contestant:
-        if not isinstance(d, dict) or "name" not in d or "model" not in d:
-            raise InputError(f"a contestant needs at least a name and a model, got {d!r:.100}")
+        if not isinstance(d, dict) or "name" not in d or ("model" in d) == ("route" in d):
+            raise InputError(f"a contestant needs a name and either a model or a route, got {d!r:.100}")
+        if "route" in d:
+            from alignkit.methods.tree import parse
+
+            others = sorted(set(d) - {"name", "route", "repetition_penalty", "repetition_penalty_scope", "stop"})
+            if others:
+                raise InputError(f"contestant {d['name']!r}: a route says how the model is prompted; {', '.join(others)} "
+                                 "belong in the route tree")
+            d = {**d, "route": parse(d["route"], where=f"contestant {d['name']!r}")}
+            checked = check_mapping(cls, {k: v for k, v in d.items() if k != "route"}, what=f"contestant {d['name']!r}")
+            return cls(**checked, route=d["route"])
         return cls(**check_mapping(cls, d, what=f"contestant {d['name']!r}"))
+
+    def provenance(self) -> dict[str, Any]:
+        """The contestant as the report records it (a route as its tree)."""
+        d = dict(self.__dict__)
+        r = d.pop("route")
+        if r is not None:
+            d["route"] = r.to_dict() if hasattr(r, "to_dict") else r if isinstance(r, str) else getattr(r, "spec", str(r))
+        return d
 
 
 @dataclass(frozen=True)
@@ -86,15 +108,17 @@ class EvalConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvalConfig:
-        if not d.get("contestants") or "judge" not in d:
+    def from_dict(cls, d: dict[str, Any], contestants: tuple[Contestant, ...] = ()) -> EvalConfig:
+        """The config of a YAML mapping; ``contestants`` built in Python (:func:`alignkit.evaluate`) join the
+        mapping's own."""
+        if not (d.get("contestants") or contestants) or "judge" not in d:
             raise InputError("an eval config needs 'contestants' (a list) and a 'judge' model spec (or judge: none "
                              "for the judge-free metrics only)")
         if d.get("judge") in (None, "none") and d.get("pairwise_baseline"):
             raise InputError("pairwise_baseline needs a judge")
-        if not isinstance(d["contestants"], list):
+        if not isinstance(d.get("contestants", []), list):
             raise InputError("eval config: key 'contestants' must be a list of {name, model, ...}")
-        cs = tuple(Contestant.from_dict(c) for c in d["contestants"])
+        cs = tuple(Contestant.from_dict(c) for c in d.get("contestants", [])) + tuple(contestants)
         rest = {k: v for k, v in d.items() if k != "contestants"}
         if "extra" in rest:
             raise InputError("unknown key(s) in eval config: extra")
@@ -147,7 +171,10 @@ class Harness:
 
     def _model(self, c: Contestant) -> Any:
         from alignkit.methods import MethodOptions, apply_method
+        from alignkit.methods.tree import build
 
+        if c.route is not None:
+            return build(c.route, self.loader)
         opts = MethodOptions(method=c.method, template=c.template, k=c.k, select=c.select, ref=c.ref, lam=c.lam,
                              rewriter=c.rewriter,
                              rewriter_method=c.rewriter_method, rewriter_layout=c.rewriter_layout,
@@ -168,7 +195,7 @@ class Harness:
             from alignkit.evaluation.report import build_report
 
             prov = {"judge": None, "rubrics": {}, "instructions": self.cfg.instructions,
-                    "contestants": [c.__dict__ for c in self.cfg.contestants]}
+                    "contestants": [c.provenance() for c in self.cfg.contestants]}
             return build_report(items, {c.name: {} for c in self.cfg.contestants}, {}, prov, self.out)
         judge_model = apply_method(self.loader(self.cfg.judge), MethodOptions(method=self.cfg.judge_method),
                                    self.loader)
@@ -198,7 +225,7 @@ class Harness:
 
         prov = {"judge": judges["multi-aspect"].provenance(),
                 "rubrics": {k: {"id": j.rubric.id, "hash": j.rubric.hash} for k, j in judges.items()},
-                "instructions": self.cfg.instructions, "contestants": [c.__dict__ for c in self.cfg.contestants]}
+                "instructions": self.cfg.instructions, "contestants": [c.provenance() for c in self.cfg.contestants]}
         return build_report(items, judged, pairwise, prov, self.out)
 
     def items(self) -> list[dict[str, Any]]:
@@ -334,87 +361,3 @@ def run_shard(cfg: EvalConfig, config_path: str, shard_text: str, loader, *, tra
     say(f"shard {shard.index}/{shard.count}: {len(job.ids)} of {len(ids)} instruction(s) -> {folder}")
     Harness(cfg, loader, progress=lambda m: None, tracker=tracker, only=set(job.ids), output=str(folder)).run()
     return job.finish({"instructions": len(job.ids)})
-
-
-def _tags(it: dict[str, Any], key: str) -> list[str]:
-    """An instruction's task types or topics: its loaded tags (just-eval), else its own type/topic."""
-    if key == "type":
-        return [str(t) for t in it.get("task_types") or []] or [it["type"]]
-    return [str(t) for t in it.get("topics") or []] or ([it["topic"]] if it.get("topic") else [])
-
-
-def summarise(items, judged, pairwise) -> dict[str, Any]:
-    """Numbers for the report (pure)."""
-    from alignkit.evaluation.weighted import agreement, length_controlled
-
-    by_id = {it["id"]: it for it in items}
-    out: dict[str, Any] = {}
-    for name, recs in judged.items():
-        scores: dict[str, list[int]] = defaultdict(list)
-        missing: dict[str, int] = defaultdict(int)
-        weighted: dict[str, list[float]] = defaultdict(list)
-        w_missing: dict[str, int] = defaultdict(int)
-        both: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        by_type: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        by_topic: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        n_raw = 0
-        any_weighted = False
-        for rid, r in recs.items():
-            it = by_id.get(rid)
-            if it is None:
-                continue
-            n_raw += 1
-            for a, v in r["result"].items():
-                if v["score"] is None:
-                    missing[a] += 1
-                else:
-                    scores[a].append(v["score"])
-                    for t in _tags(it, "type"):
-                        by_type[t][a].append(v["score"])
-                    for t in _tags(it, "topic"):
-                        by_topic[t][a].append(v["score"])
-                if "weighted" in r:
-                    any_weighted = True
-                    w = (r["weighted"].get(a) or {}).get("weighted")
-                    if w is None:
-                        w_missing[a] += 1
-                    else:
-                        weighted[a].append(w)
-                        if v["score"] is not None:
-                            both[a].append((v["score"], w))
-        out[name] = {
-            "judged": n_raw,
-            "mean": {a: (sum(v) / len(v) if v else None) for a, v in scores.items()},
-            "missing": dict(missing),
-            "missing_share": sum(missing.values()) / max(1, sum(len(v) for v in scores.values()) + sum(missing.values())),
-            "by_type": {t: {a: sum(v) / len(v) for a, v in d.items() if v} for t, d in sorted(by_type.items())},
-            "by_topic": {t: {a: sum(v) / len(v) for a, v in d.items() if v} for t, d in sorted(by_topic.items())},
-        }
-        if any_weighted:
-            aspects = sorted(set(scores) | set(missing) | set(weighted) | set(w_missing))
-            out[name]["weighted"] = {
-                "mean": {a: (sum(weighted[a]) / len(weighted[a]) if weighted[a] else None) for a in aspects},
-                "missing": {a: w_missing[a] for a in aspects if w_missing[a]},
-                "agreement": {a: agreement(both[a]) for a in aspects},
-            }
-    for name, recs in pairwise.items():
-        tally: dict[str, dict[str, int]] = defaultdict(lambda: {"win": 0, "tie": 0, "lose": 0, "missing": 0})
-        prefs: dict[str, list[float]] = defaultdict(list)
-        overall, len_a, len_b = [], [], []
-        for r in recs.values():
-            for a, v in r["verdict"].items():
-                tally[a]["win" if v == "A" else "lose" if v == "B" else "tie" if v == "tie" else "missing"] += 1
-            wp = {a: v for a, v in (r.get("weighted_preference") or {}).items() if v is not None}
-            for a, v in wp.items():
-                prefs[a].append(v)
-            if wp and r.get("lengths"):
-                overall.append(sum(wp.values()) / len(wp))
-                len_a.append(r["lengths"][0])
-                len_b.append(r["lengths"][1])
-        out.setdefault(name, {})["pairwise"] = dict(tally)
-        if prefs:
-            out[name]["pairwise_weighted"] = {
-                "win_rate": {a: sum(v) / len(v) for a, v in sorted(prefs.items())},
-                "overall": length_controlled(overall, len_a, len_b),
-            }
-    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,6 @@ def _fmt(v: Any) -> str:
 
 
 def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path) -> dict[str, Any]:
-    from alignkit.evaluation.harness import summarise
-
     summary = summarise(items, judged, pairwise)
     cheap = _cheap(out / "answers", items, list(judged))
     report = {"summary": summary, "cheap": cheap, "provenance": provenance, "instructions": len(items)}
@@ -209,3 +208,87 @@ def _md_tables_to_html(md: str) -> str:
             out.append(f"<p>{html.escape(line)}</p>")
     flush()
     return "".join(out)
+
+
+def tags_of(it: dict[str, Any], key: str) -> list[str]:
+    """An instruction's task types or topics: its loaded tags (just-eval), else its own type/topic."""
+    if key == "type":
+        return [str(t) for t in it.get("task_types") or []] or [it["type"]]
+    return [str(t) for t in it.get("topics") or []] or ([it["topic"]] if it.get("topic") else [])
+
+
+def summarise(items, judged, pairwise) -> dict[str, Any]:
+    """Numbers for the report (pure)."""
+    from alignkit.evaluation.weighted import agreement, length_controlled
+
+    by_id = {it["id"]: it for it in items}
+    out: dict[str, Any] = {}
+    for name, recs in judged.items():
+        scores: dict[str, list[int]] = defaultdict(list)
+        missing: dict[str, int] = defaultdict(int)
+        weighted: dict[str, list[float]] = defaultdict(list)
+        w_missing: dict[str, int] = defaultdict(int)
+        both: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        by_type: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        by_topic: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        n_raw = 0
+        any_weighted = False
+        for rid, r in recs.items():
+            it = by_id.get(rid)
+            if it is None:
+                continue
+            n_raw += 1
+            for a, v in r["result"].items():
+                if v["score"] is None:
+                    missing[a] += 1
+                else:
+                    scores[a].append(v["score"])
+                    for t in tags_of(it, "type"):
+                        by_type[t][a].append(v["score"])
+                    for t in tags_of(it, "topic"):
+                        by_topic[t][a].append(v["score"])
+                if "weighted" in r:
+                    any_weighted = True
+                    w = (r["weighted"].get(a) or {}).get("weighted")
+                    if w is None:
+                        w_missing[a] += 1
+                    else:
+                        weighted[a].append(w)
+                        if v["score"] is not None:
+                            both[a].append((v["score"], w))
+        out[name] = {
+            "judged": n_raw,
+            "mean": {a: (sum(v) / len(v) if v else None) for a, v in scores.items()},
+            "missing": dict(missing),
+            "missing_share": sum(missing.values()) / max(1, sum(len(v) for v in scores.values()) + sum(missing.values())),
+            "by_type": {t: {a: sum(v) / len(v) for a, v in d.items() if v} for t, d in sorted(by_type.items())},
+            "by_topic": {t: {a: sum(v) / len(v) for a, v in d.items() if v} for t, d in sorted(by_topic.items())},
+        }
+        if any_weighted:
+            aspects = sorted(set(scores) | set(missing) | set(weighted) | set(w_missing))
+            out[name]["weighted"] = {
+                "mean": {a: (sum(weighted[a]) / len(weighted[a]) if weighted[a] else None) for a in aspects},
+                "missing": {a: w_missing[a] for a in aspects if w_missing[a]},
+                "agreement": {a: agreement(both[a]) for a in aspects},
+            }
+    for name, recs in pairwise.items():
+        tally: dict[str, dict[str, int]] = defaultdict(lambda: {"win": 0, "tie": 0, "lose": 0, "missing": 0})
+        prefs: dict[str, list[float]] = defaultdict(list)
+        overall, len_a, len_b = [], [], []
+        for r in recs.values():
+            for a, v in r["verdict"].items():
+                tally[a]["win" if v == "A" else "lose" if v == "B" else "tie" if v == "tie" else "missing"] += 1
+            wp = {a: v for a, v in (r.get("weighted_preference") or {}).items() if v is not None}
+            for a, v in wp.items():
+                prefs[a].append(v)
+            if wp and r.get("lengths"):
+                overall.append(sum(wp.values()) / len(wp))
+                len_a.append(r["lengths"][0])
+                len_b.append(r["lengths"][1])
+        out.setdefault(name, {})["pairwise"] = dict(tally)
+        if prefs:
+            out[name]["pairwise_weighted"] = {
+                "win_rate": {a: sum(v) / len(v) for a, v in sorted(prefs.items())},
+                "overall": length_controlled(overall, len_a, len_b),
+            }
+    return out

@@ -1,4 +1,8 @@
-"""Alignment methods. Each wraps a model and is one (see :mod:`alignkit.methods.base`)."""
+"""Alignment methods. Each wraps a model and is one (see :mod:`alignkit.methods.base`); each is a node of the route
+tree (:mod:`alignkit.methods.tree`, kinds in :mod:`alignkit.methods.nodes`).
+
+:class:`MethodOptions` is the command line's flat shorthand: :func:`tree_from_options` turns it into the same tree a
+YAML route file or Python code would write, and :func:`apply_method` builds it."""
 
 from __future__ import annotations
 
@@ -6,9 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.errors import InputError
+from alignkit.methods import nodes as _nodes  # noqa: F401 -- registers the node kinds
+from alignkit.methods.tree import Node, Resources, build, node
 
 METHODS = ("urial", "template", "none", "auto", "dera", "best-of-n")
 SIDE_METHODS = ("urial", "template", "none", "auto")
+METHOD_NODES = ("urial", "template", "none", "auto")
 
 
 @dataclass(frozen=True)
@@ -73,118 +80,82 @@ def recommended_repetition_penalty(model: Any) -> float:
 
 
 def apply_method(model: Any, options: MethodOptions, loader: Any = None) -> Any:
-    """Wrap ``model`` according to ``options`` -- its method, then the route stages around it (a rewriter in
-    front, a corrector behind); ``loader(spec)`` loads the other models a method or stage needs."""
-    from alignkit.methods.routes import apply_stages
-
-    core = _apply_core(model, options, loader)
-    return apply_stages(core, options, loader)
+    """Wrap ``model`` (a loaded model or a spec) according to ``options`` -- its method, then the route stages
+    around it; ``loader`` (a :class:`Resources`, or a plain ``loader(spec)``) loads the other models and opens the
+    scorers they need. The same as ``build(tree_from_options(model, options), loader)``."""
+    return build(tree_from_options(model, options), loader)
 
 
-def _apply_core(model: Any, options: MethodOptions, loader: Any = None) -> Any:
-    method = options.method
+def tree_from_options(model: Any, options: MethodOptions) -> Node:
+    """The route tree the flags describe: the model under its method (or DeRa's pair), best-of-N around it, a
+    rewriter in front, a corrector behind -- ``correct(rewrite(best-of-n(method(model))))``."""
     if not options.scorer and (options.n != 4 or options.sample_temperature != 0.8):
         raise InputError("--n and --sample-temperature apply to best-of-n: give --scorer SPEC too")
+    method = options.method
     if method == "best-of-n":
         if not options.scorer:
             raise InputError("--method best-of-n needs --scorer SPEC (reward:PATH, judge:MODEL or geval:MODEL) and "
                              "--n N; it samples from the model under --method auto (give another --method with "
                              "--scorer to sample from that one)")
-        from dataclasses import replace
-
-        options = replace(options, method="auto")
         method = "auto"
     if method == "dera":
-        return _dera(model, options, loader)
-    if options.ref is not None or options.lam is not None:
-        raise InputError("--ref and --lam apply to --method dera only")
-    if method == "auto":
-        method, options = _auto(model, options)
-    if method != "urial" and (options.template or options.k is not None or options.select != "fixed"):
-        raise InputError("--template, --k and --select apply to --method urial only (with dera: --aligned-method urial)")
-    if method == "none":
-        from alignkit.methods.wrappers import RawCompletion
-
-        return RawCompletion(model)
-    if method == "template":
-        from alignkit.methods.wrappers import ChatTemplate
-
-        return ChatTemplate(model)
-    if method == "urial":
-        return _urial(model, options)
-    raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-
-
-def _auto(model: Any, options: MethodOptions) -> tuple[str, MethodOptions]:
-    """A model trained by alignkit is prompted the way it was trained; otherwise its chat template if it has
-    one, else in-context alignment."""
-    from dataclasses import replace
-
-    trained = getattr(model, "trained_format", None)
-    if trained and trained.get("method") == "urial":
-        if options.template is None and options.k is None and options.select == "fixed":
-            options = replace(options, template=trained.get("template") or "urial-k0")
-        return "urial", options
-    if trained and trained.get("method") == "template":
-        return "template", options
-    return ("template" if model.capabilities.chat_template else "urial"), options
+        tree = _dera_tree(model, options)
+    else:
+        if options.ref is not None or options.lam is not None:
+            raise InputError("--ref and --lam apply to --method dera only")
+        if method not in METHOD_NODES:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method in ("template", "none") and (options.template or options.k is not None or options.select != "fixed"):
+            raise InputError("--template, --k and --select apply to --method urial only (with dera: --aligned-method "
+                             "urial)")
+        tree = node(method, model=model, **_icl(options, method))
+    if options.scorer:
+        tree = node("best-of-n", model=tree, scorer=options.scorer, n=options.n,
+                    sample_temperature=options.sample_temperature)
+    if options.rewriter:
+        tree = node("rewrite", model=tree, layout=options.rewriter_layout,
+                    rewriter=_stage(options.rewriter, options.rewriter_method))
+    if options.corrector:
+        tree = node("correct", model=tree, layout=options.corrector_layout,
+                    corrector=_stage(options.corrector, options.corrector_method))
+    return tree
 
 
-def _dera(model: Any, options: MethodOptions, loader: Any) -> Any:
-    from alignkit.methods.dera import DeRa
+def _icl(options: MethodOptions, method: str) -> dict[str, Any]:
+    """The in-context options a urial (or auto) node takes from the flags."""
+    if method not in ("urial", "auto"):
+        return {}
+    return {"template": options.template, "k": options.k, "select": options.select}
 
+
+def _stage(spec: str, method: str | None) -> Any:
+    """A stage's model: bare (asked in its layout's method) or under the method the flags name."""
+    return spec if method is None else node(method, model=spec)
+
+
+def _dera_tree(model: Any, options: MethodOptions) -> Node:
     if options.ref is None or options.lam is None:
         raise InputError("--method dera needs --ref REF_MODEL and --lam LAMBDA (--model is the aligned model)")
-    if loader is None:
-        raise InputError("--method dera needs a way to load the reference model")
-    ref, aligned, _ = dera_sides(model, loader(options.ref), options)
-    return DeRa(ref, aligned, options.lam)
+    return node("dera", lam=options.lam, ref=dera_side(options.ref, options.ref_method, options),
+                aligned=dera_side(model, options.aligned_method, options))
+
+
+def dera_side(model: Any, method: str, options: MethodOptions) -> Node:
+    """One side of DeRa: a plain model under its method -- the one code path of ``--method dera`` and ``alignkit
+    dera sweep``. ``auto`` on a side: the layout alignkit trained the model on, else its chat template, else raw
+    (``none``). The in-context options (template, k, select) apply to a side aligned in context (urial)."""
+    if method == "auto":
+        return node("auto", model=model, fallback="none")
+    return node(method, model=model, **(_icl(options, method) if method == "urial" else {}))
 
 
 def dera_sides(aligned_model: Any, ref_model: Any, options: MethodOptions) -> tuple[Any, Any, str]:
-    """The two sides of DeRa, each a plain model under its method -- the one code path of ``--method dera`` and
-    ``alignkit dera sweep``. ``aligned_method auto``: the layout alignkit trained the model on, else its chat
-    template, else raw. The in-context options (template, k, select) apply to whichever side is aligned in
-    context (urial). Returns ``(ref, aligned, the aligned side's method)``."""
-    from dataclasses import replace
+    """The two sides of DeRa, each built under its method. Returns ``(ref, aligned, the aligned side's method)``."""
+    from alignkit.methods.wrappers import auto_method
 
-    # route stages wrap the DeRa model as a whole, never a side
-    side = replace(options, method="none", ref=None, lam=None, rewriter=None, corrector=None, scorer=None, n=4,
-                   sample_temperature=0.8)
-    aligned_method = options.aligned_method
-    if aligned_method == "auto" and not getattr(aligned_model, "trained_format", None):
-        aligned_method = "template" if aligned_model.capabilities.chat_template else "none"
-
-    def under(method: str) -> MethodOptions:
-        if method == "urial":
-            return replace(side, method=method)
-        return replace(side, method=method, template=None, k=None, select="fixed")
-
-    return (apply_method(ref_model, under(options.ref_method)), apply_method(aligned_model, under(aligned_method)),
-            aligned_method)
-
-
-def _urial(model: Any, options: MethodOptions) -> Any:
-    from alignkit.methods.templates import DEFAULT_TEMPLATE, load_template, shipped_templates
-    from alignkit.methods.urial import InContextAligned
-
-    name = options.template
-    if options.select in ("similar", "similar-any"):
-        from alignkit.methods.retrieval import SimilarExamples
-
-        template = load_template(name or DEFAULT_TEMPLATE)
-        k = 3 if options.k is None else options.k
-        decline = "one" if options.select == "similar" else "similar"
-        return InContextAligned(model, template, selector=SimilarExamples.from_template(template, k, decline=decline))
-    if options.k is not None:
-        wanted = f"urial-k{options.k}"
-        if name is None:
-            if wanted not in shipped_templates():
-                raise InputError(f"no shipped template with K={options.k} (shipped: K=0, 1, 3, 8); pass --select "
-                                 "similar to choose any K examples from the pool, or --template FILE")
-            name = wanted
-        else:
-            t = load_template(name)
-            if t.k != options.k:
-                raise InputError(f"template {name!r} has {t.k} examples but --k {options.k} was given")
-    return InContextAligned(model, load_template(name or DEFAULT_TEMPLATE))
+    ref = build(dera_side(ref_model, options.ref_method, options))
+    aligned = build(dera_side(aligned_model, options.aligned_method, options))
+    method = options.aligned_method
+    if method == "auto":
+        method = auto_method(aligned_model, "none")
+    return ref, aligned, method

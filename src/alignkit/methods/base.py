@@ -56,6 +56,10 @@ class MethodModel(ABC):
     def method_info(self) -> dict[str, Any]:
         return {}
 
+    def children(self) -> list[tuple[str, Any]]:
+        """The wrapped model (a node with more children lists them too, the one that writes the answer first)."""
+        return [("model", self.base)]
+
     # -- the LanguageModel interface
     @property
     def context_length(self) -> int | None:

@@ -69,6 +69,9 @@ class BestOfN(MethodModel):
     def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
         return Prepared(prompt)
 
+    def children(self) -> list[tuple[str, Any]]:
+        return [("model", self.base), ("scorer", self.scorer)]
+
     # the wrapped model (a method) cleans its own answers; best-of-N only chooses among them
     def generate(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> list[Completion]:
         out = dict(self._run(prompts, config, **kwargs))
@@ -128,7 +131,7 @@ class BestOfN(MethodModel):
             yield i, self._choose(prompts[i], groups[i], flat[k * self.n : (k + 1) * self.n])  # type: ignore[arg-type]
 
     def _choose(self, prompt: Prompt, group: list[Completion], scores: list[Any]) -> Completion:
-        from alignkit.methods.routes import _own_usage, _total, usage, user_text
+        from alignkit.methods.routes import own_usage, total_usage, usage, user_text
 
         rated = [j for j, (c, s) in enumerate(zip(group, scores)) if usable(c) and s.value is not None]
         note = None
@@ -143,7 +146,7 @@ class BestOfN(MethodModel):
         inner = list((chosen.meta or {}).get("route") or [])
         if not any(r["stage"] == "answer" for r in inner):
             inner.append({"stage": "answer", "model": self.base.spec, "method": getattr(self.base, "method", None),
-                          "input": user_text(prompt), "output": chosen.text, "usage": _own_usage(chosen)})
+                          "input": user_text(prompt), "output": chosen.text, "usage": own_usage(chosen)})
         # the tokens of all N candidates (each candidate's whole route, if it has one)
         all_usage = {k: sum(usage(c)[k] for c in group) for k in ("prompt_tokens", "completion_tokens")}
         others = {k: all_usage[k] - usage(chosen)[k] for k in all_usage}
@@ -156,7 +159,7 @@ class BestOfN(MethodModel):
                 "sample_temperature": self.sample_temperature}
         if note:
             info["note"] = note
-        meta = {**(chosen.meta or {}), "best_of_n": info, "route": route, "usage": _total(route)}
+        meta = {**(chosen.meta or {}), "best_of_n": info, "route": route, "usage": total_usage(route)}
         return replace(chosen, meta=meta)
 
     def stream(self, prompts: Sequence[Prompt], config=None, **kwargs: Any) -> Iterator[StreamEvent]:
@@ -179,10 +182,22 @@ class BestOfN(MethodModel):
                 **self.method_info()}
 
     def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
-        from alignkit.methods.routes import _inner_prompts
+        from alignkit.methods.routes import inner_prompts
 
-        return _inner_prompts(self.base, prompt, config)
+        return inner_prompts(self.base, prompt, config)
 
     def close(self) -> None:
         self.base.close()
         self.scorer.close()
+
+
+def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> BestOfN:
+    """The ``best-of-n`` node: ``n`` samples of its model, rated by the scorer its options name (opened through
+    the caller's resources)."""
+    from alignkit.errors import AlignkitError
+
+    try:
+        scorer = resources.scorer(options.scorer)
+    except AlignkitError as e:
+        raise type(e)(f"route stage 'best-of-n' (scorer {options.scorer}): {e}") from e
+    return BestOfN(children["model"], scorer, options.n, options.sample_temperature)

@@ -26,6 +26,7 @@ from alignkit.methods.base import MethodModel
 from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
+    answering_backend,
     PositionReducer,
     SteppingModel,
     configs_for,
@@ -38,9 +39,13 @@ from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, To
 
 def _stepping(model: Any, role: str):
     """The model under a (possibly wrapped) model, checked for the public stepper protocol, or a clear error."""
-    inner = model
-    while isinstance(inner, MethodModel):  # a method, or a route of several (e.g. a rewriter in front of urial)
-        inner = inner.base
+    inner = answering_backend(model)  # under a method, or a route of several (e.g. a rewriter in front of urial)
+    m = model
+    while m is not inner:  # each side's prompt is prepared down the method chain, so every node on it must be one
+        if not isinstance(m, MethodModel):
+            raise CapabilityError(f"DeRa's {role} side {model.spec!r} holds a {getattr(m, 'method', m.backend)} node, "
+                                  "which does not prepare a prompt for one model to step; put it around DeRa instead")
+        m = m.base
     caps = inner.capabilities
     if not (caps.stepping and caps.full_vocab_logits and isinstance(inner, SteppingModel)):
         raise CapabilityError(
@@ -88,6 +93,9 @@ class DeRa:
     def context_length(self) -> int | None:
         limits = [m.context_length for m in (self.ref_inner, self.aligned_inner) if m.context_length]
         return min(limits) if limits else None
+
+    def children(self) -> list[tuple[str, Any]]:
+        return [("aligned", self.aligned), ("ref", self.ref)]
 
     def info(self) -> dict[str, Any]:
         return {**self.aligned.info(), "method": "dera", "lam": self.lam, "aligned": self.aligned.info(),
@@ -243,3 +251,9 @@ class DeRa:
 
         ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
         return scores_from_chunks(self.iter_logprobs(prompts, ids), ids, self.tokenizer, top_k, reduce)
+
+
+def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> DeRa:
+    """The ``dera`` node: its ``aligned`` and ``ref`` children (any models or routes on one stepping backend)
+    mixed with weight ``lam``."""
+    return DeRa(children["ref"], children["aligned"], options.lam)

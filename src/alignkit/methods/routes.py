@@ -6,8 +6,9 @@ itself one model, so every command, the server, evaluation and analysis take it 
 * **Aligner** (answer correction, :class:`AnswerCorrector`): the upstream route answers, then a *corrector* model
   reads (question, upstream answer) and writes the corrected answer.
 
-Each stage is registered in :data:`STAGES` (name, kind, how it wraps); :func:`apply_stages` builds the route from
-the method options, so a new stage is one registration, not another branch in a dispatcher. The rewriter and
+Each stage is a node of the route tree (``rewrite`` and ``correct``, registered in :mod:`alignkit.methods.nodes`,
+built by :func:`build_rewrite` and :func:`build_correct`), so a new stage is one registration, not another branch
+in a dispatcher. The rewriter and
 the corrector are any model + method; the layout they are asked in is data (``prompts/routes/layouts.yaml``):
 the layout a published checkpoint was trained on when the spec names it, the layout an adapter was trained on
 (recorded by ``alignkit train bpo|aligner``), else alignkit's own.
@@ -144,14 +145,8 @@ def usage(comp: Completion) -> dict[str, int]:
     return {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
 
 
-def _own_usage(comp: Completion) -> dict[str, int]:
+def own_usage(comp: Completion) -> dict[str, int]:
     return {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens}
-
-
-def _stage_model(model: Any, layout: Layout, method: str | None, loader: Any) -> Any:
-    from alignkit.methods import MethodOptions, apply_method
-
-    return apply_method(model, MethodOptions(method=method or layout.method), loader)
 
 
 def _run_stage(name: str, model: Any, fn: Callable[[], Any]) -> Any:
@@ -164,7 +159,7 @@ def _run_stage(name: str, model: Any, fn: Callable[[], Any]) -> Any:
         raise type(e)(f"route stage {name!r} ({model.spec}): {e}") from e
 
 
-def _total(route: list[dict[str, Any]]) -> dict[str, int]:
+def total_usage(route: list[dict[str, Any]]) -> dict[str, int]:
     return {k: sum(int(r["usage"][k]) for r in route) for k in ("prompt_tokens", "completion_tokens")}
 
 
@@ -189,6 +184,9 @@ class PromptRewriter(MethodModel):
     def stream_cleaner(self) -> StreamCleaner:
         return self.base.stream_cleaner() if isinstance(self.base, MethodModel) else super().stream_cleaner()
 
+    def children(self) -> list[tuple[str, Any]]:
+        return [("model", self.base), ("rewriter", self.rewriter)]
+
     def rewrite(self, prompts: Sequence[Prompt]) -> list[tuple[str, dict[str, Any]]]:
         """``(rewritten request, stage record)`` per prompt; an empty or runaway rewrite keeps the original."""
         originals = [user_text(p) for p in prompts]
@@ -208,7 +206,7 @@ class PromptRewriter(MethodModel):
                 fallback = "the rewrite hit its token limit (a runaway): the original request was kept"
             record = {"stage": "rewrite", "method": "bpo", "model": self.rewriter.spec,
                       "model_method": self.rewriter.method, "layout": self.layout.provenance(), "input": original,
-                      "request": request, "output": text, "usage": _own_usage(comp)}
+                      "request": request, "output": text, "usage": own_usage(comp)}
             if fallback:
                 record["fallback"] = fallback
             out.append((original if fallback else text, record))
@@ -226,14 +224,14 @@ class PromptRewriter(MethodModel):
         route = list((comp.meta or {}).get("route") or [])
         if not any(r["stage"] == "answer" for r in route):
             route.append({"stage": "answer", "model": self.base.spec, "method": getattr(self.base, "method", None),
-                          "input": user_text(prepared.prompt), "output": text, "usage": _own_usage(completion)})
-        return replace(comp, meta={**(comp.meta or {}), "route": route, "usage": _total(route)})
+                          "input": user_text(prepared.prompt), "output": text, "usage": own_usage(completion)})
+        return replace(comp, meta={**(comp.meta or {}), "route": route, "usage": total_usage(route)})
 
     def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
         """What each stage sees (the rewriter runs, so the next stage's prompt can be shown)."""
         text, record = self.rewrite([prompt])[0]
         return [("rewriter " + self.rewriter.spec, self.rewriter.render(record["request"])),
-                *_inner_prompts(self.base, with_user_text(prompt, text), config)]
+                *inner_prompts(self.base, with_user_text(prompt, text), config)]
 
     def method_info(self) -> dict[str, Any]:
         return {"route": _route_info(self)}
@@ -263,6 +261,9 @@ class AnswerCorrector(MethodModel):
         self.capabilities = replace(caps, chat_template=upstream.capabilities.chat_template, continuous_batching=False)
         self._upstream_memo: dict[str, str] = {}  # request -> the upstream answer last corrected for it
 
+    def children(self) -> list[tuple[str, Any]]:
+        return [("corrector", self.corrector), ("model", self.upstream)]
+
     # the corrected answer is an answer: trimmed, and cleaned by the corrector's method where it has a layout
     def _own_layout(self) -> bool:
         return isinstance(self.corrector, MethodModel) and self.corrector.method not in ("none",)
@@ -291,7 +292,7 @@ class AnswerCorrector(MethodModel):
             if not any(r["stage"] == "answer" for r in route):
                 route.append({"stage": "answer", "model": self.upstream.spec,
                               "method": getattr(self.upstream, "method", None), "input": user_text(p),
-                              "output": c.text, "usage": _own_usage(c), "finish_reason": c.finish_reason})
+                              "output": c.text, "usage": own_usage(c), "finish_reason": c.finish_reason})
             request = self.layout.request(question=user_text(p), answer=c.text)
             out.append(Prepared(request, (), {"route": route, "upstream_answer": c.text, "question": user_text(p)}))
         return out
@@ -308,14 +309,14 @@ class AnswerCorrector(MethodModel):
         record = {"stage": "correct", "method": "aligner", "model": self.corrector.spec,
                   "model_method": getattr(self.corrector, "method", None), "layout": self.layout.provenance(),
                   "input": {"question": (prepared.meta or {}).get("question"), "answer": upstream},
-                  "request": prepared.prompt, "output": text, "usage": _own_usage(completion)}
+                  "request": prepared.prompt, "output": text, "usage": own_usage(completion)}
         if fallback:
             record["fallback"] = fallback
         route.append(record)
         meta = {k: v for k, v in (completion.meta or {}).items()
                 if k not in ("route", "usage", "upstream_answer", "question")}
         final = upstream if fallback else text
-        return replace(completion, text=final, meta={**meta, "route": route, "usage": _total(route)})
+        return replace(completion, text=final, meta={**meta, "route": route, "usage": total_usage(route)})
 
     def stream(self, prompts, config=None, **kwargs):
         for ev in super().stream(prompts, config, **kwargs):
@@ -346,7 +347,7 @@ class AnswerCorrector(MethodModel):
         return self.corrector.iter_logprobs([p.prompt for p in prepared], continuations, **kwargs)
 
     def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
-        up = _inner_prompts(self.upstream, prompt, config)
+        up = inner_prompts(self.upstream, prompt, config)
         prepared = self.prepare_batch([prompt], [config])[0]
         return [*up, ("corrector " + self.corrector.spec, self.corrector.render(prepared.prompt))]
 
@@ -364,7 +365,7 @@ class AnswerCorrector(MethodModel):
         self.corrector.close()
 
 
-def _inner_prompts(model: Any, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
+def inner_prompts(model: Any, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
     if hasattr(model, "stage_prompts"):
         return model.stage_prompts(prompt, config)
     label = f"{getattr(model, 'method', model.backend)} {model.spec}"
@@ -393,67 +394,28 @@ def _route_name(model: Any) -> str:
                       for r in _route_info(model))
 
 
-# ----------------------------------------------------------------------------- the registry
-@dataclass(frozen=True)
-class Stage:
-    """A registered route stage: ``wrap(model, options, loader)`` returns the route with this stage added."""
+# ----------------------------------------------------------------------------- the nodes
+def _stage_child(children: dict[str, Any], slot: str, stage: str, node: Any, layout_name: str | None,
+                 resources: Any) -> tuple[Any, Layout]:
+    """A stage's model and its layout. The layout is chosen from the model itself (the one under any method
+    wrapping: its trained layout or published checkpoint); a bare model is asked in its layout's method."""
+    from alignkit.methods.tree import build, is_bare, node as make_node
+    from alignkit.models.base import answering_backend
 
-    name: str
-    kind: str  # "inner" (around the model itself), "pre" (in front of the route) or "post" (behind it)
-    enabled: Callable[[Any], bool]
-    wrap: Callable[[Any, Any, Any], Any]
-
-
-STAGES: dict[str, Stage] = {}
-
-
-def register(stage: Stage) -> None:
-    STAGES[stage.name] = stage
+    model = children[slot]
+    layout = layout_for(answering_backend(model), stage, layout_name)
+    if is_bare(node, slot):
+        model = build(make_node(layout.method, model=model), resources)
+    return model, layout
 
 
-def apply_stages(model: Any, options: Any, loader: Any) -> Any:
-    """Wrap ``model`` (already under its method) in every stage the options turn on: inner stages first (best-of-n
-    chooses among the model's own answers), then pre-stages, then post-stages, so ``rewriter -> best of N answers
-    of the model -> corrector`` is one model."""
-    for kind in ("inner", "pre", "post"):
-        for stage in STAGES.values():
-            if stage.kind == kind and stage.enabled(options):
-                if loader is None:
-                    raise InputError(f"the {stage.name} stage needs a way to load its model")
-                model = stage.wrap(model, options, loader)
-    return model
+def build_rewrite(options: Any, children: dict[str, Any], resources: Any, node: Any) -> PromptRewriter:
+    """The ``rewrite`` node (BPO): its ``rewriter`` rewrites each request before its ``model`` answers it."""
+    rewriter, layout = _stage_child(children, "rewriter", "rewrite", node, options.layout, resources)
+    return PromptRewriter(children["model"], rewriter, layout)
 
 
-def _load_stage(name: str, role: str, spec: str, loader: Any) -> Any:
-    try:
-        return loader(spec)
-    except AlignkitError as e:
-        raise type(e)(f"route stage {name!r} ({role} {spec}): {e}") from e
-
-
-def _wrap_bpo(model: Any, options: Any, loader: Any) -> PromptRewriter:
-    raw = _load_stage("bpo", "rewriter", options.rewriter, loader)
-    layout = layout_for(raw, "rewrite", options.rewriter_layout)
-    return PromptRewriter(model, _stage_model(raw, layout, options.rewriter_method, loader), layout)
-
-
-def _wrap_aligner(model: Any, options: Any, loader: Any) -> AnswerCorrector:
-    raw = _load_stage("aligner", "corrector", options.corrector, loader)
-    layout = layout_for(raw, "correct", options.corrector_layout)
-    return AnswerCorrector(model, _stage_model(raw, layout, options.corrector_method, loader), layout)
-
-
-def _wrap_best_of_n(model: Any, options: Any, loader: Any) -> Any:
-    from alignkit.methods.best_of_n import BestOfN
-    from alignkit.scoring import open_scorer
-
-    try:
-        scorer = open_scorer(options.scorer, loader)
-    except AlignkitError as e:
-        raise type(e)(f"route stage 'best-of-n' (scorer {options.scorer}): {e}") from e
-    return BestOfN(model, scorer, options.n, options.sample_temperature)
-
-
-register(Stage("best-of-n", "inner", lambda o: bool(getattr(o, "scorer", None)), _wrap_best_of_n))
-register(Stage("bpo", "pre", lambda o: bool(o.rewriter), _wrap_bpo))
-register(Stage("aligner", "post", lambda o: bool(o.corrector), _wrap_aligner))
+def build_correct(options: Any, children: dict[str, Any], resources: Any, node: Any) -> AnswerCorrector:
+    """The ``correct`` node (Aligner): its ``corrector`` rewrites each answer of its ``model``."""
+    corrector, layout = _stage_child(children, "corrector", "correct", node, options.layout, resources)
+    return AnswerCorrector(children["model"], corrector, layout)

@@ -191,3 +191,31 @@ class InContextAligned(MethodModel):
 
     def stream_cleaner(self) -> StreamCleaner:
         return StreamCleaner(clean_answer, _safe_to_show)
+
+
+def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> InContextAligned:
+    """The ``urial`` node: its model aligned in context by the template its options name (a shipped template,
+    the shipped ``urial-kK`` for ``k``, or examples chosen per query with ``select``)."""
+    from alignkit.errors import InputError
+    from alignkit.methods.templates import DEFAULT_TEMPLATE, load_template, shipped_templates
+
+    model, name = children["model"], options.template
+    if options.select in ("similar", "similar-any"):
+        from alignkit.methods.retrieval import SimilarExamples
+
+        template = load_template(name or DEFAULT_TEMPLATE)
+        k = 3 if options.k is None else options.k
+        decline = "one" if options.select == "similar" else "similar"
+        return InContextAligned(model, template, selector=SimilarExamples.from_template(template, k, decline=decline))
+    if options.k is not None:
+        wanted = f"urial-k{options.k}"
+        if name is None:
+            if wanted not in shipped_templates():
+                raise InputError(f"no shipped template with K={options.k} (shipped: K=0, 1, 3, 8); pass --select "
+                                 "similar to choose any K examples from the pool, or --template FILE")
+            name = wanted
+        else:
+            t = load_template(name)
+            if t.k != options.k:
+                raise InputError(f"template {name!r} has {t.k} examples but --k {options.k} was given")
+    return InContextAligned(model, load_template(name or DEFAULT_TEMPLATE))

@@ -43,3 +43,44 @@ class RawCompletion(MethodModel):
 
     def method_info(self) -> dict[str, Any]:
         return {}
+
+
+def build_template(options: Any, children: dict[str, Any], resources: Any, node: Any) -> ChatTemplate:
+    return ChatTemplate(children["model"])
+
+
+def build_none(options: Any, children: dict[str, Any], resources: Any, node: Any) -> RawCompletion:
+    return RawCompletion(children["model"])
+
+
+def auto_method(model: Any, fallback: str = "urial") -> str:
+    """The method ``auto`` picks for a model: the one alignkit trained it with (its ``alignkit.json``), else its
+    chat template if it has one, else ``fallback`` (a model alignkit trained in another layout gets urial)."""
+    trained = getattr(model, "trained_format", None)
+    if trained and trained.get("method") in ("urial", "template"):
+        return str(trained["method"])
+    if model.capabilities.chat_template:
+        return "template"
+    return "urial" if trained else fallback
+
+
+def build_auto(options: Any, children: dict[str, Any], resources: Any, node: Any) -> Any:
+    """The ``auto`` node: the model under :func:`auto_method`'s choice; a model alignkit trained in context gets
+    the template it was trained with unless the options choose the examples."""
+    from dataclasses import replace
+
+    from alignkit.errors import InputError
+    from alignkit.methods.nodes import UrialOptions
+    from alignkit.methods.urial import build_node as build_urial
+
+    model = children["model"]
+    method = auto_method(model, options.fallback)
+    if method == "urial":
+        urial = UrialOptions(template=options.template, k=options.k, select=options.select)
+        trained = getattr(model, "trained_format", None)
+        if trained and trained.get("method") == "urial" and urial == UrialOptions():
+            urial = replace(urial, template=trained.get("template") or "urial-k0")
+        return build_urial(urial, children, resources, node)
+    if options.template or options.k is not None or options.select != "fixed":
+        raise InputError("--template, --k and --select apply to --method urial only (with dera: --aligned-method urial)")
+    return ChatTemplate(model) if method == "template" else RawCompletion(model)

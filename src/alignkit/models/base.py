@@ -256,13 +256,42 @@ def find_stop(text: str, stops: Sequence[str], start: int = 0) -> tuple[int, str
     return best
 
 
-def backend_models(model: Any, depth: int = 0) -> list[Any]:
-    """The backend models under a model (through methods, routes, DeRa's pair, best-of-N's scorer)."""
-    inner = [getattr(model, a, None) for a in ("base", "upstream", "corrector", "rewriter", "ref", "aligned", "scorer")]
-    inner = [x for x in inner if x is not None and x is not model and hasattr(x, "spec")]
-    if not inner or depth >= 16:
-        return [model]
-    return [leaf for x in inner for leaf in backend_models(x, depth + 1)]
+def children(model: Any) -> list[tuple[str, Any]]:
+    """A node's named children -- models, routes, scorers -- in order, the child that writes its answer first
+    (a method's wrapped model, a corrector, DeRa's aligned side). A backend model has none. Every node (methods,
+    routes, DeRa, best-of-N, scorers) answers ``children()``: the one way to look inside a tree."""
+    get = getattr(model, "children", None)
+    return list(get()) if callable(get) else []
+
+
+def walk(model: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
+    """Every node of a tree, ``(path, node)`` in pre-order; a path names the slots from the root (``""`` is the
+    root, ``"model.corrector"`` a corrector under the root's model)."""
+    if depth > 64:
+        raise RuntimeError(f"model tree deeper than 64 levels at {path!r} (a cycle?)")
+    yield path, model
+    for slot, child in children(model):
+        yield from walk(child, f"{path}.{slot}" if path else slot, depth + 1)
+
+
+def backend_models(model: Any) -> list[Any]:
+    """The leaves under a model (each once): the backend models and self-contained scorers every method, route,
+    DeRa pair and best-of-N scorer rests on."""
+    seen: dict[int, Any] = {}
+    for _, m in walk(model):
+        if not children(m) and hasattr(m, "spec"):
+            seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
+def answering_backend(model: Any) -> Any:
+    """The backend model that writes a model's answer tokens: down the first child of every node."""
+    for _ in range(65):
+        kids = children(model)
+        if not kids:
+            return model
+        model = kids[0][1]
+    raise RuntimeError("model tree deeper than 64 levels (a cycle?)")
 
 
 def served_over_api(model: Any) -> bool:

@@ -206,7 +206,7 @@ class HFModel:
     def info(self) -> dict[str, Any]:
         import transformers
 
-        import alignkit
+        from alignkit.version import __version__
 
         return {
             "spec": self.spec,
@@ -214,7 +214,7 @@ class HFModel:
             **self.source,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
-            "alignkit": alignkit.__version__,
+            "alignkit": __version__,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         }

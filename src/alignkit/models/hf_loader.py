@@ -10,7 +10,7 @@ from alignkit.models.hf import HFModel, load_hf
 from alignkit.models.registry import ModelOptions, ResolvedSpec, adapter_base, resolve
 
 
-def _source(resolved: ResolvedSpec, progress: bool = True) -> tuple[str, str | None, dict]:
+def weights_source(resolved: ResolvedSpec, progress: bool = True) -> tuple[str, str | None, dict]:
     """(folder or hub id, gguf file name or None, provenance) for a non-adapter spec."""
     if resolved.kind == "alias":
         return str(catalog.locate(resolved.target, progress=progress)), None, {"alias": resolved.target}
@@ -37,7 +37,7 @@ def load(resolved: ResolvedSpec, *, spec: str, options: ModelOptions) -> HFModel
             raise ModelSpecError(f"adapter {adapter!r} names another adapter as its base ({base_spec!r})")
         resolved = base
         extra["base_spec"] = base_spec
-    source, gguf, prov = _source(resolved)
+    source, gguf, prov = weights_source(resolved)
     try:
         model = load_hf(
             source,

@@ -453,9 +453,9 @@ class LlamaCppModel:
     def info(self) -> dict[str, Any]:
         import llama_cpp
 
-        import alignkit
+        from alignkit.version import __version__
 
-        return {"spec": self.spec, "backend": self.backend, **self.source, "alignkit": alignkit.__version__,
+        return {"spec": self.spec, "backend": self.backend, **self.source, "alignkit": __version__,
                 "llama_cpp_python": llama_cpp.__version__}
 
     def close(self) -> None:

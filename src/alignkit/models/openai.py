@@ -100,14 +100,14 @@ class OpenAIModel:
         return self._context_length
 
     def info(self) -> dict[str, Any]:
-        import alignkit
+        from alignkit.version import __version__
 
         return {
             "spec": self.spec,
             "backend": self.backend,
             "model": self.name,
             "base_url": self.base_url,
-            "alignkit": alignkit.__version__,
+            "alignkit": __version__,
             "openai": self._openai.__version__,
         }
 

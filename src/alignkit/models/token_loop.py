@@ -17,7 +17,7 @@ from alignkit.types import Completion, GenerationConfig, StreamEvent
 
 
 @dataclass
-class _Row:
+class Row:
     index: int
     prompt_ids: list[int]
     config: GenerationConfig
@@ -71,7 +71,7 @@ class TokenLoop:
     grammar_tokenizer: Any = None
     grammar_vocab: int = 0
 
-    def _select(self, row: _Row, logits: torch.Tensor) -> int:
+    def _select(self, row: Row, logits: torch.Tensor) -> int:
         if row.guide is not None:  # structured output: only tokens that keep the output valid
             logits = row.guide.mask(logits)
         scores = logits.unsqueeze(0)
@@ -89,7 +89,7 @@ class TokenLoop:
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=row.generator))
 
-    def _advance(self, row: _Row, token: int) -> str:
+    def _advance(self, row: Row, token: int) -> str:
         """Add a token to a row, update its text and finish state; return the text to emit."""
         row.gen.append(token)
         cfg = row.config
@@ -116,7 +116,7 @@ class TokenLoop:
         row.emitted = max(row.emitted, upto)
         return delta
 
-    def _event(self, row: _Row, delta: str) -> StreamEvent:
+    def _event(self, row: Row, delta: str) -> StreamEvent:
         if not row.finish:
             return StreamEvent(row.index, delta)
         comp = Completion(
@@ -129,7 +129,7 @@ class TokenLoop:
         )
         return StreamEvent(row.index, delta, row.finish, comp)  # type: ignore[arg-type]
 
-    def new_rows(self, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], start: int = 0) -> list[_Row]:
+    def new_rows(self, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], start: int = 0) -> list[Row]:
         """Rows for the prompts, numbered from ``start`` (the index their events carry)."""
         rows = []
         for i, (ids, cfg) in enumerate(zip(prompts, configs), start):
@@ -137,7 +137,7 @@ class TokenLoop:
             if not cfg.greedy:
                 gen = torch.Generator(device="cpu")
                 gen.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,))))
-            row = _Row(i, list(ids), cfg, gen, _processors(cfg))
+            row = Row(i, list(ids), cfg, gen, _processors(cfg))
             if cfg.constraint is not None:
                 row.guide = self._guide(cfg.constraint)
             rows.append(row)
@@ -168,7 +168,7 @@ class TokenLoop:
     @torch.no_grad()
     def loop(
         self,
-        rows: list[_Row],
+        rows: list[Row],
         steppers: Sequence[Stepper],
         combine: Callable[[list[torch.Tensor]], torch.Tensor],
         should_stop: Callable[[int], bool] | None = None,

@@ -186,9 +186,9 @@ class VLLMModel:
     def info(self) -> dict[str, Any]:
         import vllm
 
-        import alignkit
+        from alignkit.version import __version__
 
-        return {"spec": self.spec, "backend": self.backend, **self.source, "alignkit": alignkit.__version__,
+        return {"spec": self.spec, "backend": self.backend, **self.source, "alignkit": __version__,
                 "vllm": vllm.__version__}
 
     def close(self) -> None:

@@ -106,7 +106,7 @@ def check_recipe(recipe: Recipe, *, sft: bool = False) -> None:
 def source_of(spec: str) -> str:
     """The local folder (or hub id) a model spec trains from: aliases and GGUF files go through the same
     cached conversion as inference."""
-    from alignkit.models.hf_loader import _source
+    from alignkit.models.hf_loader import weights_source
     from alignkit.models.registry import resolve
 
     resolved = resolve(spec)
@@ -114,7 +114,7 @@ def source_of(spec: str) -> str:
         raise InputError(f"training needs a transformers model; {spec!r} is a {resolved.backend} model")
     if resolved.kind == "adapter":
         raise InputError(f"{spec!r} is an adapter folder; train on its base model with --adapter {spec}")
-    return _source(resolved)[0]
+    return weights_source(resolved)[0]
 
 
 def load_for_training(spec: str, *, adapter: str | None = None, trainable_adapter: bool = False,

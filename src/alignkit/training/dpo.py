@@ -19,7 +19,7 @@ from typing import Any
 from alignkit.errors import InputError
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.training import common, data
-from alignkit.training.format import PromptFormat, _urial_preamble, check_format, render_urial
+from alignkit.training.format import PromptFormat, urial_preamble, check_format, render_urial
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
@@ -93,7 +93,7 @@ def pair_rows(records: list[data.Record], fmt: PromptFormat) -> list[dict[str, A
     conversational rows for chat templates (TRL applies the template)."""
 
     rows = []
-    preamble = _urial_preamble(fmt.template) if fmt.name == "urial" else ""
+    preamble = urial_preamble(fmt.template) if fmt.name == "urial" else ""
     for r in records:
         msgs = data.prompt_messages(r.data)
         chosen, rejected = r.data["chosen"].strip(), r.data["rejected"].strip()
@@ -180,7 +180,7 @@ def run_preference(job: Any, recipe: common.Recipe, tuning: common.Tuning, kind:
     tokens = trainer.state.num_input_tokens_seen or 0
     if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
         trained.delete_adapter("ref")
-    from alignkit import __version__
+    from alignkit.version import __version__
 
     last = next((h for h in reversed(progress.history) if "loss" in h), {})
     info = {

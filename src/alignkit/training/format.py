@@ -57,7 +57,7 @@ class PromptFormat:
         return {"method": "template"}
 
 
-def _urial_preamble(template: str | None) -> str:
+def urial_preamble(template: str | None) -> str:
     from alignkit.methods.templates import load_template
 
     t = load_template(template or "urial-k0")
@@ -117,7 +117,7 @@ def render_chat_template(messages: Sequence[dict[str, str]], tokenizer: Any) -> 
 
 def render(messages: Sequence[dict[str, str]], fmt: PromptFormat, tokenizer: Any) -> Rendered:
     if fmt.name == "urial":
-        return render_urial(messages, _urial_preamble(fmt.template))[0]
+        return render_urial(messages, urial_preamble(fmt.template))[0]
     return render_chat_template(messages, tokenizer)
 
 
@@ -140,4 +140,4 @@ def check_format(fmt: PromptFormat, tokenizer: Any) -> None:
         raise InputError("--format chat-template: the model's tokenizer has no chat template; use --format urial "
                          "(the in-context layout, works for base models) or give one with --chat-template FILE")
     if fmt.name == "urial":
-        _urial_preamble(fmt.template)
+        urial_preamble(fmt.template)

@@ -37,9 +37,9 @@ class OnlineJob(Start):
 def prompt_rows(records: list[dict[str, Any]], fmt: Any) -> list[dict[str, Any]]:
     """TRL rows: the rendered prompt (urial layout: preamble and an opened answer block) or the conversation
     (chat templates), plus the original request for the scorer."""
-    from alignkit.training.format import _urial_preamble, render_urial
+    from alignkit.training.format import urial_preamble, render_urial
 
-    preamble = _urial_preamble(fmt.template) if fmt.name == "urial" else ""
+    preamble = urial_preamble(fmt.template) if fmt.name == "urial" else ""
     rows = []
     for r in records:
         msgs = [{"role": "user", "content": r["prompt"]}] if "prompt" in r else list(r["messages"])
@@ -99,9 +99,11 @@ def config_kwargs(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, 
     return kwargs
 
 
-def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, algorithm: str = "grpo") -> dict[str, Any]:
-    from alignkit.cli.generate import parse_records
-    from alignkit.scoring import open_scorer, parse_spec
+def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, algorithm: str = "grpo", *,
+               open_scorer: Any) -> dict[str, Any]:
+    """Online RL with ``open_scorer(spec)`` (e.g. :func:`alignkit.api.open_scorer`) as the reward's source."""
+    from alignkit.records import parse_records
+    from alignkit.scoring import parse_spec
     from alignkit.training.dpo import resolve_format
     from alignkit.training.format import check_format
 
@@ -142,7 +144,7 @@ def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, alg
     common.say(f"alignkit train {algorithm}: {len(records)} prompts x {job.num_generations} samples, format {fmt.name}, "
                f"reward {scorer.spec} ({n_params:,} trainable parameters)")
     seconds = common.run_training(trainer, job.resume)
-    from alignkit import __version__
+    from alignkit.version import __version__
 
     rewards = [h.get("reward") for h in progress.history if isinstance(h.get("reward"), (int, float))]
     info = {

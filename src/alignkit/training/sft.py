@@ -141,7 +141,7 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, record
             h.remove()
     steps = trainer.state.global_step
     tokens = trainer.state.num_input_tokens_seen or _tokens_trained(trainer)
-    from alignkit import __version__
+    from alignkit.version import __version__
 
     info = {
         "kind": "sft",
