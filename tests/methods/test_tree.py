@@ -197,3 +197,38 @@ def test_a_node_is_a_frozen_value():
     assert isinstance(n, Node) and n == parse({"urial": {"model": "m", "k": 0}})
     with pytest.raises(Exception):
         n.kind = "none"  # type: ignore[misc]
+
+
+def test_route_files_on_the_command_line(tiny_dir, tmp_path, capsys):
+    """``--route FILE`` on generate, chat, shift and serve runs the tree in the file; the flags it replaces are
+    refused beside it; the records are those of the same tree given as flags."""
+    from alignkit.cli.main import main
+    from alignkit.cli.serve import parse_route
+
+    base, aligned = str(tiny_dir["base"]), str(tiny_dir["aligned"])
+    route = tmp_path / "route.yaml"
+    route.write_text(yaml.safe_dump({"correct": {"corrector": aligned, "model": {"template": {"model": aligned}}}}))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    common = ["--input", str(inp), "--max-new-tokens", "5", "--quiet"]
+    assert main(["generate", "--route", str(route), "--output", str(tmp_path / "a.jsonl"), *common]) == 0
+    assert main(["generate", "--model", aligned, "--method", "template", "--corrector", aligned,
+                 "--output", str(tmp_path / "b.jsonl"), *common]) == 0
+    a = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
+    strip = lambda r: {k: v for k, v in r.items() if k != "provenance"}  # noqa: E731
+    assert [strip(r) for r in a] == [strip(r) for r in b] and a[0]["route"][-1]["stage"] == "correct"
+    assert a[0]["provenance"]["tree"] == b[0]["provenance"]["tree"]
+    capsys.readouterr()
+    assert main(["generate", "--route", str(route), "--method", "urial", "--output", str(tmp_path / "c.jsonl"),
+                 *common]) == 2
+    assert "drop --method" in capsys.readouterr().err
+    assert main(["chat", "--route", str(route), "--message", "Hi", "--max-new-tokens", "3"]) == 0
+    shift_in = tmp_path / "s.jsonl"
+    shift_in.write_text(json.dumps({"id": "x", "instruction": "Name a colour."}) + "\n")
+    assert main(["shift", "--base", base, "--route", str(route), "--input", str(shift_in), "--output",
+                 str(tmp_path / "shift.jsonl"), "--max-new-tokens", "4", "--quiet", "--json"]) == 0
+    rec = json.loads((tmp_path / "shift.jsonl").read_text().splitlines()[0])
+    assert rec["aligned"].endswith(str(route)) and rec["positions"]
+    name, model, tree = parse_route(f"fixed={route}")
+    assert name == "fixed" and model is None and tree == load_tree(route)

@@ -77,6 +77,7 @@ def shift_label(aligned: Any, spec: str) -> str:
     from alignkit.models.base import walk
 
     info = aligned.info()
-    name = info.get("method", aligned.method) if info.get("route") else aligned.method
+    own = getattr(aligned, "method", aligned.backend)
+    name = info.get("method", own) if info.get("route") else own
     dera = next((m for _, m in walk(aligned) if getattr(m, "method", None) == "dera"), None)
     return f"{name}:{spec}" + (f"@lam={dera.lam:g}" if dera is not None else "")

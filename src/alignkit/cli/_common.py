@@ -137,13 +137,39 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def open_model(spec: str, options: ModelOptions, method: MethodOptions) -> Any:
-    """Load a model and wrap it in the chosen method (other models a method needs are loaded once per spec)."""
+@dataclass(frozen=True)
+class RouteFile:
+    route: str | None = field(default=None, metadata={
+        "help": "a route tree to run, from a YAML or JSON file (e.g. {urial: {model: gemma-3-270m, k: 3}}; any "
+                "composition of methods: see the README's 'Route trees'), instead of --model and the "
+                "alignment-method flags"})
+
+
+def open_model(spec: str, options: ModelOptions, method: MethodOptions, route: str | None = None,
+               given: set[str] | frozenset[str] = frozenset()) -> Any:
+    """Load a model and wrap it in the chosen method (other models a method needs are loaded once per spec), or
+    build the route tree of a ``--route`` file; ``given``: the option names the user set (flags and config keys),
+    which must not also say what the route file says."""
     from alignkit.api import resources
+    from alignkit.errors import InputError
+    from alignkit.methods.tree import build, load_tree
 
     log_warnings_to_stderr()
     pool = ModelPool(options)
+    if route:
+        import dataclasses
+
+        clash = sorted(given & ({f.name for f in dataclasses.fields(MethodOptions)} | {"model"}))
+        if clash:
+            raise InputError(f"--route {route} says which models run and how they are prompted; drop "
+                             f"{', '.join('--' + c.replace('_', '-') for c in clash)}")
+        return build(load_tree(route), resources(pool=pool))
     return apply_method(pool(spec), method, resources(pool=pool))
+
+
+def given_options(args: Any, file_values: dict[str, Any]) -> set[str]:
+    """The option names a user set, by flag or in the config file (flags' defaults never reach ``args``)."""
+    return set(vars(args)) | set(file_values)
 
 
 def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextIO | None = None, label: str = "") -> None:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignkit.cli._common import Decoding, open_model, show_prompt
+from alignkit.cli._common import Decoding, RouteFile, given_options, open_model, show_prompt
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.methods import MethodOptions
@@ -46,15 +46,17 @@ def add_parser(sub) -> None:
     add_dataclass_arguments(p, ChatJob)
     add_dataclass_arguments(p, Decoding, group="decoding")
     add_dataclass_arguments(p, MethodOptions, group="alignment method")
+    add_dataclass_arguments(p, RouteFile, group="route tree")
     add_dataclass_arguments(p, ModelOptions, group="model options")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    file_values = load_config_file(args.config, ChatJob, Decoding, MethodOptions, ModelOptions)
+    file_values = load_config_file(args.config, ChatJob, Decoding, MethodOptions, ModelOptions, RouteFile)
     job: ChatJob = build(ChatJob, args, file_values)
     decoding: Decoding = build(Decoding, args, file_values)
     decoding.constraint()  # a bad schema, regex or choice list fails before any model loads
+    given = given_options(args, file_values)
     file_values.setdefault("method", "auto")  # chat talks to whatever the model is best talked to with
     method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("no message: stdin was empty (pipe a message in, or pass --message)")
     if job.show_prompt and one_shot is None:
         raise InputError("--show-prompt needs a message: pass --message TEXT or pipe one in")
-    model = open_model(job.model, options, method)
+    model = open_model(job.model, options, method, build(RouteFile, args, file_values).route, given)
     cfg = decoding.config(model)
     if one_shot is not None:
         history.append(Message("user", one_shot))

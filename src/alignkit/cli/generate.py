@@ -9,6 +9,8 @@ from typing import Any
 
 from alignkit.cli._common import (
     Decoding,
+    RouteFile,
+    given_options,
     Sharding,
     add_quiet,
     open_model,
@@ -55,6 +57,7 @@ def add_parser(sub) -> None:
     add_dataclass_arguments(p, GenerateJob)
     add_dataclass_arguments(p, Decoding, group="decoding")
     add_dataclass_arguments(p, MethodOptions, group="alignment method")
+    add_dataclass_arguments(p, RouteFile, group="route tree")
     add_dataclass_arguments(p, ModelOptions, group="model options")
     add_dataclass_arguments(p, Sharding, group="sharding")
     add_quiet(p)
@@ -62,7 +65,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    file_values = load_config_file(args.config, GenerateJob, Decoding, MethodOptions, ModelOptions, Sharding)
+    file_values = load_config_file(args.config, GenerateJob, Decoding, MethodOptions, ModelOptions, RouteFile, Sharding)
     job: GenerateJob = build(GenerateJob, args, file_values)
     decoding: Decoding = build(Decoding, args, file_values)
     decoding.constraint()  # a bad schema, regex or choice list fails before any model loads
@@ -71,13 +74,14 @@ def run(args: argparse.Namespace) -> int:
     records = parse_records(job.input, job.on_error)
     index = {str(r["id"]): i for i, (_, r) in enumerate(records)}  # a record's seed: its place in the whole input
     if job.show_prompt:
-        model = open_model(job.model, options, method)
+        model = open_model(job.model, options, method, build(RouteFile, args, file_values).route,
+                       given_options(args, file_values))
         base_cfg = decoding.config(model)
         for _, r in records:
             show_prompt(model, record_prompt(r), with_seed(base_cfg, index[str(r["id"])]), label=f"id={r['id']}")
         return 0
     shard, output = start_shard(build(Sharding, args, file_values), "generate", job.input, job.output,
-                                [str(r["id"]) for _, r in records], options=(job, decoding, method, options))
+                                [str(r["id"]) for _, r in records], options=(job, decoding, method, options, build(RouteFile, args, file_values)))
     if shard is not None:
         mine = set(shard.ids)
         records = [nr for nr in records if str(nr[1]["id"]) in mine]
@@ -91,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         if shard is not None:
             shard.finish({"records": len(records)})
         return 0
-    model = open_model(job.model, options, method)
+    model = open_model(job.model, options, method, build(RouteFile, args, file_values).route,
+                       given_options(args, file_values))
     # every record keeps its place in the whole input (its seed), whichever shard or resumed run does it
     generate_records(model, [r for _, r in records], decoding.config(model), output=output, resume=job.resume,
                      batch_size=job.batch_size, progress=progress_for(args), index=index)

@@ -40,7 +40,8 @@ class ServeJob:
         "help": "serve several routes from one process: NAME=KEY=VALUE,KEY=VALUE,... with model= (default --model) "
                 "and any alignment-method option, e.g. urial=method=urial,template=urial-k3 or "
                 "mix=model=runs/dpo,method=dera,ref=runs/sft,lam=0.5; a request's 'model' picks the route; routes "
-                "on the same model spec share one loaded copy (in a config file: route: [..])"})
+                "on the same model spec share one loaded copy (in a config file: route: [..]); NAME=FILE.yaml serves "
+                "the route tree in that file (see the README's 'Route trees')"})
 
 
 def add_parser(sub) -> None:
@@ -92,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_route(text: str) -> tuple[str, str | None, dict[str, Any]]:
+def parse_route(text: str) -> tuple[str, str | None, Any]:
     """``NAME=KEY=VALUE,KEY=VALUE`` -> (name, model spec or None, method options), values read as YAML scalars
-    and checked against the option they set."""
+    and checked against the option they set; ``NAME=FILE.yaml`` -> (name, None, the route tree in the file)."""
     import yaml
 
     from alignkit.errors import InputError
@@ -102,7 +103,11 @@ def parse_route(text: str) -> tuple[str, str | None, dict[str, Any]]:
 
     name, sep, rest = text.partition("=")
     if not sep or not name.strip():
-        raise InputError(f"--route {text!r}: write NAME=KEY=VALUE,KEY=VALUE (e.g. urial=method=urial)")
+        raise InputError(f"--route {text!r}: write NAME=KEY=VALUE,KEY=VALUE (e.g. urial=method=urial) or NAME=FILE.yaml")
+    if rest.strip().lower().endswith((".yaml", ".yml", ".json")):  # a route tree file
+        from alignkit.methods.tree import load_tree
+
+        return name.strip(), None, load_tree(rest.strip())
     values: dict[str, Any] = {}
     for item in filter(None, (x.strip() for x in rest.split(","))):
         key, eq, value = item.partition("=")
@@ -122,6 +127,7 @@ def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptio
     from alignkit.errors import InputError
     from alignkit.api import resources
     from alignkit.methods import apply_method
+    from alignkit.methods.tree import build
     from alignkit.models.registry import SharedPool
 
     parsed = [parse_route(r) for r in routes]  # every route checked before anything loads
@@ -130,5 +136,6 @@ def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptio
     if dupes:
         raise InputError(f"--route: the name(s) {', '.join(dupes)} are used twice")
     pool = SharedPool(options)
-    return [(name, apply_method(pool(model or default_model), MethodOptions(**values), resources(pool=pool)))
+    return [(name, apply_method(pool(model or default_model), MethodOptions(**values), resources(pool=pool))
+             if isinstance(values, dict) else build(values, resources(pool=pool)))
             for name, model, values in parsed]

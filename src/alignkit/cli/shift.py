@@ -13,7 +13,7 @@ from alignkit.cli._common import Sharding, log_warnings_to_stderr, add_quiet, pr
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.io import JsonlAppender, complete_records, nonempty
-from alignkit.methods import MethodOptions, apply_method
+from alignkit.methods import MethodOptions, tree_from_options
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions, ModelPool
 
@@ -41,6 +41,9 @@ class ShiftJob:
         "help": "route stage Aligner behind every aligned model: a corrector model spec; the aligned model's "
                 "distribution is then the corrector's, given the question and the upstream answer"})
     corrector_layout: str | None = field(default=None, metadata={"help": "the corrector's layout"})
+    route: tuple[str, ...] = field(default=(), metadata={
+        "help": "an aligned route tree from a YAML or JSON file (any composition of methods: see the README's "
+                "'Route trees'), analysed like an --aligned model; with --route only, no --aligned runs"})
     report: str | None = field(default=None, metadata={"help": "write the HTML report here (figures beside it)"})
     max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "answer length when the aligned model generates"})
     resume: bool = field(default=False, metadata={"help": "skip answers already in the output file"})
@@ -73,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from alignkit.analysis.run import done_keys, read_items, run_items, shift_label
     from alignkit.analysis.shift import ShiftAnalyzer, ShiftOptions
     from alignkit.api import resources
+    from alignkit.methods.tree import build as build_tree
+    from alignkit.methods.tree import load_tree
 
     log_warnings_to_stderr()
     file_values = load_config_file(args.config, ShiftJob, ShiftOptions, ModelOptions, Sharding)
@@ -80,13 +85,16 @@ def run(args: argparse.Namespace) -> int:
     sopts: ShiftOptions = build(ShiftOptions, args, file_values)
     mopts: ModelOptions = build(ModelOptions, args, file_values)
     items = read_items(job.input)
-    specs = list(job.aligned) or [job.base]
+    specs = list(job.aligned) or ([] if job.route else [job.base])
     methods = list(job.aligned_method) or (["urial"] if not job.aligned else ["auto"])
     if len(methods) == 1:
         methods = methods * len(specs)
+    if job.route and job.aligned_method and not job.aligned:
+        raise InputError("--aligned-method applies to --aligned models; a --route file says how its models are prompted")
+    methods = methods if specs else []
     if len(methods) != len(specs):
         raise InputError(f"{len(specs)} --aligned model(s) but {len(methods)} --aligned-method value(s)")
-    if len(specs) > 1 and any(a is not None for _, _, a, _ in items):
+    if len(specs) + len(job.route) > 1 and any(a is not None for _, _, a, _ in items):
         raise InputError("the input carries answers, which belong to one aligned model; give one --aligned")
 
     shard, output = start_shard(build(Sharding, args, file_values), "shift", job.input, job.output,
@@ -101,13 +109,14 @@ def run(args: argparse.Namespace) -> int:
     done = done_keys(output) if job.resume else set()
     if not job.resume and nonempty(output):
         raise InputError(f"output file {output!r} already has records; pass --resume, or choose another file")
+    trees = [(spec, tree_from_options(spec, MethodOptions(
+        method=method, template=job.template if method == "urial" else None, ref=job.ref if method == "dera" else None,
+        lam=job.lam if method == "dera" else None, rewriter=job.rewriter, rewriter_layout=job.rewriter_layout,
+        corrector=job.corrector, corrector_layout=job.corrector_layout))) for spec, method in zip(specs, methods)]
+    trees += [(path, load_tree(path)) for path in job.route]  # every file checked before a model runs
     with JsonlAppender(output) as out:
-        for spec, method in zip(specs, methods):
-            mopt = MethodOptions(method=method, template=job.template if method == "urial" else None,
-                                 ref=job.ref if method == "dera" else None, lam=job.lam if method == "dera" else None,
-                                 rewriter=job.rewriter, rewriter_layout=job.rewriter_layout,
-                                 corrector=job.corrector, corrector_layout=job.corrector_layout)
-            aligned = apply_method(model(spec), mopt, resources(pool=model))
+        for spec, tree in trees:
+            aligned = build_tree(tree, resources(pool=model))
             label = shift_label(aligned, spec)
             analyzer = ShiftAnalyzer(base, aligned, label=label, options=sopts,
                                      template=getattr(aligned, "template", None))
@@ -123,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     elif job.report:
         from alignkit.analysis.report import write_report
 
-        prov = {"base": job.base, "aligned": [f"{m}:{s}" for s, m in zip(specs, methods)], **sopts.__dict__}
+        prov = {"base": job.base, "aligned": [f"{m}:{s}" for s, m in zip(specs, methods)] + list(job.route),
+                **sopts.__dict__}
         path = write_report(records, summary, job.report, prov)
         print(f"alignkit shift: report written to {path}", file=sys.stderr)
     if job.json:

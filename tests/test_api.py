@@ -1,0 +1,149 @@
+"""The public Python API end to end, as a notebook would use it, on tiny models (and once on the embedded Gemma):
+load under each method, chat, generate (in memory and resumable into a file), shift -> a DataFrame and the CLI's
+summary, evaluate two contestants judge-free -> a table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import alignkit as ak
+from alignkit.analysis.result import POSITION_COLUMNS
+from alignkit.errors import InputError
+
+QUESTIONS = ["Name a colour.", "Tell me a fact", "The quick brown"]
+
+
+@pytest.fixture(scope="module")
+def short_template(tmp_path_factory):
+    p = tmp_path_factory.mktemp("tpl") / "t.yaml"
+    p.write_text("id: short\npreamble: Be kind.\nexamples:\n  - query: Hi\n    answer: Hello!\n")
+    return str(p)
+
+
+def test_load_under_each_method_and_chat(tiny_dir, short_template):
+    base, aligned = str(tiny_dir["base"]), str(tiny_dir["aligned"])
+    res = ak.resources()
+    models = {
+        "urial": ak.load(base, method="urial", template=short_template, resources=res),
+        "template": ak.load(aligned, method="template", resources=res),
+        "none": ak.load(base, method="none", resources=res),
+        "auto": ak.load(aligned, method="auto", resources=res),
+        "bare": ak.load(base, resources=res),
+    }
+    for name, m in models.items():
+        assert isinstance(m, ak.LanguageModel), name
+        text = ak.chat(m, "Name a colour.", max_new_tokens=5) if name != "bare" else m.generate(
+            ["Name a colour."], ak.GenerationConfig(max_new_tokens=5))[0].text
+        assert isinstance(text, str)
+    assert models["urial"].tree.to_dict() == {"urial": {"template": short_template, "model": base}}
+    with pytest.raises(InputError, match="need method"):
+        ak.load(base, k=3)
+    with pytest.raises(InputError, match="one model slot"):
+        ak.load(base, method="dera", lam=0.5)
+    with pytest.raises(InputError, match="unknown node kind"):
+        ak.load({"sharpen": {"model": base}})
+
+
+def test_generate_in_memory_and_into_a_resumable_file(tiny_dir, tmp_path):
+    model = ak.load(str(tiny_dir["aligned"]), method="template")
+    rows = ak.generate(model, QUESTIONS, max_new_tokens=5, temperature=0.7, seed=3)
+    assert [r["prompt"] for r in rows] == QUESTIONS and all("output" in r and "usage" in r for r in rows)
+    assert rows[0]["provenance"]["tree"] == {"template": {"model": str(tiny_dir["aligned"])}}
+    out = tmp_path / "out.jsonl"
+    first = ak.generate(model, QUESTIONS[:2], output=out, max_new_tokens=5, temperature=0.7, seed=3)
+    again = ak.generate(model, QUESTIONS, output=out, resume=True, max_new_tokens=5, temperature=0.7, seed=3)
+    assert len(out.read_text().splitlines()) == 3 and len(again) == 3
+    # a record's seed is its place in the input: the same text however the run was split
+    assert [r["output"] for r in again] == [r["output"] for r in rows] and first[0]["output"] == rows[0]["output"]
+    with pytest.raises(InputError, match="already has records"):
+        ak.generate(model, QUESTIONS, output=out, max_new_tokens=5)
+    with pytest.raises(InputError, match="unknown decoding option"):
+        ak.generate(model, QUESTIONS, max_tokens=5)
+
+
+def test_the_same_records_as_the_command_line(tiny_dir, tmp_path):
+    from alignkit.cli.main import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"q{i}", "prompt": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    cli_out, api_out = tmp_path / "cli.jsonl", tmp_path / "api.jsonl"
+    assert main(["generate", "--model", str(tiny_dir["aligned"]), "--method", "template", "--input", str(inp),
+                 "--output", str(cli_out), "--max-new-tokens", "6", "--temperature", "0.8", "--seed", "5",
+                 "--quiet"]) == 0
+    ak.generate(ak.load(str(tiny_dir["aligned"]), method="template"), str(inp), output=api_out, max_new_tokens=6,
+                temperature=0.8, seed=5)
+    strip = lambda r: {k: v for k, v in r.items() if k != "provenance"}  # noqa: E731
+    cli = [json.loads(x) for x in cli_out.read_text().splitlines()]
+    api = [json.loads(x) for x in api_out.read_text().splitlines()]
+    assert [strip(r) for r in cli] == [strip(r) for r in api]
+    assert cli[0]["provenance"]["tree"] == api[0]["provenance"]["tree"]
+
+
+def test_shift_gives_a_dataframe_and_the_clis_summary(tiny_dir, tmp_path, capsys):
+    from alignkit.cli.main import main
+
+    base, aligned = str(tiny_dir["base"]), str(tiny_dir["aligned"])
+    result = ak.shift(base, ak.load(aligned, method="template"), prompts=QUESTIONS, ids=["a", "b", "c"],
+                      max_new_tokens=8, batch_size=2)
+    df = result.positions()
+    assert list(df.columns) == list(POSITION_COLUMNS) and len(df) == sum(len(r["positions"]) for r in result.records)
+    assert set(df["category"]) <= {"unshifted", "marginal", "shifted"}
+    assert set(df["token_class"]) <= {"markup", "function", "content"}
+    assert (df["base_rank"] >= 0).all() and df["kl"].notna().all()
+    (label, s), = result.summary.items()
+    assert label == f"template:{aligned}"
+    assert s["unshifted"] + s["marginal"] + s["shifted"] == pytest.approx(1)
+    assert set(result.tokens().columns) == {"aligned", "token", "count"}
+    html = result.to_html(tmp_path / "r" / "shift.html")
+    assert html.is_file() and "<html" in result._repr_html_().lower()
+    # the command line on the same input prints the same summary
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "instruction": q}) + "\n" for i, q in zip("abc", QUESTIONS)))
+    capsys.readouterr()
+    assert main(["shift", "--base", base, "--aligned", aligned, "--aligned-method", "template", "--input", str(inp),
+                 "--output", str(tmp_path / "s.jsonl"), "--json", "--max-new-tokens", "8", "--batch-size", "2",
+                 "--quiet"]) == 0
+    cli = json.loads(capsys.readouterr().out)[label]
+    assert cli == json.loads(json.dumps({k: v for k, v in s.items() if k != "curves"}))
+    # answers given instead of generated; a model compared with itself, seeing the same text, diverges nowhere
+    same = ak.shift(base, base, prompts=QUESTIONS, answers=[" red", " the sea is wet", " fox"], context="raw")
+    positions = same.positions()
+    assert len(positions) >= 3 and positions["kl"].abs().max() < 1e-6
+    assert (positions["base_rank"] == positions["aligned_rank"]).all()
+    with pytest.raises(InputError, match="3 prompts but 1 answers"):
+        ak.shift(base, base, prompts=QUESTIONS, answers=["x"])
+    with pytest.raises(InputError, match="unknown key"):
+        ak.shift(base, base, prompts=QUESTIONS, colour="red")
+
+
+def test_evaluate_two_contestants_judge_free(tiny_dir, short_template, tmp_path):
+    base = str(tiny_dir["base"])
+    inst = tmp_path / "inst.jsonl"
+    inst.write_text("".join(json.dumps({"id": f"i{k}", "instruction": q, "type": "t", "topic": "x", "safety": False})
+                            + "\n" for k, q in enumerate(QUESTIONS)))
+    report = ak.evaluate({"urial": ak.load(base, method="urial", template=short_template),
+                          "raw": {"none": {"model": base}}},
+                         instructions=str(inst), output=tmp_path / "eval", max_new_tokens=5)
+    table = report.table()
+    assert set(table.index) == {"urial", "raw"}
+    assert len(report.records["urial"]) == 3 and (tmp_path / "eval" / "report.html").is_file()
+    prov = json.loads((tmp_path / "eval" / "report.json").read_text())["provenance"]["contestants"]
+    assert {c["name"]: c["route"] for c in prov}["raw"] == {"none": {"model": base}}
+    with pytest.raises(InputError, match="at least one contestant"):
+        ak.evaluate({})
+
+
+def test_the_public_api_on_the_embedded_gemma(gemma, tmp_path):
+    """Once for real: the embedded base aligned in context answers, and ak.shift measures it against itself raw."""
+    res = ak.resources()
+    res.models.models["gemma-3-270m"] = gemma  # the session's copy, not a second load
+    chat = ak.load("gemma-3-270m", method="urial", resources=res)
+    answer = ak.chat(chat, "What is the capital of France?", max_new_tokens=24)
+    assert "Paris" in answer
+    result = ak.shift(gemma, chat, prompts=["What is the capital of France?"], answers=[answer], context="urial",
+                      resources=res)
+    df = result.positions()
+    assert len(df) >= 2 and (df["category"] == "unshifted").mean() > 0.5
+    assert set(df["aligned"]) == {"urial:gemma-3-270m"}
