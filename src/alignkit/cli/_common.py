@@ -180,12 +180,18 @@ def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextI
             print(f"===== prompt{(' ' + label) if label else ''} stage {i}: {label_i} =====", file=out)
             print(text, end="" if text.endswith("\n") else "\n", file=out)
         return
+    from alignkit.methods.base import MethodModel, prepared_for_backend
+    from alignkit.models.base import children
+
     prepared = model.prepare(prompt, config)
     stops = tuple(dict.fromkeys(config.stop + prepared.stop))
-    sides = [("", model)] if hasattr(model, "base") else [(" aligned side", model.aligned), (" reference side", model.ref)]
-    for side, m in sides:  # DeRa shows what each of its two models sees
-        rendered = m.base.render(m.prepare(prompt, config).prompt) if hasattr(m, "base") else m.render(prompt)
-        extra = f", lambda {model.lam}" if side else ""
+    # a method shows what the model under it sees; a node that is not a method (DeRa) shows each of its sides
+    sides = [("", model)] if isinstance(model, MethodModel) else [
+        (f" {'reference' if slot == 'ref' else slot} side", m) for slot, m in children(model)]
+    for side, m in sides:
+        backend, seen, _, _ = prepared_for_backend(m, prompt, config)
+        rendered = backend.render(seen)
+        extra = f", lambda {model.lam}" if getattr(model, "lam", None) is not None else ""
         print(f"===== prompt{(' ' + label) if label else ''}{side} ({model.method}{extra}) =====", file=out)
         print(rendered, end="" if rendered.endswith("\n") else "\n", file=out)
     print("===== stop strings =====", file=out)

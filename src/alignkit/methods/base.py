@@ -142,6 +142,22 @@ class MethodModel(ABC):
         raise AttributeError(name)
 
 
+def prepared_for_backend(model: Any, prompt: Prompt, config: GenerationConfig | None = None
+                         ) -> tuple[Any, Prompt, tuple[str, ...], dict[str, Any] | None]:
+    """What the model under a chain of methods sees for one prompt: ``(that model, its prompt, the stop strings the
+    methods add, their meta)``. A route's earlier stages run here (a rewriter rewrites first). The chain ends at the
+    first node that is not a method (a backend, or DeRa, which prepares each of its sides itself)."""
+    config = config or GenerationConfig()
+    stops: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
+    while isinstance(model, MethodModel):
+        prepared = model.prepare_batch([prompt], [config])[0]
+        prompt, stops = prepared.prompt, stops + prepared.stop
+        meta = {**(prepared.meta or {}), **(meta or {})} or None
+        model = model.base
+    return model, prompt, stops, meta
+
+
 class StreamCleaner:
     """Streams cleaned text: shows only the part of the raw output that cleaning can no longer change,
     and at the end the rest of the cleaned text. ``hold(text)`` is how much of ``text`` is safe to show;

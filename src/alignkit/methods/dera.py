@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from alignkit.errors import CapabilityError, InputError
-from alignkit.methods.base import MethodModel
+from alignkit.methods.base import MethodModel, prepared_for_backend
 from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
@@ -109,14 +109,8 @@ class DeRa:
     def _side(self, model: Any, prompt: Prompt, config: GenerationConfig):
         """Token ids one side's model sees for ``prompt``, its stop strings and meta, through every layer of
         method wrapping (a route's earlier stages run here: a rewriter rewrites the prompt first)."""
-        stops: tuple[str, ...] = ()
-        meta: dict[str, Any] | None = None
-        while isinstance(model, MethodModel):
-            prepared = model.prepare_batch([prompt], [config])[0]
-            prompt, stops = prepared.prompt, stops + prepared.stop
-            meta = {**(prepared.meta or {}), **(meta or {})} or None
-            model = model.base
-        return model.encode_prompt(prompt), stops, meta
+        backend, prompt, stops, meta = prepared_for_backend(model, prompt, config)
+        return backend.encode_prompt(prompt), stops, meta
 
     def prepare(self, prompt: Prompt, config: GenerationConfig):
         from alignkit.methods.base import Prepared

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from alignkit.errors import AlignkitError, InputError
-from alignkit.methods.base import MethodModel, Prepared, StreamCleaner
+from alignkit.methods.base import MethodModel, Prepared, StreamCleaner, prepared_for_backend
 from alignkit.types import Completion, GenerationConfig, Message, Prompt
 
 
@@ -369,9 +369,8 @@ def inner_prompts(model: Any, prompt: Prompt, config: GenerationConfig) -> list[
     if hasattr(model, "stage_prompts"):
         return model.stage_prompts(prompt, config)
     label = f"{getattr(model, 'method', model.backend)} {model.spec}"
-    if isinstance(model, MethodModel):
-        return [(label, model.base.render(model.prepare_batch([prompt], [config])[0].prompt))]
-    return [(label, model.render(prompt))]
+    backend, seen, _, _ = prepared_for_backend(model, prompt, config)
+    return [(label, backend.render(seen))]
 
 
 def _route_info(model: Any) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from alignkit.errors import AlignkitError, ContextLengthError
 from alignkit.methods import recommended_repetition_penalty
-from alignkit.models.base import backend_models
+from alignkit.models.base import answering_backend, backend_models
 from alignkit.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -285,17 +285,14 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
 def _tokens(model: Any, prompt: Any, add_special: bool) -> list[int]:
     """The ids the served model reads for ``prompt``: a chat as the route prepares it for the model under it
     (template, in-context preamble; a rewriter stage runs), then that model's own tokenisation; text as given."""
-    from alignkit.methods.base import MethodModel
+    from alignkit.methods.base import prepared_for_backend
 
     try:
         if isinstance(prompt, str):
             ids = list(model.encode(prompt))
             bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
             return ([bos] + ids) if add_special and bos is not None and (not ids or ids[0] != bos) else ids
-        inner = model
-        while isinstance(inner, MethodModel):
-            prompt = inner.prepare_batch([prompt], [GenerationConfig()])[0].prompt
-            inner = inner.base
+        inner, prompt, _, _ = prepared_for_backend(model, prompt)
         if not hasattr(inner, "encode_prompt"):
             raise APIError(400, "this model cannot tokenize here (no local tokenizer)")
         return list(inner.encode_prompt(prompt))
@@ -374,14 +371,11 @@ async def _parse(request: Request, cls, limits: Limits):
 
 def _count(model: Any, prompt: Any, max_tokens: int) -> int | None:
     """Tokens of the prompt as the model will see it (None if the model cannot count)."""
-    from alignkit.methods.base import MethodModel
+    from alignkit.methods.base import prepared_for_backend
 
     try:
-        if isinstance(model, MethodModel):
-            prepared = model.prepare(prompt, GenerationConfig(max_new_tokens=max_tokens))
-            base = model.base
-            return base.count_tokens(prepared.prompt) if hasattr(base, "count_tokens") else None
-        return model.count_tokens(prompt) if hasattr(model, "count_tokens") else None
+        inner, prompt, _, _ = prepared_for_backend(model, prompt, GenerationConfig(max_new_tokens=max_tokens))
+        return inner.count_tokens(prompt) if hasattr(inner, "count_tokens") else None
     except ContextLengthError as e:
         raise APIError(400, str(e), code="context_length_exceeded") from None
     except AlignkitError as e:
@@ -400,19 +394,10 @@ def _usage(comps, n: int = 1) -> dict[str, int]:
 
 
 def _can_constrain(model: Any) -> bool:
-    """Whether the token loop under this route can enforce a structured-output constraint."""
-    seen = 0
-    while seen < 16:
-        seen += 1
-        for attr in ("aligned_inner", "corrector", "base"):
-            inner = getattr(model, attr, None)
-            if inner is not None and inner is not model:
-                model = inner
-                break
-        else:
-            break
-    engine = getattr(model, "engine", None)
-    return getattr(engine, "grammar_tokenizer", None) is not None
+    """Whether this route declares it enforces structured output and the token loop of the model that writes its
+    answers can build the grammar."""
+    engine = getattr(answering_backend(model), "engine", None)
+    return bool(model.capabilities.constraints) and getattr(engine, "grammar_tokenizer", None) is not None
 
 
 def _strip_bos(model: Any, ids: list[int]) -> list[int]:
