@@ -34,10 +34,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from alignkit import GenerationConfig
+    from alignkit.api import open_scorer
     from alignkit.methods import MethodOptions, apply_method
     from alignkit.methods.best_of_n import BestOfN
     from alignkit.models.registry import ModelPool
-    from alignkit.api import open_scorer
     from alignkit.training.reward_model import RewardModelScorer
 
     held = [json.loads(x)["prompt"] for x in (Path(__file__).parent.parent / "examples" / "heldout-20.jsonl")

@@ -160,6 +160,6 @@ def test_the_contract_catches_what_it_forbids(tmp_path, monkeypatch):
 
 
 def test_importing_alignkit_imports_no_heavy_library():
-    code = ("import sys, alignkit; heavy = %r; print(sorted(m for m in heavy if m in sys.modules))" % (HEAVY,))
+    code = f"import sys, alignkit; heavy = {HEAVY!r}; print(sorted(m for m in heavy if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

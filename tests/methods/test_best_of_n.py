@@ -225,8 +225,8 @@ def test_best_of_n_as_an_eval_contestant(tiny_dir, tmp_path):
 def test_a_rewriter_best_of_n_and_a_corrector_are_one_route(tiny_dir, tmp_path):
     """rewriter -> best of N answers of the model -> corrector: every stage's record, in order, and the corrector
     corrects the chosen answer."""
-    from alignkit.methods.routes import AnswerCorrector, PromptRewriter
     from alignkit.api import resources
+    from alignkit.methods.routes import AnswerCorrector, PromptRewriter
 
     rewrite = tmp_path / "rw.yaml"
     rewrite.write_text('id: t-rewrite\nstage: rewrite\nmethod: none\ntemplate: "Improve: {prompt}\\nBetter:"\n'
@@ -259,8 +259,8 @@ def test_n_without_a_scorer_is_refused(tiny_base):
 
 def test_best_of_n_around_dera(tiny_dir):
     """`--method dera --scorer S --n 2`: best-of-N chooses among DeRa's samples (the sides are plain models)."""
-    from alignkit.methods.dera import DeRa
     from alignkit.api import resources
+    from alignkit.methods.dera import DeRa
 
     pool = resources()
     model = apply_method(pool(str(tiny_dir["aligned"])), MethodOptions(

@@ -195,7 +195,9 @@ def test_errors_while_building_name_the_stage(tiny_dir):
 def test_a_node_is_a_frozen_value():
     n = ak.node("urial", model="m", k=0)
     assert isinstance(n, Node) and n == parse({"urial": {"model": "m", "k": 0}})
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         n.kind = "none"  # type: ignore[misc]
 
 

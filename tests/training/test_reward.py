@@ -150,10 +150,10 @@ def test_judge_scorer_means_the_aspects_and_never_guesses():
 
 def test_geval_is_the_expected_digit_under_the_judge(tiny_dir):
     from alignkit import load_model
-    from alignkit.evaluation.judge import load_rubric
-    from alignkit.methods import MethodOptions, apply_method
     from alignkit.api import open_scorer
+    from alignkit.evaluation.judge import load_rubric
     from alignkit.evaluation.scorers import ExpectedScoreJudge
+    from alignkit.methods import MethodOptions, apply_method
 
     scorer = open_scorer(f"geval:{tiny_dir['judge']}")
     assert isinstance(scorer, ExpectedScoreJudge)

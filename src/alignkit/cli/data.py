@@ -293,8 +293,8 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 def _ranked_pairs(args: argparse.Namespace, values: dict, job: PairsJob, decoding: Decoding, options: ModelOptions,
                   records: list[dict]) -> int:
-    from alignkit.models.registry import ModelPool
     from alignkit.api import open_scorer
+    from alignkit.models.registry import ModelPool
     from alignkit.scoring import parse_spec
     from alignkit.training.synth import synthesize_ranked_pairs
 

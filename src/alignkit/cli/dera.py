@@ -84,12 +84,12 @@ def _lams(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from alignkit.cli._common import log_warnings_to_stderr
-    from alignkit.records import parse_records, record_prompt
     from alignkit.evaluation.cheap import answer_metrics
     from alignkit.io import JsonlAppender, written_ids
     from alignkit.methods import MethodOptions, dera_sides, recommended_repetition_penalty
     from alignkit.methods.dera import DeRa
     from alignkit.models.registry import ModelPool
+    from alignkit.records import parse_records, record_prompt
     from alignkit.types import GenerationConfig
 
     log_warnings_to_stderr()
@@ -155,9 +155,9 @@ def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, args) -> dict[str,
     """Score and KL of one lambda's answers, kept per id in ``lam-X.scores.jsonl`` (resumable), and their means on
     the validation and test splits."""
     from alignkit.io import JsonlAppender
+    from alignkit.records import record_prompt
     from alignkit.scoring import score_records
     from alignkit.training.reward import held_out
-    from alignkit.records import record_prompt
 
     recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     spath = path.with_suffix(".scores.jsonl")

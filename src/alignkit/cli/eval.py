@@ -33,8 +33,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignkit.cli._common import log_warnings_to_stderr
     from alignkit.api import resources
+    from alignkit.cli._common import log_warnings_to_stderr
     from alignkit.evaluation.harness import EvalConfig, Harness
     from alignkit.models.registry import ModelPool
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 from alignkit.cli._common import (
     Decoding,
     RouteFile,
-    given_options,
     Sharding,
     add_quiet,
+    given_options,
     open_model,
     progress_for,
     show_prompt,
@@ -23,10 +22,10 @@ from alignkit.cli._config import add_dataclass_arguments, build, load_config_fil
 from alignkit.errors import InputError
 from alignkit.generation import generate_records
 from alignkit.io import nonempty, written_ids
-from alignkit.records import parse_records, record_prompt
 from alignkit.methods import MethodOptions
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions
+from alignkit.records import parse_records, record_prompt
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from alignkit.version import __version__
 from alignkit.errors import AlignkitError
+from alignkit.version import __version__
 
 #: subcommand -> module (imported lazily so `alignkit --help` stays fast and torch-free)
 COMMANDS = {

@@ -124,8 +124,8 @@ def parse_route(text: str) -> tuple[str, str | None, Any]:
 def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptions) -> list[tuple[str, Any]]:
     """Every route of ``--route``, all loaded through one pool: a model spec several routes use is loaded once, and
     an adapter folder is a view of its base already loaded (one copy of the weights, adapters switched per call)."""
-    from alignkit.errors import InputError
     from alignkit.api import resources
+    from alignkit.errors import InputError
     from alignkit.methods import apply_method
     from alignkit.methods.tree import build
     from alignkit.models.registry import SharedPool

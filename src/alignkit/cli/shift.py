@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignkit.cli._common import Sharding, log_warnings_to_stderr, add_quiet, progress_for, start_shard
+from alignkit.cli._common import Sharding, add_quiet, log_warnings_to_stderr, progress_for, start_shard
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.io import JsonlAppender, complete_records, nonempty

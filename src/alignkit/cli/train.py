@@ -103,9 +103,8 @@ def _run(args: argparse.Namespace) -> int:
 
         run_preference(job, recipe, tuning, args.kind)
     elif args._runner == "online":
-        from alignkit.training.online import run_online
-
         from alignkit.api import open_scorer
+        from alignkit.training.online import run_online
 
         run_online(job, recipe, tuning, args.algorithm, open_scorer=open_scorer)
     elif args._runner == "reward":

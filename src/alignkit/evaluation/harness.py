@@ -4,7 +4,6 @@ all on one footing; a report compares them. Every step appends to JSONL and resu
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -19,6 +19,7 @@ from alignkit.errors import InputError
 from alignkit.scoring import Score, Scorer, check_lengths, request_text
 from alignkit.types import Prompt
 
+
 class JudgeScorer(Scorer):
     """An LLM judge with a score rubric; the score is the mean of its aspects (all must be readable)."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from alignkit.errors import InputError
 from alignkit.methods import nodes as _nodes  # noqa: F401 -- registers the node kinds
-from alignkit.methods.tree import Node, Resources, build, node
+from alignkit.methods.tree import Node, Resources, build, node  # noqa: F401 -- Resources: the loader type callers pass
 
 METHODS = ("urial", "template", "none", "auto", "dera", "best-of-n")
 SIDE_METHODS = ("urial", "template", "none", "auto")

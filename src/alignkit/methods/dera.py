@@ -26,9 +26,9 @@ from alignkit.methods.base import MethodModel, prepared_for_backend
 from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
-    answering_backend,
     PositionReducer,
     SteppingModel,
+    answering_backend,
     configs_for,
     lockstep,
     run_stream_to_completions,

@@ -398,7 +398,8 @@ def _stage_child(children: dict[str, Any], slot: str, stage: str, node: Any, lay
                  resources: Any) -> tuple[Any, Layout]:
     """A stage's model and its layout. The layout is chosen from the model itself (the one under any method
     wrapping: its trained layout or published checkpoint); a bare model is asked in its layout's method."""
-    from alignkit.methods.tree import build, is_bare, node as make_node
+    from alignkit.methods.tree import build, is_bare
+    from alignkit.methods.tree import node as make_node
     from alignkit.models.base import answering_backend
 
     model = children[slot]

@@ -25,7 +25,7 @@ from alignkit.models.kvcache import (
     merge_left_padded,
     new_cache,
 )
-from alignkit.models.token_loop import Admit, TokenLoop, Row  # noqa: F401 - Row: re-exported
+from alignkit.models.token_loop import Admit, Row, TokenLoop  # noqa: F401 - Row: re-exported
 from alignkit.types import GenerationConfig, StreamEvent
 
 

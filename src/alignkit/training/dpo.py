@@ -19,7 +19,7 @@ from typing import Any
 from alignkit.errors import InputError
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.training import common, data
-from alignkit.training.format import PromptFormat, urial_preamble, check_format, render_urial
+from alignkit.training.format import PromptFormat, check_format, render_urial, urial_preamble
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")

@@ -37,7 +37,7 @@ class OnlineJob(Start):
 def prompt_rows(records: list[dict[str, Any]], fmt: Any) -> list[dict[str, Any]]:
     """TRL rows: the rendered prompt (urial layout: preamble and an opened answer block) or the conversation
     (chat templates), plus the original request for the scorer."""
-    from alignkit.training.format import urial_preamble, render_urial
+    from alignkit.training.format import render_urial, urial_preamble
 
     preamble = urial_preamble(fmt.template) if fmt.name == "urial" else ""
     rows = []

@@ -17,6 +17,7 @@ from alignkit.errors import InputError, ModelLoadError
 from alignkit.scoring import Score, Scorer, check_lengths, messages_of
 from alignkit.types import Prompt
 
+
 @dataclass(frozen=True)
 class RewardLayout:
     """How (conversation, answer) is laid out for a reward model: ``urial`` (the in-context layout of a K=0
@@ -49,7 +50,7 @@ def reward_ids(messages: Sequence[dict[str, str]], answer: str, layout: RewardLa
         question = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
         ids = list(tokenizer(question, answer.strip())["input_ids"])
     elif layout.name == "urial":
-        from alignkit.training.format import urial_preamble, render_urial
+        from alignkit.training.format import render_urial, urial_preamble
 
         text = render_urial(msgs, urial_preamble(layout.template))[0].text
         ids = list(tokenizer(text)["input_ids"])
