@@ -237,7 +237,7 @@ class DeRa:
             kl = (mixed.exp() * (mixed - cr.logprobs)).sum(-1).clamp(min=0.0)
             out[ca.index][0] += float(kl.double().sum())
             out[ca.index][1] += int(kl.shape[0])
-        return [(k, n) for k, n in out]
+        return [(k, int(n)) for k, n in out]
 
     def score(self, prompts: Sequence[Prompt], continuations, *, top_k: int = 0,
               reduce: PositionReducer | None = None) -> list[TokenScores]:

@@ -336,7 +336,7 @@ def logprob_blocks(logits: torch.Tensor, index: int, start: int, targets: torch.
 def lockstep(*streams: Iterator[LogprobChunk]) -> Iterator[tuple[LogprobChunk, ...]]:
     """Zip chunk streams of several models over the same inputs, checking they stay in step, and run every
     stream to its end (a stream left suspended would keep its model's lock until garbage collection)."""
-    sentinel = object()
+    sentinel: Any = object()
     iters = [iter(s) for s in streams]
     while True:
         items = [next(it, sentinel) for it in iters]

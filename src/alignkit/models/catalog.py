@@ -132,7 +132,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"could not read GGUF file {str(gguf)!r}: {str(e).splitlines()[0]}") from e
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 -- transformers types it as a quantizer, None unsets it
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ class HFModel:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,  # a transformers PreTrainedModel (or a PEFT model around one)
         tokenizer: Any,
         *,
         spec: str,
@@ -78,7 +78,8 @@ class HFModel:
         self._lock = threading.RLock()
         self.trained_format: dict[str, Any] | None = None
         """Set for models trained by alignkit: the method and template they were trained to be prompted with."""
-        self._causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # a transformers PreTrainedModel (a PEFT model's base): its methods are not in torch.nn.Module's type
+        self._causal_lm: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
         cfg = self._causal_lm.config
         self._softcap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
         self.capabilities = Capabilities(
@@ -93,7 +94,7 @@ class HFModel:
             constraints=True,
             continuous_batching=True,
         )
-        eos = set()
+        eos: set[int] = set()
         for src in (getattr(model, "generation_config", None), tokenizer):
             e = getattr(src, "eos_token_id", None)
             eos.update(e if isinstance(e, (list, tuple)) else ([e] if e is not None else []))
@@ -434,7 +435,7 @@ def load_hf(
         tok_source = adapter_tokenizer_source(adapter)
         tokenizer = (AutoTokenizer.from_pretrained(tok_source) if tok_source
                      else AutoTokenizer.from_pretrained(source, **kwargs))
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         where = f"{source}/{gguf_file}" if gguf_file else source
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -13,6 +13,7 @@ window by position, which keeps left-padded batches exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -43,21 +44,30 @@ class GrowableLayer(DynamicLayer):
         kbuf = key_states.new_empty((b, h, new_cap, dk))
         vbuf = value_states.new_empty((b, h, new_cap, dv))
         if self._len:
-            kbuf[:, :, : self._len] = self._kbuf[:, :, : self._len]
-            vbuf[:, :, : self._len] = self._vbuf[:, :, : self._len]
+            k, v = self._buffers()
+            kbuf[:, :, : self._len] = k[:, :, : self._len]
+            vbuf[:, :, : self._len] = v[:, :, : self._len]
         self._kbuf, self._vbuf = kbuf, vbuf
 
+    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value buffers (a layer that holds something has both)."""
+        if self._kbuf is None or self._vbuf is None:
+            raise RuntimeError("cache layer read before anything was stored in it")
+        return self._kbuf, self._vbuf
+
     def _refresh_views(self) -> None:
-        self.keys = self._kbuf[:, :, : self._len]
-        self.values = self._vbuf[:, :, : self._len]
+        k, v = self._buffers()
+        self.keys = k[:, :, : self._len]
+        self.values = v[:, :, : self._len]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
         self._reserve(key_states, value_states, self._len + n)
-        self._kbuf[:, :, self._len : self._len + n] = key_states
-        self._vbuf[:, :, self._len : self._len + n] = value_states
+        k, v = self._buffers()
+        k[:, :, self._len : self._len + n] = key_states
+        v[:, :, self._len : self._len + n] = value_states
         self._len += n
         self._refresh_views()
         return self.keys, self.values
@@ -68,8 +78,9 @@ class GrowableLayer(DynamicLayer):
         self._kbuf = self._vbuf = None
         self._len = 0
         self._reserve(keys, values, keys.shape[-2] + extra_capacity)
-        self._kbuf[:, :, : keys.shape[-2]] = keys
-        self._vbuf[:, :, : values.shape[-2]] = values
+        k, v = self._buffers()
+        k[:, :, : keys.shape[-2]] = keys
+        v[:, :, : values.shape[-2]] = values
         self._len = keys.shape[-2]
         self._refresh_views()
 
@@ -88,23 +99,23 @@ class GrowableLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self._kbuf is not None:
-            self._kbuf = self._kbuf[indices]
-            self._vbuf = self._vbuf[indices]
+            k, v = self._buffers()
+            self._kbuf, self._vbuf = k[indices], v[indices]
             self._refresh_views()
 
     def select(self, indices: torch.Tensor, start: int) -> None:
         """Keep the rows ``indices`` and drop the first ``start`` positions (padding no kept row uses), in one
         copy: what a finished request leaves behind in a continuous batch is freed."""
         if self._kbuf is not None:
-            self._kbuf = self._kbuf[indices, :, start:]
-            self._vbuf = self._vbuf[indices, :, start:]
+            k, v = self._buffers()
+            self._kbuf, self._vbuf = k[indices, :, start:], v[indices, :, start:]
             self._len -= start
             self._refresh_views()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self._kbuf is not None:
-            self._kbuf = self._kbuf.repeat_interleave(repeats, dim=0)
-            self._vbuf = self._vbuf.repeat_interleave(repeats, dim=0)
+            k, v = self._buffers()
+            self._kbuf, self._vbuf = k.repeat_interleave(repeats, dim=0), v.repeat_interleave(repeats, dim=0)
             self._refresh_views()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -133,7 +144,8 @@ class GrowableSlidingLayer(GrowableLayer):
         super().update(key_states, value_states)
         visible = min(self._len - q, self.sliding_window - 1) + q
         start = self._len - visible
-        return self._kbuf[:, :, start : self._len], self._vbuf[:, :, start : self._len]
+        k, v = self._buffers()
+        return k[:, :, start : self._len], v[:, :, start : self._len]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         kv_offset = max(self._len - self.sliding_window + 1, 0)
@@ -168,7 +180,7 @@ def cache_from_layers(
     kv: Sequence[tuple[torch.Tensor, torch.Tensor]], extra_capacity: int = 0, windows: LayerWindows = None
 ) -> Cache:
     """A cache holding copies of the given per-layer ``(keys, values)``."""
-    layers = []
+    layers: list[Any] = []  # Cache(layers=) takes a list of a union of layer types (list is invariant)
     for i, (k, v) in enumerate(kv):
         layer = _layer(windows[i] if windows else None)
         layer.load(k, v, extra_capacity)
@@ -178,7 +190,7 @@ def cache_from_layers(
 
 def cache_layers(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The per-layer ``(keys, values)`` views of a cache."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr,misc]
 
 
 def merge_left_padded(
@@ -191,7 +203,7 @@ def merge_left_padded(
     width = max(lengths)
     pads = [width - n for n in lengths]
     sizes = [part[0][0].shape[0] for part in parts]
-    layers = []
+    layers: list[Any] = []  # Cache(layers=) takes a list of a union of layer types (list is invariant)
     for li in range(len(parts[0])):
         k0, v0 = parts[0][li]
         # uninitialised, then written: the rows, and zeros in the padding only (masked, but must be finite);

@@ -151,7 +151,7 @@ class OpenAIModel:
             params["seed"] = cfg.seed
         if cfg.stop:
             params["stop"] = list(cfg.stop)
-        extra = {}
+        extra: dict[str, Any] = {}
         if cfg.top_k:
             extra["top_k"] = cfg.top_k  # vLLM, llama.cpp server and Ollama accept these; OpenAI does not
         if cfg.repetition_penalty != 1.0:
@@ -236,9 +236,9 @@ class OpenAIModel:
         out: queue.Queue = queue.Queue()
         sem = threading.BoundedSemaphore(self.concurrency)
 
-        def gated(*args: Any) -> None:
+        def gated(i: int, p: Prompt, c: GenerationConfig, q: queue.Queue) -> None:
             with sem:
-                self._stream_one(*args, should_stop=should_stop)
+                self._stream_one(i, p, c, q, should_stop=should_stop)
 
         for i, (p, c) in enumerate(zip(prompts, configs)):
             threading.Thread(target=gated, args=(i, p, c, out), daemon=True).start()

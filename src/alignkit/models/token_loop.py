@@ -185,7 +185,8 @@ class TokenLoop:
         active = list(range(len(rows)))
         while True:
             if admit is not None:
-                rooms = [st.room for st in steppers if st.room is not None]
+                # steppers of models that take rows into a running batch have room and join (see Stepper)
+                rooms = [r for r in (getattr(st, "room", None) for st in steppers) if r is not None]
                 room = min(rooms) if rooms else None
                 joining = admit(len(active), room)
                 if room is not None and len(joining) > room:
@@ -195,7 +196,7 @@ class TokenLoop:
                     new = self.new_rows([j[0] for j in joining], [j[1] for j in joining], start=first)
                     extra = max(j[1].max_new_tokens for j in joining)
                     for k, st in enumerate(steppers):
-                        st.join([j[2][k] for j in joining], extra=extra)
+                        st.join([j[2][k] for j in joining], extra=extra)  # type: ignore[attr-defined]
                     active.extend(range(len(rows), len(rows) + len(new)))
                     rows.extend(new)
             if not active:
@@ -232,7 +233,7 @@ def queued_admit(pending: list[Any], admit: Callable[[int, int | None], Sequence
 
     def joining(running: int, room: int | None) -> list[Any]:
         limit = math.inf if room is None else room
-        out = []
+        out: list[Any] = []
         while pending and len(out) < limit:
             out.append(pending.pop(0))
         if admit is not None and not pending and len(out) < limit:
