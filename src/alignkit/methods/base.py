@@ -56,6 +56,12 @@ class MethodModel(ABC):
     def method_info(self) -> dict[str, Any]:
         return {}
 
+    @property
+    def recommended(self) -> dict[str, Any]:
+        """Decoding this model recommends (e.g. in-context alignment's repetition penalty): a method that has its
+        own says so; a route recommends what the model whose answer it delivers recommends."""
+        return dict(getattr(self.base, "recommended", None) or {})
+
     def children(self) -> list[tuple[str, Any]]:
         """The wrapped model (a node with more children lists them too, the one that writes the answer first)."""
         return [("model", self.base)]

@@ -64,7 +64,6 @@ class BestOfN(MethodModel):
             raise InputError(f"best-of-n: the sampling temperature must be > 0, got {sample_temperature!r}")
         super().__init__(base)
         self.scorer, self.n, self.sample_temperature = scorer, n, sample_temperature
-        self.recommended = getattr(base, "recommended", {})
 
     def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
         return Prepared(prompt)

@@ -173,7 +173,6 @@ class PromptRewriter(MethodModel):
     def __init__(self, base: Any, rewriter: Any, layout: Layout) -> None:
         super().__init__(base)
         self.rewriter, self.layout = rewriter, layout
-        self.recommended = getattr(base, "recommended", {})
         # a joining request would first need its rewrite, run while the batch waits: scheduled in batches
         self.capabilities = replace(base.capabilities, continuous_batching=False)
 
@@ -254,7 +253,6 @@ class AnswerCorrector(MethodModel):
         super().__init__(corrector)
         self.upstream, self.corrector, self.layout = upstream, corrector, layout
         self.spec = upstream.spec
-        self.recommended = getattr(upstream, "recommended", {})
         caps = corrector.capabilities
         # it answers what the upstream route answers; its scores are the corrector's
         # (a joining request would first need its upstream answer, run while the batch waits: scheduled in batches)
@@ -263,6 +261,10 @@ class AnswerCorrector(MethodModel):
 
     def children(self) -> list[tuple[str, Any]]:
         return [("corrector", self.corrector), ("model", self.upstream)]
+
+    @property
+    def recommended(self) -> dict[str, Any]:  # the request's decoding is for the upstream answer it corrects
+        return dict(getattr(self.upstream, "recommended", None) or {})
 
     # the corrected answer is an answer: trimmed, and cleaned by the corrector's method where it has a layout
     def _own_layout(self) -> bool:

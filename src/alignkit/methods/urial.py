@@ -129,7 +129,7 @@ class InContextAligned(MethodModel):
     method = "urial"
     #: decoding that measured best on the embedded 270M base (bench/urial_selfstop.py): a mild penalty on
     #: repeating the answer's own tokens breaks the loops small base models fall into
-    recommended = {"repetition_penalty": 1.15}
+    recommended = {"repetition_penalty": 1.15}  # its own, not its base's (overrides MethodModel.recommended)
 
     def __init__(self, base: LanguageModel, template: Template, *, selector: Any = None) -> None:
         super().__init__(base)
