@@ -147,3 +147,31 @@ def test_the_public_api_on_the_embedded_gemma(gemma, tmp_path):
     df = result.positions()
     assert len(df) >= 2 and (df["category"] == "unshifted").mean() > 0.5
     assert set(df["aligned"]) == {"urial:gemma-3-270m"}
+
+
+def test_dera_sweep_from_python_matches_the_command_line(tiny_dir, tmp_path, capsys):
+    from alignkit.cli.main import main
+
+    base, aligned = str(tiny_dir["base"]), str(tiny_dir["aligned"])
+    sweep = ak.dera_sweep(base, aligned, QUESTIONS, lams=[0, 0.5, 1], output=tmp_path / "py", aligned_method="template",
+                          max_new_tokens=5)
+    table = sweep.table()
+    assert list(table.index) == [0.0, 0.5, 1.0] and (table["answers"] == 3).all()
+    assert table.loc[0.0, "all_kl_per_token"] == pytest.approx(0.0, abs=1e-9)  # lambda 0 is the reference itself
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "prompt": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    assert main(["dera", "sweep", "--ref", base, "--aligned", aligned, "--aligned-method", "template", "--lams",
+                 "0,0.5,1", "--input", str(inp), "--output", str(tmp_path / "cli"), "--max-new-tokens", "5",
+                 "--quiet"]) == 0
+    for lam in ("0", "0.5", "1"):
+        py = [json.loads(x)["output"] for x in (tmp_path / "py" / f"lam-{lam}.jsonl").read_text().splitlines()]
+        cli = [json.loads(x)["output"] for x in (tmp_path / "cli" / f"lam-{lam}.jsonl").read_text().splitlines()]
+        assert py == cli
+    # sides given as route trees are used as they are: an in-context-aligned side the flags would also allow
+    tree_sweep = ak.dera_sweep({"none": {"model": base}}, {"template": {"model": aligned}}, QUESTIONS, lams="1",
+                               output=tmp_path / "tree", max_new_tokens=5)
+    assert tree_sweep.summary["aligned_method"] == "as given"
+    one = [json.loads(x)["output"] for x in (tmp_path / "tree" / "lam-1.jsonl").read_text().splitlines()]
+    assert one == [json.loads(x)["output"] for x in (tmp_path / "cli" / "lam-1.jsonl").read_text().splitlines()]
+    with pytest.raises(InputError, match="dera_sweep options"):
+        ak.dera_sweep(base, aligned, QUESTIONS, output=tmp_path / "x", colour="red")

@@ -9,7 +9,7 @@ Layers, bottom to top (a module may import its own layer and those below):
 2. ``scoring`` -- the scorer protocol only
 3. ``methods`` -- the nodes of a route tree and the tree itself
 4. ``analysis``, ``evaluation``, ``training`` -- each its own package: they do not import one another
-5. ``api``, ``generation`` and the package root -- the public Python API
+5. ``api``, ``generation``, ``sweep`` and the package root -- the public Python API and the jobs it runs
 6. ``server``, ``cli`` (and ``__main__``) -- thin: parse, call the API, print
 """
 
@@ -28,7 +28,7 @@ LAYERS = {
     **dict.fromkeys(("errors", "types", "io", "validate", "progress", "structured", "sharding", "records", "version",
                      "_fault"), 0),
     "models": 1, "scoring": 2, "methods": 3, "analysis": 4, "evaluation": 4, "training": 4,
-    "api": 5, "generation": 5, "": 5, "server": 6, "cli": 6, "__main__": 6,
+    "api": 5, "generation": 5, "sweep": 5, "": 5, "server": 6, "cli": 6, "__main__": 6,
 }
 #: the third-party libraries importing alignkit must not pull in
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "vllm", "llama_cpp", "sentence_transformers",
@@ -128,6 +128,64 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             strong(v)
     return out
+
+
+#: libraries a module is "heavy" for importing at its top level (directly or through alignkit modules it imports)
+LAZY_FOR = HEAVY + ("numpy", "scipy", "statsmodels", "llguidance", "rich", "httpx", "gguf", "pydantic", "jsonschema")
+
+
+def _top_level(path: Path) -> tuple[set[str], set[str]]:
+    """``(third-party roots, alignkit modules)`` a module imports at its top level (TYPE_CHECKING blocks aside)."""
+    third, internal = set(), set()
+    for st in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(st, ast.Import):
+            for a in st.names:
+                (internal if a.name.split(".")[0] == "alignkit" else third).add(a.name if a.name.startswith("alignkit")
+                                                                                  else a.name.split(".")[0])
+        elif isinstance(st, ast.ImportFrom) and not st.level:
+            base = st.module or ""
+            if base.split(".")[0] == "alignkit":
+                internal.update(f"{base}.{a.name}" for a in st.names)
+                internal.add(base)
+            else:
+                third.add(base.split(".")[0])
+    return third, internal
+
+
+def _heavy_modules() -> set[str]:
+    """alignkit modules whose import pulls in a heavy library (torch, transformers, fastapi ...)."""
+    mods = _modules()
+    tops = {m: _top_level(p) for m, p in mods.items()}
+    heavy = {m for m, (third, _) in tops.items() if third & set(LAZY_FOR)}
+    changed = True
+    while changed:  # importing a module imports what it imports, and its parent packages
+        changed = False
+        for m, (_, internal) in tops.items():
+            parents = {".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)}
+            if m not in heavy and (internal | parents) & heavy:
+                heavy.add(m)
+                changed = True
+    return heavy
+
+
+def test_imports_inside_functions_only_keep_heavy_libraries_lazy():
+    """An alignkit import inside a function is there for a reason: it reaches a module that imports a heavy
+    library, or it is in ``api.py``, which imports its layers when a function runs so that ``import alignkit``
+    stays at a handful of modules. Everything else is imported at the top of its module."""
+    mods, heavy = _modules(), _heavy_modules()
+    needless = []
+    for name, path in mods.items():
+        if name == "alignkit.api":
+            continue
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for st in ast.walk(fn):
+                if isinstance(st, ast.ImportFrom) and (st.module or "").split(".")[0] == "alignkit":
+                    targets = {f"{st.module}.{a.name}" for a in st.names} | {st.module}
+                    if not targets & heavy:
+                        needless.append(f"{name}: from {st.module} import {', '.join(a.name for a in st.names)}")
+    assert needless == []
 
 
 def test_no_import_cycles():

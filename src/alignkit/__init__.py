@@ -17,6 +17,7 @@ from __future__ import annotations
 from alignkit.api import (
     chat,
     decoding_config,
+    dera_sweep,
     evaluate,
     generate,
     load,
@@ -51,6 +52,7 @@ __all__ = [
     "TokenScores",
     "chat",
     "decoding_config",
+    "dera_sweep",
     "evaluate",
     "generate",
     "load",

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from alignkit.evaluation.result import EvalReport
     from alignkit.methods.tree import Node, Resources
     from alignkit.models.registry import ModelOptions
+    from alignkit.sweep import SweepResult
 
 ModelLike = "str | Node | Mapping[str, Any] | LanguageModel"
 
@@ -166,7 +167,7 @@ def generate(model: Any, prompts: Iterable[Prompt | Mapping[str, Any]] | str, *,
     if isinstance(prompts, (str, Path)):
         records = [r for _, r in parse_records(str(prompts), on_error)]
     else:
-        records = [_as_record(i, p) for i, p in enumerate(prompts)]
+        records = _records(prompts)
     m = model if hasattr(model, "generate") else load(model)
     cfg = decoding_config(m, config, **decoding)
     return generate_records(m, records, cfg, output=output, resume=resume, batch_size=batch_size,
@@ -187,6 +188,67 @@ def _as_record(i: int, p: Any) -> dict[str, Any]:
     if problem:
         raise InputError(f"prompt {i}: {problem}")
     return rec
+
+
+def dera_sweep(ref: Any, aligned: Any, prompts: Iterable[Prompt | Mapping[str, Any]] | str, *,
+               output: str | Path, lams: str | Sequence[float] = "0,0.25,0.5,0.75,1,1.25", ref_method: str = "none",
+               aligned_method: str = "auto", resources: Resources | None = None, progress: Any = None,
+               **options: Any) -> SweepResult:
+    """DeRa at several lambdas between ``ref`` and ``aligned``: each lambda's answers go to ``output/lam-X.jsonl``
+    (resumable), with their length, refusal, runaway and repetition rates, the exact KL to the reference and -- with
+    ``scorer=SPEC`` -- scores and a recommended lambda (``judge=SPEC`` adds judge scores). Sides given as specs are
+    prompted by ``ref_method`` / ``aligned_method`` (as ``alignkit dera sweep``); route trees or models are used as
+    they are. ``options``: the other :class:`~alignkit.sweep.SweepJob` fields (``max_new_tokens``, ``temperature``,
+    ``seed``, ``scorer``, ``validation_share``, ``kl``, ``judge`` ...)."""
+    from alignkit.methods import MethodOptions, dera_sides
+    from alignkit.methods.tree import build
+    from alignkit.sweep import SweepJob, SweepResult, run_sweep
+    from alignkit.validate import check_mapping
+
+    lam_text = lams if isinstance(lams, str) else ",".join(f"{float(x):g}" for x in lams)
+    fields_ = {"ref": _label(ref), "aligned": _label(aligned), "lams": lam_text, "output": str(output),
+               "ref_method": ref_method, "aligned_method": aligned_method, **options}
+    job = SweepJob(**check_mapping(SweepJob, fields_, what="dera_sweep options"))
+    records = _records(prompts)
+    res = resources if resources is not None else globals()["resources"]()
+    if isinstance(ref, str) and isinstance(aligned, str):
+        ref_m, aligned_m, method = dera_sides(res(aligned), res(ref), MethodOptions(
+            template=job.template, aligned_method=aligned_method, ref_method=ref_method))
+    else:
+        ref_m, aligned_m, method = build(_tree(ref), res), build(_tree(aligned), res), "as given"
+    summary = run_sweep(job, ref_m, aligned_m, records, res, labels={"aligned_method": method},
+                        progress=progress or _silent())
+    return SweepResult(summary, Path(output))
+
+
+def _label(model: Any) -> str:
+    if isinstance(model, str):
+        return model
+    if isinstance(model, Mapping):
+        import json
+
+        return json.dumps(dict(model))
+    return str(getattr(model, "tree", None) or getattr(model, "spec", model))
+
+
+def _tree(model: Any) -> Any:
+    from alignkit.methods.tree import parse
+
+    return parse(model) if isinstance(model, Mapping) else model
+
+
+def _silent() -> Any:
+    from alignkit.progress import SILENT
+
+    return SILENT
+
+
+def _records(prompts: Any) -> list[dict[str, Any]]:
+    from alignkit.records import parse_records
+
+    if isinstance(prompts, (str, Path)):
+        return [r for _, r in parse_records(str(prompts), "stop")]
+    return [_as_record(i, p) for i, p in enumerate(prompts)]
 
 
 # ----------------------------------------------------------------------------- analysis and evaluation

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignkit.errors import InputError
+from alignkit.errors import AlignkitError, InputError
 from alignkit.types import Message, Prompt, as_messages
 
 KINDS = ("reward", "judge", "geval")
@@ -107,7 +107,6 @@ def parse_spec(spec: str) -> tuple[str, str | None, str]:
 def score_records(scorer: Scorer, items: Sequence[tuple[Prompt, str]]) -> list[Score]:
     """Score (prompt, answer) pairs; a batch the scorer cannot take at once is retried one by one, and an
     item that still fails becomes a missing score with the error (one bad item does not stop a run)."""
-    from alignkit.errors import AlignkitError
 
     if not items:
         return []

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.analysis.aggregate import summarize
+from alignkit.analysis.report import write_report
 from alignkit.analysis.tokens import token_class
 
 #: the columns of :meth:`ShiftResult.positions`
@@ -56,7 +57,6 @@ class ShiftResult:
 
     def to_html(self, path: str | Path) -> Path:
         """Write the HTML report (the one ``alignkit shift --report`` writes) and return its path."""
-        from alignkit.analysis.report import write_report
 
         labels = sorted({str(r.get("aligned")) for r in self.records})
         return Path(write_report(self.records, self.summary, path, {"aligned": labels, "source": "alignkit.shift"}))

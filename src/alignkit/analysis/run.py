@@ -10,6 +10,7 @@ from typing import Any
 from alignkit.analysis.shift import Item, ShiftAnalyzer, answer_ids
 from alignkit.errors import InputError
 from alignkit.io import BadLine, complete_records, read_jsonl
+from alignkit.models.base import walk
 from alignkit.types import GenerationConfig
 
 #: (id, instruction, answer or None, extra fields)
@@ -74,7 +75,6 @@ def done_keys(path: str) -> set[tuple[str, str]]:
 def shift_label(aligned: Any, spec: str) -> str:
     """An aligned model's label in shift records: ``METHOD:SPEC`` (a route's method is its stages, ``bpo > urial``;
     DeRa's carries its lambda)."""
-    from alignkit.models.base import walk
 
     info = aligned.info()
     own = getattr(aligned, "method", aligned.backend)

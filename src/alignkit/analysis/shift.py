@@ -15,7 +15,10 @@ from typing import Any
 
 from alignkit.analysis.metrics import CATEGORIES, approx_position, exact_positions
 from alignkit.errors import CapabilityError, InputError
+from alignkit.methods.templates import load_template
+from alignkit.methods.urial import render_conversation
 from alignkit.models.base import lockstep
+from alignkit.types import Message
 
 log = logging.getLogger("alignkit")
 
@@ -45,9 +48,6 @@ def base_prompt(context: str, instruction: str, template: Any = None) -> str:
     if context == "plain":
         return f"# Query:\n{instruction.strip()}\n\n# Answer:\n"
     if context == "urial":
-        from alignkit.methods.templates import load_template
-        from alignkit.methods.urial import render_conversation
-        from alignkit.types import Message
 
         t = template or load_template()
         return render_conversation(t.preamble, t.examples, [Message("user", instruction)], t.min_fence)[0]
@@ -120,9 +120,13 @@ class ShiftAnalyzer:
         return "approx"
 
     def provenance(self) -> dict[str, Any]:
-        return {"mode": self.mode, "base_context": self.options.context, "top_k": self.options.top_k,
+        prov = {"mode": self.mode, "base_context": self.options.context, "top_k": self.options.top_k,
                 "released_kl_k": self.options.released_kl_k,
                 "base": self.base.info(), "aligned": self.aligned.info()}
+        tree = getattr(self.aligned, "tree", None)
+        if tree is not None:  # the aligned route as it ran
+            prov["aligned_tree"] = tree.to_dict()
+        return prov
 
     # ------------------------------------------------------------------ running
     def analyse(self, items: Sequence[Item]) -> Iterator[dict[str, Any]]:

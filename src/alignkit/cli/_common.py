@@ -8,10 +8,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from alignkit.api import resources
+from alignkit.errors import InputError
 from alignkit.generation import with_seed  # noqa: F401 -- re-exported for the commands
 from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
+from alignkit.methods.base import MethodModel, prepared_for_backend
+from alignkit.methods.tree import build, load_tree
+from alignkit.models.base import children
 from alignkit.models.registry import ModelOptions, ModelPool
 from alignkit.progress import Progress
+from alignkit.sharding import Shard, ShardJob
+from alignkit.structured import Constraint
 from alignkit.types import GenerationConfig, Prompt
 
 
@@ -29,7 +36,6 @@ def start_shard(sharding: Sharding, command: str, input_path: str, output: str, 
     resolved option dataclasses (shards that disagree on them do not merge)."""
     import dataclasses
 
-    from alignkit.sharding import Shard, ShardJob
 
     shard = Shard.parse(sharding.shard)
     if shard is None:
@@ -78,8 +84,6 @@ class Decoding:
         import json
         from pathlib import Path
 
-        from alignkit.errors import InputError
-        from alignkit.structured import Constraint
 
         given = [n for n, v in (("--json-schema", self.json_schema), ("--regex", self.regex),
                                 ("--choice", self.choice)) if v]
@@ -150,9 +154,6 @@ def open_model(spec: str, options: ModelOptions, method: MethodOptions, route: s
     """Load a model and wrap it in the chosen method (other models a method needs are loaded once per spec), or
     build the route tree of a ``--route`` file; ``given``: the option names the user set (flags and config keys),
     which must not also say what the route file says."""
-    from alignkit.api import resources
-    from alignkit.errors import InputError
-    from alignkit.methods.tree import build, load_tree
 
     log_warnings_to_stderr()
     pool = ModelPool(options)
@@ -180,8 +181,6 @@ def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextI
             print(f"===== prompt{(' ' + label) if label else ''} stage {i}: {label_i} =====", file=out)
             print(text, end="" if text.endswith("\n") else "\n", file=out)
         return
-    from alignkit.methods.base import MethodModel, prepared_for_backend
-    from alignkit.models.base import children
 
     prepared = model.prepare(prompt, config)
     stops = tuple(dict.fromkeys(config.stop + prepared.stop))

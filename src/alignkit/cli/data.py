@@ -9,12 +9,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignkit.api import open_scorer
+from alignkit.cli import data_routes
 from alignkit.cli._common import Decoding, Sharding, add_quiet, open_model, progress_for, start_shard
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
-from alignkit.methods import MethodOptions
+from alignkit.io import JsonlAppender
+from alignkit.methods import MethodOptions, apply_method
+from alignkit.methods.retrieval import EMBEDDER, default_embedder
 from alignkit.models.catalog import DEFAULT_MODEL
-from alignkit.models.registry import ModelOptions
+from alignkit.models.registry import ModelOptions, ModelPool
+from alignkit.records import parse_records
+from alignkit.scoring import parse_spec
+from alignkit.training import data
+from alignkit.training.synth import synthesize_answers, synthesize_pairs, synthesize_ranked_pairs
+from alignkit.types import as_messages
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,6 @@ def add_parser(sub) -> None:
         ("pairs", PairsJob, run_pairs, "synthesise preference pairs: a preferred route vs a dispreferred route",
          (Decoding, ModelOptions, Sharding)),
     ]
-    from alignkit.cli import data_routes
 
     for name, job, func_name, helptext, extra in data_routes.SPECS:
         specs.append((name, job, _route_runner(getattr(data_routes, func_name)), helptext, extra))
@@ -141,7 +149,6 @@ def _job(args: argparse.Namespace):
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from alignkit.training import data
 
     _, job = _job(args)
     loaded = data.load(job.input, job.kind)
@@ -157,8 +164,6 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_clean(args: argparse.Namespace) -> int:
-    from alignkit.io import JsonlAppender
-    from alignkit.training import data
 
     _, job = _job(args)
     if not (0 < job.near_duplicate <= 1):
@@ -192,9 +197,6 @@ def run_clean(args: argparse.Namespace) -> int:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from alignkit.io import JsonlAppender
-    from alignkit.methods.retrieval import EMBEDDER, default_embedder
-    from alignkit.training import data
 
     _, job = _job(args)
     _refuse_overwrite(job.output)
@@ -211,8 +213,6 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def _prompts(path: str) -> list[dict]:
-    from alignkit.records import parse_records
-    from alignkit.types import as_messages
 
     records = [r for _, r in parse_records(path, "stop")]
     for r in records:
@@ -224,7 +224,6 @@ def _prompts(path: str) -> list[dict]:
 
 
 def run_answers(args: argparse.Namespace) -> int:
-    from alignkit.training.synth import synthesize_answers
 
     values, job = _job(args)
     decoding: Decoding = build(Decoding, args, values)
@@ -257,7 +256,6 @@ def _shard(args: argparse.Namespace, values: dict, command: str, job: Any, recor
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    from alignkit.training.synth import synthesize_pairs
 
     values, job = _job(args)
     decoding: Decoding = build(Decoding, args, values)
@@ -273,7 +271,6 @@ def run_pairs(args: argparse.Namespace) -> int:
                                                                  template=job.chosen_template))
     rejected_spec = job.rejected_model or job.chosen_model
     if rejected_spec == job.chosen_model:  # one copy of the weights, two ways of prompting it
-        from alignkit.methods import apply_method
 
         rejected = apply_method(chosen.base, MethodOptions(method=job.rejected_method, template=job.rejected_template))
     else:
@@ -293,10 +290,6 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 def _ranked_pairs(args: argparse.Namespace, values: dict, job: PairsJob, decoding: Decoding, options: ModelOptions,
                   records: list[dict]) -> int:
-    from alignkit.api import open_scorer
-    from alignkit.models.registry import ModelPool
-    from alignkit.scoring import parse_spec
-    from alignkit.training.synth import synthesize_ranked_pairs
 
     parse_spec(job.rank_by)  # a bad spec fails before any model loads
     defaults = PairsJob.__dataclass_fields__
@@ -310,7 +303,6 @@ def _ranked_pairs(args: argparse.Namespace, values: dict, job: PairsJob, decodin
     shard, records, output, removed = _shard(args, values, "data pairs", job, records, job.removed,
                                              (decoding, options))
     pool = ModelPool(options)
-    from alignkit.methods import apply_method
 
     route = apply_method(pool(job.chosen_model), MethodOptions(method=job.chosen_method,
                                                                template=job.chosen_template), pool)

@@ -11,10 +11,17 @@ from dataclasses import dataclass, field
 from alignkit.cli._common import Decoding, open_model, progress_for
 from alignkit.cli._config import build
 from alignkit.errors import InputError
+from alignkit.io import JsonlAppender
 from alignkit.methods import MethodOptions
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions
-from alignkit.training.routes import FORMATS
+from alignkit.training.routes import (
+    FORMATS,
+    build_aligner_triples,
+    build_bpo_pairs,
+    load_preferences,
+    load_qa,
+)
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,6 @@ def _teacher(args: argparse.Namespace, values, spec: str):
 
 
 def run_convert(args: argparse.Namespace, values, job: ConvertJob) -> int:
-    from alignkit.io import JsonlAppender
-    from alignkit.training.routes import load_preferences, load_qa
 
     loaded = (load_preferences if job.kind == "prefs" else load_qa)(job.input, job.input_format)
     loaded.raise_if_problems()
@@ -111,13 +116,11 @@ def _with_teacher(args: argparse.Namespace, values, job, load, construct, comman
 
 
 def run_bpo_pairs(args: argparse.Namespace, values, job: BPOPairsJob) -> int:
-    from alignkit.training.routes import build_bpo_pairs, load_preferences
 
     return _with_teacher(args, values, job, load_preferences, build_bpo_pairs, "bpo-pairs",
                          min_overlap=job.min_overlap)
 
 
 def run_aligner_triples(args: argparse.Namespace, values, job: AlignerTriplesJob) -> int:
-    from alignkit.training.routes import build_aligner_triples, load_qa
 
     return _with_teacher(args, values, job, load_qa, build_aligner_triples, "aligner-triples")

@@ -4,54 +4,16 @@ without retraining."""
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from alignkit.cli._common import add_quiet, progress_for
+from alignkit.api import resources
+from alignkit.cli._common import add_quiet, log_warnings_to_stderr, progress_for
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
-from alignkit.errors import InputError
+from alignkit.methods import MethodOptions, dera_sides
 from alignkit.models.registry import ModelOptions
-
-
-@dataclass(frozen=True)
-class SweepJob:
-    ref: str = field(default="", metadata={
-        "help": "the reference model spec: DeRa's theory (lambda emulates KL strength beta/lambda) covers an SFT model "
-                "as reference and its DPO/RLHF version as --aligned; other pairings (a base model, the same model in "
-                "context) are a heuristic interpolation", "required": True})
-    aligned: str = field(default="", metadata={"help": "the aligned model spec", "required": True})
-    lams: str = field(default="0,0.25,0.5,0.75,1,1.25", metadata={"help": "comma-separated lambdas to try"})
-    input: str = field(default="", metadata={"help": "JSONL of records with an id and a prompt or messages", "required": True})
-    output: str = field(default="", metadata={"help": "folder for one JSONL per lambda, summary.json and sweep.png",
-                                              "required": True})
-    ref_method: str = field(default="none", metadata={"help": "how the reference model is prompted",
-                                                      "choices": ["urial", "template", "none", "auto"]})
-    aligned_method: str = field(default="auto", metadata={"help": "how the aligned model is prompted",
-                                                          "choices": ["urial", "template", "none", "auto"]})
-    template: str | None = field(default=None, metadata={"help": "template when a side uses urial"})
-    max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "most tokens per answer"})
-    temperature: float = field(default=0.0, metadata={"min": 0, "help": "sampling temperature (0: greedy)"})
-    seed: int | None = field(default=None, metadata={"help": "random seed when sampling"})
-    batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts generated together"})
-    judge: str | None = field(default=None, metadata={
-        "help": "judge model spec: adds per-lambda judge scores (multi-aspect rubric; unreadable scores are counted "
-                "as missing, never guessed)"})
-    judge_method: str = field(default="auto", metadata={"help": "how the judge is prompted",
-                                                        "choices": ["template", "none", "auto"]})
-    scorer: str | None = field(default=None, metadata={
-        "help": "rate every answer with this scorer (reward:PATH_OR_HUB, judge:MODEL, geval:MODEL) and recommend a "
-                "lambda: the best mean score on the validation split (among lambdas within one standard error of "
-                "it, the one closest to the reference by KL)"})
-    validation_share: float = field(default=0.5, metadata={"gt": 0, "max": 1,
-        "help": "--scorer: share of the prompts (by a hash of the id) that chooses lambda; the rest reports its "
-                "score (1: choose and report on all prompts)"})
-    kl: bool = field(default=True, metadata={
-        "help": "measure KL(pi_lambda || pi_ref) per token on each lambda's own answers (exact, full vocabulary; "
-                "--no-kl skips it)"})
+from alignkit.records import parse_records
+from alignkit.sweep import SweepJob, parse_lams, run_sweep
 
 
 def add_parser(sub) -> None:
@@ -71,229 +33,21 @@ def add_parser(sub) -> None:
     sw.set_defaults(func=run)
 
 
-def _lams(text: str) -> list[float]:
-    try:
-        lams = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise InputError(f"--lams must be comma-separated numbers, got {text!r}") from None
-    bad = [x for x in lams if not math.isfinite(x) or x < 0]
-    if not lams or bad:
-        raise InputError(f"--lams needs numbers >= 0; got {text!r}")
-    return lams
-
-
 def run(args: argparse.Namespace) -> int:
-    from alignkit.cli._common import log_warnings_to_stderr
-    from alignkit.evaluation.cheap import answer_metrics
-    from alignkit.io import JsonlAppender, written_ids
-    from alignkit.methods import MethodOptions, dera_sides, recommended_repetition_penalty
-    from alignkit.methods.dera import DeRa
-    from alignkit.models.registry import ModelPool
-    from alignkit.records import parse_records, record_prompt
-    from alignkit.types import GenerationConfig
-
     log_warnings_to_stderr()
     file_values = load_config_file(args.config, SweepJob, ModelOptions)
     job: SweepJob = build(SweepJob, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
-    lams = _lams(job.lams)
-    records = parse_records(job.input, "stop")
-    out_dir = Path(job.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    load = ModelPool(options)
-
-    scorer = None
-    if job.scorer:
-        from alignkit.api import open_scorer
-        from alignkit.scoring import parse_spec
-
-        parse_spec(job.scorer)
+    parse_lams(job.lams)
+    records = [r for _, r in parse_records(job.input, "stop")]
+    res = resources(options)
     # the sides exactly as --method dera makes them (one code path)
-    ref, aligned, aligned_method = dera_sides(load(job.aligned), load(job.ref), MethodOptions(
+    ref, aligned, aligned_method = dera_sides(res(job.aligned), res(job.ref), MethodOptions(
         template=job.template, aligned_method=job.aligned_method, ref_method=job.ref_method))
-    summary: dict[str, Any] = {"ref": job.ref, "aligned": job.aligned, "ref_method": job.ref_method,
-                               "aligned_method": aligned_method, "lams": {}}
-    for lam in lams:
-        model = DeRa(ref, aligned, lam)
-        path = out_dir / f"lam-{lam:g}.jsonl"
-        done = written_ids(path)
-        todo = [r for _, r in records if str(r["id"]) not in done]
-        cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, seed=job.seed,
-                               repetition_penalty=recommended_repetition_penalty(model))
-        prov = {"model": model.info(), "generation": cfg.to_dict()}
-        with JsonlAppender(path) as out, progress_for(args).task(f"dera lambda {lam:g}", len(todo)) as advance:
-            for start in range(0, len(todo), job.batch_size):
-                batch = todo[start : start + job.batch_size]
-                prompts = [record_prompt(r) for r in batch]
-                for rec, comp in zip(batch, model.generate(prompts, cfg)):
-                    out.write({**rec, "lam": lam, "output": comp.text, "finish_reason": comp.finish_reason,
-                               "token_ids": list(comp.token_ids or ()),
-                               "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
-                               "provenance": prov})
-                advance(len(batch))
-        print(f"alignkit dera sweep: lambda {lam:g}: {len(todo)} new, {len(done)} already in {path}", file=sys.stderr)
-        summary["lams"][f"{lam:g}"] = _stats(path)
-        if job.scorer or job.kl:
-            if job.scorer and scorer is None:
-                scorer = open_scorer(job.scorer, load)
-            summary["lams"][f"{lam:g}"].update(_rate(job, model, scorer, path, args))
-        if job.judge:
-            summary["lams"][f"{lam:g}"]["judge"] = _judge(job, load, path, out_dir, records)
-    if job.judge:
-        summary["judge"] = job.judge
-    if scorer is not None:
-        summary["scorer"] = scorer.info()
-        summary["validation_share"] = job.validation_share
-        summary["recommendation"] = recommend(summary["lams"])
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot(summary, out_dir / "sweep.png")
+    summary = run_sweep(job, ref, aligned, records, res, labels={"aligned_method": aligned_method},
+                        progress=progress_for(args), say=lambda m: print(f"alignkit dera sweep: {m}", file=sys.stderr))
     _table(summary)
     return 0
-
-
-def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, args) -> dict[str, Any]:
-    """Score and KL of one lambda's answers, kept per id in ``lam-X.scores.jsonl`` (resumable), and their means on
-    the validation and test splits."""
-    from alignkit.io import JsonlAppender
-    from alignkit.records import record_prompt
-    from alignkit.scoring import score_records
-    from alignkit.training.reward import held_out
-
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    spath = path.with_suffix(".scores.jsonl")
-    have = {}
-    if spath.exists():
-        for line in spath.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                have[str(row["id"])] = row
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line: that id is rated again
-    todo = [r for r in recs if str(r["id"]) not in have]
-    with JsonlAppender(spath) as out, progress_for(args).task("rate answers", len(todo)) as advance:
-        for start in range(0, len(todo), job.batch_size):
-            batch = todo[start : start + job.batch_size]
-            prompts = [record_prompt(r) for r in batch]
-            scores = score_records(scorer, list(zip(prompts, [r["output"] for r in batch]))) if scorer else [None] * len(batch)
-            kls: list[tuple[float, int] | None] = [None] * len(batch)
-            if job.kl:
-                conts = [r.get("token_ids") or model.encode(r["output"]) for r in batch]
-                kls = model.kl_to_reference(prompts, conts)
-            for r, sc, kl in zip(batch, scores, kls):
-                row = {"id": r["id"], **(sc.to_dict() if sc else {})}
-                if kl is not None:
-                    row["kl_sum"], row["kl_tokens"] = round(kl[0], 6), kl[1]
-                out.write(row)
-                have[str(r["id"])] = row
-            advance(len(batch))
-    rows = [have[str(r["id"])] for r in recs]
-    share = job.validation_share
-
-    def means(part: list[dict[str, Any]]) -> dict[str, Any]:
-        vals = [x["score"] for x in part if x.get("score") is not None]
-        n = len(vals)
-        mean = sum(vals) / n if n else None
-        sd = (sum((v - mean) ** 2 for v in vals) / (n - 1)) ** 0.5 if n > 1 else None
-        toks = sum(x.get("kl_tokens", 0) for x in part)
-        return {"answers": len(part), "rated": n, "mean_score": mean,
-                "stderr": sd / n ** 0.5 if sd is not None else None,
-                "kl_per_token": (sum(x.get("kl_sum", 0.0) for x in part) / toks) if toks else (0.0 if job.kl else None)}
-
-    val = [x for x in rows if share >= 1 or held_out(x["id"], share)]
-    test = [x for x in rows if not (share >= 1 or held_out(x["id"], share))]
-    return {"all": means(rows), "validation": means(val), "test": means(test) if test else None}
-
-
-def recommend(lams: dict[str, Any]) -> dict[str, Any] | None:
-    """The lambda with the best mean validation score; among those within one standard error of the best, the
-    one with the smallest KL to the reference (the least realignment that does as well)."""
-    rated = [(lam, s["validation"]) for lam, s in lams.items()
-             if s.get("validation") and s["validation"]["mean_score"] is not None]
-    if not rated:
-        return None
-    best_lam, best = max(rated, key=lambda x: x[1]["mean_score"])
-    bar = best["mean_score"] - (best["stderr"] or 0.0)
-    near = [(lam, v) for lam, v in rated if v["mean_score"] >= bar]
-    lam, v = min(near, key=lambda x: (x[1]["kl_per_token"] if x[1]["kl_per_token"] is not None else 0.0, float(x[0])))
-    test = lams[lam].get("test")
-    return {"lam": float(lam), "validation_score": v["mean_score"], "kl_per_token": v["kl_per_token"],
-            "best_validation_lam": float(best_lam), "best_validation_score": best["mean_score"],
-            "test_score": test["mean_score"] if test else None,
-            "rule": "best mean validation score; within one standard error of it, the smallest KL to the reference"}
-
-
-def _judge(job: SweepJob, load, path: Path, out_dir: Path, records) -> dict[str, Any]:
-    """Mean judge score per aspect for one lambda's answers (judgments cached in the output folder)."""
-    from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
-    from alignkit.methods import MethodOptions, apply_method
-
-    judge = Judge(apply_method(load(job.judge), MethodOptions(method=job.judge_method)), load_rubric("multi-aspect"),
-                  cache=JudgeCache(out_dir / "judge-cache.jsonl"))
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    text = {str(r["id"]): (r["prompt"] if "prompt" in r else r["messages"][-1]["content"]) for _, r in records}
-    results = judge.judge([{"instruction": text[str(r["id"])], "answer": r["output"]} for r in recs])
-    scores: dict[str, list[int]] = {a: [] for a in judge.rubric.aspects}
-    missing = 0
-    for res in results:
-        for a, v in res["result"].items():
-            if v["score"] is None:
-                missing += 1
-            else:
-                scores[a].append(v["score"])
-    total = missing + sum(len(v) for v in scores.values())
-    return {"mean": {a: (sum(v) / len(v) if v else None) for a, v in scores.items()},
-            "missing_share": missing / total if total else 0.0, "rubric_hash": judge.rubric.hash}
-
-
-def _stats(path: Path) -> dict[str, Any]:
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    m = [r["metrics"] for r in recs]
-    n = len(m) or 1
-    return {"answers": len(m), "mean_tokens": sum(x["tokens"] for x in m) / n,
-            "refusal_rate": sum(x["refusal"] for x in m) / n, "runaway_rate": sum(x["runaway"] for x in m) / n,
-            "mean_repetition": sum(x["repetition"] for x in m) / n, "empty_rate": sum(x["empty"] for x in m) / n}
-
-
-def _plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lams = [float(x) for x in summary["lams"]]
-    stats = list(summary["lams"].values())
-    rated = [(lam, s["all"]) for lam, s in zip(lams, stats) if s.get("all") and s["all"].get("mean_score") is not None
-             and s["all"].get("kl_per_token") is not None]
-    if rated:
-        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.6))
-        xs, ys = [a["kl_per_token"] for _, a in rated], [a["mean_score"] for _, a in rated]
-        a3.errorbar(xs, ys, yerr=[a["stderr"] or 0.0 for _, a in rated], marker="o", capsize=3)
-        for (lam, _), x, y in zip(rated, xs, ys):
-            a3.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        rec = summary.get("recommendation")
-        if rec:
-            a3.set_title(f"recommended λ = {rec['lam']:g}", fontsize=9)
-        a3.set_xlabel("KL(π_λ ‖ π_ref) per token")
-        a3.set_ylabel(f"mean score ({summary.get('scorer', {}).get('spec', 'scorer')})", fontsize=8)
-        a3.grid(alpha=0.3)
-    else:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    a1.plot(lams, [s["mean_tokens"] for s in stats], marker="o")
-    a1.set_xlabel("lambda")
-    a1.set_ylabel("mean answer length (tokens)")
-    for key, label in (("refusal_rate", "refusal"), ("runaway_rate", "runaway"), ("mean_repetition", "repetition")):
-        a2.plot(lams, [s[key] for s in stats], marker="o", label=label)
-    a2.set_xlabel("lambda")
-    a2.set_ylabel("rate")
-    a2.set_ylim(-0.02, 1.02)
-    a2.legend()
-    for ax in (a1, a2):
-        ax.axvline(1.0, color="#999", linewidth=0.8, linestyle="--")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"DeRa sweep: {summary['aligned']} ({summary['aligned_method']}) vs {summary['ref']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _table(summary: dict[str, Any]) -> None:

@@ -6,9 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from alignkit.cli._common import add_quiet, progress_for
+from alignkit.api import resources
+from alignkit.cli._common import add_quiet, log_warnings_to_stderr, progress_for
 from alignkit.cli._config import read_yaml_mapping
-from alignkit.models.registry import ModelOptions
+from alignkit.evaluation.harness import EvalConfig, Harness, run_shard
+from alignkit.models.registry import ModelOptions, ModelPool
 
 
 def add_parser(sub) -> None:
@@ -33,10 +35,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignkit.api import resources
-    from alignkit.cli._common import log_warnings_to_stderr
-    from alignkit.evaluation.harness import EvalConfig, Harness
-    from alignkit.models.registry import ModelPool
 
     log_warnings_to_stderr()
     data = read_yaml_mapping(args.config)
@@ -57,9 +55,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_shard(args: argparse.Namespace, cfg) -> int:
-    from alignkit.api import resources
-    from alignkit.evaluation.harness import run_shard
-    from alignkit.models.registry import ModelPool
 
     manifest = run_shard(cfg, args.config, args.shard, resources(pool=ModelPool(ModelOptions())), tracker=progress_for(args),
                          say=lambda m: print(f"alignkit eval: {m}", file=sys.stderr))

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from alignkit.sharding import merge
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -24,7 +26,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignkit.sharding import merge
 
     summary = merge(args.output, force=args.force, say=lambda m: print(f"alignkit merge: {m}", file=sys.stderr))
     if summary["command"] == "eval":

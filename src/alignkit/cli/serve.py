@@ -9,11 +9,17 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.api import resources
 from alignkit.cli._common import open_model
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
-from alignkit.methods import MethodOptions
+from alignkit.errors import InputError
+from alignkit.methods import MethodOptions, apply_method
+from alignkit.methods.tree import build as build_tree
+from alignkit.methods.tree import load_tree
 from alignkit.models.catalog import DEFAULT_MODEL
-from alignkit.models.registry import ModelOptions
+from alignkit.models.registry import ModelOptions, SharedPool
+from alignkit.server.service import Service
+from alignkit.validate import check_mapping
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from alignkit.server.app import Limits, build_app
-    from alignkit.server.service import Service
 
     file_values = load_config_file(args.config, ServeJob, MethodOptions, ModelOptions)
     job: ServeJob = build(ServeJob, args, file_values)
@@ -98,14 +103,11 @@ def parse_route(text: str) -> tuple[str, str | None, Any]:
     and checked against the option they set; ``NAME=FILE.yaml`` -> (name, None, the route tree in the file)."""
     import yaml
 
-    from alignkit.errors import InputError
-    from alignkit.validate import check_mapping
 
     name, sep, rest = text.partition("=")
     if not sep or not name.strip():
         raise InputError(f"--route {text!r}: write NAME=KEY=VALUE,KEY=VALUE (e.g. urial=method=urial) or NAME=FILE.yaml")
     if rest.strip().lower().endswith((".yaml", ".yml", ".json")):  # a route tree file
-        from alignkit.methods.tree import load_tree
 
         return name.strip(), None, load_tree(rest.strip())
     values: dict[str, Any] = {}
@@ -124,11 +126,6 @@ def parse_route(text: str) -> tuple[str, str | None, Any]:
 def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptions) -> list[tuple[str, Any]]:
     """Every route of ``--route``, all loaded through one pool: a model spec several routes use is loaded once, and
     an adapter folder is a view of its base already loaded (one copy of the weights, adapters switched per call)."""
-    from alignkit.api import resources
-    from alignkit.errors import InputError
-    from alignkit.methods import apply_method
-    from alignkit.methods.tree import build
-    from alignkit.models.registry import SharedPool
 
     parsed = [parse_route(r) for r in routes]  # every route checked before anything loads
     names = [n for n, _, _ in parsed]
@@ -137,5 +134,5 @@ def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptio
         raise InputError(f"--route: the name(s) {', '.join(dupes)} are used twice")
     pool = SharedPool(options)
     return [(name, apply_method(pool(model or default_model), MethodOptions(**values), resources(pool=pool))
-             if isinstance(values, dict) else build(values, resources(pool=pool)))
+             if isinstance(values, dict) else build_tree(values, resources(pool=pool)))
             for name, model, values in parsed]

@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignkit.errors import InputError
+from alignkit.cli._config import read_yaml_mapping
+from alignkit.cli.main import build_parser, main
+from alignkit.errors import BackendUnavailableError, InputError
+from alignkit.sharding import Shard, atomic_write_text, merge, stem
 
 #: commands that take --shard, and whether they need --resume to continue a shard's file
 SHARDABLE = {("generate",): True, ("shift",): True, ("eval",): False, ("data", "answers"): False,
@@ -51,8 +54,6 @@ def _command(job: list[str]) -> tuple[tuple[str, ...], list[str]]:
 
 def output_of(job: list[str]) -> str:
     """The --output the command itself resolves (flag, else its --config file's)."""
-    from alignkit.cli._config import read_yaml_mapping
-    from alignkit.cli.main import build_parser
 
     try:
         ns = build_parser().parse_args(job)
@@ -68,7 +69,6 @@ def output_of(job: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignkit.sharding import Shard, atomic_write_text, merge, stem
 
     if args.workers < 1:
         raise InputError("--workers must be at least 1")
@@ -113,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = merge(output, say=lambda m: print(f"alignkit shards: {m}", file=sys.stderr))
     if words in (("eval",), ("shift",)):  # everything is done: the unsharded run only writes the report/summary
-        from alignkit.cli.main import main
 
         print(f"alignkit shards: writing the report: alignkit {' '.join(words)} (nothing left to compute)",
               file=sys.stderr)
@@ -163,7 +162,6 @@ def _run_ray(address: str, argvs: list[list[str]], logs: list[str], env: dict[st
     try:
         import ray
     except ImportError:
-        from alignkit.errors import BackendUnavailableError
 
         raise BackendUnavailableError("ray", "scale", "ray") from None
     if address not in ("local", "auto"):

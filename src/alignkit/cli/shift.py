@@ -9,11 +9,18 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.analysis.aggregate import summarize
+from alignkit.analysis.report import write_report
+from alignkit.analysis.run import done_keys, read_items, run_items, shift_label
+from alignkit.analysis.shift import ShiftAnalyzer, ShiftOptions
+from alignkit.api import resources
 from alignkit.cli._common import Sharding, add_quiet, log_warnings_to_stderr, progress_for, start_shard
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
 from alignkit.io import JsonlAppender, complete_records, nonempty
 from alignkit.methods import MethodOptions, tree_from_options
+from alignkit.methods.tree import build as build_tree
+from alignkit.methods.tree import load_tree
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions, ModelPool
 
@@ -51,7 +58,6 @@ class ShiftJob:
 
 
 def add_parser(sub) -> None:
-    from alignkit.analysis.shift import ShiftOptions
 
     p = sub.add_parser(
         "shift",
@@ -72,12 +78,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignkit.analysis.aggregate import summarize
-    from alignkit.analysis.run import done_keys, read_items, run_items, shift_label
-    from alignkit.analysis.shift import ShiftAnalyzer, ShiftOptions
-    from alignkit.api import resources
-    from alignkit.methods.tree import build as build_tree
-    from alignkit.methods.tree import load_tree
 
     log_warnings_to_stderr()
     file_values = load_config_file(args.config, ShiftJob, ShiftOptions, ModelOptions, Sharding)
@@ -130,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
               "from the merged output (alignkit merge, then this command without --shard, with --resume)",
               file=sys.stderr)
     elif job.report:
-        from alignkit.analysis.report import write_report
 
         prov = {"base": job.base, "aligned": [f"{m}:{s}" for s, m in zip(specs, methods)] + list(job.route),
                 **sopts.__dict__}

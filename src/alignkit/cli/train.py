@@ -6,8 +6,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from alignkit.api import open_scorer
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
 from alignkit.errors import InputError
+from alignkit.training.common import RECIPES, Recipe, Tuning
+from alignkit.training.dpo import DPOJob, FamilyJob, run_preference
+from alignkit.training.online import OnlineJob, run_online
+from alignkit.training.reward import RewardJob, run_reward
+from alignkit.training.routes import train_stage
+from alignkit.training.sft import SFTJob, run_sft
 
 
 @dataclass(frozen=True)
@@ -18,11 +25,6 @@ class AlignerWarmup:
 
 
 def add_parser(sub) -> None:
-    from alignkit.training.common import Recipe, Tuning
-    from alignkit.training.dpo import DPOJob, FamilyJob
-    from alignkit.training.online import OnlineJob
-    from alignkit.training.reward import RewardJob
-    from alignkit.training.sft import SFTJob
 
     p = sub.add_parser("train", help="fine-tune a model: sft (LIMA-style), dpo, kto, orpo, simpo, grpo, rloo, "
                        "reward models, bpo, aligner; LoRA by default",
@@ -86,7 +88,6 @@ def add_parser(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from alignkit.training.common import RECIPES, Recipe, Tuning
 
     values = load_config_file(args.config, args._job, Tuning, Recipe, *args._extra)
     preset = getattr(args, "recipe", values.get("recipe", "lima-optimiser"))
@@ -95,24 +96,18 @@ def _run(args: argparse.Namespace) -> int:
     values = {**RECIPES[preset], **values}  # the preset under the config file, the flags over both
     job, recipe, tuning = build(args._job, args, values), build(Recipe, args, values), build(Tuning, args, values)
     if args._runner == "sft":
-        from alignkit.training.sft import run_sft
 
         run_sft(job, recipe, tuning)
     elif args._runner == "preference":
-        from alignkit.training.dpo import run_preference
 
         run_preference(job, recipe, tuning, args.kind)
     elif args._runner == "online":
-        from alignkit.api import open_scorer
-        from alignkit.training.online import run_online
 
         run_online(job, recipe, tuning, args.algorithm, open_scorer=open_scorer)
     elif args._runner == "reward":
-        from alignkit.training.reward import run_reward
 
         run_reward(job, recipe, tuning)
     else:
-        from alignkit.training.routes import train_stage
 
         warmup = build(AlignerWarmup, args, values).warmup_epochs if args._extra else 0.0
         train_stage(args.stage, job, recipe, tuning, warmup_epochs=warmup)

@@ -10,9 +10,15 @@ from typing import Any
 
 from alignkit.errors import InputError
 from alignkit.evaluation.cheap import answer_metrics
+from alignkit.evaluation.data import apply_tags, load_instructions, load_tags
+from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
+from alignkit.evaluation.report import build_report
+from alignkit.evaluation.weighted import preference
 from alignkit.io import JsonlAppender
-from alignkit.methods import recommended_repetition_penalty
+from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
+from alignkit.methods.tree import build, parse
 from alignkit.progress import SILENT, Progress
+from alignkit.sharding import Shard, ShardJob
 from alignkit.types import GenerationConfig
 from alignkit.validate import check_mapping
 
@@ -55,7 +61,6 @@ class Contestant:
         if not isinstance(d, dict) or "name" not in d or ("model" in d) == ("route" in d):
             raise InputError(f"a contestant needs a name and either a model or a route, got {d!r:.100}")
         if "route" in d:
-            from alignkit.methods.tree import parse
 
             others = sorted(set(d) - {"name", "route", "repetition_penalty", "repetition_penalty_scope", "stop"})
             if others:
@@ -169,8 +174,6 @@ class Harness:
         self.only = only
 
     def _model(self, c: Contestant) -> Any:
-        from alignkit.methods import MethodOptions, apply_method
-        from alignkit.methods.tree import build
 
         if c.route is not None:
             return build(c.route, self.loader)
@@ -183,15 +186,12 @@ class Harness:
         return apply_method(self.loader(c.model), opts, self.loader)
 
     def run(self) -> dict[str, Any]:
-        from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
-        from alignkit.methods import MethodOptions, apply_method
 
         items = self.items()
         answers = {c.name: self._generate(c, items) for c in self.cfg.contestants}
         if self.only is not None and self.cfg.judge in (None, "none"):
             return {}
         if self.cfg.judge in (None, "none"):  # judge-free: the answers' own metrics only
-            from alignkit.evaluation.report import build_report
 
             prov = {"judge": None, "rubrics": {}, "instructions": self.cfg.instructions,
                     "contestants": [c.provenance() for c in self.cfg.contestants]}
@@ -220,7 +220,6 @@ class Harness:
                     pairwise[c.name] = self._pairwise(c.name, base, items, answers, judges["pairwise"])
         if self.only is not None:
             return {}
-        from alignkit.evaluation.report import build_report
 
         prov = {"judge": judges["multi-aspect"].provenance(),
                 "rubrics": {k: {"id": j.rubric.id, "hash": j.rubric.hash} for k, j in judges.items()},
@@ -229,11 +228,9 @@ class Harness:
 
     def items(self) -> list[dict[str, Any]]:
         """The instructions this run does (all of them, or one shard's)."""
-        from alignkit.evaluation.data import load_instructions
 
         items = load_instructions(self.cfg.instructions, limit=self.cfg.limit, types=list(self.cfg.types) or None)
         if self.cfg.tags:
-            from alignkit.evaluation.data import apply_tags, load_tags
 
             items = apply_tags(items, load_tags(self.cfg.tags))
         return items if self.only is None else [it for it in items if str(it["id"]) in self.only]
@@ -305,7 +302,6 @@ class Harness:
         return done
 
     def _pairwise(self, name: str, base: str, items, answers, judge) -> dict[str, dict[str, Any]]:
-        from alignkit.evaluation.weighted import preference
 
         path = self.out / "pairwise" / f"{name}-vs-{base}.jsonl"
         provenance = _as_written(judge.provenance())
@@ -343,7 +339,6 @@ def run_shard(cfg: EvalConfig, config_path: str, shard_text: str, loader, *, tra
     another config do not merge."""
     import dataclasses
 
-    from alignkit.sharding import Shard, ShardJob
 
     shard = Shard.parse(shard_text)
     if shard is None:

@@ -27,6 +27,9 @@ import yaml
 
 from alignkit.errors import AlignkitError, CapabilityError, InputError
 from alignkit.evaluation.parse import parse_pairwise, parse_scores
+from alignkit.evaluation.weighted import Weigher
+from alignkit.models.base import served_over_api
+from alignkit.structured import Constraint
 from alignkit.types import GenerationConfig, Message
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
@@ -79,7 +82,6 @@ class Rubric:
         """The :class:`~alignkit.structured.Constraint` a reply in this rubric's shape meets (see the module doc):
         score rubrics ``{"aspect": {"reason": "...", "score": 1-5}, ...}``, pairwise ``{"aspect": "A"|"B"|"tie",
         ..., "reason": "..."}``, digit rubrics one digit."""
-        from alignkit.structured import Constraint
 
         if self.reply == "digit":
             return Constraint("regex", "[1-5]")
@@ -167,13 +169,11 @@ class Judge:
         self.model, self.rubric, self.retries = model, rubric, retries
         self.weigher = None
         if weighted:
-            from alignkit.evaluation.weighted import Weigher
 
             self.weigher = Weigher(model, rubric, top_k=top_k)
         self.cache = cache or JudgeCache(None)
         self.batch_size = batch_size
         self.spec = getattr(model, "spec", str(model))
-        from alignkit.models.base import served_over_api
 
         caps = getattr(model, "capabilities", None)
         #: "schema" (the rubric's shape enforced token by token), "json_object" (asked of an API judge; dropped

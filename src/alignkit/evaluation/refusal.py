@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import InputError
+from alignkit.evaluation.cheap import is_refusal
+from alignkit.evaluation.data import read_rows
 
 LABELS = ("full_compliance", "full_refusal", "partial_refusal")
 
@@ -39,7 +41,6 @@ def load_labelled(path: str | None = None, split: str | None = None) -> list[dic
         text = (resources.files("alignkit") / "prompts" / "eval" / "refusal-labelled.jsonl").read_text(encoding="utf-8")
         rows, name = [json.loads(x) for x in text.splitlines() if x.strip()], "alignkit refusal-labelled set"
     else:
-        from alignkit.evaluation.data import read_rows
 
         p = Path(path)
         if not p.is_file():
@@ -65,7 +66,6 @@ def load_labelled(path: str | None = None, split: str | None = None) -> list[dic
 def detector_quality(records: list[dict[str, Any]], detect=None) -> dict[str, Any]:
     """Precision and recall of ``detect(text) -> bool`` (default: the judge-free detector) with full and partial
     refusals as positives, the recall of each kind, and the misses (for reading)."""
-    from alignkit.evaluation.cheap import is_refusal
 
     detect = detect or is_refusal
     tp = fp = fn = tn = 0

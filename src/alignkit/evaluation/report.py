@@ -9,11 +9,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from alignkit.evaluation.cheap import leaked_delimiter
+from alignkit.evaluation.weighted import agreement, length_controlled
+
 ASPECTS = ("helpfulness", "clarity", "factuality", "depth", "engagement", "safety")
 
 
 def _cheap(answers_dir: Path, items, names) -> dict[str, dict[str, Any]]:
-    from alignkit.evaluation.cheap import leaked_delimiter
 
     by_id = {it["id"]: it for it in items}
     out = {}
@@ -219,7 +221,6 @@ def tags_of(it: dict[str, Any], key: str) -> list[str]:
 
 def summarise(items, judged, pairwise) -> dict[str, Any]:
     """Numbers for the report (pure)."""
-    from alignkit.evaluation.weighted import agreement, length_controlled
 
     by_id = {it["id"]: it for it in items}
     out: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from typing import Any
 
 from alignkit import scoring
 from alignkit.errors import InputError
+from alignkit.models.base import require
 from alignkit.scoring import Score, Scorer, check_lengths, request_text
 from alignkit.types import Prompt
 
@@ -59,7 +60,6 @@ class ExpectedScoreJudge(Scorer):
     kind = "geval"
 
     def __init__(self, model: Any, rubric: Any, *, spec: str = "") -> None:
-        from alignkit.models.base import require
 
         self.model, self.rubric = model, rubric
         self.spec = spec or f"geval:{model.spec}"

@@ -31,6 +31,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from alignkit import scoring  # GEVAL_MIN_MASS read at call time (a test lowers it)
+from alignkit.errors import AlignkitError
+from alignkit.models.base import served_over_api
+
 DIGITS = ("1", "2", "3", "4", "5")
 VERDICTS = ("A", "B", "tie")
 _PUNCT = re.compile(r"^[\s\"',.}\]]*$")
@@ -40,10 +44,8 @@ def label_distribution(top: Sequence[tuple[str, float]], chosen: str, stand_in: 
                        labels: Sequence[str]) -> tuple[dict[str, float] | None, float]:
     """``(P(label), mass)`` at one slot from its top-k ``(token, logprob)`` list; ``chosen`` is the slot's token,
     which ends with ``stand_in``; ``mass`` is the judge's total probability on the labels. The distribution is
-    None when the slot token is not that shape or the mass is below ``GEVAL_MIN_MASS`` (the judge is not
+    None when the slot token is not that shape or the mass is below ``alignkit.scoring.GEVAL_MIN_MASS`` (the judge is not
     answering with a label there: not a judgment)."""
-    from alignkit.scoring import GEVAL_MIN_MASS
-
     if not chosen.endswith(stand_in):
         return None, 0.0
     lead = chosen[: len(chosen) - len(stand_in)]
@@ -56,7 +58,7 @@ def label_distribution(top: Sequence[tuple[str, float]], chosen: str, stand_in: 
         if len(hits) == 1 and math.isfinite(lp):
             mass[hits[0]] += math.exp(lp)
     total = sum(mass.values())
-    if not total >= GEVAL_MIN_MASS:
+    if not total >= scoring.GEVAL_MIN_MASS:
         return None, total
     return {lab: v / total for lab, v in mass.items()}, total
 
@@ -82,7 +84,6 @@ def _pairwise_prefix(aspects: Sequence[str], values: Sequence[Any], slot: int) -
 
 def weights_available(model: Any, top_k: int) -> str | None:
     """Why ``model`` cannot give weighted scores (None: it can)."""
-    from alignkit.models.base import served_over_api
 
     if served_over_api(model):
         return (f"judge {getattr(model, 'spec', model)!r} is served over an API: the openai backend scores text "
@@ -143,7 +144,6 @@ class Weigher:
     def _score(self, convs: list, conts: list[str]) -> list[Any]:
         """The batch's scores; an item the judge cannot take (too long, ...) gets None -- its slots give no number,
         and the rest of the batch is unaffected."""
-        from alignkit.errors import AlignkitError
 
         try:
             return self.model.score(convs, conts, top_k=self.top_k)

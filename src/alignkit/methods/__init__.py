@@ -12,6 +12,7 @@ from typing import Any
 from alignkit.errors import InputError
 from alignkit.methods import nodes as _nodes  # noqa: F401 -- registers the node kinds
 from alignkit.methods.tree import Node, Resources, build, node  # noqa: F401 -- Resources: the loader type callers pass
+from alignkit.methods.wrappers import auto_method
 
 METHODS = ("urial", "template", "none", "auto", "dera", "best-of-n")
 SIDE_METHODS = ("urial", "template", "none", "auto")
@@ -151,7 +152,6 @@ def dera_side(model: Any, method: str, options: MethodOptions) -> Node:
 
 def dera_sides(aligned_model: Any, ref_model: Any, options: MethodOptions) -> tuple[Any, Any, str]:
     """The two sides of DeRa, each built under its method. Returns ``(ref, aligned, the aligned side's method)``."""
-    from alignkit.methods.wrappers import auto_method
 
     ref = build(dera_side(ref_model, options.ref_method, options))
     aligned = build(dera_side(aligned_model, options.aligned_method, options))

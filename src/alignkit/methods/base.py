@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from alignkit.errors import CapabilityError
 from alignkit.models.base import Capabilities, LanguageModel, PositionReducer, configs_for
 from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
 
@@ -134,7 +135,6 @@ class MethodModel(ABC):
     def iter_logprobs(self, prompts: Sequence[Prompt], continuations, **kwargs):
         """The wrapped model's full-vocabulary log-probabilities, given what this method shows it."""
         if not hasattr(self.base, "iter_logprobs"):
-            from alignkit.errors import CapabilityError
 
             raise CapabilityError(f"model {self.spec!r} gives no full-vocabulary log-probabilities")
         prepared = self.prepare_batch(prompts, [GenerationConfig()] * len(prompts)) if prompts else []

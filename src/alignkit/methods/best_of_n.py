@@ -19,9 +19,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from alignkit.errors import InputError
+from alignkit.errors import AlignkitError, InputError
 from alignkit.methods.base import MethodModel, Prepared
+from alignkit.methods.routes import inner_prompts, own_usage, total_usage, usage, user_text
 from alignkit.models.base import configs_for
+from alignkit.scoring import score_records
 from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent
 
 DEFAULT_SAMPLE_TEMPERATURE = 0.8
@@ -82,7 +84,6 @@ class BestOfN(MethodModel):
         model; a prompt ``should_stop`` answers True for (its client went away) is dropped, with no result.
         With ``admit`` (continuous batching) requests join as N rows each, and each is rated and answered as
         soon as its N candidates are in; otherwise all are rated together at the end."""
-        from alignkit.scoring import score_records
 
         n = self.n
         prompts = list(prompts)
@@ -130,7 +131,6 @@ class BestOfN(MethodModel):
             yield i, self._choose(prompts[i], groups[i], flat[k * self.n : (k + 1) * self.n])  # type: ignore[arg-type]
 
     def _choose(self, prompt: Prompt, group: list[Completion], scores: list[Any]) -> Completion:
-        from alignkit.methods.routes import own_usage, total_usage, usage, user_text
 
         rated = [j for j, (c, s) in enumerate(zip(group, scores)) if usable(c) and s.value is not None]
         note = None
@@ -181,7 +181,6 @@ class BestOfN(MethodModel):
                 **self.method_info()}
 
     def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
-        from alignkit.methods.routes import inner_prompts
 
         return inner_prompts(self.base, prompt, config)
 
@@ -193,7 +192,6 @@ class BestOfN(MethodModel):
 def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> BestOfN:
     """The ``best-of-n`` node: ``n`` samples of its model, rated by the scorer its options name (opened through
     the caller's resources)."""
-    from alignkit.errors import AlignkitError
 
     try:
         scorer = resources.scorer(options.scorer)

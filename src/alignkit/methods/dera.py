@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from alignkit.errors import CapabilityError, InputError
-from alignkit.methods.base import MethodModel, prepared_for_backend
+from alignkit.methods.base import MethodModel, Prepared, prepared_for_backend
 from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
@@ -113,7 +113,6 @@ class DeRa:
         return backend.encode_prompt(prompt), stops, meta
 
     def prepare(self, prompt: Prompt, config: GenerationConfig):
-        from alignkit.methods.base import Prepared
 
         ids_a, stop_a, meta = self._side(self.aligned, prompt, config)
         _, stop_r, _ = self._side(self.ref, prompt, config)

@@ -28,8 +28,12 @@ from typing import Any
 
 import yaml
 
-from alignkit.errors import AlignkitError, InputError
+from alignkit.errors import AlignkitError, CapabilityError, InputError
+from alignkit.methods import recommended_repetition_penalty
 from alignkit.methods.base import MethodModel, Prepared, StreamCleaner, prepared_for_backend
+from alignkit.methods.tree import build, is_bare
+from alignkit.methods.tree import node as make_node
+from alignkit.models.base import answering_backend
 from alignkit.types import Completion, GenerationConfig, Message, Prompt
 
 
@@ -190,7 +194,6 @@ class PromptRewriter(MethodModel):
         """``(rewritten request, stage record)`` per prompt; an empty or runaway rewrite keeps the original."""
         originals = [user_text(p) for p in prompts]
         requests = [self.layout.request(prompt=t) for t in originals]
-        from alignkit.methods import recommended_repetition_penalty
 
         # the rewriter decodes as its own method recommends (e.g. in-context alignment's repetition penalty),
         # then as its layout says (a published checkpoint's sampling)
@@ -342,7 +345,6 @@ class AnswerCorrector(MethodModel):
 
     def iter_logprobs(self, prompts, continuations, **kwargs):
         if not hasattr(self.corrector, "iter_logprobs"):
-            from alignkit.errors import CapabilityError
 
             raise CapabilityError(f"corrector {self.corrector.spec!r} gives no full-vocabulary log-probabilities")
         prepared = self._for_scoring(prompts) if prompts else []
@@ -400,9 +402,6 @@ def _stage_child(children: dict[str, Any], slot: str, stage: str, node: Any, lay
                  resources: Any) -> tuple[Any, Layout]:
     """A stage's model and its layout. The layout is chosen from the model itself (the one under any method
     wrapping: its trained layout or published checkpoint); a bare model is asked in its layout's method."""
-    from alignkit.methods.tree import build, is_bare
-    from alignkit.methods.tree import node as make_node
-    from alignkit.models.base import answering_backend
 
     model = children[slot]
     layout = layout_for(answering_backend(model), stage, layout_name)

@@ -41,7 +41,8 @@ from typing import Any
 
 from alignkit.errors import ContextLengthError, InputError
 from alignkit.methods.base import MethodModel, Prepared, StreamCleaner
-from alignkit.methods.templates import Example, Template
+from alignkit.methods.retrieval import SimilarExamples
+from alignkit.methods.templates import DEFAULT_TEMPLATE, Example, Template, load_template, shipped_templates
 from alignkit.models.base import LanguageModel
 from alignkit.types import GenerationConfig, Message, Prompt
 
@@ -196,12 +197,9 @@ class InContextAligned(MethodModel):
 def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> InContextAligned:
     """The ``urial`` node: its model aligned in context by the template its options name (a shipped template,
     the shipped ``urial-kK`` for ``k``, or examples chosen per query with ``select``)."""
-    from alignkit.errors import InputError
-    from alignkit.methods.templates import DEFAULT_TEMPLATE, load_template, shipped_templates
 
     model, name = children["model"], options.template
     if options.select in ("similar", "similar-any"):
-        from alignkit.methods.retrieval import SimilarExamples
 
         template = load_template(name or DEFAULT_TEMPLATE)
         k = 3 if options.k is None else options.k

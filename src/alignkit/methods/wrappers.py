@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from alignkit.errors import InputError
 from alignkit.methods.base import MethodModel, Prepared, StreamCleaner
+from alignkit.methods.nodes import UrialOptions
+from alignkit.methods.urial import build_node as build_urial
 from alignkit.models.base import LanguageModel, require
 from alignkit.types import GenerationConfig, Message, Prompt
 
@@ -69,9 +72,6 @@ def build_auto(options: Any, children: dict[str, Any], resources: Any, node: Any
     the template it was trained with unless the options choose the examples."""
     from dataclasses import replace
 
-    from alignkit.errors import InputError
-    from alignkit.methods.nodes import UrialOptions
-    from alignkit.methods.urial import build_node as build_urial
 
     model = children["model"]
     method = auto_method(model, options.fallback)

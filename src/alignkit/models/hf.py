@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from alignkit.errors import CapabilityError, ModelLoadError
+from alignkit.errors import BackendUnavailableError, CapabilityError, ContextLengthError, ModelLoadError
 from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
@@ -23,7 +23,9 @@ from alignkit.models.base import (
     run_stream_to_completions,
 )
 from alignkit.models.hf_decode import DecodeEngine, Stepper
+from alignkit.structured import ll_tokenizer
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
+from alignkit.version import __version__
 
 _DTYPES = {
     "float32": torch.float32,
@@ -111,7 +113,6 @@ class HFModel:
             head=self._head,
             min_prefix=min_prefix_tokens,
         )
-        from alignkit.structured import ll_tokenizer
 
         self.engine.grammar_vocab = self.vocab_size
         self.engine.grammar_tokenizer = lambda: ll_tokenizer(tokenizer, self.vocab_size)
@@ -207,7 +208,6 @@ class HFModel:
     def info(self) -> dict[str, Any]:
         import transformers
 
-        from alignkit.version import __version__
 
         return {
             "spec": self.spec,
@@ -342,7 +342,6 @@ class HFModel:
         seqs = [(p + c)[:-1] if c else p for p, c in pairs]
         width = max(len(s) for s in seqs)
         if self.context_length and width >= self.context_length:
-            from alignkit.errors import ContextLengthError
 
             raise ContextLengthError(
                 f"a prompt + continuation has {width + 1} tokens; the context holds {self.context_length}"
@@ -485,7 +484,6 @@ def attach_adapter(model: torch.nn.Module, adapter: str, *, merge: bool = False)
     try:
         from peft import PeftModel
     except ImportError:
-        from alignkit.errors import BackendUnavailableError
 
         raise BackendUnavailableError("hf", "hf", "peft") from None
     try:

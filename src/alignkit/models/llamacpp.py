@@ -36,7 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignkit.errors import CapabilityError, ContextLengthError, ModelLoadError
+from alignkit.errors import (
+    BackendUnavailableError,
+    CapabilityError,
+    ContextLengthError,
+    ModelLoadError,
+    ModelSpecError,
+)
+from alignkit.models import catalog
 from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
@@ -46,8 +53,10 @@ from alignkit.models.base import (
     logprob_blocks,
     run_stream_to_completions,
 )
+from alignkit.models.lora_gguf import convert_peft_adapter
 from alignkit.models.token_loop import queued_admit
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
+from alignkit.version import __version__
 
 GGUF_MAGIC = b"GGUF"
 
@@ -245,7 +254,6 @@ class LlamaCppModel:
         try:
             from llama_cpp import Llama
         except ImportError:
-            from alignkit.errors import BackendUnavailableError
 
             raise BackendUnavailableError("llamacpp", "llamacpp", "llama_cpp") from None
         path = check_gguf(path, "model file")
@@ -453,7 +461,6 @@ class LlamaCppModel:
     def info(self) -> dict[str, Any]:
         import llama_cpp
 
-        from alignkit.version import __version__
 
         return {"spec": self.spec, "backend": self.backend, **self.source, "alignkit": __version__,
                 "llama_cpp_python": llama_cpp.__version__}
@@ -522,8 +529,6 @@ class LlamaStepper:
 def load(resolved: Any, *, spec: str, options: Any) -> LlamaCppModel:
     """Loader of the ``llamacpp`` backend: an embedded alias (its GGUF), or a .gguf file; ``--adapter`` a
     GGUF LoRA or an alignkit/PEFT adapter folder (converted once)."""
-    from alignkit.errors import ModelSpecError
-    from alignkit.models import catalog
 
     if resolved.kind == "alias":
         path = catalog.gguf_path(resolved.target)
@@ -536,7 +541,6 @@ def load(resolved: Any, *, spec: str, options: Any) -> LlamaCppModel:
                              f"{resolved.kind} (use the hf backend for transformers folders and hub ids)")
     lora = options.adapter
     if lora and Path(lora).is_dir():
-        from alignkit.models.lora_gguf import convert_peft_adapter
 
         lora = str(convert_peft_adapter(Path(lora), path))
     return LlamaCppModel(path, spec=spec, n_ctx=options.n_ctx, n_seq=options.n_seq, lora=lora,

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
-from alignkit.errors import CapabilityError, ModelConnectionError, ModelSpecError
+from alignkit.errors import BackendUnavailableError, CapabilityError, ModelConnectionError, ModelSpecError
 from alignkit.models.base import (
     Capabilities,
     PositionReducer,
@@ -28,6 +28,7 @@ from alignkit.models.base import (
 )
 from alignkit.models.registry import ModelOptions, ResolvedSpec
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
+from alignkit.version import __version__
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: top-k logprobs most servers allow (OpenAI: 20 for chat, 5 for completions; vLLM: 20 unless raised with
@@ -74,7 +75,6 @@ class OpenAIModel:
         try:
             import openai
         except ImportError:
-            from alignkit.errors import BackendUnavailableError
 
             raise BackendUnavailableError("openai", "openai", "openai") from None
         self._openai = openai
@@ -100,7 +100,6 @@ class OpenAIModel:
         return self._context_length
 
     def info(self) -> dict[str, Any]:
-        from alignkit.version import __version__
 
         return {
             "spec": self.spec,

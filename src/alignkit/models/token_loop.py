@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from alignkit.errors import CapabilityError, ContextLengthError
 from alignkit.models.base import Stepper, find_stop, stream_safe_length
+from alignkit.structured import Guide
 from alignkit.types import Completion, GenerationConfig, StreamEvent
 
 
@@ -148,7 +150,6 @@ class TokenLoop:
 
     def check_fits(self, prompts: Sequence[Sequence[int]]) -> None:
         """Every prompt leaves room for at least one new token in the model's context (a clear error if not)."""
-        from alignkit.errors import ContextLengthError
 
         for i, ids in enumerate(prompts):
             if not ids:
@@ -158,8 +159,6 @@ class TokenLoop:
                                          f"{self.context_length}{self.context_option}")
 
     def _guide(self, constraint: Any) -> Any:
-        from alignkit.errors import CapabilityError
-        from alignkit.structured import Guide
 
         if self.grammar_tokenizer is None:
             raise CapabilityError("structured output cannot be enforced by this backend's token loop")

@@ -28,9 +28,17 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from alignkit.errors import CapabilityError, ModelLoadError
+from alignkit.errors import (
+    BackendUnavailableError,
+    CapabilityError,
+    ContextLengthError,
+    ModelLoadError,
+    ModelSpecError,
+)
+from alignkit.models import catalog
 from alignkit.models.base import Capabilities, PositionReducer, configs_for, refuse_constraints
 from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
+from alignkit.version import __version__
 
 
 class VLLMModel:
@@ -44,7 +52,6 @@ class VLLMModel:
         try:
             from vllm import LLM
         except ImportError:
-            from alignkit.errors import BackendUnavailableError
 
             raise BackendUnavailableError("vllm", "vllm", "vllm") from None
         kwargs: dict[str, Any] = dict(model=source, enable_prefix_caching=True, max_logprobs=max_logprobs,
@@ -122,7 +129,6 @@ class VLLMModel:
         ids = [self.encode_prompt(p) for p in prompts]
         for i, row in enumerate(ids):
             if len(row) >= self._context:
-                from alignkit.errors import ContextLengthError
 
                 raise ContextLengthError(f"prompt {i} has {len(row)} tokens; the model's context holds {self._context}")
         outs = self.llm.generate([{"prompt_token_ids": r} for r in ids], [self._params(c) for c in configs],
@@ -186,7 +192,6 @@ class VLLMModel:
     def info(self) -> dict[str, Any]:
         import vllm
 
-        from alignkit.version import __version__
 
         return {"spec": self.spec, "backend": self.backend, **self.source, "alignkit": __version__,
                 "vllm": vllm.__version__}
@@ -205,10 +210,8 @@ class VLLMModel:
 def load(resolved: Any, *, spec: str, options: Any) -> VLLMModel:
     """Loader of the ``vllm`` backend: an embedded alias (its converted transformers folder: vLLM's CPU build
     cannot read GGUF), a model folder or a hub id."""
-    from alignkit.errors import ModelSpecError
 
     if resolved.kind == "alias":
-        from alignkit.models import catalog
 
         source, prov = str(catalog.locate(resolved.target)), {"alias": resolved.target}
     elif resolved.kind in ("folder", "hub"):

@@ -20,6 +20,8 @@ from pydantic import ValidationError
 
 from alignkit.errors import AlignkitError, ContextLengthError
 from alignkit.methods import recommended_repetition_penalty
+from alignkit.methods.base import prepared_for_backend
+from alignkit.methods.routes import usage
 from alignkit.models.base import answering_backend, backend_models
 from alignkit.server.protocol import (
     ChatCompletionRequest,
@@ -285,7 +287,6 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
 def _tokens(model: Any, prompt: Any, add_special: bool) -> list[int]:
     """The ids the served model reads for ``prompt``: a chat as the route prepares it for the model under it
     (template, in-context preamble; a rewriter stage runs), then that model's own tokenisation; text as given."""
-    from alignkit.methods.base import prepared_for_backend
 
     try:
         if isinstance(prompt, str):
@@ -371,7 +372,6 @@ async def _parse(request: Request, cls, limits: Limits):
 
 def _count(model: Any, prompt: Any, max_tokens: int) -> int | None:
     """Tokens of the prompt as the model will see it (None if the model cannot count)."""
-    from alignkit.methods.base import prepared_for_backend
 
     try:
         inner, prompt, _, _ = prepared_for_backend(model, prompt, GenerationConfig(max_new_tokens=max_tokens))
@@ -385,7 +385,6 @@ def _count(model: Any, prompt: Any, max_tokens: int) -> int | None:
 def _usage(comps, n: int = 1) -> dict[str, int]:
     """Token usage of a response: each prompt's tokens once (its ``n`` choices share it), every choice's tokens;
     for a route, every stage's tokens added up (rewriter, model, corrector)."""
-    from alignkit.methods.routes import usage
 
     each = [usage(x) for x in comps]
     p = sum(u["prompt_tokens"] for u in each[::n]) if each else 0

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from alignkit.structured import from_request
+
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "structured_outputs")
 #: structured output, enforced by alignkit.structured (response_format, and vLLM's guided_* fields)
 STRUCTURED = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
@@ -57,7 +59,6 @@ class _Request(BaseModel):
     @property
     def constraint(self):
         """The request's structured-output constraint (alignkit.structured.Constraint) or None."""
-        from alignkit.structured import from_request
 
         extra = self.model_extra or {}
         return from_request({k: extra[k] for k in STRUCTURED if k in extra})

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.errors import CapabilityError, InputError
 from alignkit.models.base import backend_models
 from alignkit.types import Completion, GenerationConfig, Prompt
 
@@ -118,7 +119,6 @@ class Service:
 
     def __init__(self, model: Any, name: str, *, max_batch: int = 8, max_queue: int = 64,
                  batch_wait: float = 0.01, scheduler: str = "auto") -> None:
-        from alignkit.errors import CapabilityError, InputError
 
         if scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")

@@ -14,6 +14,7 @@ from typing import Any
 
 from alignkit import _fault
 from alignkit.errors import InputError, ModelLoadError
+from alignkit.models.registry import resolve
 
 INFO_FILE = "alignkit.json"
 LOG_FILE = "train_log.jsonl"
@@ -107,7 +108,6 @@ def source_of(spec: str) -> str:
     """The local folder (or hub id) a model spec trains from: aliases and GGUF files go through the same
     cached conversion as inference."""
     from alignkit.models.hf_loader import weights_source
-    from alignkit.models.registry import resolve
 
     resolved = resolve(spec)
     if resolved.backend != "hf":

@@ -20,6 +20,7 @@ from alignkit.errors import InputError
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.training import common, data
 from alignkit.training.format import PromptFormat, check_format, render_urial, urial_preamble
+from alignkit.version import __version__
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
@@ -180,7 +181,6 @@ def run_preference(job: Any, recipe: common.Recipe, tuning: common.Tuning, kind:
     tokens = trainer.state.num_input_tokens_seen or 0
     if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
         trained.delete_adapter("ref")
-    from alignkit.version import __version__
 
     last = next((h for h in reversed(progress.history) if "loss" in h), {})
     info = {

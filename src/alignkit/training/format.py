@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignkit.errors import InputError
+from alignkit.methods.templates import DEFAULT_FENCE, load_template
+from alignkit.methods.urial import ANSWER_HEADER, QUERY_HEADER, SYSTEM_HEADER, block, fence_for
 
 FORMATS = ("urial", "chat-template")
 
@@ -58,13 +60,11 @@ class PromptFormat:
 
 
 def urial_preamble(template: str | None) -> str:
-    from alignkit.methods.templates import load_template
 
     t = load_template(template or "urial-k0")
     if t.examples:
         raise InputError(f"--format urial uses a template's preamble only; {t.id!r} has {len(t.examples)} examples "
                          "(pick a K=0 template such as urial-k0, so training and inference prompts are the same)")
-    from alignkit.methods.templates import DEFAULT_FENCE
 
     if t.min_fence != DEFAULT_FENCE:
         raise InputError(f"--format urial trains on fences of {DEFAULT_FENCE}+ backticks; template {t.id!r} asks for "
@@ -77,7 +77,6 @@ def render_urial(messages: Sequence[dict[str, str]], preamble: str, *, also_fenc
     """The in-context layout with the assistant spans, and its fence (longer than any backtick run in the
     conversation and in ``also_fence``). ``open_answer`` ends the text with an opened answer block, as a
     prompt."""
-    from alignkit.methods.urial import ANSWER_HEADER, QUERY_HEADER, SYSTEM_HEADER, block, fence_for
 
     system = [m["content"] for m in messages if m["role"] == "system"]
     turns = [m for m in messages if m["role"] != "system"]

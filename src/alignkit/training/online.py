@@ -14,8 +14,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from alignkit.errors import InputError
+from alignkit.records import parse_records
+from alignkit.scoring import parse_spec, score_records
 from alignkit.training import common
-from alignkit.training.dpo import Start
+from alignkit.training.dpo import Start, resolve_format
+from alignkit.training.format import check_format, render_urial, urial_preamble
+from alignkit.version import __version__
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,6 @@ class OnlineJob(Start):
 def prompt_rows(records: list[dict[str, Any]], fmt: Any) -> list[dict[str, Any]]:
     """TRL rows: the rendered prompt (urial layout: preamble and an opened answer block) or the conversation
     (chat templates), plus the original request for the scorer."""
-    from alignkit.training.format import render_urial, urial_preamble
 
     preamble = urial_preamble(fmt.template) if fmt.name == "urial" else ""
     rows = []
@@ -61,7 +64,6 @@ def _text(completion: Any) -> str:
 
 def make_reward(scorer: Any, log: list[dict[str, Any]] | None = None):
     """A TRL reward function: the scorer's score of each sampled answer (None when it cannot rate one)."""
-    from alignkit.scoring import score_records
 
     def reward(prompts, completions, request=None, fence=None, **kwargs):
         answers = []
@@ -102,10 +104,6 @@ def config_kwargs(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, 
 def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, algorithm: str = "grpo", *,
                open_scorer: Any) -> dict[str, Any]:
     """Online RL with ``open_scorer(spec)`` (e.g. :func:`alignkit.api.open_scorer`) as the reward's source."""
-    from alignkit.records import parse_records
-    from alignkit.scoring import parse_spec
-    from alignkit.training.dpo import resolve_format
-    from alignkit.training.format import check_format
 
     if algorithm not in ("grpo", "rloo"):
         raise InputError(f"unknown online algorithm {algorithm!r}; choose grpo or rloo")
@@ -144,7 +142,6 @@ def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, alg
     common.say(f"alignkit train {algorithm}: {len(records)} prompts x {job.num_generations} samples, format {fmt.name}, "
                f"reward {scorer.spec} ({n_params:,} trainable parameters)")
     seconds = common.run_training(trainer, job.resume)
-    from alignkit.version import __version__
 
     rewards = [h.get("reward") for h in progress.history if isinstance(h.get("reward"), (int, float))]
     info = {

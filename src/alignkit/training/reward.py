@@ -16,6 +16,8 @@ from typing import Any
 from alignkit.errors import InputError, ModelLoadError
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.training import common, data
+from alignkit.training.reward_model import RewardModelScorer, reward_ids, reward_layout_for
+from alignkit.version import __version__
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,6 @@ def split(records: list[data.Record], share: float) -> tuple[list[data.Record], 
 def tokenised_pairs(records: list[data.Record], layout: Any, tokenizer: Any, max_length: int
                     ) -> tuple[list[dict[str, list[int]]], list[str]]:
     """TRL's pre-tokenised rows (``chosen_ids``, ``rejected_ids``) and the ids dropped for being too long."""
-    from alignkit.training.reward_model import reward_ids
 
     rows, dropped = [], []
     for r in records:
@@ -98,7 +99,6 @@ def load_for_reward(spec: str):
 
 
 def run_reward(job: RewardJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[str, Any]:
-    from alignkit.training.reward_model import RewardModelScorer, reward_layout_for
 
     common.check_recipe(recipe)
     loaded = data.load(job.data, "prefs")
@@ -141,7 +141,6 @@ def run_reward(job: RewardJob, recipe: common.Recipe, tuning: common.Tuning) -> 
     trained.eval()
     held = accuracy(scorer, test_rows)
     on_train = accuracy(scorer, train_rows[:256])
-    from alignkit.version import __version__
 
     info = {
         "kind": "reward",

@@ -15,6 +15,8 @@ from typing import Any
 
 from alignkit.errors import InputError, ModelLoadError
 from alignkit.scoring import Score, Scorer, check_lengths, messages_of
+from alignkit.training import common
+from alignkit.training.format import render_urial, urial_preamble
 from alignkit.types import Prompt
 
 
@@ -50,7 +52,6 @@ def reward_ids(messages: Sequence[dict[str, str]], answer: str, layout: RewardLa
         question = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
         ids = list(tokenizer(question, answer.strip())["input_ids"])
     elif layout.name == "urial":
-        from alignkit.training.format import render_urial, urial_preamble
 
         text = render_urial(msgs, urial_preamble(layout.template))[0].text
         ids = list(tokenizer(text)["input_ids"])
@@ -68,7 +69,6 @@ def load_reward_model(path_or_id: str, *, dtype: str = "float32") -> tuple[Any, 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from alignkit.training import common
 
     folder = Path(path_or_id)
     info = common.read_info(folder) if folder.is_dir() else None

@@ -29,7 +29,10 @@ import yaml
 
 from alignkit.errors import InputError
 from alignkit.io import BadLine, JsonlAppender, read_jsonl, written_ids
+from alignkit.methods.routes import load_layout
 from alignkit.progress import SILENT, Progress
+from alignkit.training.data import Record
+from alignkit.training.sft import run_sft
 from alignkit.types import GenerationConfig
 
 FORMATS = ("auto", "alignkit", "hh-rlhf", "bpo", "aligner")
@@ -362,8 +365,6 @@ def _read_written(path: str, need: tuple[str, ...]) -> list[dict[str, Any]]:
 
 def bpo_conversations(rows: Sequence[dict[str, Any]], layout_id: str = "alignkit-bpo") -> list[Any]:
     """BPO pairs as SFT conversations in the rewriter's layout: the request -> the improved prompt."""
-    from alignkit.methods.routes import load_layout
-    from alignkit.training.data import Record
 
     layout = load_layout(layout_id, "rewrite")
     return [Record(i + 1, {"id": str(r["id"]), "messages": [
@@ -375,8 +376,6 @@ def aligner_conversations(rows: Sequence[dict[str, Any]], *, identity: bool = Fa
                           layout_id: str = "alignkit-aligner") -> list[Any]:
     """Aligner triples as SFT conversations in the corrector's layout: (question, answer) -> correction; with
     ``identity``, the warm-up set: (question, correction) -> the same correction (keep what is good)."""
-    from alignkit.methods.routes import load_layout
-    from alignkit.training.data import Record
 
     layout = load_layout(layout_id, "correct")
     out = []
@@ -392,7 +391,6 @@ def train_stage(stage: str, job: Any, recipe: Any, tuning: Any, *, warmup_epochs
     """``alignkit train bpo|aligner``: SFT on the stage's conversations; the adapter records its layout."""
     from dataclasses import replace
 
-    from alignkit.training.sft import run_sft
 
     if stage == "bpo":
         rows = _read_written(job.data, ("prompt", "improved_prompt"))

@@ -16,6 +16,7 @@ from alignkit.errors import InputError
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.training import common, data
 from alignkit.training.format import PromptFormat, check_format, render, tokenize
+from alignkit.version import __version__
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,6 @@ def run_sft(job: SFTJob, recipe: common.Recipe, tuning: common.Tuning, *, record
             h.remove()
     steps = trainer.state.global_step
     tokens = trainer.state.num_input_tokens_seen or _tokens_trained(trainer)
-    from alignkit.version import __version__
 
     info = {
         "kind": "sft",

@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from alignkit.io import JsonlAppender, written_ids
+from alignkit.methods.best_of_n import sample
 from alignkit.progress import SILENT, Progress
+from alignkit.scoring import score_records
 from alignkit.types import GenerationConfig, as_messages
 
 
@@ -112,9 +114,6 @@ def synthesize_ranked_pairs(records: Sequence[dict[str, Any]], model: Any, cfg: 
     record keeps all candidates with their scores, the route and the scorer."""
     import random
 
-    from alignkit.methods.best_of_n import sample
-    from alignkit.scoring import score_records
-    from alignkit.types import as_messages
 
     if pick not in ("worst", "random-lower"):
         raise ValueError(f"unknown pick {pick!r}")
