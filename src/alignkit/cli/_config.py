@@ -19,15 +19,17 @@ from alignkit.errors import InputError
 from alignkit.validate import base_type, check_field, describe_range
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, group: str | None = None) -> None:
-    """Add one flag per field of ``cls``; defaults are SUPPRESSed so only given flags reach the namespace."""
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, group: str | None = None,
+                            helps: dict[str, str] | None = None) -> None:
+    """Add one flag per field of ``cls``; defaults are SUPPRESSed so only given flags reach the namespace.
+    ``helps``: a command's own wording of some fields' help (its range, default and choices are still added)."""
     target = parser.add_argument_group(group) if group else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, _ = base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        helptext = f.metadata.get("help", "")
+        helptext = (helps or {}).get(f.name, f.metadata.get("help", ""))
         if f.metadata.get("choices"):
             helptext += f" (one of: {', '.join(f.metadata['choices'])})"
         if tp is bool:

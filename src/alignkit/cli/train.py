@@ -33,11 +33,11 @@ def add_parser(sub) -> None:
                        "(README.md), alignkit.json (data hash, recipe, base model, prompt layout) and the loss log.")
     s = p.add_subparsers(dest="train_command", metavar="COMMAND", required=True)
 
-    def command(name: str, helptext: str, description: str, job, runner: str, *, extra=(), **defaults):
+    def command(name: str, helptext: str, description: str, job, runner: str, *, extra=(), helps=None, **defaults):
         """One ``train`` subcommand: its job's options, then what is trained and the recipe."""
         sp = s.add_parser(name, help=helptext, description=description)
         sp.add_argument("--config", help="YAML file of options (flags override it)")
-        add_dataclass_arguments(sp, job)
+        add_dataclass_arguments(sp, job, helps=helps)
         for cls, group in extra:
             add_dataclass_arguments(sp, cls, group=group)
         add_dataclass_arguments(sp, Tuning, group="what is trained")
@@ -78,13 +78,11 @@ def add_parser(sub) -> None:
         ("aligner", "an Aligner answer corrector: (question, answer -> correction) triples from `alignkit data "
          "aligner-triples`, after an identity warm-up", "JSONL of {id, question, answer, correction}")):
         flag = "rewriter" if stage == "bpo" else "corrector"
-        sp = command(stage, f"train {what.split(':')[0]}",
+        command(stage, f"train {what.split(':')[0]}",
                      f"Train {what}. SFT with LoRA on the stage's layout; the output folder is a model that prompts "
                      f"itself in that layout, e.g. `--{flag} OUTPUT` on any command.", SFTJob, "stage",
-                     extra=((AlignerWarmup, "identity warm-up"),) if stage == "aligner" else (), stage=stage)
-        for action in sp._actions:
-            if action.dest == "data":
-                action.help = data_help + " (required)"
+                     extra=((AlignerWarmup, "identity warm-up"),) if stage == "aligner" else (), stage=stage,
+                     helps={"data": data_help})
 
 
 def _run(args: argparse.Namespace) -> int:

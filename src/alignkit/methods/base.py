@@ -183,6 +183,10 @@ class StreamCleaner:
         self.emitted = safe
         return piece
 
+    def safe_length(self, text: str) -> int:
+        """How much of ``text`` this cleaner would show now (the rest could still change)."""
+        return int(self._hold(text))
+
     def finish(self) -> tuple[str, str]:
         final = self._clean(self.raw)
         piece = final[self.emitted :] if len(final) >= self.emitted else ""

