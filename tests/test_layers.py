@@ -4,7 +4,7 @@ no private name imported across modules, and importing alignkit imports no heavy
 Layers, bottom to top (a module may import its own layer and those below):
 
 0. ``errors``, ``types``, ``io``, ``validate``, ``progress``, ``structured``, ``sharding``, ``records``, ``version``,
-   ``_fault`` -- plain data and files
+   ``resumable`` (the one resumable generate loop, over any model), ``_fault`` -- plain data and files
 1. ``models`` -- the model interface, backends, the stepper
 2. ``scoring`` -- the scorer protocol only
 3. ``methods`` -- the nodes of a route tree and the tree itself
@@ -26,7 +26,7 @@ import alignkit
 ROOT = Path(alignkit.__file__).parent
 LAYERS = {
     **dict.fromkeys(("errors", "types", "io", "validate", "progress", "structured", "sharding", "records", "version",
-                     "_fault"), 0),
+                     "resumable", "_fault"), 0),
     "models": 1, "scoring": 2, "methods": 3, "analysis": 4, "evaluation": 4, "training": 4,
     "api": 5, "generation": 5, "sweep": 5, "": 5, "server": 6, "cli": 6, "__main__": 6,
 }

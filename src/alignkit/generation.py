@@ -1,25 +1,19 @@
-"""The one resumable generate loop: records in, one output record per input appended to JSONL as each batch
-finishes, ids already written skipped on resume. ``alignkit generate`` and :func:`alignkit.generate` run here."""
+"""Generation as ``alignkit generate`` and :func:`alignkit.generate` do it: the output record (the answer, usage of
+every stage, judge-free metrics, the route's stage records, provenance with the route tree), on the one resumable
+loop (:func:`alignkit.resumable.generate_into`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from alignkit.errors import InputError
 from alignkit.evaluation.cheap import answer_metrics
-from alignkit.io import JsonlAppender, complete_records, nonempty, written_ids
+from alignkit.io import complete_records
 from alignkit.methods.routes import usage
 from alignkit.progress import SILENT
-from alignkit.records import record_prompt
+from alignkit.resumable import generate_into
 from alignkit.types import Completion, GenerationConfig
-
-
-def with_seed(cfg: GenerationConfig, i: int) -> GenerationConfig:
-    """Each record's own seed, so its output does not depend on which batch it lands in."""
-    return cfg if cfg.seed is None else replace(cfg, seed=cfg.seed + i)
 
 
 def output_record(rec: dict[str, Any], comp: Completion, provenance: dict[str, Any]) -> dict[str, Any]:
@@ -49,37 +43,16 @@ def generate_records(model: Any, records: Sequence[dict[str, Any]], config: Gene
                      output: str | Path | None = None, resume: bool = False, batch_size: int = 8,
                      progress: Any = None, label: str = "generate", index: Mapping[str, int] | None = None
                      ) -> list[dict[str, Any]]:
-    """Generate an answer for every record (``{id, prompt | messages, ...}``); record ``i`` samples with seed
-    ``config.seed + i``. With ``output``: append each batch's records to that JSONL file as it finishes and, with
-    ``resume``, skip ids already there (an output with records is never touched without ``resume``); returns the
-    file's records for these ids. Without: returns the new records. ``index``: each id's place in the whole input
-    (its seed offset) when ``records`` are a part of it (a shard)."""
-    index = index if index is not None else {str(r["id"]): i for i, r in enumerate(records)}
-    done = written_ids(output) if output is not None and resume else set()
-    if output is not None and not resume and nonempty(output):
-        raise InputError(f"output file {str(output)!r} already has records; pass --resume (resume=True) to continue "
-                         "it, or choose another output file")
-    todo = [r for r in records if str(r["id"]) not in done]
-    out_rows: list[dict[str, Any]] = []
-    if todo:
-        provenance = provenance_of(model, config)
-        sink = JsonlAppender(output) if output is not None else None
-        tracker = progress or SILENT
-        try:
-            with tracker.task(label, len(todo)) as advance:
-                for start in range(0, len(todo), batch_size):
-                    batch = todo[start : start + batch_size]
-                    configs = [with_seed(config, index[str(r["id"])]) for r in batch]
-                    for rec, comp in zip(batch, model.generate([record_prompt(r) for r in batch], configs)):
-                        row = output_record(rec, comp, provenance)
-                        out_rows.append(row)
-                        if sink is not None:
-                            sink.write(row)
-                    advance(len(batch))
-        finally:
-            if sink is not None:
-                sink.close()
+    """Generate an answer for every record (``{id, prompt | messages, ...}``) as ``alignkit generate`` does: record
+    ``i`` samples with seed ``config.seed + i`` (``index``: each id's place in the whole input when ``records`` are a
+    part of it, a shard). With ``output``: appended to that JSONL file batch by batch and, with ``resume``, ids
+    already there skipped (an output with records is never touched without ``resume``); returns the file's records
+    for these ids. Without: returns the new records."""
+    provenance = provenance_of(model, config)
+    made = generate_into(model, records, config, to_record=lambda rec, comp: output_record(rec, comp, provenance),
+                         output=output, resume=resume, batch_size=batch_size, progress=progress or SILENT,
+                         label=label, index=index, per_record_seed=True)
     if output is None:
-        return out_rows
+        return made
     wanted = {str(r["id"]) for r in records}
     return [r for r in complete_records(output) if str(r.get("id")) in wanted]

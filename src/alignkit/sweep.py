@@ -19,6 +19,7 @@ from alignkit.methods import recommended_repetition_penalty
 from alignkit.methods.tree import build, node
 from alignkit.progress import SILENT, Progress
 from alignkit.records import record_prompt
+from alignkit.resumable import generate_into
 from alignkit.scoring import parse_spec, score_records
 from alignkit.training.reward import held_out
 from alignkit.types import GenerationConfig
@@ -97,21 +98,18 @@ def run_sweep(job: SweepJob, ref: Any, aligned: Any, records: Sequence[dict[str,
         model = DeRa(ref, aligned, lam)
         path = out_dir / f"lam-{lam:g}.jsonl"
         done = written_ids(path)
-        todo = [r for r in records if str(r["id"]) not in done]
         cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, seed=job.seed,
                                repetition_penalty=recommended_repetition_penalty(model))
         prov = {"model": model.info(), "generation": cfg.to_dict()}
-        with JsonlAppender(path) as out, progress.task(f"dera lambda {lam:g}", len(todo)) as advance:
-            for start in range(0, len(todo), job.batch_size):
-                batch = todo[start : start + job.batch_size]
-                prompts = [record_prompt(r) for r in batch]
-                for rec, comp in zip(batch, model.generate(prompts, cfg)):
-                    out.write({**rec, "lam": lam, "output": comp.text, "finish_reason": comp.finish_reason,
-                               "token_ids": list(comp.token_ids or ()),
-                               "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
-                               "provenance": prov})
-                advance(len(batch))
-        say(f"lambda {lam:g}: {len(todo)} new, {len(done)} already in {path}")
+
+        def row(rec: dict[str, Any], comp: Any, lam: float = lam, prov: dict[str, Any] = prov) -> dict[str, Any]:
+            return {**rec, "lam": lam, "output": comp.text, "finish_reason": comp.finish_reason,
+                    "token_ids": list(comp.token_ids or ()),
+                    "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens), "provenance": prov}
+
+        made = generate_into(model, records, cfg, to_record=row, output=path, batch_size=job.batch_size,
+                             progress=progress, label=f"dera lambda {lam:g}")
+        say(f"lambda {lam:g}: {len(made)} new, {len(done)} already in {path}")
         summary["lams"][f"{lam:g}"] = _stats(path)
         if job.scorer or job.kl:
             if job.scorer and scorer is None:

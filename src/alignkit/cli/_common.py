@@ -10,13 +10,13 @@ from typing import Any, TextIO
 
 from alignkit.api import resources
 from alignkit.errors import InputError
-from alignkit.generation import with_seed  # noqa: F401 -- re-exported for the commands
 from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
 from alignkit.methods.base import MethodModel, prepared_for_backend
 from alignkit.methods.tree import build, load_tree
 from alignkit.models.base import children
 from alignkit.models.registry import ModelOptions, ModelPool
 from alignkit.progress import Progress
+from alignkit.resumable import with_seed  # noqa: F401 -- re-exported for the commands
 from alignkit.sharding import Shard, ShardJob
 from alignkit.structured import Constraint
 from alignkit.types import GenerationConfig, Prompt

@@ -18,6 +18,7 @@ from alignkit.io import JsonlAppender
 from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
 from alignkit.methods.tree import build, parse
 from alignkit.progress import SILENT, Progress
+from alignkit.resumable import generate_into
 from alignkit.sharding import Shard, ShardJob
 from alignkit.types import GenerationConfig
 from alignkit.validate import check_mapping
@@ -261,23 +262,25 @@ class Harness:
             cfg = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens, stop=c.stop, repetition_penalty=penalty,
                                    repetition_penalty_scope=c.repetition_penalty_scope)
             prov = {"model": model.info(), "generation": cfg.to_dict()}
-            with JsonlAppender(path) as out, self.tracker.task(f"answers {c.name}", len(todo)) as advance:
-                for s in range(0, len(todo), self.cfg.batch_size):
-                    batch = todo[s : s + self.cfg.batch_size]
-                    comps = model.generate([it["instruction"] for it in batch], cfg)
-                    advance(len(batch))
-                    for it, comp in zip(batch, comps):
-                        rec = {"id": it["id"], "answer": comp.text, "finish_reason": comp.finish_reason,
-                               "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
-                               "provenance": prov}
-                        if comp.meta and comp.meta.get("route"):
-                            rec["route"] = comp.meta["route"]
-                            rec["usage"] = comp.meta.get("usage")
-                        if comp.meta and comp.meta.get("best_of_n"):
-                            rec["best_of_n"] = comp.meta["best_of_n"]  # every candidate and its score
-                        out.write(rec)
-                        done[it["id"]] = rec
-                    self.say(f"{c.name}: {len(done)}/{len(items)} answers")
+            tree = getattr(model, "tree", None)
+            if tree is not None:
+                prov["tree"] = tree.to_dict()
+
+            def answer(it: dict[str, Any], comp: Any) -> dict[str, Any]:
+                rec = {"id": it["id"], "answer": comp.text, "finish_reason": comp.finish_reason,
+                       "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens),
+                       "provenance": prov}
+                if comp.meta and comp.meta.get("route"):
+                    rec["route"] = comp.meta["route"]
+                    rec["usage"] = comp.meta.get("usage")
+                if comp.meta and comp.meta.get("best_of_n"):
+                    rec["best_of_n"] = comp.meta["best_of_n"]  # every candidate and its score
+                done[it["id"]] = rec
+                return rec
+
+            generate_into(model, todo, cfg, to_record=answer, output=path, batch_size=self.cfg.batch_size,
+                          progress=self.tracker, label=f"answers {c.name}", prompt_of=lambda it: it["instruction"],
+                          after_batch=lambda made: self.say(f"{c.name}: {len(done)}/{len(items)} answers"))
         return done
 
     def _judge(self, name: str, items, answers, judges) -> dict[str, dict[str, Any]]:

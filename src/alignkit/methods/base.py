@@ -5,7 +5,7 @@ server, evaluation and analysis take it like any other model)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -108,18 +108,8 @@ class MethodModel(ABC):
                 return [(p.prompt, c) for p, c in zip(more, cfgs)]
 
             kwargs["admit"] = prepare_joining
-        for ev in self.base.stream([p.prompt for p in prepared], configs, **kwargs):
-            cl = cleaners[ev.index]
-            if ev.completion is None:
-                piece = cl.feed(ev.text)
-                if piece:
-                    yield StreamEvent(ev.index, piece)
-                continue
-            head = cl.feed(ev.text)
-            piece, final = cl.finish()
-            piece = head + piece
-            comp = self.finish(ev.completion, prepared[ev.index], final)
-            yield StreamEvent(ev.index, piece, ev.finish_reason, comp)
+        events = self.base.stream([p.prompt for p in prepared], configs, **kwargs)
+        yield from cleaned_events(events, cleaners, lambda i, comp, final: self.finish(comp, prepared[i], final))
 
     def score(
         self,
@@ -162,6 +152,27 @@ def prepared_for_backend(model: Any, prompt: Prompt, config: GenerationConfig | 
         meta = {**(prepared.meta or {}), **(meta or {})} or None
         model = model.base
     return model, prompt, stops, meta
+
+
+def cleaned_events(events: Iterator[StreamEvent], cleaners: Sequence[StreamCleaner | None],
+                   finish: Callable[[int, Completion, str], Completion]) -> Iterator[StreamEvent]:
+    """A model's stream with each request's text cleaned as it streams: ``cleaners[i]`` shows only what cleaning can
+    no longer change (``None``: the text as it comes); the last event carries ``finish(i, completion, cleaned
+    text)``. ``cleaners`` may grow while the stream runs (requests joining a continuous batch). The one streaming
+    cleaner of every method, route and DeRa."""
+    for ev in events:
+        cl = cleaners[ev.index]
+        if cl is None:
+            comp = finish(ev.index, ev.completion, ev.completion.text) if ev.completion is not None else None
+            yield StreamEvent(ev.index, ev.text, ev.finish_reason, comp)
+        elif ev.completion is None:
+            piece = cl.feed(ev.text)
+            if piece:
+                yield StreamEvent(ev.index, piece)
+        else:
+            head = cl.feed(ev.text)
+            piece, final = cl.finish()
+            yield StreamEvent(ev.index, head + piece, ev.finish_reason, finish(ev.index, ev.completion, final))
 
 
 class StreamCleaner:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from alignkit.errors import CapabilityError, InputError
-from alignkit.methods.base import MethodModel, Prepared, prepared_for_backend
+from alignkit.methods.base import MethodModel, Prepared, cleaned_events, prepared_for_backend
 from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
@@ -125,7 +125,8 @@ class DeRa:
         cfg = GenerationConfig()
         return max(len(self._side(self.aligned, prompt, cfg)[0]), len(self._side(self.ref, prompt, cfg)[0]))
 
-    def _clean(self, text: str) -> str:
+    def clean(self, text: str) -> str:
+        """The aligned side's cleaning (what a route around DeRa applies to a text of its own)."""
         return self.aligned.clean(text) if isinstance(self.aligned, MethodModel) else text
 
     # ------------------------------------------------------------------ generation
@@ -177,30 +178,13 @@ class DeRa:
                 steppers.append(self.ref_inner.stepper(r_ids[:width], extra=extra, reuse=reuse_prefix))
                 rows = loop.new_rows(row_ids[:width], merged[:width])
                 events = loop.loop(rows, steppers, combine, should_stop, loop_admit)
-                yield from self._events(events, cleaners, metas)
+                yield from cleaned_events(events, cleaners,
+                                          lambda i, comp, final: replace(comp, text=final, meta=metas[i]))
             finally:
                 for st in steppers:
                     close = getattr(st, "close", None)
                     if close is not None:
                         close()
-
-    @staticmethod
-    def _events(events, cleaners, metas) -> Iterator[StreamEvent]:
-        for ev in events:
-            cl = cleaners[ev.index]
-            if cl is None:
-                comp = replace(ev.completion, meta=metas[ev.index]) if ev.completion else None
-                yield StreamEvent(ev.index, ev.text, ev.finish_reason, comp)
-            elif ev.completion is None:
-                piece = cl.feed(ev.text)
-                if piece:
-                    yield StreamEvent(ev.index, piece)
-            else:
-                head = cl.feed(ev.text)
-                piece, final = cl.finish()
-                piece = head + piece
-                yield StreamEvent(ev.index, piece, ev.finish_reason,
-                                  replace(ev.completion, text=final, meta=metas[ev.index]))
 
     def generate(self, prompts: Sequence[Prompt], config=None, *, reuse_prefix: bool = True) -> list[Completion]:
         if not prompts:

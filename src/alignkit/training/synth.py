@@ -13,6 +13,7 @@ from typing import Any
 from alignkit.io import JsonlAppender, written_ids
 from alignkit.methods.best_of_n import sample
 from alignkit.progress import SILENT, Progress
+from alignkit.resumable import generate_into
 from alignkit.scoring import score_records
 from alignkit.types import GenerationConfig, as_messages
 
@@ -44,23 +45,22 @@ def synthesize_answers(records: Sequence[dict[str, Any]], teacher: Any, cfg: Gen
     todo = [r for r in records if str(r["id"]) not in done]
     counts = {"written": 0, "skipped_done": len(records) - len(todo), "dropped": 0}
     provenance = {"teacher": teacher.info(), "generation": cfg.to_dict()}
-    with JsonlAppender(output) as out, progress.task("answers", len(todo)) as advance:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            comps = _generate(teacher, batch, cfg)
-            advance(len(batch))
-            for rec, comp in zip(batch, comps):
-                problem = _usable(comp, keep_truncated)
-                if problem:
-                    counts["dropped"] += 1
-                    report(f"  dropped {rec['id']!r}: {problem}")
-                    continue
-                msgs = _prompt_messages(rec) + [{"role": "assistant", "content": comp.text.strip()}]
-                extra = {k: v for k, v in rec.items() if k not in ("id", "prompt", "messages")}
-                out.write({"id": rec["id"], "messages": msgs, **extra,
-                           "provenance": {**provenance, "finish_reason": comp.finish_reason,
-                                          "completion_tokens": comp.completion_tokens}})
-                counts["written"] += 1
+
+    def sft_record(rec: dict[str, Any], comp: Any) -> dict[str, Any] | None:
+        problem = _usable(comp, keep_truncated)
+        if problem:
+            counts["dropped"] += 1
+            report(f"  dropped {rec['id']!r}: {problem}")
+            return None  # a dropped answer is not written: a later run asks again
+        msgs = _prompt_messages(rec) + [{"role": "assistant", "content": comp.text.strip()}]
+        extra = {k: v for k, v in rec.items() if k not in ("id", "prompt", "messages")}
+        counts["written"] += 1
+        return {"id": rec["id"], "messages": msgs, **extra,
+                "provenance": {**provenance, "finish_reason": comp.finish_reason,
+                               "completion_tokens": comp.completion_tokens}}
+
+    generate_into(teacher, todo, cfg, to_record=sft_record, output=output, batch_size=batch_size, progress=progress,
+                  label="answers", prompt_of=lambda r: as_messages(_prompt_messages(r)))
     return counts
 
 
