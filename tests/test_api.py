@@ -175,3 +175,34 @@ def test_dera_sweep_from_python_matches_the_command_line(tiny_dir, tmp_path, cap
     assert one == [json.loads(x)["output"] for x in (tmp_path / "cli" / "lam-1.jsonl").read_text().splitlines()]
     with pytest.raises(InputError, match="dera_sweep options"):
         ak.dera_sweep(base, aligned, QUESTIONS, output=tmp_path / "x", colour="red")
+
+
+def test_the_data_tools_from_python(tiny_dir, tmp_path):
+    """Teacher answers, route-vs-route pairs and AI-feedback pairs from Python, as `alignkit data` makes them; the
+    answers equal the command line's; what they write loads back as valid data."""
+    from alignkit.cli.main import main
+
+    base, aligned = str(tiny_dir["base"]), str(tiny_dir["aligned"])
+    prompts = [{"id": f"p{i}", "prompt": q, "category": "x"} for i, q in enumerate(QUESTIONS)]
+    counts = ak.data_answers(ak.load(base, method="none"), prompts, tmp_path / "sft.jsonl", max_new_tokens=6,
+                             keep_truncated=True)
+    assert counts["written"] == 3
+    sft = ak.data_load(str(tmp_path / "sft.jsonl"), "sft")
+    assert [r["id"] for r in sft] == ["p0", "p1", "p2"] and sft[0]["category"] == "x"
+    assert ak.data_answers(ak.load(base, method="none"), prompts, tmp_path / "sft.jsonl", max_new_tokens=6,
+                           keep_truncated=True)["written"] == 0  # resumed: nothing new
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    assert main(["data", "answers", "--input", str(inp), "--output", str(tmp_path / "cli.jsonl"), "--model", base,
+                 "--method", "none", "--max-new-tokens", "6", "--keep-truncated", "--quiet"]) == 0
+    cli = ak.data_load(str(tmp_path / "cli.jsonl"), "sft")
+    assert [r["messages"] for r in cli] == [r["messages"] for r in sft]
+    pairs = ak.data_pairs(ak.load(base, method="none"), {"none": {"model": str(tiny_dir["llama"])}}, prompts,
+                          tmp_path / "pairs.jsonl", max_new_tokens=6, keep_truncated=True)
+    assert pairs["written"] == 3 and len(ak.data_load(str(tmp_path / "pairs.jsonl"), "prefs")) == 3
+    ranked = ak.data_ranked_pairs(ak.load(base, method="none"), prompts, tmp_path / "ranked.jsonl",
+                                  scorer=f"geval:{tiny_dir['judge']}", k=3, max_new_tokens=6, temperature=0.9)
+    assert ranked["written"] + ranked["dropped"] == 3
+    assert ak.data_load("alignkit-sft", "sft")  # the shipped set by name
+    with pytest.raises(InputError, match="bad record"):
+        ak.data_load(str(inp), "sft")  # prompts are not SFT conversations

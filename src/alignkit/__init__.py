@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from alignkit.api import (
     chat,
+    data_answers,
+    data_load,
+    data_pairs,
+    data_ranked_pairs,
     decoding_config,
     dera_sweep,
     evaluate,
@@ -51,6 +55,10 @@ __all__ = [
     "StreamEvent",
     "TokenScores",
     "chat",
+    "data_answers",
+    "data_load",
+    "data_pairs",
+    "data_ranked_pairs",
     "decoding_config",
     "dera_sweep",
     "evaluate",

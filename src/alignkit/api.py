@@ -251,6 +251,58 @@ def _records(prompts: Any) -> list[dict[str, Any]]:
     return [_as_record(i, p) for i, p in enumerate(prompts)]
 
 
+# ----------------------------------------------------------------------------- data tools
+def data_load(path_or_name: str, kind: str = "sft") -> list[dict[str, Any]]:
+    """The records of an SFT (``kind="sft"``: ``{id, messages}``) or preference (``"prefs"``: ``{id, prompt,
+    chosen, rejected}``) data set -- a JSONL/JSON/YAML file or a shipped name (``alignkit-sft``) -- every bad record
+    reported at once (what ``alignkit data validate`` checks)."""
+    from alignkit.training.data import load as load_data
+
+    loaded = load_data(path_or_name, kind)
+    loaded.raise_if_problems("nothing was loaded")
+    return [dict(r.data) for r in loaded.records]
+
+
+def data_answers(teacher: Any, prompts: Any, output: str | Path, *, batch_size: int = 8, keep_truncated: bool = False,
+                 config: GenerationConfig | None = None, progress: Any = None, **decoding: Any) -> dict[str, int]:
+    """SFT records from a teacher (any model or route): one ``{id, messages}`` per usable answer, appended to
+    ``output`` (ids already there skipped; empty and runaway answers dropped with the reason) -- ``alignkit data
+    answers``. Returns the counts (written, skipped, dropped)."""
+    from alignkit.training.synth import synthesize_answers
+
+    model = teacher if hasattr(teacher, "generate") else load(teacher)
+    return synthesize_answers(_records(prompts), model, decoding_config(model, config, **decoding), str(output),
+                              batch_size=batch_size, keep_truncated=keep_truncated, report=lambda m: None,
+                              progress=progress or _silent())
+
+
+def data_pairs(chosen: Any, rejected: Any, prompts: Any, output: str | Path, *, batch_size: int = 8,
+               keep_truncated: bool = False, progress: Any = None, **decoding: Any) -> dict[str, int]:
+    """Preference pairs from two routes: per prompt, the ``chosen`` route's answer over the ``rejected`` one's
+    (``alignkit data pairs``), appended to ``output``; returns the counts."""
+    from alignkit.training.synth import synthesize_pairs
+
+    good = chosen if hasattr(chosen, "generate") else load(chosen)
+    bad = rejected if hasattr(rejected, "generate") else load(rejected)
+    return synthesize_pairs(_records(prompts), good, bad, decoding_config(good, None, **decoding),
+                            decoding_config(bad, None, **decoding), str(output), batch_size=batch_size,
+                            keep_truncated=keep_truncated, report=lambda m: None, progress=progress or _silent())
+
+
+def data_ranked_pairs(model: Any, prompts: Any, output: str | Path, *, scorer: str | Scorer, k: int = 4,
+                      pick: str = "worst", min_margin: float = 0.0, batch_size: int = 8, seed: int = 0,
+                      progress: Any = None, **decoding: Any) -> dict[str, int]:
+    """AI-feedback pairs (``alignkit data pairs --rank-by``): ``k`` sampled answers per prompt from one route, rated
+    by ``scorer`` (a spec or a scorer); the best is chosen, the worst (or a random lower one) rejected."""
+    from alignkit.training.synth import synthesize_ranked_pairs
+
+    m = model if hasattr(model, "generate") else load(model)
+    rater = open_scorer(scorer) if isinstance(scorer, str) else scorer
+    return synthesize_ranked_pairs(_records(prompts), m, decoding_config(m, None, **decoding), rater, str(output),
+                                   k=k, pick=pick, min_margin=min_margin, batch_size=batch_size, seed=seed,
+                                   report=lambda msg: None, progress=progress or _silent())
+
+
 # ----------------------------------------------------------------------------- analysis and evaluation
 def shift(base: Any, aligned: Any, *, prompts: Sequence[str] | None = None, answers: Sequence[str] | None = None,
           input: str | None = None, ids: Sequence[str] | None = None, output: str | Path | None = None,
