@@ -182,7 +182,7 @@ def test_the_data_tools_from_python(tiny_dir, tmp_path):
     answers equal the command line's; what they write loads back as valid data."""
     from alignkit.cli.main import main
 
-    base, aligned = str(tiny_dir["base"]), str(tiny_dir["aligned"])
+    base = str(tiny_dir["base"])
     prompts = [{"id": f"p{i}", "prompt": q, "category": "x"} for i, q in enumerate(QUESTIONS)]
     counts = ak.data_answers(ak.load(base, method="none"), prompts, tmp_path / "sft.jsonl", max_new_tokens=6,
                              keep_truncated=True)
