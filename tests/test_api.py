@@ -206,3 +206,20 @@ def test_the_data_tools_from_python(tiny_dir, tmp_path):
     assert ak.data_load("alignkit-sft", "sft")  # the shipped set by name
     with pytest.raises(InputError, match="bad record"):
         ak.data_load(str(inp), "sft")  # prompts are not SFT conversations
+
+
+def test_a_sweep_side_can_be_a_route_file(tiny_dir, tmp_path):
+    from alignkit.cli.main import main
+
+    base, aligned = str(tiny_dir["base"]), str(tiny_dir["aligned"])
+    side = tmp_path / "side.yaml"
+    side.write_text(f"template: {{model: {aligned}}}\n")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "prompt": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    common = ["--lams", "1", "--input", str(inp), "--max-new-tokens", "5", "--quiet", "--no-kl"]
+    assert main(["dera", "sweep", "--ref", base, "--aligned", str(side), "--output", str(tmp_path / "f"), *common]) == 0
+    assert main(["dera", "sweep", "--ref", base, "--aligned", aligned, "--aligned-method", "template",
+                 "--output", str(tmp_path / "s"), *common]) == 0
+    outs = [[json.loads(x)["output"] for x in (tmp_path / d / "lam-1.jsonl").read_text().splitlines()] for d in "fs"]
+    assert outs[0] == outs[1]
+    assert json.loads((tmp_path / "f" / "summary.json").read_text())["aligned_method"] == "as given"

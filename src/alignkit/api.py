@@ -200,9 +200,7 @@ def dera_sweep(ref: Any, aligned: Any, prompts: Iterable[Prompt | Mapping[str, A
     prompted by ``ref_method`` / ``aligned_method`` (as ``alignkit dera sweep``); route trees or models are used as
     they are. ``options``: the other :class:`~alignkit.sweep.SweepJob` fields (``max_new_tokens``, ``temperature``,
     ``seed``, ``scorer``, ``validation_share``, ``kl``, ``judge`` ...)."""
-    from alignkit.methods import MethodOptions, dera_sides
-    from alignkit.methods.tree import build
-    from alignkit.sweep import SweepJob, SweepResult, run_sweep
+    from alignkit.sweep import SweepJob, SweepResult, run_sweep, sweep_sides
     from alignkit.validate import check_mapping
 
     lam_text = lams if isinstance(lams, str) else ",".join(f"{float(x):g}" for x in lams)
@@ -211,11 +209,8 @@ def dera_sweep(ref: Any, aligned: Any, prompts: Iterable[Prompt | Mapping[str, A
     job = SweepJob(**check_mapping(SweepJob, fields_, what="dera_sweep options"))
     records = _records(prompts)
     res = resources if resources is not None else globals()["resources"]()
-    if isinstance(ref, str) and isinstance(aligned, str):
-        ref_m, aligned_m, method = dera_sides(res(aligned), res(ref), MethodOptions(
-            template=job.template, aligned_method=aligned_method, ref_method=ref_method))
-    else:
-        ref_m, aligned_m, method = build(_tree(ref), res), build(_tree(aligned), res), "as given"
+    ref_m, aligned_m, method = sweep_sides(ref, aligned, res, ref_method=ref_method, aligned_method=aligned_method,
+                                           template=job.template)
     summary = run_sweep(job, ref_m, aligned_m, records, res, labels={"aligned_method": method},
                         progress=progress or _silent())
     return SweepResult(summary, Path(output))
@@ -229,12 +224,6 @@ def _label(model: Any) -> str:
 
         return json.dumps(dict(model))
     return str(getattr(model, "tree", None) or getattr(model, "spec", model))
-
-
-def _tree(model: Any) -> Any:
-    from alignkit.methods.tree import parse
-
-    return parse(model) if isinstance(model, Mapping) else model
 
 
 def _silent() -> Any:

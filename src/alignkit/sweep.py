@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,8 @@ from alignkit.errors import InputError
 from alignkit.evaluation.cheap import answer_metrics
 from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
 from alignkit.io import JsonlAppender, written_ids
-from alignkit.methods import recommended_repetition_penalty
-from alignkit.methods.tree import build, node
+from alignkit.methods import MethodOptions, dera_side, recommended_repetition_penalty
+from alignkit.methods.tree import build, load_tree, node, parse
 from alignkit.progress import SILENT, Progress
 from alignkit.records import record_prompt
 from alignkit.resumable import generate_into
@@ -30,8 +30,11 @@ class SweepJob:
     ref: str = field(default="", metadata={
         "help": "the reference model spec: DeRa's theory (lambda emulates KL strength beta/lambda) covers an SFT model "
                 "as reference and its DPO/RLHF version as --aligned; other pairings (a base model, the same model in "
-                "context) are a heuristic interpolation", "required": True})
-    aligned: str = field(default="", metadata={"help": "the aligned model spec", "required": True})
+                "context) are a heuristic interpolation; or a route-tree file (.yaml/.json), used as it is written",
+        "required": True})
+    aligned: str = field(default="", metadata={"help": "the aligned model spec, or a route-tree file (.yaml/.json) "
+                                                       "used as it is written (e.g. a model aligned in context)",
+                                               "required": True})
     lams: str = field(default="0,0.25,0.5,0.75,1,1.25", metadata={"help": "comma-separated lambdas to try"})
     input: str = field(default="", metadata={"help": "JSONL of records with an id and a prompt or messages", "required": True})
     output: str = field(default="", metadata={"help": "folder for one JSONL per lambda, summary.json and sweep.png",
@@ -74,6 +77,33 @@ def parse_lams(text: str) -> list[float]:
         raise InputError(f"--lams needs numbers >= 0; got {text!r}")
     return lams
 
+
+
+def is_route_file(side: Any) -> bool:
+    """Whether a side names a route-tree file (``.yaml``, ``.yml`` or ``.json``) rather than a model spec."""
+    return isinstance(side, (str, Path)) and Path(side).suffix.lower() in (".yaml", ".yml", ".json")
+
+
+def sweep_sides(ref: Any, aligned: Any, resources: Any, *, ref_method: str = "none", aligned_method: str = "auto",
+                template: str | None = None) -> tuple[Any, Any, str]:
+    """DeRa's two sides for a sweep: a model spec is prompted by its side's method, exactly as ``--method dera`` does
+    (:func:`alignkit.methods.dera_side`); a route-tree file, a tree or a loaded model is used as it is. Returns
+    ``(ref, aligned, the aligned side's method)``."""
+    from alignkit.methods.wrappers import auto_method
+
+    options = MethodOptions(template=template, ref_method=ref_method, aligned_method=aligned_method)
+
+    def side(x: Any, method: str) -> Any:
+        if is_route_file(x):
+            return build(load_tree(x), resources)
+        if isinstance(x, str):
+            return build(dera_side(x, method, options), resources)
+        return build(parse(x) if isinstance(x, Mapping) else x, resources)
+
+    method = aligned_method if isinstance(aligned, str) and not is_route_file(aligned) else "as given"
+    if method == "auto":
+        method = auto_method(resources(aligned), "none")
+    return side(ref, ref_method), side(aligned, aligned_method), method
 
 
 def run_sweep(job: SweepJob, ref: Any, aligned: Any, records: Sequence[dict[str, Any]], resources: Any, *,

@@ -10,10 +10,9 @@ from typing import Any
 from alignkit.api import resources
 from alignkit.cli._common import add_quiet, log_warnings_to_stderr, progress_for
 from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
-from alignkit.methods import MethodOptions, dera_sides
 from alignkit.models.registry import ModelOptions
 from alignkit.records import parse_records
-from alignkit.sweep import SweepJob, parse_lams, run_sweep
+from alignkit.sweep import SweepJob, parse_lams, run_sweep, sweep_sides
 
 
 def add_parser(sub) -> None:
@@ -41,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     parse_lams(job.lams)
     records = [r for _, r in parse_records(job.input, "stop")]
     res = resources(options)
-    # the sides exactly as --method dera makes them (one code path)
-    ref, aligned, aligned_method = dera_sides(res(job.aligned), res(job.ref), MethodOptions(
-        template=job.template, aligned_method=job.aligned_method, ref_method=job.ref_method))
+    # a spec's side exactly as --method dera makes it (one code path); a route file's side as it is written
+    ref, aligned, aligned_method = sweep_sides(job.ref, job.aligned, res, ref_method=job.ref_method,
+                                               aligned_method=job.aligned_method, template=job.template)
     summary = run_sweep(job, ref, aligned, records, res, labels={"aligned_method": aligned_method},
                         progress=progress_for(args), say=lambda m: print(f"alignkit dera sweep: {m}", file=sys.stderr))
     _table(summary)

@@ -12,7 +12,6 @@ from typing import Any
 from alignkit.errors import InputError
 from alignkit.methods import nodes as _nodes  # noqa: F401 -- registers the node kinds
 from alignkit.methods.tree import Node, Resources, build, node  # noqa: F401 -- Resources: the loader type callers pass
-from alignkit.methods.wrappers import auto_method
 
 METHODS = ("urial", "template", "none", "auto", "dera", "best-of-n")
 SIDE_METHODS = ("urial", "template", "none", "auto")
@@ -148,14 +147,3 @@ def dera_side(model: Any, method: str, options: MethodOptions) -> Node:
     if method == "auto":
         return node("auto", model=model, fallback="none")
     return node(method, model=model, **(_icl(options, method) if method == "urial" else {}))
-
-
-def dera_sides(aligned_model: Any, ref_model: Any, options: MethodOptions) -> tuple[Any, Any, str]:
-    """The two sides of DeRa, each built under its method. Returns ``(ref, aligned, the aligned side's method)``."""
-
-    ref = build(dera_side(ref_model, options.ref_method, options))
-    aligned = build(dera_side(aligned_model, options.aligned_method, options))
-    method = options.aligned_method
-    if method == "auto":
-        method = auto_method(aligned_model, "none")
-    return ref, aligned, method
