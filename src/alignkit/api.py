@@ -57,6 +57,9 @@ def resources(options: ModelOptions | None = None, *, pool: Any = None) -> Resou
     return Resources(models, lambda spec, res: open_scorer(spec, res))
 
 
+_new_resources = resources  # for the functions whose ``resources`` parameter shadows it
+
+
 def open_scorer(spec: str, loader: Any = None, *, cache: str | Path | None = None, batch_size: int = 8) -> Scorer:
     """The scorer a spec names: ``reward:PATH_OR_HUB`` (a reward model), ``judge[+RUBRIC]:MODEL`` (an LLM judge
     with a score rubric, the mean of its aspects) or ``geval[+RUBRIC]:MODEL`` (the judge's expected 1-5 digit).
@@ -73,7 +76,7 @@ def open_scorer(spec: str, loader: Any = None, *, cache: str | Path | None = Non
     from alignkit.evaluation.scorers import ExpectedScoreJudge, JudgeScorer
     from alignkit.methods.tree import build, node
 
-    model = build(node("auto", model=target), loader if loader is not None else resources())
+    model = build(node("auto", model=target), loader if loader is not None else _new_resources())
     if kind == "judge":
         rubric = load_rubric(rubric_name or "multi-aspect")
         if rubric.kind != "score":
@@ -104,8 +107,8 @@ def load(model: Any, *, method: str | None = None, options: ModelOptions | None 
          resources: Resources | None = None, **fields_: Any) -> LanguageModel:
     """A model: a spec (``"gemma-3-270m"``, ``"hf:ORG/NAME"``, ``"./folder"``), a route tree (a :class:`Node`, its
     dict form, or a ``.yaml``/``.json`` file), or an already-loaded model -- optionally under a ``method`` node
-    whose options are the keyword arguments (``load("gemma-3-270m", method="urial", k=3)``,
-    ``load("./sft", method="dera", ...)`` is not a thing: build DeRa with :func:`node`)."""
+    whose options are the keyword arguments (``load("gemma-3-270m", method="urial", k=3)``). ``method`` takes a
+    kind with one model slot; build DeRa and the stages with :func:`node`."""
     from alignkit.methods.tree import Node, build, load_tree, parse
 
     tree: Any = model
@@ -126,7 +129,7 @@ def load(model: Any, *, method: str | None = None, options: ModelOptions | None 
         raise InputError(f"options {sorted(fields_)} need method=... (the node they belong to)")
     if not isinstance(tree, (str, Node)) and not hasattr(tree, "generate"):
         raise InputError(f"cannot load {model!r:.80}: give a spec string, a route tree or a model")
-    res = resources if resources is not None else globals()["resources"](options)
+    res = resources if resources is not None else _new_resources(options)
     return build(tree, res)
 
 
@@ -208,7 +211,7 @@ def dera_sweep(ref: Any, aligned: Any, prompts: Iterable[Prompt | Mapping[str, A
                "ref_method": ref_method, "aligned_method": aligned_method, **options}
     job = SweepJob(**check_mapping(SweepJob, fields_, what="dera_sweep options"))
     records = _records(prompts)
-    res = resources if resources is not None else globals()["resources"]()
+    res = resources if resources is not None else _new_resources()
     ref_m, aligned_m, method = sweep_sides(ref, aligned, res, ref_method=ref_method, aligned_method=aligned_method,
                                            template=job.template)
     summary = run_sweep(job, ref_m, aligned_m, records, res, labels={"aligned_method": method},
@@ -310,7 +313,7 @@ def shift(base: Any, aligned: Any, *, prompts: Sequence[str] | None = None, answ
 
     sopts = ShiftOptions(**check_mapping(ShiftOptions, options, what="shift options"))
     items = _shift_items(prompts, answers, input, ids, read_items)
-    res = resources if resources is not None else globals()["resources"]()
+    res = resources if resources is not None else _new_resources()
     base_m = base if hasattr(base, "generate") else load(base, resources=res)
     aligned_m = aligned if hasattr(aligned, "generate") else load(aligned, resources=res)
     name = label or shift_label(aligned_m, aligned if isinstance(aligned, str) else aligned_m.spec)
@@ -371,6 +374,6 @@ def evaluate(contestants: Mapping[str, Any], *, instructions: str = "alignkit-ev
             cs.append(Contestant(name=str(name), model=getattr(m, "spec", str(m)), route=m))
     cfg = EvalConfig.from_dict({"contestants": [], "judge": judge or "none", "instructions": instructions,
                                 "output": folder, **config}, contestants=tuple(cs))
-    res = resources if resources is not None else globals()["resources"]()
+    res = resources if resources is not None else _new_resources()
     summary = Harness(cfg, res, progress=lambda m: None, tracker=progress or SILENT).run()
     return EvalReport(summary, Path(folder))

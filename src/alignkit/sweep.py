@@ -17,6 +17,7 @@ from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
 from alignkit.io import JsonlAppender, written_ids
 from alignkit.methods import MethodOptions, dera_side, recommended_repetition_penalty
 from alignkit.methods.tree import build, load_tree, node, parse
+from alignkit.methods.wrappers import auto_method
 from alignkit.progress import SILENT, Progress
 from alignkit.records import record_prompt
 from alignkit.resumable import generate_into
@@ -89,8 +90,6 @@ def sweep_sides(ref: Any, aligned: Any, resources: Any, *, ref_method: str = "no
     """DeRa's two sides for a sweep: a model spec is prompted by its side's method, exactly as ``--method dera`` does
     (:func:`alignkit.methods.dera_side`); a route-tree file, a tree or a loaded model is used as it is. Returns
     ``(ref, aligned, the aligned side's method)``."""
-    from alignkit.methods.wrappers import auto_method
-
     options = MethodOptions(template=template, ref_method=ref_method, aligned_method=aligned_method)
 
     def side(x: Any, method: str) -> Any:
