@@ -41,6 +41,10 @@ def _compositions(d) -> dict[str, dict]:
         "dera with a urial aligned side": {"dera": {"lam": 1.5, "ref": {"none": {"model": base}},
                                                     "aligned": urial}},
         "dera of two urial sides under best-of-n, a corrector behind": _flagless(d),
+        "proxy": {"proxy": {"alpha": 0.5, "base": {"none": {"model": base}}, "expert": {"template": {"model": aligned}},
+                            "antiexpert": {"none": {"model": str(d["llama"])}}}},
+        "proxy with a urial expert, a corrector behind": {"correct": {"corrector": aligned, "model": {"proxy": {
+            "base": {"none": {"model": base}}, "expert": urial, "antiexpert": {"none": {"model": base}}}}}},
     }
 
 
@@ -67,7 +71,7 @@ def _nodes(tree):
             yield from _nodes(v)
 
 
-@pytest.mark.parametrize("name", list(_compositions({"base": "b", "aligned": "a", "judge": "j"})))
+@pytest.mark.parametrize("name", list(_compositions({"base": "b", "aligned": "a", "judge": "j", "llama": "l"})))
 def test_conformance(name, tiny_dir):
     tree = _compositions(tiny_dir)[name]
     model = ak.load(tree)
@@ -121,7 +125,8 @@ def _specs(tree):
     for k, v in body.items():
         if k == "scorer":
             yield v.split(":", 1)[1]
-        elif isinstance(v, (dict, str)) and k in ("model", "ref", "aligned", "rewriter", "corrector"):
+        elif isinstance(v, (dict, str)) and k in ("model", "ref", "aligned", "rewriter", "corrector", "base", "expert",
+                                                   "antiexpert"):
             yield from _specs(v)
 
 

@@ -46,6 +46,13 @@ class DeraOptions:
 
 
 @dataclass(frozen=True)
+class ProxyOptions:
+    alpha: float = field(default=1.0, metadata={"help":
+        "alpha: logits = base + alpha * (expert - antiexpert) (0: the base model; 1: proxy-tuning; other values "
+        "scale the fine-tuning term, as EFT's up-scaling)"})
+
+
+@dataclass(frozen=True)
 class BestOfNOptions:
     scorer: str | None = field(default=None, metadata={"required": True, "help":
         "the scorer that rates the candidates: reward:PATH_OR_HUB, judge:MODEL, geval:MODEL"})
@@ -77,6 +84,8 @@ register(NodeKind("auto", AutoOptions, ("model",), "alignkit.methods.wrappers:bu
                   "the layout alignkit trained the model on; else its chat template; else the fallback"))
 register(NodeKind("dera", DeraOptions, ("ref", "aligned"), "alignkit.methods.dera:build_node",
                   "decoding-time realignment: lam * aligned + (1 - lam) * ref in logit space, token by token"))
+register(NodeKind("proxy", ProxyOptions, ("base", "expert", "antiexpert"), "alignkit.methods.proxy:build_node",
+                  "proxy-tuning / EFT / DExperts: base + alpha * (expert - antiexpert) in logit space, token by token"))
 register(NodeKind("best-of-n", BestOfNOptions, ("model",), "alignkit.methods.best_of_n:build_node",
                   "sample n answers of the model, return the one the scorer rates highest"))
 register(NodeKind("rewrite", RewriteOptions, ("model", "rewriter"), "alignkit.methods.routes:build_rewrite",

@@ -1,0 +1,224 @@
+"""Logit arithmetic at decoding time: several models step in lockstep and the next-token logits are a weighted sum
+of theirs, ``sum_i w_i * h_i``, before the usual sampling (temperature, top-p, top-k, repetition penalty, stop
+strings). DeRa (``lam * aligned + (1 - lam) * ref``) and proxy-tuning (``base + alpha * (expert - antiexpert)``) are
+this one kernel with their own sides and weights.
+
+Each side is any model or route on one stepping backend (the same tokenizer and vocabulary); each sees its own
+prompt -- a base model raw, its aligned sibling through its chat template or in context -- prepared through its own
+method chain, with its own key/value cache, batched, its prompt prefix prefilled once and reused across calls. The
+first side *leads*: its method cleans the answer, its chat capability is the mix's, its tokenizer and decoding rules
+serve the mix. A mix is itself a model: it generates, streams (continuous batching when every side can) and scores
+the mixed distribution, so every command takes it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from alignkit.errors import CapabilityError, InputError
+from alignkit.methods.base import MethodModel, Prepared, cleaned_events, prepared_for_backend
+from alignkit.models.base import (
+    Capabilities,
+    LogprobChunk,
+    PositionReducer,
+    SteppingModel,
+    answering_backend,
+    configs_for,
+    lockstep,
+    run_stream_to_completions,
+)
+from alignkit.models.token_loop import queued_admit
+from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
+
+
+def stepping_backend(model: Any, role: str, what: str) -> Any:
+    """The model under a (possibly wrapped) side, checked for the public stepper protocol, or a clear error."""
+    inner = answering_backend(model)  # under a method, or a route of several (e.g. a rewriter in front of urial)
+    m = model
+    while m is not inner:  # each side's prompt is prepared down the method chain, so every node on it must be one
+        if not isinstance(m, MethodModel):
+            raise CapabilityError(f"{what}'s {role} side {model.spec!r} holds a {getattr(m, 'method', m.backend)} "
+                                  f"node, which does not prepare a prompt for one model to step; put it around "
+                                  f"{what} instead")
+        m = m.base
+    caps = inner.capabilities
+    if not (caps.stepping and caps.full_vocab_logits and isinstance(inner, SteppingModel)):
+        raise CapabilityError(
+            f"{what} steps its models token by token with their full logits; the {role} model {model.spec!r} "
+            f"({inner.backend} backend) cannot do that -- use a local model (hf:, a folder, .gguf, llamacpp:)"
+        )
+    return inner
+
+
+class LogitMix:
+    """``sum_i w_i * logits_i`` over named sides, decoded in lockstep; the first side leads."""
+
+    backend = "mix"
+    method = "mix"
+    #: how errors name this mix
+    what = "the logit mix"
+
+    def __init__(self, sides: Sequence[tuple[str, Any, float]]) -> None:
+        if len(sides) < 2:
+            raise InputError(f"{self.what} needs at least two models")
+        for role, _, w in sides:
+            if not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise InputError(f"{self.what}: the weight of the {role} side must be a finite number, got {w!r}")
+        self.roles = [r for r, _, _ in sides]
+        self.models = [m for _, m, _ in sides]
+        self.weights = [float(w) for _, _, w in sides]
+        self.inners = [stepping_backend(m, r, self.what) for r, m, _ in sides]
+        lead, lead_inner = self.models[0], self.inners[0]
+        for role, m, inner in zip(self.roles[1:], self.models[1:], self.inners[1:]):
+            if inner.backend != lead_inner.backend:
+                raise InputError(f"{self.what} needs all its models on one backend (their logits must be comparable); "
+                                 f"the {self.roles[0]} model runs on {lead_inner.backend}, the {role} on {inner.backend}")
+            fa, fr = lead_inner.vocab_fingerprint(), inner.vocab_fingerprint()
+            if fa != fr or lead_inner.vocab_size != inner.vocab_size:
+                raise InputError(
+                    f"{self.what} mixes its models' logits token by token, so they must share one tokenizer and "
+                    f"vocabulary; {lead.spec!r} (vocabulary {fa}, {lead_inner.vocab_size} logits) and {m.spec!r} "
+                    f"({fr}, {inner.vocab_size}) differ")
+        self.spec = lead.spec
+        self.capabilities = Capabilities(
+            full_vocab_logits=True, topk_logprobs=lead_inner.vocab_size, chat_template=lead.capabilities.chat_template,
+            streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=False, constraints=True,
+            # requests can join the running lockstep group when every side takes rows into a running batch
+            continuous_batching=all(m.capabilities.continuous_batching for m in self.inners))
+        self.recommended = getattr(lead, "recommended", {})
+        # tokenizer-level helpers come from the lead side (all sides share the vocabulary)
+        self.tokenizer = lead_inner.tokenizer
+        self.encode, self.token_text = lead_inner.encode, lead_inner.token_text
+        self.vocab_fingerprint = lead_inner.vocab_fingerprint
+
+    @property
+    def context_length(self) -> int | None:
+        limits = [m.context_length for m in self.inners if m.context_length]
+        return min(limits) if limits else None
+
+    def children(self) -> list[tuple[str, Any]]:
+        return list(zip(self.roles, self.models))
+
+    def info(self) -> dict[str, Any]:
+        return {**self.models[0].info(), "method": self.method,
+                "sides": {r: {"weight": w, "model": m.info()} for r, m, w in zip(self.roles, self.models, self.weights)}}
+
+    def close(self) -> None:
+        for m in self.models:
+            m.close()
+
+    # ------------------------------------------------------------------ what each side sees
+    def _side(self, model: Any, prompt: Prompt, config: GenerationConfig):
+        """Token ids one side's model sees for ``prompt``, its stop strings and meta, through every layer of
+        method wrapping (a route's earlier stages run here: a rewriter rewrites the prompt first)."""
+        backend, prompt, stops, meta = prepared_for_backend(model, prompt, config)
+        return backend.encode_prompt(prompt), stops, meta
+
+    def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
+        sides = [self._side(m, prompt, config) for m in self.models]
+        stops = tuple(dict.fromkeys(s for _, st, _ in sides for s in st))
+        return Prepared(prompt, stops, sides[0][2])
+
+    def render(self, prompt: Prompt) -> str:
+        return self.models[0].render(prompt)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        cfg = GenerationConfig()
+        return max(len(self._side(m, prompt, cfg)[0]) for m in self.models)
+
+    def clean(self, text: str) -> str:
+        """The lead side's cleaning (what a route around the mix applies to a text of its own)."""
+        return self.models[0].clean(text) if isinstance(self.models[0], MethodModel) else text
+
+    def combine(self, ls: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The mixed logits (or log-probabilities) of the sides, in side order."""
+        out = self.weights[0] * ls[0]
+        for w, x in zip(self.weights[1:], ls[1:]):
+            out = out + w * x
+        return out
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def stream(self, prompts: Sequence[Prompt], config=None, *, should_stop=None, reuse_prefix: bool = True,
+               admit=None) -> Iterator[StreamEvent]:
+        """All sides in lockstep; ``admit`` (continuous batching, when ``capabilities.continuous_batching``):
+        joining requests are prepared for every side and join every model's batch."""
+        configs = configs_for(len(prompts), config)
+        if not prompts:
+            return
+        if admit is not None and not self.capabilities.continuous_batching:
+            raise CapabilityError(f"{self.what} takes requests into a running batch only when all its models can")
+        side_ids: list[list[list[int]]] = [[] for _ in self.models]
+        merged: list[GenerationConfig] = []
+        metas: list[Any] = []
+        lead = self.models[0]
+        cleaner = lead.stream_cleaner if isinstance(lead, MethodModel) else None
+        cleaners: list[Any] = []
+
+        def add(p: Prompt, c: GenerationConfig) -> tuple[list[int], GenerationConfig, list[list[int]]]:
+            sides = [self._side(m, p, c) for m in self.models]
+            for k, (ids, _, _) in enumerate(sides):
+                side_ids[k].append(ids)
+            merged.append(replace(c, stop=tuple(dict.fromkeys(c.stop + tuple(s for _, st, _ in sides for s in st)))))
+            metas.append(sides[0][2])
+            cleaners.append(cleaner() if cleaner else None)
+            # the row's prompt is the longest side's, so the context limit holds for every model
+            return max((ids for ids, _, _ in sides), key=len), merged[-1], [ids for ids, _, _ in sides]
+
+        for p, c in zip(prompts, configs):
+            add(p, c)
+        loop = self.inners[0].token_loop  # the lead side's decoding rules (all share the vocabulary)
+        extra = max(c.max_new_tokens for c in configs)
+        row_ids = [max((side_ids[k][i] for k in range(len(self.models))), key=len) for i in range(len(prompts))]
+        width = min(w for w in [m.max_stepper_rows for m in self.inners] + [len(prompts)] if w is not None)
+        # rows beyond what the steppers hold join as others finish, then the caller's requests
+        loop_admit = queued_admit([(row_ids[i], merged[i], [side_ids[k][i] for k in range(len(self.models))])
+                                   for i in range(width, len(prompts))], admit, add)
+        with ExitStack() as held:
+            for inner in self.inners:  # each model held for the whole run (no other request touches its cache)
+                held.enter_context(inner.exclusive())
+            steppers: list[Any] = []
+            try:
+                for k, inner in enumerate(self.inners):
+                    steppers.append(inner.stepper(side_ids[k][:width], extra=extra, reuse=reuse_prefix))
+                rows = loop.new_rows(row_ids[:width], merged[:width])
+                events = loop.loop(rows, steppers, self.combine, should_stop, loop_admit)
+                yield from cleaned_events(events, cleaners,
+                                          lambda i, comp, final: replace(comp, text=final, meta=metas[i]))
+            finally:
+                for st in steppers:
+                    close = getattr(st, "close", None)
+                    if close is not None:
+                        close()
+
+    def generate(self, prompts: Sequence[Prompt], config=None, *, reuse_prefix: bool = True) -> list[Completion]:
+        if not prompts:
+            return []
+        return run_stream_to_completions(self.stream(prompts, config, reuse_prefix=reuse_prefix), len(prompts))
+
+    # ------------------------------------------------------------------ scoring (the mixed distribution)
+    def _side_logprobs(self, prompts: Sequence[Prompt], ids: list[list[int]], bs: int):
+        return lockstep(*(m.iter_logprobs(prompts, ids, batch_size=bs) for m in self.models))
+
+    @torch.no_grad()
+    def iter_logprobs(self, prompts: Sequence[Prompt], continuations, *, batch_size: int | None = None
+                      ) -> Iterator[LogprobChunk]:
+        bs = batch_size or self.inners[0].score_batch_size
+        ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
+        for chunks in self._side_logprobs(prompts, ids, bs):
+            first = chunks[0]
+            mixed = torch.log_softmax(self.combine([c.logprobs for c in chunks]), dim=-1)
+            yield LogprobChunk(first.index, first.start, mixed, first.targets, first.last)
+
+    def score(self, prompts: Sequence[Prompt], continuations, *, top_k: int = 0,
+              reduce: PositionReducer | None = None) -> list[TokenScores]:
+        from alignkit.models.hf import scores_from_chunks
+
+        ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
+        return scores_from_chunks(self.iter_logprobs(prompts, ids), ids, self.tokenizer, top_k, reduce)

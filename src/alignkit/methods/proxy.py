@@ -1,0 +1,48 @@
+"""Proxy-tuning: a small tuned/untuned pair steers a base model at decoding time, without touching its weights.
+
+At every step the next-token logits are ``h_base + alpha * (h_expert - h_antiexpert)``: the base model's, shifted by
+how much tuning changed a (usually smaller) expert relative to its untuned self. The same formula is EFT's
+"up-scaling" (scale the fine-tuning term with ``alpha``) and DExperts (an expert and an anti-expert steering a
+base). ``alpha = 0`` is the base model exactly; an expert equal to its anti-expert leaves the base unchanged.
+
+Each side is prompted as it should be -- in proxy-tuning's released code only the expert sees its chat template;
+the base and the anti-expert see the raw prompt -- which a route tree says directly::
+
+    proxy:
+      alpha: 1.0
+      base: {none: {model: ./big-base}}
+      expert: {template: {model: ./small-chat}}
+      antiexpert: {none: {model: ./small-base}}
+
+All three step in lockstep on one backend and must share one tokenizer and vocabulary (a pair whose vocabulary
+differs from the base's is refused, not trimmed). The expert leads: its method cleans the answer and its chat
+capability is the mix's; the mix's spec is the base's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignkit.methods.mix import LogitMix
+
+
+class ProxyTuned(LogitMix):
+    """``base + alpha * (expert - antiexpert)`` in logit space, decoded in lockstep."""
+
+    backend = "proxy"
+    method = "proxy"
+    what = "proxy-tuning"
+
+    def __init__(self, base: Any, expert: Any, antiexpert: Any, alpha: float = 1.0) -> None:
+        self.alpha = float(alpha)
+        super().__init__([("expert", expert, self.alpha), ("base", base, 1.0), ("antiexpert", antiexpert, -self.alpha)])
+        self.spec = base.spec
+
+    def info(self) -> dict[str, Any]:
+        base = self.models[self.roles.index("base")]
+        return {**base.info(), "method": "proxy", "alpha": self.alpha, "sides": super().info()["sides"]}
+
+
+def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> ProxyTuned:
+    """The ``proxy`` node: ``base + alpha * (expert - antiexpert)``."""
+    return ProxyTuned(children["base"], children["expert"], children["antiexpert"], options.alpha)

@@ -1,0 +1,79 @@
+"""Proxy-tuning (``base + alpha * (expert - antiexpert)``) on the logit-arithmetic kernel DeRa shares: its
+invariants, its errors, and its place in route trees."""
+
+from __future__ import annotations
+
+import pytest
+
+import alignkit as ak
+from alignkit.errors import CapabilityError, InputError
+from alignkit.methods.proxy import ProxyTuned
+from alignkit.types import GenerationConfig
+
+PROMPTS = ["The quick brown", "Tell me a fact", "Name a colour."]
+GREEDY = GenerationConfig(max_new_tokens=8)
+
+
+def _tree(d, alpha, expert="aligned", anti="llama"):
+    return {"proxy": {"alpha": alpha, "base": {"none": {"model": str(d["base"])}},
+                      "expert": {"template": {"model": str(d[expert])}},
+                      "antiexpert": {"none": {"model": str(d[anti])}}}}
+
+
+def _tokens(model, cfg=GREEDY):
+    return [list(c.token_ids or ()) for c in model.generate(PROMPTS, cfg)]
+
+
+def test_alpha_zero_is_the_base_model_token_for_token(tiny_dir):
+    base = ak.load(str(tiny_dir["base"]), method="none")
+    proxy = ak.load(_tree(tiny_dir, 0.0))
+    assert _tokens(proxy) == _tokens(base)
+
+
+def test_an_expert_equal_to_its_antiexpert_leaves_the_base_unchanged(tiny_dir):
+    """The fine-tuning term is zero when the expert is its own anti-expert, whatever alpha (both sides see the same
+    prompt through the same method, so their logits cancel exactly)."""
+    base = ak.load(str(tiny_dir["base"]), method="none")
+    same = {"proxy": {"alpha": 2.5, "base": {"none": {"model": str(tiny_dir["base"])}},
+                      "expert": {"none": {"model": str(tiny_dir["llama"])}},
+                      "antiexpert": {"none": {"model": str(tiny_dir["llama"])}}}}
+    assert _tokens(ak.load(same)) == _tokens(base)
+
+
+def test_the_expert_steers_the_base_and_scoring_is_the_mixed_distribution(tiny_dir):
+    import torch
+
+    proxy = ak.load(_tree(tiny_dir, 1.0))
+    base = ak.load(str(tiny_dir["base"]), method="none")
+    assert _tokens(proxy) != _tokens(base)  # alpha 1: the fine-tuning term moves the base's choices
+    assert isinstance(proxy, ProxyTuned) and proxy.spec == str(tiny_dir["base"])
+    # the mixed log-probabilities are log_softmax(base + alpha * (expert - antiexpert)) of the three sides' own
+    sides = dict(proxy.children())
+    ids = [proxy.encode(" fox jumps")]
+    def rows(model):
+        return torch.cat([c.logprobs for c in model.iter_logprobs(PROMPTS[:1], ids)])
+
+    parts = {r: rows(m) for r, m in sides.items()}
+    want = torch.log_softmax(parts["base"] + 1.0 * (parts["expert"] - parts["antiexpert"]), dim=-1)
+    assert rows(proxy).shape[0] == len(ids[0]) and torch.allclose(rows(proxy), want, atol=1e-5)
+    # streaming equals generate; the answer is cleaned by the expert's method (the lead side)
+    events = list(proxy.stream(PROMPTS, GREEDY))
+    texts = {i: "".join(e.text for e in events if e.index == i) for i in range(len(PROMPTS))}
+    assert [texts[i] for i in range(len(PROMPTS))] == [c.text for c in proxy.generate(PROMPTS, GREEDY)]
+    assert proxy.info()["alpha"] == 1.0 and set(proxy.info()["sides"]) == {"expert", "base", "antiexpert"}
+
+
+def test_bad_proxies_are_clear(tiny_dir, tiny_gguf):
+    with pytest.raises(InputError, match="node 'proxy' needs 'antiexpert'"):
+        ak.node("proxy", base="a", expert="b")
+    with pytest.raises(InputError, match="alpha"):
+        ak.load({"proxy": {"alpha": "much", "base": "a", "expert": "b", "antiexpert": "c"}})
+    with pytest.raises(InputError, match="one backend"):
+        ak.load({"proxy": {"base": {"none": {"model": str(tiny_dir["base"])}},
+                           "expert": {"none": {"model": "llamacpp:" + str(tiny_gguf["llama"])}},
+                           "antiexpert": {"none": {"model": str(tiny_dir["llama"])}}}})
+    with pytest.raises(CapabilityError, match="put it around proxy-tuning instead"):
+        ak.load({"proxy": {"base": {"best-of-n": {"scorer": f"geval:{tiny_dir['judge']}",
+                                                  "model": {"proxy": _tree(tiny_dir, 1.0)["proxy"]}}},
+                           "expert": {"none": {"model": str(tiny_dir["aligned"])}},
+                           "antiexpert": {"none": {"model": str(tiny_dir["llama"])}}}})
