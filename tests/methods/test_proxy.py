@@ -40,6 +40,15 @@ def test_an_expert_equal_to_its_antiexpert_leaves_the_base_unchanged(tiny_dir):
     assert _tokens(ak.load(same)) == _tokens(base)
 
 
+def test_base_equal_to_antiexpert_at_alpha_one_is_the_expert(tiny_dir):
+    """base + (expert - base) is the expert: its greedy tokens (the issue's second invariant)."""
+    expert = ak.load(str(tiny_dir["llama"]), method="none")
+    swap = {"proxy": {"alpha": 1.0, "base": {"none": {"model": str(tiny_dir["base"])}},
+                      "expert": {"none": {"model": str(tiny_dir["llama"])}},
+                      "antiexpert": {"none": {"model": str(tiny_dir["base"])}}}}
+    assert _tokens(ak.load(swap)) == _tokens(expert)
+
+
 def test_the_expert_steers_the_base_and_scoring_is_the_mixed_distribution(tiny_dir):
     import torch
 
