@@ -106,6 +106,7 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/server_load.py
 	$(BIN)/python bench/dera_cost.py
 	$(BIN)/python bench/dera_cost.py --ref runs/siblings/sft --aligned runs/siblings/dpo
+	$(BIN)/python bench/mix_cost.py
 	$(BIN)/python bench/judge_concurrency.py
 	$(BIN)/python bench/route_cost.py
 	$(BIN)/python bench/best_of_n.py --reward runs/rewarded/rm
