@@ -13,6 +13,13 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
+def timed(fn: Any) -> tuple[float, Any]:
+    """``(seconds, result)`` of calling ``fn()`` once (wall clock)."""
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
 def write_result(name: str, result: dict[str, Any], *, path: str | None = None) -> Path:
     """Write ``result`` with how it was made (command, date, machine); returns the file."""
     out = Path(path) if path else RESULTS / f"{name}.json"

@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
-from _results import write_result  # bench/_results.py: docs/results/NAME.json
+from _results import timed, write_result  # bench/_results.py: docs/results/NAME.json
 
 
 def main(argv=None) -> int:
@@ -48,11 +47,6 @@ def main(argv=None) -> int:
     cfg = GenerationConfig(max_new_tokens=args.new_tokens)
     dera = DeRa(ref, aligned, args.lam)
     aligned.generate(prompts[:2], GenerationConfig(max_new_tokens=2))  # warm-up
-
-    def timed(fn):
-        t = time.perf_counter()
-        out = fn()
-        return time.perf_counter() - t, out
 
     t_one, one = timed(lambda: aligned.generate(prompts, cfg))
     t_dera, mixed = timed(lambda: dera.generate(prompts, cfg))

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
-from _results import write_result  # bench/_results.py: docs/results/NAME.json
+from _results import timed, write_result  # bench/_results.py: docs/results/NAME.json
 
 
 def main(argv=None) -> int:
@@ -42,11 +41,6 @@ def main(argv=None) -> int:
     dera = DeRa(anti, expert, 0.5)
     proxy = ProxyTuned(base, expert, anti, args.alpha)
     base.generate(prompts[:2], GenerationConfig(max_new_tokens=2))  # warm-up
-
-    def timed(fn):
-        t = time.perf_counter()
-        out = fn()
-        return time.perf_counter() - t, out
 
     t_one, one = timed(lambda: base.generate(prompts, cfg))
     t_dera, two = timed(lambda: dera.generate(prompts, cfg))
