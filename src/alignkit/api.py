@@ -109,10 +109,10 @@ def load(model: Any, *, method: str | None = None, options: ModelOptions | None 
     dict form, or a ``.yaml``/``.json`` file), or an already-loaded model -- optionally under a ``method`` node
     whose options are the keyword arguments (``load("gemma-3-270m", method="urial", k=3)``). ``method`` takes a
     kind with one model slot; build DeRa and the stages with :func:`node`."""
-    from alignkit.methods.tree import Node, build, load_tree, parse
+    from alignkit.methods.tree import Node, build, is_route_file, load_tree, parse
 
     tree: Any = model
-    if isinstance(model, str) and Path(model).suffix in (".yaml", ".yml", ".json") and Path(model).is_file():
+    if is_route_file(model):
         tree = load_tree(model)
     elif isinstance(model, Mapping):
         tree = parse(model)
@@ -165,12 +165,8 @@ def generate(model: Any, prompts: Iterable[Prompt | Mapping[str, Any]] | str, *,
     ``usage``, ``route``, ``provenance`` ...); with ``output`` they are appended to that JSONL file as each batch
     finishes, and ``resume`` skips ids already there (what ``alignkit generate`` does)."""
     from alignkit.generation import generate_records
-    from alignkit.records import parse_records
 
-    if isinstance(prompts, (str, Path)):
-        records = [r for _, r in parse_records(str(prompts), on_error)]
-    else:
-        records = _records(prompts)
+    records = _records(prompts, on_error)
     m = model if hasattr(model, "generate") else load(model)
     cfg = decoding_config(m, config, **decoding)
     return generate_records(m, records, cfg, output=output, resume=resume, batch_size=batch_size,
@@ -235,11 +231,12 @@ def _silent() -> Any:
     return SILENT
 
 
-def _records(prompts: Any) -> list[dict[str, Any]]:
+def _records(prompts: Any, on_error: str = "stop") -> list[dict[str, Any]]:
+    """Records from a JSONL file (bad lines reported; ``on_error="skip"`` skips them) or from prompts/records."""
     from alignkit.records import parse_records
 
     if isinstance(prompts, (str, Path)):
-        return [r for _, r in parse_records(str(prompts), "stop")]
+        return [r for _, r in parse_records(str(prompts), on_error)]
     return [_as_record(i, p) for i, p in enumerate(prompts)]
 
 

@@ -12,7 +12,7 @@ from alignkit.evaluation.cheap import answer_metrics
 from alignkit.io import complete_records
 from alignkit.methods.routes import usage
 from alignkit.progress import SILENT
-from alignkit.resumable import generate_into
+from alignkit.resumable import generate_into, provenance_of
 from alignkit.types import Completion, GenerationConfig
 
 
@@ -27,16 +27,6 @@ def output_record(rec: dict[str, Any], comp: Completion, provenance: dict[str, A
     if meta:
         row["meta"] = meta
     return {**row, "provenance": provenance}
-
-
-def provenance_of(model: Any, config: GenerationConfig) -> dict[str, Any]:
-    """What a generated record says about how it was made: the model (or route) and the decoding; a model built
-    from a route tree also records the tree."""
-    prov: dict[str, Any] = {"model": model.info(), "generation": config.to_dict()}
-    tree = getattr(model, "tree", None)
-    if tree is not None:
-        prov["tree"] = tree.to_dict()
-    return prov
 
 
 def generate_records(model: Any, records: Sequence[dict[str, Any]], config: GenerationConfig, *,

@@ -22,6 +22,16 @@ def with_seed(cfg: GenerationConfig, i: int) -> GenerationConfig:
     return cfg if cfg.seed is None else replace(cfg, seed=cfg.seed + i)
 
 
+def provenance_of(model: Any, config: GenerationConfig) -> dict[str, Any]:
+    """What a generated record says about how it was made: the model (or route) and the decoding; a model built
+    from a route tree also records the tree."""
+    prov: dict[str, Any] = {"model": model.info(), "generation": config.to_dict()}
+    tree = getattr(model, "tree", None)
+    if tree is not None:
+        prov["tree"] = tree.to_dict()
+    return prov
+
+
 def generate_into(model: Any, records: Sequence[dict[str, Any]], config: GenerationConfig, *,
                   to_record: Callable[[dict[str, Any], Completion], dict[str, Any] | None],
                   output: str | Path | None = None, resume: bool = True, batch_size: int = 8,

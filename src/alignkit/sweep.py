@@ -15,12 +15,12 @@ from alignkit.errors import InputError
 from alignkit.evaluation.cheap import answer_metrics
 from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
 from alignkit.io import JsonlAppender, written_ids
-from alignkit.methods import MethodOptions, dera_side, recommended_repetition_penalty
-from alignkit.methods.tree import build, load_tree, node, parse
+from alignkit.methods import SIDE_METHODS, MethodOptions, dera_side, recommended_repetition_penalty
+from alignkit.methods.tree import build, is_route_file, load_tree, node, parse
 from alignkit.methods.wrappers import auto_method
 from alignkit.progress import SILENT, Progress
 from alignkit.records import record_prompt
-from alignkit.resumable import generate_into
+from alignkit.resumable import generate_into, provenance_of
 from alignkit.scoring import parse_spec, score_records
 from alignkit.training.reward import held_out
 from alignkit.types import GenerationConfig
@@ -41,9 +41,9 @@ class SweepJob:
     output: str = field(default="", metadata={"help": "folder for one JSONL per lambda, summary.json and sweep.png",
                                               "required": True})
     ref_method: str = field(default="none", metadata={"help": "how the reference model is prompted",
-                                                      "choices": ["urial", "template", "none", "auto"]})
+                                                      "choices": list(SIDE_METHODS)})
     aligned_method: str = field(default="auto", metadata={"help": "how the aligned model is prompted",
-                                                          "choices": ["urial", "template", "none", "auto"]})
+                                                          "choices": list(SIDE_METHODS)})
     template: str | None = field(default=None, metadata={"help": "template when a side uses urial"})
     max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "most tokens per answer"})
     temperature: float = field(default=0.0, metadata={"min": 0, "help": "sampling temperature (0: greedy)"})
@@ -78,11 +78,6 @@ def parse_lams(text: str) -> list[float]:
         raise InputError(f"--lams needs numbers >= 0; got {text!r}")
     return lams
 
-
-
-def is_route_file(side: Any) -> bool:
-    """Whether a side names a route-tree file (``.yaml``, ``.yml`` or ``.json``) rather than a model spec."""
-    return isinstance(side, (str, Path)) and Path(side).suffix.lower() in (".yaml", ".yml", ".json")
 
 
 def sweep_sides(ref: Any, aligned: Any, resources: Any, *, ref_method: str = "none", aligned_method: str = "auto",
@@ -129,7 +124,7 @@ def run_sweep(job: SweepJob, ref: Any, aligned: Any, records: Sequence[dict[str,
         done = written_ids(path)
         cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, seed=job.seed,
                                repetition_penalty=recommended_repetition_penalty(model))
-        prov = {"model": model.info(), "generation": cfg.to_dict()}
+        prov = provenance_of(model, cfg)
 
         def row(rec: dict[str, Any], comp: Any, lam: float = lam, prov: dict[str, Any] = prov) -> dict[str, Any]:
             return {**rec, "lam": lam, "output": comp.text, "finish_reason": comp.finish_reason,
@@ -160,7 +155,6 @@ def run_sweep(job: SweepJob, ref: Any, aligned: Any, records: Sequence[dict[str,
 def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, progress: Progress) -> dict[str, Any]:
     """Score and KL of one lambda's answers, kept per id in ``lam-X.scores.jsonl`` (resumable), and their means on
     the validation and test splits."""
-
     recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     spath = path.with_suffix(".scores.jsonl")
     have = {}
@@ -228,7 +222,6 @@ def recommend(lams: dict[str, Any]) -> dict[str, Any] | None:
 
 def _judge(job: SweepJob, load, path: Path, out_dir: Path, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean judge score per aspect for one lambda's answers (judgments cached in the output folder)."""
-
     judge = Judge(build(node(job.judge_method, model=job.judge), load), load_rubric("multi-aspect"),
                   cache=JudgeCache(out_dir / "judge-cache.jsonl"))
     recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]

@@ -15,7 +15,7 @@ from alignkit.cli._config import add_dataclass_arguments, build, load_config_fil
 from alignkit.errors import InputError
 from alignkit.methods import MethodOptions, apply_method
 from alignkit.methods.tree import build as build_tree
-from alignkit.methods.tree import load_tree
+from alignkit.methods.tree import is_route_file, load_tree
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions, SharedPool
 from alignkit.server.service import Service
@@ -107,8 +107,7 @@ def parse_route(text: str) -> tuple[str, str | None, Any]:
     name, sep, rest = text.partition("=")
     if not sep or not name.strip():
         raise InputError(f"--route {text!r}: write NAME=KEY=VALUE,KEY=VALUE (e.g. urial=method=urial) or NAME=FILE.yaml")
-    if rest.strip().lower().endswith((".yaml", ".yml", ".json")):  # a route tree file
-
+    if is_route_file(rest):
         return name.strip(), None, load_tree(rest.strip())
     values: dict[str, Any] = {}
     for item in filter(None, (x.strip() for x in rest.split(","))):
@@ -126,7 +125,6 @@ def parse_route(text: str) -> tuple[str, str | None, Any]:
 def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptions) -> list[tuple[str, Any]]:
     """Every route of ``--route``, all loaded through one pool: a model spec several routes use is loaded once, and
     an adapter folder is a view of its base already loaded (one copy of the weights, adapters switched per call)."""
-
     parsed = [parse_route(r) for r in routes]  # every route checked before anything loads
     names = [n for n, _, _ in parsed]
     dupes = sorted({n for n in names if names.count(n) > 1})

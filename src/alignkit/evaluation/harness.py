@@ -18,7 +18,7 @@ from alignkit.io import JsonlAppender
 from alignkit.methods import MethodOptions, apply_method, recommended_repetition_penalty
 from alignkit.methods.tree import build, parse
 from alignkit.progress import SILENT, Progress
-from alignkit.resumable import generate_into
+from alignkit.resumable import generate_into, provenance_of
 from alignkit.sharding import Shard, ShardJob
 from alignkit.types import GenerationConfig
 from alignkit.validate import check_mapping
@@ -175,7 +175,6 @@ class Harness:
         self.only = only
 
     def _model(self, c: Contestant) -> Any:
-
         if c.route is not None:
             return build(c.route, self.loader)
         opts = MethodOptions(method=c.method, template=c.template, k=c.k, select=c.select, ref=c.ref, lam=c.lam,
@@ -187,7 +186,6 @@ class Harness:
         return apply_method(self.loader(c.model), opts, self.loader)
 
     def run(self) -> dict[str, Any]:
-
         items = self.items()
         answers = {c.name: self._generate(c, items) for c in self.cfg.contestants}
         if self.only is not None and self.cfg.judge in (None, "none"):
@@ -229,7 +227,6 @@ class Harness:
 
     def items(self) -> list[dict[str, Any]]:
         """The instructions this run does (all of them, or one shard's)."""
-
         items = load_instructions(self.cfg.instructions, limit=self.cfg.limit, types=list(self.cfg.types) or None)
         if self.cfg.tags:
 
@@ -261,10 +258,7 @@ class Harness:
                        else c.repetition_penalty)
             cfg = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens, stop=c.stop, repetition_penalty=penalty,
                                    repetition_penalty_scope=c.repetition_penalty_scope)
-            prov = {"model": model.info(), "generation": cfg.to_dict()}
-            tree = getattr(model, "tree", None)
-            if tree is not None:
-                prov["tree"] = tree.to_dict()
+            prov = provenance_of(model, cfg)
 
             def answer(it: dict[str, Any], comp: Any) -> dict[str, Any]:
                 rec = {"id": it["id"], "answer": comp.text, "finish_reason": comp.finish_reason,
@@ -305,7 +299,6 @@ class Harness:
         return done
 
     def _pairwise(self, name: str, base: str, items, answers, judge) -> dict[str, dict[str, Any]]:
-
         path = self.out / "pairwise" / f"{name}-vs-{base}.jsonl"
         provenance = _as_written(judge.provenance())
         done = _same_judge(_done(path), lambda rec: provenance)

@@ -155,6 +155,7 @@ class LogitMix:
         if admit is not None and not self.capabilities.continuous_batching:
             raise CapabilityError(f"{self.what} takes requests into a running batch only when all its models can")
         side_ids: list[list[list[int]]] = [[] for _ in self.models]
+        row_ids: list[list[int]] = []  # a row's prompt: the longest side's, so the context limit holds for every model
         merged: list[GenerationConfig] = []
         metas: list[Any] = []
         lead = self.models[0]
@@ -168,14 +169,13 @@ class LogitMix:
             merged.append(replace(c, stop=tuple(dict.fromkeys(c.stop + tuple(s for _, st, _ in sides for s in st)))))
             metas.append(sides[0][2])
             cleaners.append(cleaner() if cleaner else None)
-            # the row's prompt is the longest side's, so the context limit holds for every model
-            return max((ids for ids, _, _ in sides), key=len), merged[-1], [ids for ids, _, _ in sides]
+            row_ids.append(max((ids for ids, _, _ in sides), key=len))
+            return row_ids[-1], merged[-1], [ids for ids, _, _ in sides]
 
         for p, c in zip(prompts, configs):
             add(p, c)
         loop = self.inners[0].token_loop  # the lead side's decoding rules (all share the vocabulary)
         extra = max(c.max_new_tokens for c in configs)
-        row_ids = [max((side_ids[k][i] for k in range(len(self.models))), key=len) for i in range(len(prompts))]
         width = min(w for w in [m.max_stepper_rows for m in self.inners] + [len(prompts)] if w is not None)
         # rows beyond what the steppers hold join as others finish, then the caller's requests
         loop_admit = queued_admit([(row_ids[i], merged[i], [side_ids[k][i] for k in range(len(self.models))])

@@ -202,6 +202,15 @@ def parse(data: Any, *, where: str = "route") -> Child:
     return node(str(kind), **fields_)
 
 
+ROUTE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def is_route_file(x: Any) -> bool:
+    """Whether ``x`` names a route-tree file (by its suffix: ``.yaml``, ``.yml``, ``.json``) rather than a model
+    spec; :func:`load_tree` then reads it, or says it does not exist."""
+    return isinstance(x, (str, Path)) and Path(str(x).strip()).suffix.lower() in ROUTE_SUFFIXES
+
+
 def load_tree(path: str | Path) -> Child:
     """A route tree from a YAML or JSON file."""
     import yaml
