@@ -107,7 +107,6 @@ def parse_spec(spec: str) -> tuple[str, str | None, str]:
 def score_records(scorer: Scorer, items: Sequence[tuple[Prompt, str]]) -> list[Score]:
     """Score (prompt, answer) pairs; a batch the scorer cannot take at once is retried one by one, and an
     item that still fails becomes a missing score with the error (one bad item does not stop a run)."""
-
     if not items:
         return []
     try:

@@ -57,7 +57,6 @@ class ShiftResult:
 
     def to_html(self, path: str | Path) -> Path:
         """Write the HTML report (the one ``alignkit shift --report`` writes) and return its path."""
-
         labels = sorted({str(r.get("aligned")) for r in self.records})
         return Path(write_report(self.records, self.summary, path, {"aligned": labels, "source": "alignkit.shift"}))
 

@@ -75,7 +75,6 @@ def done_keys(path: str) -> set[tuple[str, str]]:
 def shift_label(aligned: Any, spec: str) -> str:
     """An aligned model's label in shift records: ``METHOD:SPEC`` (a route's method is its stages, ``bpo > urial``;
     DeRa's carries its lambda)."""
-
     info = aligned.info()
     own = getattr(aligned, "method", aligned.backend)
     name = info.get("method", own) if info.get("route") else own

@@ -154,7 +154,6 @@ def open_model(spec: str, options: ModelOptions, method: MethodOptions, route: s
     """Load a model and wrap it in the chosen method (other models a method needs are loaded once per spec), or
     build the route tree of a ``--route`` file; ``given``: the option names the user set (flags and config keys),
     which must not also say what the route file says."""
-
     log_warnings_to_stderr()
     pool = ModelPool(options)
     if route:

@@ -149,7 +149,6 @@ def _job(args: argparse.Namespace):
 
 
 def run_validate(args: argparse.Namespace) -> int:
-
     _, job = _job(args)
     loaded = data.load(job.input, job.kind)
     if loaded.problems:
@@ -164,7 +163,6 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_clean(args: argparse.Namespace) -> int:
-
     _, job = _job(args)
     if not (0 < job.near_duplicate <= 1):
         raise InputError(f"--near-duplicate must be in (0, 1], got {job.near_duplicate}")
@@ -197,7 +195,6 @@ def run_clean(args: argparse.Namespace) -> int:
 
 
 def run_select(args: argparse.Namespace) -> int:
-
     _, job = _job(args)
     _refuse_overwrite(job.output)
     loaded = data.load(job.input, job.kind)
@@ -213,7 +210,6 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def _prompts(path: str) -> list[dict]:
-
     records = [r for _, r in parse_records(path, "stop")]
     for r in records:
         if "messages" in r:
@@ -224,7 +220,6 @@ def _prompts(path: str) -> list[dict]:
 
 
 def run_answers(args: argparse.Namespace) -> int:
-
     values, job = _job(args)
     decoding: Decoding = build(Decoding, args, values)
     method: MethodOptions = build(MethodOptions, args, values)
@@ -256,7 +251,6 @@ def _shard(args: argparse.Namespace, values: dict, command: str, job: Any, recor
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-
     values, job = _job(args)
     decoding: Decoding = build(Decoding, args, values)
     options: ModelOptions = build(ModelOptions, args, values)
@@ -290,7 +284,6 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 def _ranked_pairs(args: argparse.Namespace, values: dict, job: PairsJob, decoding: Decoding, options: ModelOptions,
                   records: list[dict]) -> int:
-
     parse_spec(job.rank_by)  # a bad spec fails before any model loads
     defaults = PairsJob.__dataclass_fields__
     for name in ("rejected_model", "rejected_method", "rejected_template"):

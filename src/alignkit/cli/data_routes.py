@@ -89,7 +89,6 @@ def _teacher(args: argparse.Namespace, values, spec: str):
 
 
 def run_convert(args: argparse.Namespace, values, job: ConvertJob) -> int:
-
     loaded = (load_preferences if job.kind == "prefs" else load_qa)(job.input, job.input_format)
     loaded.raise_if_problems()
     from pathlib import Path
@@ -116,11 +115,9 @@ def _with_teacher(args: argparse.Namespace, values, job, load, construct, comman
 
 
 def run_bpo_pairs(args: argparse.Namespace, values, job: BPOPairsJob) -> int:
-
     return _with_teacher(args, values, job, load_preferences, build_bpo_pairs, "bpo-pairs",
                          min_overlap=job.min_overlap)
 
 
 def run_aligner_triples(args: argparse.Namespace, values, job: AlignerTriplesJob) -> int:
-
     return _with_teacher(args, values, job, load_qa, build_aligner_triples, "aligner-triples")

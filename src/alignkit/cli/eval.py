@@ -35,7 +35,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     log_warnings_to_stderr()
     data = read_yaml_mapping(args.config)
     if args.output:
@@ -55,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_shard(args: argparse.Namespace, cfg) -> int:
-
     manifest = run_shard(cfg, args.config, args.shard, resources(pool=ModelPool(ModelOptions())), tracker=progress_for(args),
                          say=lambda m: print(f"alignkit eval: {m}", file=sys.stderr))
     print(f"alignkit eval: shard finished: {manifest}", file=sys.stderr)

@@ -26,7 +26,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     summary = merge(args.output, force=args.force, say=lambda m: print(f"alignkit merge: {m}", file=sys.stderr))
     if summary["command"] == "eval":
         print("alignkit merge: now build the report: alignkit eval --config CONFIG (every answer and judgment is "

@@ -54,7 +54,6 @@ def _command(job: list[str]) -> tuple[tuple[str, ...], list[str]]:
 
 def output_of(job: list[str]) -> str:
     """The --output the command itself resolves (flag, else its --config file's)."""
-
     try:
         ns = build_parser().parse_args(job)
     except SystemExit as e:
@@ -69,7 +68,6 @@ def output_of(job: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.workers < 1:
         raise InputError("--workers must be at least 1")
     job = [a for a in args.job if a != "--"] if args.job[:1] == ["--"] else list(args.job)

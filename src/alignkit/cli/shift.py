@@ -58,7 +58,6 @@ class ShiftJob:
 
 
 def add_parser(sub) -> None:
-
     p = sub.add_parser(
         "shift",
         help="token-distribution-shift analysis: what alignment changes, token by token",
@@ -78,7 +77,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     log_warnings_to_stderr()
     file_values = load_config_file(args.config, ShiftJob, ShiftOptions, ModelOptions, Sharding)
     job: ShiftJob = build(ShiftJob, args, file_values)

@@ -25,7 +25,6 @@ class AlignerWarmup:
 
 
 def add_parser(sub) -> None:
-
     p = sub.add_parser("train", help="fine-tune a model: sft (LIMA-style), dpo, kto, orpo, simpo, grpo, rloo, "
                        "reward models, bpo, aligner; LoRA by default",
                        description="Tuning-based alignment on TRL and PEFT. The output folder loads everywhere a "
@@ -86,7 +85,6 @@ def add_parser(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-
     values = load_config_file(args.config, args._job, Tuning, Recipe, *args._extra)
     preset = getattr(args, "recipe", values.get("recipe", "lima-optimiser"))
     if preset not in RECIPES:

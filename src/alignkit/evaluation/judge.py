@@ -82,7 +82,6 @@ class Rubric:
         """The :class:`~alignkit.structured.Constraint` a reply in this rubric's shape meets (see the module doc):
         score rubrics ``{"aspect": {"reason": "...", "score": 1-5}, ...}``, pairwise ``{"aspect": "A"|"B"|"tie",
         ..., "reason": "..."}``, digit rubrics one digit."""
-
         if self.reply == "digit":
             return Constraint("regex", "[1-5]")
         reason = {"type": "string", "maxLength": REASON_CHARS}

@@ -66,7 +66,6 @@ def load_labelled(path: str | None = None, split: str | None = None) -> list[dic
 def detector_quality(records: list[dict[str, Any]], detect=None) -> dict[str, Any]:
     """Precision and recall of ``detect(text) -> bool`` (default: the judge-free detector) with full and partial
     refusals as positives, the recall of each kind, and the misses (for reading)."""
-
     detect = detect or is_refusal
     tp = fp = fn = tn = 0
     by_label = {lab: [0, 0] for lab in LABELS}  # [detected, total]

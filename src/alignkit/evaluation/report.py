@@ -16,7 +16,6 @@ ASPECTS = ("helpfulness", "clarity", "factuality", "depth", "engagement", "safet
 
 
 def _cheap(answers_dir: Path, items, names) -> dict[str, dict[str, Any]]:
-
     by_id = {it["id"]: it for it in items}
     out = {}
     for name in names:
@@ -221,7 +220,6 @@ def tags_of(it: dict[str, Any], key: str) -> list[str]:
 
 def summarise(items, judged, pairwise) -> dict[str, Any]:
     """Numbers for the report (pure)."""
-
     by_id = {it["id"]: it for it in items}
     out: dict[str, Any] = {}
     for name, recs in judged.items():

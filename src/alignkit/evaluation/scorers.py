@@ -60,7 +60,6 @@ class ExpectedScoreJudge(Scorer):
     kind = "geval"
 
     def __init__(self, model: Any, rubric: Any, *, spec: str = "") -> None:
-
         self.model, self.rubric = model, rubric
         self.spec = spec or f"geval:{model.spec}"
         require(model, "full_vocab_logits", purpose="G-Eval scoring (it reads the judge's next-token probabilities)")

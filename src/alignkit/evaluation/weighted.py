@@ -84,7 +84,6 @@ def _pairwise_prefix(aspects: Sequence[str], values: Sequence[Any], slot: int) -
 
 def weights_available(model: Any, top_k: int) -> str | None:
     """Why ``model`` cannot give weighted scores (None: it can)."""
-
     if served_over_api(model):
         return (f"judge {getattr(model, 'spec', model)!r} is served over an API: the openai backend scores text "
                 "prompts only, so a judge conversation's score slots cannot be read (chat completions' own "
@@ -144,7 +143,6 @@ class Weigher:
     def _score(self, convs: list, conts: list[str]) -> list[Any]:
         """The batch's scores; an item the judge cannot take (too long, ...) gets None -- its slots give no number,
         and the rest of the batch is unaffected."""
-
         try:
             return self.model.score(convs, conts, top_k=self.top_k)
         except AlignkitError:

@@ -84,7 +84,6 @@ class BestOfN(MethodModel):
         model; a prompt ``should_stop`` answers True for (its client went away) is dropped, with no result.
         With ``admit`` (continuous batching) requests join as N rows each, and each is rated and answered as
         soon as its N candidates are in; otherwise all are rated together at the end."""
-
         n = self.n
         prompts = list(prompts)
         rows: list[Prompt] = []
@@ -131,7 +130,6 @@ class BestOfN(MethodModel):
             yield i, self._choose(prompts[i], groups[i], flat[k * self.n : (k + 1) * self.n])  # type: ignore[arg-type]
 
     def _choose(self, prompt: Prompt, group: list[Completion], scores: list[Any]) -> Completion:
-
         rated = [j for j, (c, s) in enumerate(zip(group, scores)) if usable(c) and s.value is not None]
         note = None
         if rated:
@@ -181,7 +179,6 @@ class BestOfN(MethodModel):
                 **self.method_info()}
 
     def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
-
         return inner_prompts(self.base, prompt, config)
 
     def close(self) -> None:
@@ -192,7 +189,6 @@ class BestOfN(MethodModel):
 def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> BestOfN:
     """The ``best-of-n`` node: ``n`` samples of its model, rated by the scorer its options name (opened through
     the caller's resources)."""
-
     try:
         scorer = resources.scorer(options.scorer)
     except AlignkitError as e:

@@ -402,7 +402,6 @@ def _stage_child(children: dict[str, Any], slot: str, stage: str, node: Any, lay
                  resources: Any) -> tuple[Any, Layout]:
     """A stage's model and its layout. The layout is chosen from the model itself (the one under any method
     wrapping: its trained layout or published checkpoint); a bare model is asked in its layout's method."""
-
     model = children[slot]
     layout = layout_for(answering_backend(model), stage, layout_name)
     if is_bare(node, slot):

@@ -197,7 +197,6 @@ class InContextAligned(MethodModel):
 def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> InContextAligned:
     """The ``urial`` node: its model aligned in context by the template its options name (a shipped template,
     the shipped ``urial-kK`` for ``k``, or examples chosen per query with ``select``)."""
-
     model, name = children["model"], options.template
     if options.select in ("similar", "similar-any"):
 

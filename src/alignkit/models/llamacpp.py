@@ -529,7 +529,6 @@ class LlamaStepper:
 def load(resolved: Any, *, spec: str, options: Any) -> LlamaCppModel:
     """Loader of the ``llamacpp`` backend: an embedded alias (its GGUF), or a .gguf file; ``--adapter`` a
     GGUF LoRA or an alignkit/PEFT adapter folder (converted once)."""
-
     if resolved.kind == "alias":
         path = catalog.gguf_path(resolved.target)
     elif resolved.kind == "gguf":

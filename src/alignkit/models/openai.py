@@ -100,7 +100,6 @@ class OpenAIModel:
         return self._context_length
 
     def info(self) -> dict[str, Any]:
-
         return {
             "spec": self.spec,
             "backend": self.backend,

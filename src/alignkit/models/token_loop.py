@@ -150,7 +150,6 @@ class TokenLoop:
 
     def check_fits(self, prompts: Sequence[Sequence[int]]) -> None:
         """Every prompt leaves room for at least one new token in the model's context (a clear error if not)."""
-
         for i, ids in enumerate(prompts):
             if not ids:
                 raise ContextLengthError(f"prompt {i} is empty")
@@ -159,7 +158,6 @@ class TokenLoop:
                                          f"{self.context_length}{self.context_option}")
 
     def _guide(self, constraint: Any) -> Any:
-
         if self.grammar_tokenizer is None:
             raise CapabilityError("structured output cannot be enforced by this backend's token loop")
         return Guide(constraint, self.grammar_tokenizer(), self.grammar_vocab)

@@ -210,7 +210,6 @@ class VLLMModel:
 def load(resolved: Any, *, spec: str, options: Any) -> VLLMModel:
     """Loader of the ``vllm`` backend: an embedded alias (its converted transformers folder: vLLM's CPU build
     cannot read GGUF), a model folder or a hub id."""
-
     if resolved.kind == "alias":
 
         source, prov = str(catalog.locate(resolved.target)), {"alias": resolved.target}

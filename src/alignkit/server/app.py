@@ -287,7 +287,6 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
 def _tokens(model: Any, prompt: Any, add_special: bool) -> list[int]:
     """The ids the served model reads for ``prompt``: a chat as the route prepares it for the model under it
     (template, in-context preamble; a rewriter stage runs), then that model's own tokenisation; text as given."""
-
     try:
         if isinstance(prompt, str):
             ids = list(model.encode(prompt))
@@ -372,7 +371,6 @@ async def _parse(request: Request, cls, limits: Limits):
 
 def _count(model: Any, prompt: Any, max_tokens: int) -> int | None:
     """Tokens of the prompt as the model will see it (None if the model cannot count)."""
-
     try:
         inner, prompt, _, _ = prepared_for_backend(model, prompt, GenerationConfig(max_new_tokens=max_tokens))
         return inner.count_tokens(prompt) if hasattr(inner, "count_tokens") else None
@@ -385,7 +383,6 @@ def _count(model: Any, prompt: Any, max_tokens: int) -> int | None:
 def _usage(comps, n: int = 1) -> dict[str, int]:
     """Token usage of a response: each prompt's tokens once (its ``n`` choices share it), every choice's tokens;
     for a route, every stage's tokens added up (rewriter, model, corrector)."""
-
     each = [usage(x) for x in comps]
     p = sum(u["prompt_tokens"] for u in each[::n]) if each else 0
     c = sum(u["completion_tokens"] for u in each)

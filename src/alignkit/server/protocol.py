@@ -59,7 +59,6 @@ class _Request(BaseModel):
     @property
     def constraint(self):
         """The request's structured-output constraint (alignkit.structured.Constraint) or None."""
-
         extra = self.model_extra or {}
         return from_request({k: extra[k] for k in STRUCTURED if k in extra})
 

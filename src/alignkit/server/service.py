@@ -119,7 +119,6 @@ class Service:
 
     def __init__(self, model: Any, name: str, *, max_batch: int = 8, max_queue: int = 64,
                  batch_wait: float = 0.01, scheduler: str = "auto") -> None:
-
         if scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         can = bool(getattr(getattr(model, "capabilities", None), "continuous_batching", False))

@@ -60,7 +60,6 @@ class PromptFormat:
 
 
 def urial_preamble(template: str | None) -> str:
-
     t = load_template(template or "urial-k0")
     if t.examples:
         raise InputError(f"--format urial uses a template's preamble only; {t.id!r} has {len(t.examples)} examples "
@@ -77,7 +76,6 @@ def render_urial(messages: Sequence[dict[str, str]], preamble: str, *, also_fenc
     """The in-context layout with the assistant spans, and its fence (longer than any backtick run in the
     conversation and in ``also_fence``). ``open_answer`` ends the text with an opened answer block, as a
     prompt."""
-
     system = [m["content"] for m in messages if m["role"] == "system"]
     turns = [m for m in messages if m["role"] != "system"]
     fence = fence_for([preamble, *system, *(m["content"] for m in turns), *also_fence])

@@ -41,7 +41,6 @@ class OnlineJob(Start):
 def prompt_rows(records: list[dict[str, Any]], fmt: Any) -> list[dict[str, Any]]:
     """TRL rows: the rendered prompt (urial layout: preamble and an opened answer block) or the conversation
     (chat templates), plus the original request for the scorer."""
-
     preamble = urial_preamble(fmt.template) if fmt.name == "urial" else ""
     rows = []
     for r in records:
@@ -64,7 +63,6 @@ def _text(completion: Any) -> str:
 
 def make_reward(scorer: Any, log: list[dict[str, Any]] | None = None):
     """A TRL reward function: the scorer's score of each sampled answer (None when it cannot rate one)."""
-
     def reward(prompts, completions, request=None, fence=None, **kwargs):
         answers = []
         for i, c in enumerate(completions):
@@ -104,7 +102,6 @@ def config_kwargs(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, 
 def run_online(job: OnlineJob, recipe: common.Recipe, tuning: common.Tuning, algorithm: str = "grpo", *,
                open_scorer: Any) -> dict[str, Any]:
     """Online RL with ``open_scorer(spec)`` (e.g. :func:`alignkit.api.open_scorer`) as the reward's source."""
-
     if algorithm not in ("grpo", "rloo"):
         raise InputError(f"unknown online algorithm {algorithm!r}; choose grpo or rloo")
     common.check_recipe(recipe)

@@ -58,7 +58,6 @@ def split(records: list[data.Record], share: float) -> tuple[list[data.Record], 
 def tokenised_pairs(records: list[data.Record], layout: Any, tokenizer: Any, max_length: int
                     ) -> tuple[list[dict[str, list[int]]], list[str]]:
     """TRL's pre-tokenised rows (``chosen_ids``, ``rejected_ids``) and the ids dropped for being too long."""
-
     rows, dropped = [], []
     for r in records:
         msgs = data.prompt_messages(r.data)
@@ -99,7 +98,6 @@ def load_for_reward(spec: str):
 
 
 def run_reward(job: RewardJob, recipe: common.Recipe, tuning: common.Tuning) -> dict[str, Any]:
-
     common.check_recipe(recipe)
     loaded = data.load(job.data, "prefs")
     loaded.raise_if_problems("nothing was trained (`alignkit data validate --kind prefs` lists them)")

@@ -365,7 +365,6 @@ def _read_written(path: str, need: tuple[str, ...]) -> list[dict[str, Any]]:
 
 def bpo_conversations(rows: Sequence[dict[str, Any]], layout_id: str = "alignkit-bpo") -> list[Any]:
     """BPO pairs as SFT conversations in the rewriter's layout: the request -> the improved prompt."""
-
     layout = load_layout(layout_id, "rewrite")
     return [Record(i + 1, {"id": str(r["id"]), "messages": [
         {"role": "user", "content": layout.request(prompt=r["prompt"])},
@@ -376,7 +375,6 @@ def aligner_conversations(rows: Sequence[dict[str, Any]], *, identity: bool = Fa
                           layout_id: str = "alignkit-aligner") -> list[Any]:
     """Aligner triples as SFT conversations in the corrector's layout: (question, answer) -> correction; with
     ``identity``, the warm-up set: (question, correction) -> the same correction (keep what is good)."""
-
     layout = load_layout(layout_id, "correct")
     out = []
     for i, r in enumerate(rows):
