@@ -60,10 +60,12 @@ LEAKS = re.compile(r"````|^#+ ?(Query|Answer|Additional instructions)\b|# Query:
 
 
 def refused(text: str) -> bool:
-    """alignkit's judge-free refusal detector (measured: bench/refusal_detector.py) on the answer's opening."""
-    from alignkit.evaluation.cheap import is_refusal
+    """The pattern refusal detector on the answer's opening: what docs/results/urial_selfstop.json was measured
+    with (before the refusal classifier, alignkit.evaluation.refusal_classifier, became the detector), kept so
+    that a rerun reproduces the committed figures."""
+    from alignkit.evaluation.refusal_classifier import pattern_refusal
 
-    return is_refusal(text, window=200)
+    return pattern_refusal(text, window=200)
 
 
 VARIANTS = {

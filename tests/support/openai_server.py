@@ -38,6 +38,8 @@ def build_app(model, name: str) -> FastAPI:
     app.state.fail: list[int] = []
     app.state.requests = 0
     app.state.delay = 0.0
+    #: response_format types this server takes (None: it ignores response_format, as many servers do)
+    app.state.formats: set[str] | None = None
 
     @app.middleware("http")
     async def inject(request: Request, call_next):
@@ -95,6 +97,10 @@ def build_app(model, name: str) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt and app.state.formats is not None and fmt not in app.state.formats:
+            return JSONResponse({"error": {"message": f"response_format type {fmt!r} is not supported"}},
+                                status_code=400)
         msgs = [Message(**m) for m in body["messages"]]
         c = model.generate([msgs], _config(body))[0]
         return {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": name,

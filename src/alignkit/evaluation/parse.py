@@ -128,3 +128,32 @@ def parse_pairwise(text: str, aspects: list[str]) -> dict[str, str | None]:
             if m:
                 out[a] = norm(m.group(1))
     return out
+
+
+def parse_labels(text: str, aspects: list[str], labels: list[str]) -> dict[str, dict[str, Any]]:
+    """``{aspect: {"label": one of labels | None, "reason": str | None}}`` from a label judge's answer. A value that
+    is not exactly one of ``labels`` (ignoring case, spaces/hyphens for underscores, and XSTest's ``1_``/``2_``/
+    ``3_`` numbering) is None: a label is never guessed."""
+    out: dict[str, dict[str, Any]] = {a: {"label": None, "reason": None} for a in aspects}
+    if not isinstance(text, str):
+        return out
+    known = {lab.lower(): lab for lab in labels}
+
+    def norm(v: Any) -> str | None:
+        if not isinstance(v, str):
+            return None
+        key = re.sub(r"[\s-]+", "_", v.strip().strip('"').strip().lower())
+        key = re.sub(r"^\d_", "", key)
+        return known.get(key)
+
+    obj = first_json(text)
+    if obj is not None:
+        for a in aspects:
+            v = _lookup(obj, a)
+            if isinstance(v, dict):
+                out[a]["label"] = norm(_lookup(v, "label"))
+                r = _lookup(v, "reason")
+                out[a]["reason"] = r if isinstance(r, str) else None
+            else:
+                out[a]["label"] = norm(v)
+    return out

@@ -48,7 +48,14 @@ def label_distribution(top: Sequence[tuple[str, float]], chosen: str, stand_in: 
     answering with a label there: not a judgment)."""
     if not chosen.endswith(stand_in):
         return None, 0.0
-    lead = chosen[: len(chosen) - len(stand_in)]
+    return label_mass(top, chosen[: len(chosen) - len(stand_in)], labels)
+
+
+def label_mass(top: Sequence[tuple[str, float]], lead: str,
+               labels: Sequence[str]) -> tuple[dict[str, float] | None, float]:
+    """``(P(label), mass)`` at a slot whose token starts with ``lead`` (the text before the label inside that
+    token: ``" "`` for a token " 4", ``""`` for "4"): the top-k entries that are ``lead`` + a label (or a prefix of
+    one, or one followed by punctuation), renormalised over the labels."""
     mass = dict.fromkeys(labels, 0.0)
     for tok, lp in top:
         if not tok.startswith(lead) or len(tok) == len(lead):
@@ -84,10 +91,6 @@ def _pairwise_prefix(aspects: Sequence[str], values: Sequence[Any], slot: int) -
 
 def weights_available(model: Any, top_k: int) -> str | None:
     """Why ``model`` cannot give weighted scores (None: it can)."""
-    if served_over_api(model):
-        return (f"judge {getattr(model, 'spec', model)!r} is served over an API: the openai backend scores text "
-                "prompts only, so a judge conversation's score slots cannot be read (chat completions' own "
-                "log-probabilities are not used yet)")
     caps = getattr(model, "capabilities", None)
     if caps is None or not (caps.full_vocab_logits or caps.topk_logprobs >= 1):
         return f"judge {getattr(model, 'spec', model)!r} gives no token log-probabilities"
@@ -96,12 +99,67 @@ def weights_available(model: Any, top_k: int) -> str | None:
     return None
 
 
+def _slot_offsets(text: str, rubric: Any) -> list[int | None]:
+    """Where each aspect's label starts in a reply (character offsets; None where the reply has no such slot):
+    the score digit after the aspect's ``"score":`` (score rubrics), the verdict after its opening quote
+    (pairwise), the first digit (digit rubrics). Keys inside a reason are escaped (``\\"``), so never matched."""
+    if rubric.reply == "digit":
+        m = re.search(r"[1-5]", text)
+        return [m.start() if m else None]
+    out: list[int | None] = []
+    pos = 0
+    for aspect in rubric.aspects:
+        key = re.compile(r'(?<!\\)' + re.escape(json.dumps(aspect)) + r'\s*:\s*' + ('"' if rubric.kind == "pairwise" else r'\{'))
+        m = key.search(text, pos) or key.search(text)
+        if m and rubric.kind != "pairwise":
+            m = re.compile(r'(?<!\\)"score"\s*:\s*').search(text, m.end())
+        if m is None:
+            out.append(None)
+            continue
+        out.append(m.end())
+        pos = m.end()
+    return out
+
+
+def reply_weights(logprobs: Sequence[tuple[str, float, Sequence[tuple[str, float]]]] | None,
+                  rubric: Any) -> dict[str, Any] | None:
+    """Weighted scores (or pairwise probabilities) read from a generated reply's own per-token top
+    log-probabilities (an API judge's ``logprobs``/``top_logprobs``): at each aspect's slot in the reply, the
+    top-k of the token that holds the label's first character, read as :func:`label_mass` reads a teacher-forced
+    slot. Same shape as one item of :meth:`Weigher.weigh`; None when the reply came without log-probabilities."""
+    if not logprobs:
+        return None
+    tokens = [t for t, _, _ in logprobs]
+    starts, pos = [], 0
+    for t in tokens:
+        starts.append(pos)
+        pos += len(t)
+    text = "".join(tokens)
+    pairwise = rubric.kind == "pairwise"
+    labels = VERDICTS if pairwise else DIGITS
+    out: dict[str, Any] = {}
+    for aspect, off in zip(rubric.aspects, _slot_offsets(text, rubric)):
+        dist, mass = None, 0.0
+        if off is not None and off < len(text):
+            i = max(j for j, st in enumerate(starts) if st <= off)
+            dist, mass = label_mass(logprobs[i][2], tokens[i][: off - starts[i]], labels)
+        out[aspect] = {"p": dist, "mass": mass} if pairwise else {"weighted": expected_score(dist), "p": dist,
+                                                                    "mass": mass}
+    return out
+
+
 class Weigher:
-    """Reads the judge's distribution at each slot of a rubric's canonical answer (see the module doc)."""
+    """Reads the judge's distribution at each slot of a rubric's canonical answer (see the module doc). A judge
+    served over an API is read from its replies instead (``mode == "reply"``: :func:`reply_weights` on the chat
+    log-probabilities the judge asks for with each reply; :meth:`weigh` is not used)."""
 
     def __init__(self, model: Any, rubric: Any, *, top_k: int = 20) -> None:
         self.model, self.rubric, self.top_k = model, rubric, top_k
+        self.mode = "reply" if served_over_api(model) else "forced"
         self.unavailable = weights_available(model, top_k)
+        if self.mode == "reply" and self.unavailable is None and getattr(model, "backend", "") != "openai":
+            self.unavailable = (f"judge {getattr(model, 'spec', model)!r} is a route over an API model: its replies' "
+                                "log-probabilities are not passed through")
 
     def weigh(self, fields: list[dict[str, str]], parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per item ``{aspect: {"weighted": float | None, "p": {label: prob} | None, "mass"}}`` (scores) or
@@ -214,5 +272,5 @@ def length_controlled(prefs: list[float], len_a: list[int], len_b: list[int]) ->
     return out
 
 
-__all__ = ["Weigher", "agreement", "expected_score", "label_distribution", "length_controlled", "preference",
-           "weights_available"]
+__all__ = ["Weigher", "agreement", "expected_score", "label_distribution", "label_mass", "length_controlled",
+           "preference", "reply_weights", "weights_available"]

@@ -158,7 +158,8 @@ class OpenAIModel:
             params["extra_body"] = extra
         return params
 
-    def _one(self, prompt: Prompt, cfg: GenerationConfig, response_format: dict | None = None) -> Completion:
+    def _one(self, prompt: Prompt, cfg: GenerationConfig, response_format: dict | None = None,
+             top_logprobs: int | None = None) -> Completion:
         params = self._params(cfg)
         if isinstance(prompt, str):
             resp = self._call(self.client.completions.create, prompt=prompt, **params)
@@ -166,11 +167,16 @@ class OpenAIModel:
             text = choice.text or ""
         else:
             msgs = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
-            extra = {"response_format": response_format} if response_format else {}
+            extra: dict[str, Any] = {"response_format": response_format} if response_format else {}
+            if top_logprobs is not None:
+                extra.update(logprobs=True, top_logprobs=top_logprobs)
             resp = self._call(self.client.chat.completions.create, messages=msgs, **params, **extra)
             choice = resp.choices[0]
             text = choice.message.content or ""
-        return _completion(text, choice.finish_reason, resp.usage, cfg)
+        comp = _completion(text, choice.finish_reason, resp.usage, cfg)
+        if top_logprobs is not None and not isinstance(prompt, str):
+            comp.meta = {"logprobs": _chat_logprobs(choice)}
+        return comp
 
     def generate(
         self,
@@ -178,12 +184,16 @@ class OpenAIModel:
         config: GenerationConfig | Sequence[GenerationConfig] | None = None,
         *,
         response_format: dict | None = None,
+        top_logprobs: int | None = None,
     ) -> list[Completion]:
-        """``response_format`` (e.g. ``{"type": "json_object"}``) is passed to chat requests where the server
-        offers structured output."""
+        """``response_format`` (e.g. ``{"type": "json_object"}`` or a ``json_schema``) is passed to chat requests
+        where the server offers structured output. ``top_logprobs``: ask chat requests for each generated token's
+        log-probability and its top alternatives; they come back in ``Completion.meta["logprobs"]`` as
+        ``[(token, logprob, ((token, logprob), ...)), ...]`` (None when the server sent none)."""
         configs = configs_for(len(prompts), config)
         refuse_constraints(configs, "openai")
-        futures = [self._pool.submit(self._one, p, c, response_format) for p, c in zip(prompts, configs)]
+        futures = [self._pool.submit(self._one, p, c, response_format, top_logprobs)
+                   for p, c in zip(prompts, configs)]
         return [f.result() for f in futures]
 
     def _stream_one(self, index: int, prompt: Prompt, cfg: GenerationConfig, out: queue.Queue, should_stop=None) -> None:
@@ -325,6 +335,21 @@ def _api_message(e: Any) -> str:
         if isinstance(err, dict) and err.get("message"):
             return str(err["message"])
     return str(getattr(e, "message", e))
+
+
+def _chat_logprobs(choice: Any) -> list[tuple[str, float, tuple[tuple[str, float], ...]]] | None:
+    """A chat choice's per-token log-probabilities, or None when the server sent none. A token's text is taken
+    from its bytes where the server gives them (a multi-byte character can be split across tokens)."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+
+    def text(t: Any) -> str:
+        raw = getattr(t, "bytes", None)
+        return bytes(raw).decode("utf-8", errors="replace") if raw else str(t.token)
+
+    return [(text(t), float(t.logprob), tuple((text(a), float(a.logprob)) for a in (t.top_logprobs or ())))
+            for t in content]
 
 
 def _completion(text: str, finish: str | None, usage: Any, cfg: GenerationConfig) -> Completion:
