@@ -36,9 +36,11 @@ class Constraint:
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any]) -> Constraint:
+        """The schema as given: its properties are generated in the order they are listed (as OpenAI's structured
+        outputs do), so a judge's aspects come out in its rubric's order."""
         if not isinstance(schema, dict):
             raise InputError("a JSON schema must be an object")
-        return cls("json_schema", json.dumps(schema, sort_keys=True))
+        return cls("json_schema", json.dumps(schema))
 
     @classmethod
     def choice(cls, options: list[str]) -> Constraint:

@@ -110,8 +110,7 @@ class Rubric:
                          "required": ["reason", "score"], "additionalProperties": False} for a in self.aspects}
         schema = {"x-guidance": _LAYOUT, "type": "object", "properties": props, "required": list(props),
                   "additionalProperties": False}
-        # not Constraint.json_schema: it sorts keys, and the aspects' order is part of the shape
-        return Constraint("json_schema", json.dumps(schema))
+        return Constraint.json_schema(schema)  # the aspects' order is part of the shape
 
 
 def response_formats(rubric: Rubric) -> list[tuple[str, dict[str, Any] | None]]:
@@ -303,7 +302,9 @@ class Judge:
         elif self.weigher is not None and self.weigher.unavailable is None:
             for start in range(0, len(items), self.batch_size):
                 part = slice(start, start + self.batch_size)
-                for res, w in zip(results[part], self.weigher.weigh(items[part], [r["result"] for r in results[part]])):
+                replies = [r["raw"][0] if r["raw"] else "" for r in results[part]]
+                for res, w in zip(results[part], self.weigher.weigh(items[part], [r["result"] for r in results[part]],
+                                                                    replies)):
                     res["weighted"] = w
         return results
 

@@ -161,11 +161,15 @@ class Weigher:
             self.unavailable = (f"judge {getattr(model, 'spec', model)!r} is a route over an API model: its replies' "
                                 "log-probabilities are not passed through")
 
-    def weigh(self, fields: list[dict[str, str]], parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def weigh(self, fields: list[dict[str, str]], parsed: list[dict[str, Any]],
+              replies: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Per item ``{aspect: {"weighted": float | None, "p": {label: prob} | None, "mass"}}`` (scores) or
         ``{aspect: {"p": {"A", "B", "tie"} | None, "mass"}}`` (pairwise); ``{}`` per item if the judge gives no
         log-probabilities. ``parsed``: the judge's parsed results for the same items (their reasons and values
-        fill the earlier slots)."""
+        fill the earlier slots). ``replies``: the judge's replies those values were read from; where a reply
+        has the aspect's slot and gave the parsed value, the judge's own text up to the slot is forced instead of
+        the canonical rewrite (the two differ where the judge escaped or spaced its JSON otherwise), so the slot
+        is read in exactly the context the judge wrote it in -- as an API judge's reply log-probabilities are."""
         if self.unavailable or not fields:
             return [{} for _ in fields]
         aspects = list(self.rubric.aspects)
@@ -174,10 +178,13 @@ class Weigher:
         convs = [self.rubric.messages(**f) for f in fields]
         out: list[dict[str, Any]] = [{} for _ in fields]
         values: list[list[Any]] = [[None] * len(aspects) for _ in fields]
+        own = [self._own_slots(r, p) for r, p in zip(replies, parsed)] if replies is not None else None
         for slot, aspect in enumerate(aspects):
             conts = []
             for i, res in enumerate(parsed):
-                if pairwise:
+                if own is not None and own[i].get(aspect) is not None:
+                    conts.append(own[i][aspect] + stand_in)
+                elif pairwise:
                     conts.append(_pairwise_prefix(aspects, values[i], slot) + stand_in)
                 else:
                     reasons = [(res.get(a) or {}).get("reason") for a in aspects]
@@ -196,6 +203,17 @@ class Weigher:
                     given = got.get("score") if isinstance(got, dict) else None
                     values[i][slot] = given if given is not None else (
                         int(max(dist, key=dist.get)) if dist else 3)
+        return out
+
+    def _own_slots(self, reply: str, parsed: dict[str, Any]) -> dict[str, str | None]:
+        """Per aspect, the reply's text up to its label slot, where the reply has that slot and its label there
+        is the parsed value (else None: the canonical rewrite is forced)."""
+        out: dict[str, str | None] = {}
+        for aspect, off in zip(self.rubric.aspects, _slot_offsets(reply, self.rubric)):
+            got = parsed.get(aspect)
+            value = got.get("score") if isinstance(got, dict) else got
+            ok = off is not None and value is not None and reply[off:].startswith(str(value))
+            out[aspect] = reply[:off] if ok else None
         return out
 
     def _score(self, convs: list, conts: list[str]) -> list[Any]:

@@ -9,6 +9,7 @@ echoed completion request; full-vocabulary reductions raise :class:`~alignkit.er
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -175,7 +176,7 @@ class OpenAIModel:
             text = choice.message.content or ""
         comp = _completion(text, choice.finish_reason, resp.usage, cfg)
         if top_logprobs is not None and not isinstance(prompt, str):
-            comp.meta = {"logprobs": _chat_logprobs(choice)}
+            comp = dataclasses.replace(comp, meta={"logprobs": _chat_logprobs(choice)})
         return comp
 
     def generate(

@@ -458,7 +458,7 @@ def _logprobs(model: Any, req: Any, prompt: Any, comps, chat: bool, prompt_ids: 
 def _piece_fn(model: Any):
     """Raw vocabulary tokens ('Ġthe', '▁the') -> the text they stand for (' the'), as OpenAI reports tokens."""
     tok = getattr(model, "tokenizer", None)
-    if tok is None:
+    if tok is None or not hasattr(tok, "convert_tokens_to_string"):  # llama.cpp's tokens are text already
         return lambda t: t
     return lambda t: tok.convert_tokens_to_string([t])
 
