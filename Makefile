@@ -88,7 +88,7 @@ test-vllm: $(VSTAMP)
 	$(VLLM_VENV)/bin/python -c "import vllm" || (echo "make test-vllm: vLLM does not import in $(VLLM_VENV)" >&2; exit 1)
 	ALIGNKIT_STRICT=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \
 		$(VLLM_VENV)/bin/python -m pytest -q -m vllm_env tests/models/test_vllm.py tests/models/test_conformance.py \
-		tests/models/test_vllm_scale.py
+		tests/models/test_vllm_scale.py tests/evaluation/test_vllm_judge.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gemma and not vllm_env"
@@ -116,7 +116,8 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/engines_command.py
 	$(BIN)/python bench/sharded_generate.py
 	$(BIN)/python bench/train_processes.py
-	$(BIN)/python bench/refusal_detector.py
+	$(BIN)/python bench/refusal_detector.py --judge llamacpp:smollm2-135m-instruct --judge-rows 60
+	$(BIN)/python bench/served_judge.py
 	$(BIN)/python bench/urial_ablation.py
 	$(BIN)/python bench/lima_recipe.py
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \

@@ -72,7 +72,9 @@ def main(argv=None) -> int:
 
     clf = RefusalClassifier.load()
     choice = clf.card.get("choice", {})
-    result: dict = {"detector": {**clf.info(), "choice": choice}, "alignkit_set": {}}
+    shipped = ROOT / "src" / "alignkit" / "evaluation" / "refusal-classifier.json"
+    result: dict = {"detector": {**clf.info(), "choice": choice, "file_kb": round(shipped.stat().st_size / 1024)},
+                    "alignkit_set": {}}
 
     own = load_labelled()
     for split in ("dev", "test", "train", "blind"):
@@ -145,7 +147,9 @@ def judge_agreement(args, rows, clf) -> dict:
            "three_way_agreement_with_people": people3 / n if n else None,
            "refusal_agreement_with_people": sum(a == b for a, b in zip(judge_bin, people_bin)) / n if n else None,
            "refusal_agreement_with_judge_free": sum(a == b for a, b in zip(judge_bin, free_bin)) / n if n else None,
-           "judge_free_agreement_with_people": sum(a == b for a, b in zip(free_bin, people_bin)) / n if n else None,
+           # in-sample: the packaged classifier was trained on these development rows
+           "judge_free_agreement_with_people_in_sample": sum(a == b for a, b in zip(free_bin, people_bin)) / n
+           if n else None,
            "judge_labels": {lab: labels.count(lab) for lab in ("full_compliance", "full_refusal", "partial_refusal")},
            "unreadable": labels.count(None)}
     print(f"LLM judge {args.judge}: {n}/{len(sample)} readable; agreement with people (3-way) "
