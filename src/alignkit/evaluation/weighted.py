@@ -1,13 +1,15 @@
 """Probability-weighted judging: G-Eval scores and AlpacaEval-style weighted pairwise preferences.
 
 A parsed score is the digit the judge wrote; a **weighted** score is the expectation of the judge's own
-distribution over "1".."5" at the score's slot. The slot is read by teacher forcing (the model interface's
-``score`` with top-k log-probabilities): the judge's conversation, then its verdict rewritten in the rubric's
-canonical JSON shape up to the slot -- every earlier aspect with the judge's own reason and its value (the parsed
-one, or, where that was unreadable, the most likely one at its own slot), this aspect's reason, then
-``"score": `` -- and the top-k at the slot. So a judge that can emit a digit always yields a weighted score, even
-when what it wrote could not be read; a model that gives no log-probabilities yields none (``None``, never a
-made-up number).
+distribution over "1".."5" at the score's slot. A local judge's slot is read by teacher forcing (the model
+interface's ``score`` with top-k log-probabilities): the judge's conversation, then its own reply up to the slot
+where the reply has it readable, else its verdict rewritten in the rubric's canonical JSON shape up to the slot --
+every earlier aspect with the judge's own reason and its value (the parsed one, or, where that was unreadable, the
+most likely one at its own slot), this aspect's reason, then ``"score": `` -- and the top-k at the slot. So a
+judge that can emit a digit always yields a weighted score, even when what it wrote could not be read; a model
+that gives no log-probabilities yields none (``None``, never a made-up number). A judge served over an API is
+read from the log-probabilities its server returns with the reply (:func:`reply_weights`): the same slots, in the
+same context, so the same numbers.
 
 Reading a label from a top-k list: the slot's token is found by forcing a stand-in label (``3``, ``A``) as the last
 character of the continuation. A top-k entry counts for label L when it is the slot token with its label part
