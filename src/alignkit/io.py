@@ -28,11 +28,12 @@ class BadLine:
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
-    """Yield ``(line number, record)`` for every non-blank line; malformed lines come as :class:`BadLine`."""
+    """Yield ``(line number, record)`` for every non-blank line; malformed lines come as :class:`BadLine`. A
+    UTF-8 byte-order mark at the start (as some Windows editors save files) is not part of the first record."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"input file {str(path)!r} does not exist")
-    with p.open("r", encoding="utf-8", errors="strict") as f:
+    with p.open("r", encoding="utf-8-sig", errors="strict") as f:
         lineno = 0
         while True:
             try:

@@ -134,3 +134,19 @@ def test_missing_input_and_bad_values(tiny_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["generate", "--output", str(tmp_path / "o")]) == 2
     assert "--input" in capsys.readouterr().err
+
+
+def test_a_file_saved_with_a_byte_order_mark_reads_like_any_other(tiny_dir, tmp_path):
+    """Windows editors often save UTF-8 with a byte-order mark: the first record is still a record (the eval
+    loaders' JSONL and CSV read it the same way)."""
+    from alignkit.evaluation.data import read_rows
+
+    inp = tmp_path / "bom.jsonl"
+    inp.write_bytes(b"\xef\xbb\xbf" + b'{"id": 1, "prompt": "The quick"}\n{"id": 2, "prompt": "Thank you"}\n')
+    out = tmp_path / "out.jsonl"
+    assert main(_args(tiny_dir, inp, out)) == 0
+    assert [r["id"] for r in _read(out)] == [1, 2]
+    assert read_rows(inp)[0]["id"] == 1
+    csv = tmp_path / "bom.csv"
+    csv.write_bytes(b"\xef\xbb\xbfid,prompt\n7,hello\n")
+    assert read_rows(csv) == [{"id": "7", "prompt": "hello"}]  # "id", not "\ufeffid"

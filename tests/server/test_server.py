@@ -37,6 +37,14 @@ def test_models_and_health(served):
     assert httpx.get(served.url.removesuffix("/v1") + "/health").json()["status"] == "ok"
 
 
+def test_models_retrieve_gives_one_route_and_a_404_for_others(served):
+    m = served.client.models.retrieve("tiny-chat")
+    assert (m.id, m.object, m.owned_by) == ("tiny-chat", "model", "alignkit")
+    with pytest.raises(openai.NotFoundError) as e:
+        served.client.models.retrieve("org/other-model")  # an id with a slash reaches the route too
+    assert e.value.body["code"] == "model_not_found" and "tiny-chat" in e.value.body["message"]
+
+
 def test_chat_matches_the_model_and_reports_usage(served):
     r = served.client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "Hello"}],
                                               max_tokens=8, temperature=0)

@@ -38,8 +38,8 @@ TOPICS = ("stem", "humanities", "lifestyle", "finance", "medical", "nature", "et
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The records of a local ``.json`` (a list, or a mapping holding one), ``.jsonl`` or ``.csv`` file, with
-    clear errors."""
-    text = path.read_text(encoding="utf-8")
+    clear errors. A UTF-8 byte-order mark at the start is dropped."""
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix == ".csv":
         import csv
         import io

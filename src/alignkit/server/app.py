@@ -123,10 +123,20 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
                 "routes": {name: svc.stats.__dict__ for name, svc in routes.items()}, "stats": first.stats.__dict__,
                 "memory": _memory(routes)}
 
+    def model_card(name: str, svc: Any) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "alignkit", "info": _safe_info(svc.model)}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "alignkit",
-                                            "info": _safe_info(svc.model)} for name, svc in routes.items()]}
+        return {"object": "list", "data": [model_card(name, svc) for name, svc in routes.items()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        """One route by name (the openai client's ``models.retrieve``); model ids may contain slashes."""
+        if model_id not in routes:
+            raise APIError(404, f"no model {model_id!r} here; served: {', '.join(routes)}", param="model",
+                           code="model_not_found")
+        return model_card(model_id, routes[model_id])
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
