@@ -56,6 +56,11 @@ def check_field(cls: type, name: str, value: Any, *, source: str = "key", annota
         raise InputError(f"{source} {label} needs a value, got nothing (null)")
     kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp)
     if typing.get_origin(tp) is tuple:
+        if (typing.get_args(tp) or (str,))[0] is float:  # a list of numbers
+            if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value):
+                raise InputError(f"{source} {label} must be a list of numbers, got {value!r}")
+            return tuple(float(x) for x in value)
         if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
             raise InputError(f"{source} {label} must be a list of strings, got {value!r}"
                              + (" (write a YAML list: [\"...\"])" if isinstance(value, str) else ""))

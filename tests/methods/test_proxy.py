@@ -86,3 +86,71 @@ def test_bad_proxies_are_clear(tiny_dir, tiny_gguf):
                                                   "model": {"proxy": _tree(tiny_dir, 1.0)["proxy"]}}},
                            "expert": {"none": {"model": str(tiny_dir["aligned"])}},
                            "antiexpert": {"none": {"model": str(tiny_dir["llama"])}}}})
+
+
+# ---- the other presets of the kernel: eft, dexperts, mix (each equals its formula over the sides' own logits)
+
+def _rows(model, ids):
+    import torch
+
+    return torch.cat([c.logprobs for c in model.iter_logprobs(PROMPTS[:1], ids)])
+
+
+def _direct(parts, weights):
+    import torch
+
+    out = sum(w * parts[r] for r, w in weights.items())
+    return torch.log_softmax(out, dim=-1)
+
+
+def test_eft_dexperts_and_mix_are_their_formulas(tiny_dir):
+    import torch
+
+    b, a, ll = (str(tiny_dir[k]) for k in ("base", "aligned", "llama"))
+    cases = [
+        ({"eft": {"alpha": 1.5, "beta": 0.8, "base": {"none": {"model": b}}, "tuned": {"template": {"model": a}},
+                  "untuned": {"none": {"model": ll}}}}, {"base": 0.8, "tuned": 1.5, "untuned": -1.5}),
+        ({"dexperts": {"alpha": 2.0, "base": {"none": {"model": b}}, "expert": {"template": {"model": a}},
+                       "antiexpert": {"none": {"model": ll}}}}, {"base": 1.0, "expert": 2.0, "antiexpert": -2.0}),
+        ({"mix": {"weights": [0.7, 0.5, -0.2], "models": [{"template": {"model": a}}, {"none": {"model": b}},
+                                                           {"none": {"model": ll}}]}},
+         {"model 0": 0.7, "model 1": 0.5, "model 2": -0.2}),
+    ]
+    for tree, weights in cases:
+        model = ak.load(tree)
+        ids = [model.encode(" fox jumps")]
+        parts = {r: _rows(m, ids) for r, m in model.children()}
+        assert set(parts) == set(weights)
+        got = _rows(model, ids)
+        assert got.shape[0] == len(ids[0]) and torch.max(torch.abs(got - _direct(parts, weights))) <= 1e-5, tree
+        (kind, body), = tree.items()
+        assert model.tree.to_dict() == ak.node(kind, **body).to_dict()  # YAML and Python build one tree
+
+
+def test_dexperts_is_proxy_under_another_name_and_mix_can_be_dera(tiny_dir):
+    b, a, ll = (str(tiny_dir[k]) for k in ("base", "aligned", "llama"))
+    sides = {"base": {"none": {"model": b}}, "expert": {"template": {"model": a}}, "antiexpert": {"none": {"model": ll}}}
+    assert _tokens(ak.load({"dexperts": {"alpha": 0.5, **sides}})) == _tokens(ak.load({"proxy": {"alpha": 0.5, **sides}}))
+    dera = ak.load({"dera": {"lam": 0.3, "ref": {"none": {"model": b}}, "aligned": {"template": {"model": a}}}})
+    mix = ak.load({"mix": {"weights": [0.3, 0.7], "models": [{"template": {"model": a}}, {"none": {"model": b}}]}})
+    assert _tokens(mix) == _tokens(dera)
+    # weight 1 on the first model, 0 on the rest: the first model's greedy tokens
+    first = ak.load({"mix": {"weights": [1, 0], "models": [{"none": {"model": ll}}, {"none": {"model": b}}]}})
+    assert _tokens(first) == _tokens(ak.load(ll, method="none"))
+    # eft at beta 1 is proxy-tuning
+    eft = ak.load({"eft": {"alpha": 0.5, "base": sides["base"], "tuned": sides["expert"], "untuned": sides["antiexpert"]}})
+    assert _tokens(eft) == _tokens(ak.load({"proxy": {"alpha": 0.5, **sides}}))
+
+
+def test_bad_mixes_are_clear(tiny_dir):
+    b = str(tiny_dir["base"])
+    with pytest.raises(InputError, match="2 models and 3 weights"):
+        ak.load({"mix": {"weights": [1, 2, 3], "models": [b, b]}})
+    with pytest.raises(InputError, match="must be a list of numbers"):
+        ak.load({"mix": {"weights": [1, "x"], "models": [b, b]}})
+    with pytest.raises(InputError, match="takes a list of model specs"):
+        ak.load({"mix": {"weights": [1], "models": b}})
+    with pytest.raises(InputError, match="needs weights"):
+        ak.load({"mix": {"models": [b, b]}})
+    with pytest.raises(InputError, match="at least two models"):
+        ak.load({"mix": {"weights": [1], "models": [b]}})

@@ -45,6 +45,13 @@ def _compositions(d) -> dict[str, dict]:
                             "antiexpert": {"none": {"model": str(d["llama"])}}}},
         "proxy with a urial expert, a corrector behind": {"correct": {"corrector": aligned, "model": {"proxy": {
             "base": {"none": {"model": base}}, "expert": urial, "antiexpert": {"none": {"model": base}}}}}},
+        "eft": {"eft": {"alpha": 1.5, "beta": 0.5, "base": {"none": {"model": base}},
+                        "tuned": {"template": {"model": aligned}}, "untuned": {"none": {"model": str(d["llama"])}}}},
+        "dexperts": {"dexperts": {"alpha": 2.0, "base": {"none": {"model": base}},
+                                  "expert": {"template": {"model": aligned}}, "antiexpert": {"none": {"model": base}}}},
+        "mix of three, one a urial side, under best-of-n": {"best-of-n": {"scorer": judge, "n": 2, "model": {"mix": {
+            "weights": [0.6, 0.6, -0.2], "models": [{"template": {"model": aligned}}, urial,
+                                                    {"none": {"model": str(d["llama"])}}]}}}},
     }
 
 
@@ -68,7 +75,8 @@ def _nodes(tree):
     if isinstance(tree, dict):
         yield tree
         for v in next(iter(tree.values())).values():
-            yield from _nodes(v)
+            for c in v if isinstance(v, list) else [v]:
+                yield from _nodes(c)
 
 
 @pytest.mark.parametrize("name", list(_compositions({"base": "b", "aligned": "a", "judge": "j", "llama": "l"})))
@@ -126,8 +134,11 @@ def _specs(tree):
         if k == "scorer":
             yield v.split(":", 1)[1]
         elif isinstance(v, (dict, str)) and k in ("model", "ref", "aligned", "rewriter", "corrector", "base", "expert",
-                                                   "antiexpert"):
+                                                   "antiexpert", "tuned", "untuned"):
             yield from _specs(v)
+        elif isinstance(v, list) and k == "models":
+            for c in v:
+                yield from _specs(c)
 
 
 def test_the_flagless_composition_from_yaml_and_from_python_is_one_model(tiny_dir, tmp_path):

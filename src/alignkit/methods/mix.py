@@ -222,3 +222,12 @@ class LogitMix:
 
         ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
         return scores_from_chunks(self.iter_logprobs(prompts, ids), ids, self.tokenizer, top_k, reduce)
+
+
+def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> LogitMix:
+    """The ``mix`` node: ``sum_i weight_i * logits_i`` over its ``models`` list, the first leading."""
+    models = [children[f"models.{i}"] for i in range(len([k for k in children if k.startswith("models.")]))]
+    if len(options.weights) != len(models):
+        raise InputError(f"node 'mix' has {len(models)} models and {len(options.weights)} weights: give one weight per "
+                         "model, in order")
+    return LogitMix([(f"model {i}", m, w) for i, (m, w) in enumerate(zip(models, options.weights))])

@@ -53,6 +53,29 @@ class ProxyOptions:
 
 
 @dataclass(frozen=True)
+class EftOptions:
+    alpha: float = field(default=1.0, metadata={"help":
+        "the fine-tuning term's scale: logits = beta * base + alpha * (tuned - untuned) (1: the tuned behaviour "
+        "carried over to the base; more or less scales it)"})
+    beta: float = field(default=1.0, metadata={"help":
+        "the pretraining term's scale (the base model's logits; 1: as it is)"})
+
+
+@dataclass(frozen=True)
+class DExpertsOptions:
+    alpha: float = field(default=1.0, metadata={"help":
+        "alpha: logits = base + alpha * (expert - antiexpert), the expert tuned towards what is wanted, the "
+        "anti-expert towards what is not (e.g. toxic text); larger alpha steers harder"})
+
+
+@dataclass(frozen=True)
+class MixOptions:
+    weights: tuple[float, ...] = field(default=(), metadata={"required": True, "help":
+        "one weight per model, in order: logits = sum of weight_i * logits_i (the first model leads: its method "
+        "cleans the answer)"})
+
+
+@dataclass(frozen=True)
 class BestOfNOptions:
     scorer: str | None = field(default=None, metadata={"required": True, "help":
         "the scorer that rates the candidates: reward:PATH_OR_HUB, judge:MODEL, geval:MODEL"})
@@ -86,6 +109,13 @@ register(NodeKind("dera", DeraOptions, ("ref", "aligned"), "alignkit.methods.der
                   "decoding-time realignment: lam * aligned + (1 - lam) * ref in logit space, token by token"))
 register(NodeKind("proxy", ProxyOptions, ("base", "expert", "antiexpert"), "alignkit.methods.proxy:build_node",
                   "proxy-tuning / EFT / DExperts: base + alpha * (expert - antiexpert) in logit space, token by token"))
+register(NodeKind("eft", EftOptions, ("base", "tuned", "untuned"), "alignkit.methods.proxy:build_eft",
+                  "EFT up-scaling: beta * base + alpha * (tuned - untuned), a small pair's fine-tuning on a base"))
+register(NodeKind("dexperts", DExpertsOptions, ("base", "expert", "antiexpert"), "alignkit.methods.proxy:build_dexperts",
+                  "DExperts: base + alpha * (expert - antiexpert), steering towards an expert, away from an anti-expert"))
+register(NodeKind("mix", MixOptions, ("models",), "alignkit.methods.mix:build_node",
+                  "logit arithmetic: sum of weight_i * logits_i over any models sharing one vocabulary",
+                  lists=("models",)))
 register(NodeKind("best-of-n", BestOfNOptions, ("model",), "alignkit.methods.best_of_n:build_node",
                   "sample n answers of the model, return the one the scorer rates highest"))
 register(NodeKind("rewrite", RewriteOptions, ("model", "rewriter"), "alignkit.methods.routes:build_rewrite",

@@ -43,6 +43,46 @@ class ProxyTuned(LogitMix):
         return {**base.info(), "method": "proxy", "alpha": self.alpha, "sides": super().info()["sides"]}
 
 
+class EFT(LogitMix):
+    """EFT's up-scaling: ``beta * base + alpha * (tuned - untuned)`` -- a (small) model's fine-tuning, measured as
+    its tuned/untuned difference, carried over to a (large) base; each term scaled on its own."""
+
+    backend = "eft"
+    method = "eft"
+    what = "EFT"
+
+    def __init__(self, base: Any, tuned: Any, untuned: Any, alpha: float = 1.0, beta: float = 1.0) -> None:
+        self.alpha, self.beta = float(alpha), float(beta)
+        super().__init__([("tuned", tuned, self.alpha), ("base", base, self.beta), ("untuned", untuned, -self.alpha)])
+        self.spec = base.spec
+
+    def info(self) -> dict[str, Any]:
+        base = self.models[self.roles.index("base")]
+        return {**base.info(), "method": "eft", "alpha": self.alpha, "beta": self.beta, "sides": super().info()["sides"]}
+
+
+class DExperts(ProxyTuned):
+    """DExperts: ``base + alpha * (expert - antiexpert)``, the arithmetic of proxy-tuning with an expert tuned
+    towards what is wanted and an anti-expert towards what is not (e.g. toxic text)."""
+
+    backend = "dexperts"
+    method = "dexperts"
+    what = "DExperts"
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "method": "dexperts"}
+
+
 def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> ProxyTuned:
     """The ``proxy`` node: ``base + alpha * (expert - antiexpert)``."""
     return ProxyTuned(children["base"], children["expert"], children["antiexpert"], options.alpha)
+
+
+def build_eft(options: Any, children: dict[str, Any], resources: Any, node: Any) -> EFT:
+    """The ``eft`` node: ``beta * base + alpha * (tuned - untuned)``."""
+    return EFT(children["base"], children["tuned"], children["untuned"], options.alpha, options.beta)
+
+
+def build_dexperts(options: Any, children: dict[str, Any], resources: Any, node: Any) -> DExperts:
+    """The ``dexperts`` node: ``base + alpha * (expert - antiexpert)``."""
+    return DExperts(children["base"], children["expert"], children["antiexpert"], options.alpha)

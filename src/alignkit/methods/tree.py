@@ -85,6 +85,8 @@ class NodeKind:
     summary: str
     #: slot -> how an error while loading that child is prefixed (``{spec}``: the child's spec)
     slot_errors: Mapping[str, str] = field(default_factory=dict)
+    #: slots that take a list of children (``mix``'s ``models``); a node keeps them as ``slot.0``, ``slot.1`` ...
+    lists: tuple[str, ...] = ()
 
     def make(self) -> Callable[..., Any]:
         module, _, func = self.factory.partition(":")
@@ -132,7 +134,12 @@ class Node:
             if value != f.default:
                 body[f.name] = list(value) if isinstance(value, tuple) else value
         for slot, c in self.children:
-            body[slot] = c.to_dict() if isinstance(c, Node) else c if isinstance(c, str) else c.spec
+            value = c.to_dict() if isinstance(c, Node) else c if isinstance(c, str) else c.spec
+            name, dot, _ = slot.partition(".")
+            if dot:  # one child of a list slot
+                body.setdefault(name, []).append(value)
+            else:
+                body[slot] = value
         return {self.kind: body}
 
     def __str__(self) -> str:
@@ -149,14 +156,22 @@ def node(kind: str, /, **fields: Any) -> Node:
                          f"{', '.join(k.slots)})")
     children = []
     for slot in k.slots:
-        c = fields.pop(slot)
-        if isinstance(c, Mapping):
-            c = parse(c, where=f"{kind}.{slot}")
-        if not isinstance(c, (str, Node)) and not hasattr(c, "generate"):
-            raise InputError(f"node {kind!r}: slot {slot!r} takes a model spec, a model or a node, got {c!r:.80}")
-        if isinstance(c, str) and not c.strip():
-            raise InputError(f"node {kind!r}: slot {slot!r} is an empty model spec")
-        children.append((slot, c))
+        given = fields.pop(slot)
+        if slot in k.lists:
+            if not isinstance(given, (list, tuple)) or not given:
+                raise InputError(f"node {kind!r}: slot {slot!r} takes a list of model specs, models or nodes, got "
+                                 f"{given!r:.80}")
+            items = [(f"{slot}.{i}", c) for i, c in enumerate(given)]
+        else:
+            items = [(slot, given)]
+        for name, c in items:
+            if isinstance(c, Mapping):
+                c = parse(c, where=f"{kind}.{name}")
+            if not isinstance(c, (str, Node)) and not hasattr(c, "generate"):
+                raise InputError(f"node {kind!r}: slot {name!r} takes a model spec, a model or a node, got {c!r:.80}")
+            if isinstance(c, str) and not c.strip():
+                raise InputError(f"node {kind!r}: slot {name!r} is an empty model spec")
+            children.append((name, c))
     known = [f.name for f in dataclasses.fields(k.options)]
     unknown = sorted(set(fields) - set(known))
     if unknown:
@@ -197,7 +212,9 @@ def parse(data: Any, *, where: str = "route") -> Child:
     kind_of(str(kind))
     fields_ = {str(k).replace("-", "_"): v for k, v in body.items()}
     for slot in NODES[str(kind)].slots:
-        if slot in fields_:
+        if slot in fields_ and slot in NODES[str(kind)].lists and isinstance(fields_[slot], list):
+            fields_[slot] = [parse(c, where=f"{where}.{kind}.{slot}.{i}") for i, c in enumerate(fields_[slot])]
+        elif slot in fields_:
             fields_[slot] = parse(fields_[slot], where=f"{where}.{kind}.{slot}")
     return node(str(kind), **fields_)
 
@@ -240,7 +257,7 @@ def build(tree: Child, resources: Any = None) -> LanguageModel:
         try:
             built[slot] = build(c, res)
         except AlignkitError as e:
-            label = kind.slot_errors.get(slot)
+            label = kind.slot_errors.get(slot.partition(".")[0])
             if label is None or str(e).startswith("route stage "):
                 raise
             spec = c if isinstance(c, str) else getattr(c, "spec", None) or str(c)
