@@ -154,3 +154,37 @@ def test_bad_mixes_are_clear(tiny_dir):
         ak.load({"mix": {"models": [b, b]}})
     with pytest.raises(InputError, match="at least two models"):
         ak.load({"mix": {"weights": [1], "models": [b]}})
+
+
+def test_padding_rows_of_a_wider_output_layer_are_cut(tiny_dir, tmp_path):
+    """One tokenizer, output layers of different widths (a tuned model's embeddings resized): the mix is over the
+    shared rows, as proxy-tuning's reference code cuts the expert's extra rows; the lead's cut rows are never
+    chosen. A side narrower than the tokenizer is refused."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir["base"])
+    wide = AutoModelForCausalLM.from_pretrained(tiny_dir["llama"])
+    n = wide.get_output_embeddings().weight.shape[0]
+    wide.resize_token_embeddings(n + 8, mean_resizing=False)
+    with torch.no_grad():
+        wide.get_output_embeddings().weight[n:] = 5.0  # padding rows that would win every step if kept
+    wide.save_pretrained(tmp_path / "wide")
+    tok.save_pretrained(tmp_path / "wide")
+    b = str(tiny_dir["base"])
+    mix = ak.load({"mix": {"weights": [0.5, 0.5], "models": [{"none": {"model": str(tmp_path / "wide")}},
+                                                              {"none": {"model": b}}]}})
+    assert mix.width == n and mix.lead_width == n + 8
+    assert all(t < n for ids in _tokens(mix) for t in ids)
+    ids = [mix.encode(" fox jumps")]
+    parts = [_rows(m, ids) for _, m in mix.children()]
+    want = torch.log_softmax(0.5 * parts[0][:, :n] + 0.5 * parts[1], dim=-1)
+    got = _rows(mix, ids)
+    assert got.shape[-1] == n + 8 and torch.isinf(got[:, n:]).all()
+    assert torch.max(torch.abs(got[:, :n] - want)) <= 1e-5
+    narrow = AutoModelForCausalLM.from_pretrained(tiny_dir["llama"])
+    narrow.resize_token_embeddings(n - 4)
+    narrow.save_pretrained(tmp_path / "narrow")
+    tok.save_pretrained(tmp_path / "narrow")
+    with pytest.raises(InputError, match="has .* logits for a tokenizer of .* tokens"):
+        ak.load({"mix": {"weights": [1, 1], "models": [b, str(tmp_path / "narrow")]}})

@@ -56,6 +56,15 @@ def stepping_backend(model: Any, role: str, what: str) -> Any:
     return inner
 
 
+def _token_count(model: Any) -> int:
+    """How many real tokens the model's tokenizer has (its output layer may be wider: padding rows)."""
+    tok = getattr(model, "tokenizer", None)
+    try:
+        return len(tok) if tok is not None else model.vocab_size
+    except TypeError:  # a tokenizer without a length (llama.cpp's): its vocabulary is the output layer
+        return model.vocab_size
+
+
 class LogitMix:
     """``sum_i w_i * logits_i`` over named sides, decoded in lockstep; the first side leads."""
 
@@ -80,11 +89,21 @@ class LogitMix:
                 raise InputError(f"{self.what} needs all its models on one backend (their logits must be comparable); "
                                  f"the {self.roles[0]} model runs on {lead_inner.backend}, the {role} on {inner.backend}")
             fa, fr = lead_inner.vocab_fingerprint(), inner.vocab_fingerprint()
-            if fa != fr or lead_inner.vocab_size != inner.vocab_size:
+            if fa != fr:
                 raise InputError(
                     f"{self.what} mixes its models' logits token by token, so they must share one tokenizer and "
                     f"vocabulary; {lead.spec!r} (vocabulary {fa}, {lead_inner.vocab_size} logits) and {m.spec!r} "
                     f"({fr}, {inner.vocab_size}) differ")
+        # One tokenizer, but output layers of different widths: the rows past the tokenizer's tokens are padding
+        # (a tuned model's embedding matrix rounded up, or resized): they are cut to the narrowest side, as
+        # proxy-tuning's reference code does, and the lead's cut rows can never be chosen.
+        self.width = min(inner.vocab_size for inner in self.inners)
+        tokens = _token_count(lead_inner)
+        if self.width != max(inner.vocab_size for inner in self.inners) and self.width < tokens:
+            narrow = min(zip(self.inners, self.models), key=lambda x: x[0].vocab_size)[1]
+            raise InputError(f"{self.what}: {narrow.spec!r} has {self.width} logits for a tokenizer of {tokens} tokens, "
+                             "so some tokens have no logit on that side; the models cannot be mixed")
+        self.lead_width = lead_inner.vocab_size
         self.spec = lead.spec
         self.capabilities = Capabilities(
             full_vocab_logits=True, topk_logprobs=lead_inner.vocab_size, chat_template=lead.capabilities.chat_template,
@@ -137,10 +156,14 @@ class LogitMix:
         return self.models[0].clean(text) if isinstance(self.models[0], MethodModel) else text
 
     def combine(self, ls: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The mixed logits (or log-probabilities) of the sides, in side order."""
-        out = self.weights[0] * ls[0]
+        """The mixed logits (or log-probabilities) of the sides, in side order; where the sides' output layers
+        differ in width, over the shared rows (the lead's padding rows past them get -inf)."""
+        w0 = self.width
+        out = self.weights[0] * ls[0][..., :w0]
         for w, x in zip(self.weights[1:], ls[1:]):
-            out = out + w * x
+            out = out + w * x[..., :w0]
+        if self.lead_width > w0:
+            out = torch.nn.functional.pad(out, (0, self.lead_width - w0), value=float("-inf"))
         return out
 
     # ------------------------------------------------------------------ generation

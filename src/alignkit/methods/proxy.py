@@ -15,7 +15,7 @@ the base and the anti-expert see the raw prompt -- which a route tree says direc
       antiexpert: {none: {model: ./small-base}}
 
 All three step in lockstep on one backend and must share one tokenizer and vocabulary (a pair whose vocabulary
-differs from the base's is refused, not trimmed). The expert leads: its method cleans the answer and its chat
+differs from the base's is refused; padding rows of a wider output layer are cut, see :class:`LogitMix`). The expert leads: its method cleans the answer and its chat
 capability is the mix's; the mix's spec is the base's.
 """
 
