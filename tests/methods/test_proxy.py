@@ -188,3 +188,20 @@ def test_padding_rows_of_a_wider_output_layer_are_cut(tiny_dir, tmp_path):
     tok.save_pretrained(tmp_path / "narrow")
     with pytest.raises(InputError, match="has .* logits for a tokenizer of .* tokens"):
         ak.load({"mix": {"weights": [1, 1], "models": [b, str(tmp_path / "narrow")]}})
+
+
+def test_the_gpu_recipes_are_valid_trees_of_hub_models():
+    """examples/proxy-tuning/: the Llama-2 recipes parse as proxy trees whose sides are hub ids (not run here)."""
+    from pathlib import Path
+
+    from alignkit.methods.tree import load_tree
+    from alignkit.models.registry import resolve
+
+    for name, base in [("llama2-13b.yaml", "meta-llama/Llama-2-13b-hf"), ("llama2-70b.yaml", "meta-llama/Llama-2-70b-hf")]:
+        tree = load_tree(Path(__file__).resolve().parents[2] / "examples" / "proxy-tuning" / name)
+        assert tree.kind == "proxy" and tree.options.alpha == 1.0
+        sides = {slot: c for slot, c in tree.children}
+        assert sides["base"].to_dict() == {"none": {"model": base}}
+        assert sides["expert"].to_dict() == {"template": {"model": "meta-llama/Llama-2-7b-chat-hf"}}
+        for c in sides.values():
+            assert resolve(c.child("model")).kind == "hub"
