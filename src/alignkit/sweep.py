@@ -66,7 +66,6 @@ class SweepJob:
                 "--no-kl skips it)"})
 
 
-
 def parse_lams(text: str) -> list[float]:
     """The lambdas of ``--lams`` (comma-separated numbers >= 0)."""
     try:
@@ -77,7 +76,6 @@ def parse_lams(text: str) -> list[float]:
     if not lams or bad:
         raise InputError(f"--lams needs numbers >= 0; got {text!r}")
     return lams
-
 
 
 def sweep_sides(ref: Any, aligned: Any, resources: Any, *, ref_method: str = "none", aligned_method: str = "auto",
@@ -200,7 +198,6 @@ def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, progress: Progress
     return {"all": means(rows), "validation": means(val), "test": means(test) if test else None}
 
 
-
 def recommend(lams: dict[str, Any]) -> dict[str, Any] | None:
     """The lambda with the best mean validation score; among those within one standard error of the best, the
     one with the smallest KL to the reference (the least realignment that does as well)."""
@@ -217,7 +214,6 @@ def recommend(lams: dict[str, Any]) -> dict[str, Any] | None:
             "best_validation_lam": float(best_lam), "best_validation_score": best["mean_score"],
             "test_score": test["mean_score"] if test else None,
             "rule": "best mean validation score; within one standard error of it, the smallest KL to the reference"}
-
 
 
 def _judge(job: SweepJob, load, path: Path, out_dir: Path, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -240,7 +236,6 @@ def _judge(job: SweepJob, load, path: Path, out_dir: Path, records: Sequence[dic
             "missing_share": missing / total if total else 0.0, "rubric_hash": judge.rubric.hash}
 
 
-
 def _stats(path: Path) -> dict[str, Any]:
     recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     m = [r["metrics"] for r in recs]
@@ -248,7 +243,6 @@ def _stats(path: Path) -> dict[str, Any]:
     return {"answers": len(m), "mean_tokens": sum(x["tokens"] for x in m) / n,
             "refusal_rate": sum(x["refusal"] for x in m) / n, "runaway_rate": sum(x["runaway"] for x in m) / n,
             "mean_repetition": sum(x["repetition"] for x in m) / n, "empty_rate": sum(x["empty"] for x in m) / n}
-
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:

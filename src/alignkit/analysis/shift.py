@@ -48,7 +48,6 @@ def base_prompt(context: str, instruction: str, template: Any = None) -> str:
     if context == "plain":
         return f"# Query:\n{instruction.strip()}\n\n# Answer:\n"
     if context == "urial":
-
         t = template or load_template()
         return render_conversation(t.preamble, t.examples, [Message("user", instruction)], t.min_fence)[0]
     raise InputError(f"unknown base context {context!r}; choose one of {', '.join(CONTEXTS)}")

@@ -160,7 +160,6 @@ def _run_ray(address: str, argvs: list[list[str]], logs: list[str], env: dict[st
     try:
         import ray
     except ImportError:
-
         raise BackendUnavailableError("ray", "scale", "ray") from None
     if address not in ("local", "auto"):
         _reachable(address)  # ray.init waits a long time on an address where nothing listens

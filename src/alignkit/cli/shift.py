@@ -128,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
               "from the merged output (alignkit merge, then this command without --shard, with --resume)",
               file=sys.stderr)
     elif job.report:
-
         prov = {"base": job.base, "aligned": [f"{m}:{s}" for s, m in zip(specs, methods)] + list(job.route),
                 **sopts.__dict__}
         path = write_report(records, summary, job.report, prov)

@@ -92,19 +92,14 @@ def _run(args: argparse.Namespace) -> int:
     values = {**RECIPES[preset], **values}  # the preset under the config file, the flags over both
     job, recipe, tuning = build(args._job, args, values), build(Recipe, args, values), build(Tuning, args, values)
     if args._runner == "sft":
-
         run_sft(job, recipe, tuning)
     elif args._runner == "preference":
-
         run_preference(job, recipe, tuning, args.kind)
     elif args._runner == "online":
-
         run_online(job, recipe, tuning, args.algorithm, open_scorer=open_scorer)
     elif args._runner == "reward":
-
         run_reward(job, recipe, tuning)
     else:
-
         warmup = build(AlignerWarmup, args, values).warmup_epochs if args._extra else 0.0
         train_stage(args.stage, job, recipe, tuning, warmup_epochs=warmup)
     return 0

@@ -62,7 +62,6 @@ class Contestant:
         if not isinstance(d, dict) or "name" not in d or ("model" in d) == ("route" in d):
             raise InputError(f"a contestant needs a name and either a model or a route, got {d!r:.100}")
         if "route" in d:
-
             others = sorted(set(d) - {"name", "route", "repetition_penalty", "repetition_penalty_scope", "stop"})
             if others:
                 raise InputError(f"contestant {d['name']!r}: a route says how the model is prompted; {', '.join(others)} "
@@ -229,7 +228,6 @@ class Harness:
         """The instructions this run does (all of them, or one shard's)."""
         items = load_instructions(self.cfg.instructions, limit=self.cfg.limit, types=list(self.cfg.types) or None)
         if self.cfg.tags:
-
             items = apply_tags(items, load_tags(self.cfg.tags))
         return items if self.only is None else [it for it in items if str(it["id"]) in self.only]
 

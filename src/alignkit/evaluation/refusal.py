@@ -43,7 +43,6 @@ def load_labelled(path: str | None = None, split: str | None = None) -> list[dic
         text = (resources.files("alignkit") / "prompts" / "eval" / "refusal-labelled.jsonl").read_text(encoding="utf-8")
         rows, name = [json.loads(x) for x in text.splitlines() if x.strip()], "alignkit refusal-labelled set"
     else:
-
         p = Path(path)
         if not p.is_file():
             raise InputError(f"labelled completions file {path!r} does not exist")

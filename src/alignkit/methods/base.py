@@ -125,7 +125,6 @@ class MethodModel(ABC):
     def iter_logprobs(self, prompts: Sequence[Prompt], continuations, **kwargs):
         """The wrapped model's full-vocabulary log-probabilities, given what this method shows it."""
         if not hasattr(self.base, "iter_logprobs"):
-
             raise CapabilityError(f"model {self.spec!r} gives no full-vocabulary log-probabilities")
         prepared = self.prepare_batch(prompts, [GenerationConfig()] * len(prompts)) if prompts else []
         return self.base.iter_logprobs([p.prompt for p in prepared], continuations, **kwargs)

@@ -345,7 +345,6 @@ class AnswerCorrector(MethodModel):
 
     def iter_logprobs(self, prompts, continuations, **kwargs):
         if not hasattr(self.corrector, "iter_logprobs"):
-
             raise CapabilityError(f"corrector {self.corrector.spec!r} gives no full-vocabulary log-probabilities")
         prepared = self._for_scoring(prompts) if prompts else []
         return self.corrector.iter_logprobs([p.prompt for p in prepared], continuations, **kwargs)

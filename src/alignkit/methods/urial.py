@@ -199,7 +199,6 @@ def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any
     the shipped ``urial-kK`` for ``k``, or examples chosen per query with ``select``)."""
     model, name = children["model"], options.template
     if options.select in ("similar", "similar-any"):
-
         template = load_template(name or DEFAULT_TEMPLATE)
         k = 3 if options.k is None else options.k
         decline = "one" if options.select == "similar" else "similar"

@@ -342,7 +342,6 @@ class HFModel:
         seqs = [(p + c)[:-1] if c else p for p, c in pairs]
         width = max(len(s) for s in seqs)
         if self.context_length and width >= self.context_length:
-
             raise ContextLengthError(
                 f"a prompt + continuation has {width + 1} tokens; the context holds {self.context_length}"
             )
@@ -484,7 +483,6 @@ def attach_adapter(model: torch.nn.Module, adapter: str, *, merge: bool = False)
     try:
         from peft import PeftModel
     except ImportError:
-
         raise BackendUnavailableError("hf", "hf", "peft") from None
     try:
         peft_model = PeftModel.from_pretrained(model, str(path))

@@ -254,7 +254,6 @@ class LlamaCppModel:
         try:
             from llama_cpp import Llama
         except ImportError:
-
             raise BackendUnavailableError("llamacpp", "llamacpp", "llama_cpp") from None
         path = check_gguf(path, "model file")
         if lora:
@@ -540,7 +539,6 @@ def load(resolved: Any, *, spec: str, options: Any) -> LlamaCppModel:
                              f"{resolved.kind} (use the hf backend for transformers folders and hub ids)")
     lora = options.adapter
     if lora and Path(lora).is_dir():
-
         lora = str(convert_peft_adapter(Path(lora), path))
     return LlamaCppModel(path, spec=spec, n_ctx=options.n_ctx, n_seq=options.n_seq, lora=lora,
                          source={"alias": resolved.target} if resolved.kind == "alias" else None)

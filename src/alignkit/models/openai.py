@@ -76,7 +76,6 @@ class OpenAIModel:
         try:
             import openai
         except ImportError:
-
             raise BackendUnavailableError("openai", "openai", "openai") from None
         self._openai = openai
         self.name, self.base_url, self.spec = name, base_url, spec

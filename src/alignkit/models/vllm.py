@@ -52,7 +52,6 @@ class VLLMModel:
         try:
             from vllm import LLM
         except ImportError:
-
             raise BackendUnavailableError("vllm", "vllm", "vllm") from None
         kwargs: dict[str, Any] = dict(model=source, enable_prefix_caching=True, max_logprobs=max_logprobs,
                                       tensor_parallel_size=tensor_parallel_size,
@@ -129,7 +128,6 @@ class VLLMModel:
         ids = [self.encode_prompt(p) for p in prompts]
         for i, row in enumerate(ids):
             if len(row) >= self._context:
-
                 raise ContextLengthError(f"prompt {i} has {len(row)} tokens; the model's context holds {self._context}")
         outs = self.llm.generate([{"prompt_token_ids": r} for r in ids], [self._params(c) for c in configs],
                                  use_tqdm=False)
@@ -211,7 +209,6 @@ def load(resolved: Any, *, spec: str, options: Any) -> VLLMModel:
     """Loader of the ``vllm`` backend: an embedded alias (its converted transformers folder: vLLM's CPU build
     cannot read GGUF), a model folder or a hub id."""
     if resolved.kind == "alias":
-
         source, prov = str(catalog.locate(resolved.target)), {"alias": resolved.target}
     elif resolved.kind in ("folder", "hub"):
         source, prov = resolved.target, {}

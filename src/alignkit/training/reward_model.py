@@ -52,7 +52,6 @@ def reward_ids(messages: Sequence[dict[str, str]], answer: str, layout: RewardLa
         question = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
         ids = list(tokenizer(question, answer.strip())["input_ids"])
     elif layout.name == "urial":
-
         text = render_urial(msgs, urial_preamble(layout.template))[0].text
         ids = list(tokenizer(text)["input_ids"])
     else:
