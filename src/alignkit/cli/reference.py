@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from alignkit.cli.main import build_parser
+
 WIDTH = "100"  # help is wrapped to a fixed width, whatever the terminal
 
 
@@ -20,8 +22,6 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Arg
 
 def render() -> str:
     """The reference page: the top-level help, then each command's (nested commands under theirs)."""
-    from alignkit.cli.main import build_parser
-
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = WIDTH
     try:
