@@ -148,3 +148,42 @@ def test_routes_on_one_model_take_turns(tiny_base):
             t.join(120)
     assert done.index("other") < 3, done  # answered before the flood was over
     assert other.stats.jobs == 1 and busy.stats.jobs == 18
+
+
+def test_a_proxy_route_is_batched_continuously_like_any_model(tiny_dir):
+    """A logit-arithmetic route (proxy-tuning over three tiny models) under the continuous scheduler: requests join
+    the running lockstep batch, and every answer equals the static scheduler's and the route's own greedy one."""
+    import alignkit as ak
+
+    proxy = ak.load({"proxy": {"alpha": 1.0, "base": {"none": {"model": str(tiny_dir["base"])}},
+                               "expert": {"none": {"model": str(tiny_dir["aligned"])}},
+                               "antiexpert": {"none": {"model": str(tiny_dir["llama"])}}}})
+    assert proxy.capabilities.continuous_batching
+    prompts = ["The quick brown", "Once upon", "Thank you", "Hello there"]
+
+    def load(scheduler: str):
+        service = Service(proxy, "proxy", max_batch=2, scheduler=scheduler)
+        got = {}
+        with ServerThread(build_app(service)) as srv:
+            client = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0)
+
+            def user(c: int) -> None:
+                for r in range(2):
+                    p = prompts[(c + r) % len(prompts)]
+                    resp = client.completions.create(model="proxy", prompt=p, max_tokens=3 + 5 * ((c + r) % 3),
+                                                     temperature=0)
+                    got[c, r] = (p, resp.choices[0].text, resp.usage.completion_tokens)
+
+            threads = [threading.Thread(target=user, args=(c,)) for c in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        return got, service.stats
+
+    continuous, stats = load("continuous")
+    static, _ = load("static")
+    assert len(continuous) == 8 and continuous == static and stats.max_batch_rows <= 2
+    assert stats.joined >= 1  # requests joined the running lockstep batch (not one batch after another)
+    for p, text, n in continuous.values():
+        assert text == proxy.generate([p], GenerationConfig(max_new_tokens=n))[0].text
