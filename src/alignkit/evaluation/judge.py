@@ -113,6 +113,11 @@ class Rubric:
         return Constraint.json_schema(schema)  # the aspects' order is part of the shape
 
 
+def _answer(c: Any) -> tuple[str, Any]:
+    """A judge's reply as ``(text, its per-token log-probabilities or None)``."""
+    return c.text, (c.meta or {}).get("logprobs")
+
+
 def response_formats(rubric: Rubric) -> list[tuple[str, dict[str, Any] | None]]:
     """What an API judge is asked for, best first: ``(name, response_format)`` -- the rubric's schema with its
     canonical layout, the plain schema, a JSON object, nothing."""
@@ -339,7 +344,7 @@ class Judge:
             name, fmt = self._formats[0]
             try:
                 comps = self.model.generate(convs, self.cfg, response_format=fmt, **extra)
-                return self._note_logprobs([(c.text, (c.meta or {}).get("logprobs")) for c in comps], logprobs)
+                return self._note_logprobs([_answer(c) for c in comps], logprobs)
             except CapabilityError:
                 raise
             except AlignkitError as e:
@@ -353,15 +358,14 @@ class Judge:
             extra["response_format"] = self._formats[0][1]
         try:
             comps = self.model.generate(convs, self.cfg, **extra)
-            return self._note_logprobs([(c.text, (c.meta or {}).get("logprobs")) for c in comps], logprobs)
+            return self._note_logprobs([_answer(c) for c in comps], logprobs)
         except CapabilityError:
             raise  # the judge cannot do what was asked of it at all: not one item's problem
         except AlignkitError:
             out: list[tuple[str, Any]] = []
             for conv in convs:
                 try:
-                    c = self.model.generate([conv], self.cfg, **extra)[0]
-                    out.append((c.text, (c.meta or {}).get("logprobs")))
+                    out.append(_answer(self.model.generate([conv], self.cfg, **extra)[0]))
                 except CapabilityError:
                     raise
                 except AlignkitError as e:

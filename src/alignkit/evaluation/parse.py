@@ -78,21 +78,28 @@ def _lookup(obj: dict[str, Any], aspect: str) -> Any:
     return None
 
 
+def _read_json_entries(text: str, aspects: list[str], key: str, read: Any, out: dict[str, dict[str, Any]]) -> None:
+    """Fill ``out[aspect][key]`` (through ``read``) and ``out[aspect]["reason"]`` from the reply's first JSON
+    object: ``{"aspect": {"reason": ..., key: ...}}`` or ``{"aspect": value}``."""
+    obj = first_json(text)
+    if obj is None:
+        return
+    for a in aspects:
+        v = _lookup(obj, a)
+        if isinstance(v, dict):
+            out[a][key] = read(_lookup(v, key))
+            r = _lookup(v, "reason")
+            out[a]["reason"] = r if isinstance(r, str) else None
+        else:
+            out[a][key] = read(v)
+
+
 def parse_scores(text: str, aspects: list[str]) -> dict[str, dict[str, Any]]:
     """``{aspect: {"score": int | None, "reason": str | None}}`` from a judge's answer."""
     out: dict[str, dict[str, Any]] = {a: {"score": None, "reason": None} for a in aspects}
     if not isinstance(text, str):
         return out
-    obj = first_json(text)
-    if obj is not None:
-        for a in aspects:
-            v = _lookup(obj, a)
-            if isinstance(v, dict):
-                out[a]["score"] = valid_score(_lookup(v, "score"))
-                r = _lookup(v, "reason")
-                out[a]["reason"] = r if isinstance(r, str) else None
-            else:
-                out[a]["score"] = valid_score(v)
+    _read_json_entries(text, aspects, "score", valid_score, out)
     for a in aspects:  # fall back to "aspect: 4" patterns for what JSON did not give
         if out[a]["score"] is None:
             m = re.search(rf"\b{re.escape(a)}\b[\"']?\s*(?:score)?\s*[:=\-–]\s*\"?([1-5])(?:\.0+)?\"?(?:\s*/\s*5)?(?![\d.\-])",
@@ -146,14 +153,5 @@ def parse_labels(text: str, aspects: list[str], labels: list[str]) -> dict[str, 
         key = re.sub(r"^\d_", "", key)
         return known.get(key)
 
-    obj = first_json(text)
-    if obj is not None:
-        for a in aspects:
-            v = _lookup(obj, a)
-            if isinstance(v, dict):
-                out[a]["label"] = norm(_lookup(v, "label"))
-                r = _lookup(v, "reason")
-                out[a]["reason"] = r if isinstance(r, str) else None
-            else:
-                out[a]["label"] = norm(v)
+    _read_json_entries(text, aspects, "label", norm, out)
     return out

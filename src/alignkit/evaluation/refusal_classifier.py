@@ -77,7 +77,7 @@ _CUES: dict[str, str] = {
                r"(?:a )?line i (?:won'?t|will not|don'?t) cross)\b",
     "other_language": r"(?:désolé|je ne peux pas|tut mir leid|kann ich (?:nicht|leider)|nicht helfen|lo siento|"
                       r"no puedo|mi dispiace|non posso|desculpe|não posso|daar kan ik|niet helpen|抱歉|无法|不能|"
-                      r"できません|申し訳|お応えでき|извините|не могу|przepraszam|nie mogę|nie mogę)",
+                      r"できません|申し訳|お応えでき|извините|не могу|przepraszam|nie mogę)",
     "helpful_start": r"^(?:sure|certainly|of course|absolutely(?! not)|yes|here(?:'s| is| are)|great (?:question|"
                      r"project)|happy to help|no bother)\b",
     "list": r"(?m)^\s*(?:[-*•]|\d+[.)])\s+\S",

@@ -27,6 +27,7 @@ zero length difference.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -143,7 +144,7 @@ def reply_weights(logprobs: Sequence[tuple[str, float, Sequence[tuple[str, float
     for aspect, off in zip(rubric.aspects, _slot_offsets(text, rubric)):
         dist, mass = None, 0.0
         if off is not None and off < len(text):
-            i = max(j for j, st in enumerate(starts) if st <= off)
+            i = bisect.bisect_right(starts, off) - 1  # the token holding the label's first character
             dist, mass = label_mass(logprobs[i][2], tokens[i][: off - starts[i]], labels)
         out[aspect] = {"p": dist, "mass": mass} if pairwise else {"weighted": expected_score(dist), "p": dist,
                                                                     "mass": mass}

@@ -249,7 +249,7 @@ class LogitMix:
 
 def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> LogitMix:
     """The ``mix`` node: ``sum_i weight_i * logits_i`` over its ``models`` list, the first leading."""
-    models = [children[f"models.{i}"] for i in range(len([k for k in children if k.startswith("models.")]))]
+    models = [m for slot, m in children.items() if slot.startswith("models.")]  # in the tree's order
     if len(options.weights) != len(models):
         raise InputError(f"node 'mix' has {len(models)} models and {len(options.weights)} weights: give one weight per "
                          "model, in order")
