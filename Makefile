@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alignkit-installed
 
-.PHONY: install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings routes rewarded clients-env eval-report
+.PHONY: docs install demo test test-fast test-vllm vllm-env bench lint clean chromium siblings routes rewarded clients-env eval-report
 
 # torch first, pinned to the CPU build these machines carry (pip finds it via find-links); an unpinned
 # torch would pull the newest CUDA build (several GB). Then the package with every extra and the test tools.
@@ -50,8 +50,15 @@ routes: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# The docs site, offline, warnings as errors: the generated pages (CLI reference, results) must be what the
+# code and the result files give (python scripts/docs_pages.py rewrites them), then mkdocs builds site/
+docs: $(STAMP)
+	$(BIN)/python scripts/docs_pages.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "make docs: site/index.html"
+
 # Strict: ALIGNKIT_STRICT=1 turns every skip that is not part of the design into a failure (tests/support/strict.py)
-test: $(STAMP) chromium clients-env
+test: $(STAMP) chromium clients-env docs
 	ALIGNKIT_STRICT=1 $(BIN)/python -m pytest -q -m "not vllm_env"
 	$(MAKE) test-vllm
 

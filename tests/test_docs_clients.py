@@ -1,4 +1,4 @@
-"""The README's table of other people's clients names, on every row, the test that runs that client against the
+"""The serving guide's table of other people's clients names, on every row, the test that runs that client against the
 server; each named test file or function must exist (and `make test` runs them all, strictly)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_client_row_names_an_existing_test():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "guides" / "serve.md").read_text(encoding="utf-8")
     table = text.split("**Other people's clients, run in the tests**")[1].split("\n\n")[1]
     rows = [r for r in table.splitlines() if r.startswith("|")][2:]
     assert len(rows) >= 5

@@ -1,5 +1,5 @@
-"""The README's Python is real: its API example runs on the embedded Gemma, its route-tree YAML and Python build
-the same tree, and its table of node kinds is the registry's."""
+"""The README's Python is real: its API example runs on the embedded Gemma and does what it says; the route-tree
+page's YAML and Python build the same tree, and its table of node kinds is the registry's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import yaml
 import alignkit as ak
 from alignkit.methods.tree import NODES, parse
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+ROUTE_TREES = (ROOT / "docs" / "concepts" / "route-trees.md").read_text(encoding="utf-8")
 
 
 def _section(title: str) -> str:
@@ -24,7 +26,7 @@ def _blocks(text: str, lang: str) -> list[str]:
 
 
 def test_the_python_example_runs_on_the_embedded_gemma(gemma, tmp_path, monkeypatch, capsys):
-    code, = _blocks(_section("Python"), "python")
+    code, = _blocks(_section("Three jobs"), "python")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md#python", "exec"), namespace)  # noqa: S102 -- the README's own example
@@ -36,16 +38,15 @@ def test_the_python_example_runs_on_the_embedded_gemma(gemma, tmp_path, monkeypa
 
 
 def test_the_route_tree_yaml_and_python_are_one_tree():
-    section = _section("Route trees")
-    (yml,) = _blocks(section, "yaml")
-    (py,) = _blocks(section, "text")
+    (yml,) = _blocks(ROUTE_TREES, "yaml")
+    (py,) = _blocks(ROUTE_TREES, "text")
     namespace = {"ak": ak}
     exec(py.split("model = ak.load")[0], namespace)  # noqa: S102 -- builds the tree only, loads nothing
     assert parse(yaml.safe_load(yml)) == namespace["tree"]
 
 
 def test_the_kinds_table_is_the_registry():
-    rows = [r for r in _section("Route trees").splitlines() if r.startswith("| `")]
+    rows = [r for r in ROUTE_TREES.splitlines() if r.startswith("| `")]
     table = {}
     for r in rows:
         kind, slots, options = (c.strip() for c in r.strip("|").split("|"))
