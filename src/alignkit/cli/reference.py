@@ -1,5 +1,5 @@
 """The command-line reference (docs/reference/cli.md), generated from the parsers themselves -- every command and
-subcommand's ``--help`` -- so it cannot drift: ``python scripts/cli_reference.py`` rewrites it, and a test fails
+subcommand's ``--help`` -- so it cannot drift: ``python scripts/docs_pages.py`` rewrites it, and a test fails
 when the committed page is not what the code says."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def render() -> str:
     try:
         root = build_parser()
         parts = ["# Command-line reference", "",
-                 "Generated from the parsers by `python scripts/cli_reference.py` (a test fails when it is stale). "
+                 "Generated from the parsers by `python scripts/docs_pages.py` (a test fails when it is stale). "
                  "Every option of every command, as `--help` prints it.", "", "```text", root.format_help().rstrip(),
                  "```", ""]
 
