@@ -1,4 +1,4 @@
-"""Where benchmarks write what they measured: ``docs/results/NAME.json``, committed, and cited by the README
+"""Where benchmarks write what they measured: ``docs/results/NAME.json``, committed, and cited by the README and the docs pages
 next to each table (tests/test_readme_numbers.py checks every figure against its file)."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 context (K=3, greedy, no repetition penalty), at most 128 new tokens each.
 
 * tokens/s of the hf (transformers) and llamacpp backends, and of the vllm backend when its CPU build is
-  installed (see the README: it lives in its own environment), and their ratios;
+  installed (see docs/guides/engines.md: it lives in its own environment), and their ratios;
 * the llamacpp backend (all rows in one llama.cpp batch) against calling llama-cpp-python directly
   (``create_completion``, same prompts, greedy, same stop strings, one at a time -- it has no batched
   completion); whole commands, one request at a time against the same direct calls: bench/engines_command.py;

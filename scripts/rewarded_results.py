@@ -1,4 +1,4 @@
-"""Collect what `make rewarded` measured into docs/results/rewarded.json (the source of the README's tables on
+"""Collect what `make rewarded` measured into docs/results/rewarded.json (the source of the docs' tables on
 the reward model, the ranked pairs, old vs new DPO sibling and the DeRa sweep), and copy the sweep's plot to
 docs/results/rewarded-sweep.png.
 

@@ -1,4 +1,4 @@
-"""Collect what `make siblings` measured into docs/results/siblings.json (the source of the README's tables on
+"""Collect what `make siblings` measured into docs/results/siblings.json (the source of the docs' tables on
 the tuned siblings): training results of SFT and DPO, the preference pairs kept, the self-stop checks with
 the layout's repetition penalty and without any, and the token-shift summary of base vs base + SFT.
 

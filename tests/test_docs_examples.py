@@ -94,15 +94,19 @@ def _run(block: Block, cwd: Path, env: dict[str, str], groups: list[int]) -> Non
     script.write_text(block.text, encoding="utf-8")
     python = str(ENVS[block.env]) if block.env else sys.executable
     cmd = ["bash", "-e", "-o", "pipefail", str(script)] if block.lang == "bash" else [python, str(script)]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = cwd / f".example-{block.line}.log"  # a file, not a pipe: a server left running keeps its end open
+    with log.open("w", encoding="utf-8") as sink:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=sink,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     groups.append(proc.pid)
     try:
-        out, _ = proc.communicate(timeout=900)
+        proc.wait(timeout=900)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{block.page}:{block.line}: the example ran over 15 minutes\n{out[-3000:]}")
+        proc.wait()
+        pytest.fail(f"{block.page}:{block.line}: the example ran over 15 minutes\n"
+                    f"{log.read_text(encoding='utf-8', errors='replace')[-3000:]}")
+    out = log.read_text(encoding="utf-8", errors="replace")
     assert proc.returncode == 0, (f"{block.page}:{block.line}: the example failed (exit {proc.returncode}):\n"
                                   f"{block.text}\n--- output ---\n{out[-4000:]}")
 

@@ -108,3 +108,19 @@ def test_the_site_builds_strictly_and_opens_in_chromium_without_errors(tmp_path)
         Path(out).mkdir(parents=True, exist_ok=True)
         for name, shot in shots.items():
             shutil.copy(shot, Path(out) / f"site-{name}.png")
+
+
+def test_the_readme_is_a_front_door():
+    """At most 200 lines; the three jobs (align in context, what changed, evaluate) on its first screen (the first
+    40 lines); every link into docs/ resolves to a page of the site."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200
+    first = "\n".join(lines[:40])
+    for job in ("alignkit generate --model gemma-3-270m --method urial", "alignkit shift", "alignkit eval"):
+        assert job in first, f"the README's first screen lacks {job!r}"
+    import re
+
+    links = re.findall(r"\]\((docs/[^)#]+)", "\n".join(lines))
+    assert len(links) >= 10
+    for link in links:
+        assert (ROOT / link).is_file(), link

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from alignkit.analysis.layers import layer_summary
 from alignkit.analysis.metrics import CATEGORIES
 from alignkit.analysis.tokens import class_shares
 
@@ -82,4 +83,7 @@ def summarize(records: Iterable[dict[str, Any]], *, top_tokens: int = 30, min_co
             "by_category": {c: _shares(ps) for c, ps in sorted(by_cat.items())},
             "curves": _curves(answers, min_count),
         }
+        layers = layer_summary(answers)
+        if layers is not None:  # shift --layers: where in the network the shift arises
+            out[label]["layers"] = layers
     return out

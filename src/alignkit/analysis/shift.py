@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.analysis.layers import FIRST, choose_positions, lens_values, parse_layers, top_tokens
 from alignkit.analysis.metrics import CATEGORIES, approx_position, exact_positions
 from alignkit.errors import CapabilityError, InputError
 from alignkit.methods.templates import load_template
@@ -39,6 +40,13 @@ class ShiftOptions:
         "also report kl_released: KL(base || aligned) the way the Re-Align authors' released code computes it "
         "(each model's top-k renormalised, summed over the tokens both top-k lists share; they keep k = 30, read "
         "up to 50) -- comparable with their figures, unlike the full-vocabulary KLs; exact mode; 0 = off"})
+    layers: str = field(default="", metadata={
+        "help": "also read the layers (the logit lens of both models, and the difference of their residual streams "
+                "read through the head) at every shifted and marginal position, the first positions and an equal "
+                "seeded sample of unshifted ones: all, every:N (every N-th layer and the last; every:4 is a good "
+                "start), or a list such as 6,12,18; transformers backend, exact mode; empty = off"})
+    layers_seed: int = field(default=0, metadata={"min": 0, "help": "seed of --layers' control sample of unshifted "
+                                                                    "positions"})
 
 
 def base_prompt(context: str, instruction: str, template: Any = None) -> str:
@@ -92,6 +100,9 @@ class ShiftAnalyzer:
         if options.released_kl_k and self.mode != "exact":
             raise CapabilityError("--released-kl-k needs exact mode (each model's own top-k of the full vocabulary); "
                                   "API models give approximate mode")
+        self.layers: tuple[int, ...] = ()
+        if options.layers:
+            self.layers = self._layers(options.layers)
         if self.mode == "exact":
             fb, fa = base.vocab_fingerprint(), aligned.vocab_fingerprint()
             if fb != fa:
@@ -100,6 +111,19 @@ class ShiftAnalyzer:
                     f"(vocabulary {fb} vs {fa}); the analysis compares the two distributions token by token, so "
                     "both must share one vocabulary (e.g. a base model and its own tuned or in-context-aligned version)"
                 )
+
+    def _layers(self, spec: str) -> tuple[int, ...]:
+        if self.mode != "exact":
+            raise CapabilityError("--layers needs exact mode (both models local, full vocabulary)")
+        for m in (self.base, self.aligned):
+            if not m.capabilities.layer_lens:
+                raise CapabilityError(f"--layers reads a model's residual stream, which {m.spec!r} (backend "
+                                      f"{m.backend!r}) does not give: load it on the transformers backend (hf:...)")
+        nb, na = self.base.num_layers, self.aligned.num_layers
+        if nb != na:
+            raise InputError(f"--layers compares the two models layer by layer, but the base has {nb} layers and "
+                             f"the aligned model {na}")
+        return tuple(parse_layers(spec, nb))
 
     def _mode(self) -> str:
         def full(m: Any) -> bool:
@@ -121,6 +145,7 @@ class ShiftAnalyzer:
     def provenance(self) -> dict[str, Any]:
         prov = {"mode": self.mode, "base_context": self.options.context, "top_k": self.options.top_k,
                 "released_kl_k": self.options.released_kl_k,
+                **({"layers": list(self.layers), "layers_seed": self.options.layers_seed} if self.layers else {}),
                 "base": self.base.info(), "aligned": self.aligned.info()}
         tree = getattr(self.aligned, "tree", None)
         if tree is not None:  # the aligned route as it ran
@@ -171,6 +196,7 @@ class ShiftAnalyzer:
             answers.append(ids)
             truncated.append(cut)
         positions: list[list[dict[str, Any]]] = [[] for _ in batch]
+        records: list[dict[str, Any]] = []
         pairs = lockstep(self.base.iter_logprobs(bprompts, answers, batch_size=len(batch)),
                          self.aligned.iter_logprobs(aprompts, answers, batch_size=len(batch)))
         for cb, ca in pairs:
@@ -182,8 +208,40 @@ class ShiftAnalyzer:
                 i = cb.index
                 if not answers[i]:
                     log.warning("answer %r is empty: nothing to analyse", batch[i].id)
-                yield self._record(batch[i], positions[i], truncated[i])
+                record = self._record(batch[i], positions[i], truncated[i])
                 positions[i] = []
+                if not self.layers:
+                    yield record
+                records.append(record)
+        if self.layers:  # a second pass of both models, reading the chosen positions layer by layer
+            self._read_layers(records, bprompts, aprompts, answers)
+            yield from records
+
+    def _read_layers(self, records: list[dict[str, Any]], bprompts: list[str], aprompts: list[str],
+                     answers: list[list[int]]) -> None:
+        chosen = [choose_positions(r["positions"], str(r["id"]), self.options.layers_seed) for r in records]
+        diff: list[dict[str, dict[int, Any]]] = [{"first": {}, "shifted": {}} for _ in records]
+        pairs = lockstep(self.base.iter_lens(bprompts, answers, chosen, layers=self.layers, batch_size=len(records)),
+                         self.aligned.iter_lens(aprompts, answers, chosen, layers=self.layers,
+                                                batch_size=len(records)))
+        for lb, la in pairs:
+            r = records[lb.index]
+            for t, values in zip(lb.positions, lens_values(la.logprobs, lb.logprobs, lb.targets, self.layers)):
+                r["positions"][t]["lens"] = values
+            delta = la.hidden - lb.hidden  # [n, L, d]: aligned minus base residual stream, same position and layer
+            for j, t in enumerate(lb.positions):
+                groups = (["first"] if t < FIRST else []) + (
+                    ["shifted"] if r["positions"][t]["category"] == "shifted" else [])
+                for g in groups:
+                    acc = diff[lb.index][g]
+                    acc["n"] = acc.get("n", 0) + 1
+                    acc["sum"] = delta[j] if "sum" not in acc else acc["sum"] + delta[j]
+        for r, acc in zip(records, diff):  # the activation-difference lens of this answer, per layer
+            r["difference_lens"] = {
+                g: {str(layer): top_tokens(self.base.read_out(a["sum"][k:k + 1] / a["n"], layer)[0],
+                                           self.base.token_text)
+                    for k, layer in enumerate(self.layers)}
+                for g, a in acc.items() if a.get("n")}
 
     def _approx(self, batch: list[Item]) -> Iterator[dict[str, Any]]:
         k = max(3, self.options.top_k)

@@ -145,7 +145,7 @@ def unescape(text: str) -> str:
 class RouteFile:
     route: str | None = field(default=None, metadata={
         "help": "a route tree to run, from a YAML or JSON file (e.g. {urial: {model: gemma-3-270m, k: 3}}; any "
-                "composition of methods: see the README's 'Route trees'), instead of --model and the "
+                "composition of methods: see docs/concepts/route-trees.md), instead of --model and the "
                 "alignment-method flags"})
 
 

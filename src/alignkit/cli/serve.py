@@ -47,7 +47,7 @@ class ServeJob:
                 "and any alignment-method option, e.g. urial=method=urial,template=urial-k3 or "
                 "mix=model=runs/dpo,method=dera,ref=runs/sft,lam=0.5; a request's 'model' picks the route; routes "
                 "on the same model spec share one loaded copy (in a config file: route: [..]); NAME=FILE.yaml serves "
-                "the route tree in that file (see the README's 'Route trees')"})
+                "the route tree in that file (see docs/concepts/route-trees.md)"})
 
 
 def add_parser(sub) -> None:

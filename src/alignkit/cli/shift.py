@@ -49,8 +49,8 @@ class ShiftJob:
                 "distribution is then the corrector's, given the question and the upstream answer"})
     corrector_layout: str | None = field(default=None, metadata={"help": "the corrector's layout"})
     route: tuple[str, ...] = field(default=(), metadata={
-        "help": "an aligned route tree from a YAML or JSON file (any composition of methods: see the README's "
-                "'Route trees'), analysed like an --aligned model; with --route only, no --aligned runs"})
+        "help": "an aligned route tree from a YAML or JSON file (any composition of methods: see "
+                "docs/concepts/route-trees.md), analysed like an --aligned model; with --route only, no --aligned runs"})
     report: str | None = field(default=None, metadata={"help": "write the HTML report here (figures beside it)"})
     max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "answer length when the aligned model generates"})
     resume: bool = field(default=False, metadata={"help": "skip answers already in the output file"})

@@ -129,10 +129,20 @@ class MethodModel(ABC):
         prepared = self.prepare_batch(prompts, [GenerationConfig()] * len(prompts)) if prompts else []
         return self.base.iter_logprobs([p.prompt for p in prepared], continuations, **kwargs)
 
+    def iter_lens(self, prompts: Sequence[Prompt], continuations, positions, **kwargs):
+        """The wrapped model's logit lens (:class:`~alignkit.models.base.LensChunk`), given what this method
+        shows it."""
+        if not hasattr(self.base, "iter_lens"):
+            raise CapabilityError(f"model {self.spec!r} cannot read its layers (the logit lens needs the "
+                                  "transformers backend)")
+        prepared = self.prepare_batch(prompts, [GenerationConfig()] * len(prompts)) if prompts else []
+        return self.base.iter_lens([p.prompt for p in prepared], continuations, positions, **kwargs)
+
     def __getattr__(self, name: str):
-        # tokenizer-level helpers (encode, token_text, vocab_fingerprint, count_tokens, ...) come from the
-        # wrapped model
-        if name in ("encode", "token_text", "vocab_fingerprint", "count_tokens", "tokenizer"):
+        # tokenizer-level helpers (encode, token_text, vocab_fingerprint, count_tokens, ...) and the lens' read-out
+        # come from the wrapped model
+        if name in ("encode", "token_text", "vocab_fingerprint", "count_tokens", "tokenizer", "num_layers",
+                    "read_out"):
             return getattr(self.base, name)
         raise AttributeError(name)
 

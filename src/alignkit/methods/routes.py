@@ -349,6 +349,13 @@ class AnswerCorrector(MethodModel):
         prepared = self._for_scoring(prompts) if prompts else []
         return self.corrector.iter_logprobs([p.prompt for p in prepared], continuations, **kwargs)
 
+    def iter_lens(self, prompts, continuations, positions, **kwargs):
+        if not hasattr(self.corrector, "iter_lens"):
+            raise CapabilityError(f"corrector {self.corrector.spec!r} cannot read its layers (the logit lens needs "
+                                  "the transformers backend)")
+        prepared = self._for_scoring(prompts) if prompts else []
+        return self.corrector.iter_lens([p.prompt for p in prepared], continuations, positions, **kwargs)
+
     def stage_prompts(self, prompt: Prompt, config: GenerationConfig) -> list[tuple[str, str]]:
         up = inner_prompts(self.upstream, prompt, config)
         prepared = self.prepare_batch([prompt], [config])[0]

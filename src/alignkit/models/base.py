@@ -50,6 +50,27 @@ class LogprobChunk:
     last: bool
 
 
+@dataclass
+class LensChunk:
+    """The logit lens at chosen continuation positions of one sequence, at chosen layers.
+
+    ``positions`` are continuation positions (0 = the first continuation token) of continuation number
+    ``index``; ``targets`` the ``[n]`` tokens there; ``logprobs`` is ``[n, L, V]``: for each position and each of
+    ``layers`` (1-based; the model's last layer is its own next-token distribution), the log-softmax of the
+    output head over the final-normed residual stream; ``hidden`` is ``[n, L, d]``, the residual stream itself
+    (the last layer's after the final norm, as the head reads it) -- for differences between two models, read
+    back with ``read_out``. ``last`` marks the sequence's final chunk.
+    """
+
+    index: int
+    positions: list[int]
+    targets: torch.Tensor
+    layers: tuple[int, ...]
+    logprobs: torch.Tensor
+    hidden: torch.Tensor
+    last: bool
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a model can do. Callers check what they need when they are built (see :func:`require`)."""
@@ -81,6 +102,10 @@ class Capabilities:
     scheduling): ``admit(running, room)`` -- the requests running, and how many more the model can hold now
     (``None``: no limit) -- returns at most ``room`` ``(prompt, config)`` pairs that join now, numbered after
     every request before them. The server schedules such a model continuously."""
+
+    layer_lens: bool = False
+    """Reads its residual stream layer by layer through its final norm and output head (the logit lens):
+    ``iter_lens`` and ``read_out`` (see :class:`LensChunk`); what ``alignkit shift --layers`` needs."""
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -333,8 +358,9 @@ def logprob_blocks(logits: torch.Tensor, index: int, start: int, targets: torch.
                            start + e >= total)
 
 
-def lockstep(*streams: Iterator[LogprobChunk]) -> Iterator[tuple[LogprobChunk, ...]]:
-    """Zip chunk streams of several models over the same inputs, checking they stay in step, and run every
+def lockstep(*streams: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
+    """Zip chunk streams (:class:`LogprobChunk` or :class:`LensChunk`) of several models over the same inputs,
+    checking they stay in step, and run every
     stream to its end (a stream left suspended would keep its model's lock until garbage collection)."""
     sentinel: Any = object()
     iters = [iter(s) for s in streams]
@@ -343,7 +369,8 @@ def lockstep(*streams: Iterator[LogprobChunk]) -> Iterator[tuple[LogprobChunk, .
         ended = [x is sentinel for x in items]
         if all(ended):
             return
-        if any(ended) or len({(x.index, x.start, len(x.targets)) for x in items}) != 1:
+        if any(ended) or len({(x.index, getattr(x, "start", None), tuple(getattr(x, "positions", ())),
+                               len(x.targets)) for x in items}) != 1:
             raise RuntimeError("log-probability streams of the models are out of step")
         yield tuple(items)
 

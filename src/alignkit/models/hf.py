@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from alignkit.errors import BackendUnavailableError, CapabilityError, ContextLengthError, ModelLoadError
+from alignkit.errors import BackendUnavailableError, CapabilityError, ContextLengthError, InputError, ModelLoadError
 from alignkit.models.base import (
     Capabilities,
+    LensChunk,
     LogprobChunk,
     PositionReducer,
     configs_for,
@@ -95,6 +96,7 @@ class HFModel:
             stepping=True,
             constraints=True,
             continuous_batching=True,
+            layer_lens=True,
         )
         eos: set[int] = set()
         for src in (getattr(model, "generation_config", None), tokenizer):
@@ -338,7 +340,74 @@ class HFModel:
                         tgt = torch.tensor(c[a:b], dtype=torch.long, device=logits.device)
                         yield from logprob_blocks(logits, start + row, a, tgt, len(c))
 
+    @property
+    def num_layers(self) -> int:
+        """The decoder's layers (the logit lens reads layers 1 .. num_layers)."""
+        return len(self.engine.decoder.layers)
+
+    def read_out(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Log-probabilities ``[n, V]`` of the output head over residual-stream vectors ``[n, d]`` of ``layer``:
+        through the final norm first, except at the last layer, whose states are already normed (as
+        :meth:`iter_lens` returns them). Also reads differences of two models' states (the activation-difference
+        lens)."""
+        with torch.no_grad():
+            h = hidden.to(self.device)
+            if layer < self.num_layers:
+                h = self.engine.decoder.norm(h)
+            return torch.log_softmax(self._head(h), dim=-1)
+
+    @torch.no_grad()
+    def iter_lens(self, prompts: Sequence[Prompt], continuations: Sequence[str | Sequence[int]],
+                  positions: Sequence[Sequence[int]], *, layers: Sequence[int] | None = None,
+                  batch_size: int | None = None) -> Iterator[LensChunk]:
+        """The logit lens (see :class:`LensChunk`) at ``positions[i]`` of continuation ``i``, for ``layers``
+        (1-based; default all): one teacher-forced pass per batch with the hidden states kept, the head applied
+        to the chosen positions only, a few positions at a time (never a full-vocabulary tensor per layer for a
+        whole sequence)."""
+        n_layers = self.num_layers
+        chosen = tuple(sorted(set(layers))) if layers else tuple(range(1, n_layers + 1))
+        bad = [x for x in chosen if not 1 <= x <= n_layers]
+        if bad:
+            raise InputError(f"layer {bad[0]} does not exist: {self.spec!r} has layers 1..{n_layers}")
+        pairs = self._pairs(prompts, continuations)
+        if len(positions) != len(pairs):
+            raise ValueError(f"got {len(positions)} position lists for {len(pairs)} continuations")
+        bs = batch_size or self.score_batch_size
+        per_chunk = max(1, 16 // len(chosen))  # positions per head call: [n, L, V] stays a few hundred MB
+        with self._lock:
+            for start in range(0, len(pairs), bs):
+                batch = pairs[start: start + bs]
+                states = self._batch_states(batch)  # [layers + 1] x [B, T, d]; the last one normed
+                for row, (p, c) in enumerate(batch):
+                    want = sorted({int(t) for t in positions[start + row] if 0 <= int(t) < len(c)})
+                    if not want:
+                        yield LensChunk(start + row, [], torch.empty(0, dtype=torch.long), chosen,
+                                        torch.empty((0, len(chosen), self.vocab_size)),
+                                        torch.empty((0, len(chosen), 0)), True)
+                        continue
+                    for a in range(0, len(want), per_chunk):
+                        ts = want[a: a + per_chunk]
+                        at = torch.tensor([len(p) - 1 + t for t in ts], dtype=torch.long)
+                        hid = torch.stack([states[x][row, at] for x in chosen], dim=1)  # [n, L, d]
+                        lp = torch.stack([self.read_out(hid[:, j], x) for j, x in enumerate(chosen)], dim=1)
+                        yield LensChunk(start + row, ts, torch.tensor([c[t] for t in ts], dtype=torch.long),
+                                        chosen, lp, hid.cpu(), a + per_chunk >= len(want))
+
+    def _batch_states(self, pairs) -> tuple[torch.Tensor, ...]:
+        ids, mask = self._batch_inputs(pairs)
+        if self.engine.activate is not None:
+            self.engine.activate()
+        out = self.engine.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False,
+                                  output_hidden_states=True)
+        # transformers returns the embeddings, then each layer's output; the last entry is the final-normed state
+        return (*out.hidden_states[:-1], out.last_hidden_state)
+
     def _batch_hidden(self, pairs) -> torch.Tensor:
+        return self._hidden(*self._batch_inputs(pairs))
+
+    def _batch_inputs(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of a batch of prompt + continuation pairs (right-padded; the last
+        continuation token is never an input)."""
         seqs = [(p + c)[:-1] if c else p for p, c in pairs]
         width = max(len(s) for s in seqs)
         if self.context_length and width >= self.context_length:
@@ -350,7 +419,7 @@ class HFModel:
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[i, : len(s)] = 1
-        return self._hidden(ids, mask)
+        return ids, mask
 
     def score(
         self,

