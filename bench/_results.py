@@ -1,5 +1,5 @@
 """Where benchmarks write what they measured: ``docs/results/NAME.json``, committed, and cited by the README and the docs pages
-next to each table (tests/test_readme_numbers.py checks every figure against its file)."""
+next to each table (tests/test_docs_numbers.py checks every figure against its file)."""
 
 from __future__ import annotations
 

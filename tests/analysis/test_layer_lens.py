@@ -145,3 +145,38 @@ def test_cli_layers_writes_per_layer_records_and_summary(tiny_dir, tmp_path, cap
     rec = json.loads(out.read_text().splitlines()[0])
     assert any("lens" in p for p in rec["positions"]) and "difference_lens" in rec
     assert rec["provenance"]["layers"] == summary[label]["layers"]["layers"] and rec["provenance"]["layers_seed"] == 0
+
+
+def test_the_report_shows_the_layers_in_chromium(tiny_dir, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():  # a missing browser is a failure, not a skip
+        pytest.fail("Debian's chromium is not installed (make test installs it: make chromium)")
+    import playwright.sync_api as playwright
+
+    from alignkit.cli.main import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "instruction": q}) + "\n" for i, q in enumerate(INSTRUCTIONS)))
+    out, rep = tmp_path / "s.jsonl", tmp_path / "s.html"
+    assert main(["shift", "--base", str(tiny_dir["base"]), "--aligned", str(tiny_dir["aligned"]),
+                 "--aligned-method", "template", "--input", str(inp), "--output", str(out), "--report", str(rep),
+                 "--max-new-tokens", "8", "--layers", "all"]) == 0
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(rep.as_uri())
+        assert page.locator("#layers").count() == 1
+        assert page.locator("table.layers").count() == 2  # by shift class, by token class
+        read = json.loads(out.read_text().splitlines()[0])["positions"]
+        t = next(i for i, q in enumerate(read) if "lens" in q)
+        page.locator(f".t[data-r='0'][data-p='{t}']").click()
+        tip = page.locator("#tip")
+        assert tip.is_visible() and "aligned rank" in tip.inner_text()
+        browser.close()
+    assert not errors, errors

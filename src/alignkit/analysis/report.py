@@ -151,6 +151,36 @@ def _visible(token: str) -> str:
     return token.replace("\t", "→\t").replace("\n", "↵\n")
 
 
+def _layer_section(summary: dict[str, Any]) -> str:
+    """shift --layers: by layer, the share of read positions whose answer token is top-1 in each model's lens and
+    the KL between the lenses, by shift class and by token class; the activation-difference lens' top tokens."""
+    parts = []
+    for label, s in summary.items():
+        lay = s.get("layers")
+        if not lay:
+            continue
+        parts.append(f"<h3>{_esc(label)}: {lay['all']['positions']} positions read</h3>")
+        for title, views in (("by shift class", lay["by_shift_class"]), ("by token class", lay["by_token_class"])):
+            head = "".join(f"<th colspan=3>{_esc(c)} ({v['positions']})</th>" for c, v in views.items())
+            sub = "<th>base top-1</th><th>aligned top-1</th><th>KL</th>" * len(views)
+            rows = "".join(
+                f"<tr><td>{layer}</td>" + "".join(
+                    f"<td>{v['base_top1'][j]:.0%}</td><td>{v['aligned_top1'][j]:.0%}</td><td>{v['mean_kl'][j]:.3f}</td>"
+                    for v in views.values()) + "</tr>"
+                for j, layer in enumerate(lay["layers"]))
+            parts.append(f"<p>{title}: the share of positions whose answer token is the top choice of the base's and "
+                         f"of the aligned model's lens at each layer, and the mean KL(aligned lens ‖ base lens)</p>"
+                         f"<table class='sum layers'><tr><th rowspan=2>layer</th>{head}</tr><tr>{sub}</tr>{rows}</table>")
+        for group, per_layer in lay.get("difference_lens", {}).items():
+            rows = "".join(f"<tr><td>{_esc(layer)}</td><td style='text-align:left'>"
+                           f"{_esc(' '.join(repr(t) for t, _ in toks[:8]))}</td></tr>"
+                           for layer, toks in per_layer.items())
+            parts.append(f"<p>activation-difference lens ({'the first answer positions' if group == 'first' else 'the shifted positions'}): "
+                         f"the tokens the aligned-minus-base residual stream reads as, most often among the answers' "
+                         f"top 8</p><table class='sum'><tr><th>layer</th><th>tokens</th></tr>{rows}</table>")
+    return ("<h2 id='layers'>Layers</h2>" + "".join(parts)) if parts else ""
+
+
 def _answers(records: list[dict[str, Any]]) -> tuple[str, list[Any]]:
     cards = []
     for ri, r in enumerate(records):
@@ -166,7 +196,9 @@ def _answers(records: list[dict[str, Any]]) -> tuple[str, list[Any]]:
             f"{n_shift} shifted · mean KL {r['summary']['mean_kl']:.3f}{note}</div>"
             f"<div class='q'>{_esc(r['instruction'])}</div><div class='a'>{''.join(spans) or '<i>(empty answer)</i>'}</div></div>")
     detail = [[[p["token"], p["base_rank"], p["rank_exact"], p["p_base"], p["p_aligned"], p["kl"], p["top_base"],
-                p["top_aligned"], p["category"]] for p in r["positions"]] for r in records]
+                p["top_aligned"], p["category"],
+                [p["lens"][k] for k in ("layers", "base_rank", "aligned_rank", "kl")] if p.get("lens") else None]
+               for p in r["positions"]] for r in records]
     return "".join(cards), detail
 
 
@@ -193,7 +225,7 @@ body.dim .t.unshifted{background:none;color:#9aa3b2}
 #tip{position:fixed;display:none;background:#fff;border:1px solid #1d2330;border-radius:6px;padding:10px;
 box-shadow:0 4px 18px rgba(0,0,0,.18);font-size:12.5px;z-index:10;max-width:460px}
 #tip table{border-collapse:collapse}#tip td,#tip th{padding:1px 8px;text-align:left}
-#tip .k{color:#667}
+#tip .k{color:#667}#tip table.lens{margin-top:6px;font-size:11px}#tip table.lens td{padding:0 3px;text-align:right}
 """
 
 JS = """
@@ -209,7 +241,11 @@ function show(el, ev){
     return h; };
   tip.innerHTML = `<div><b>${esc(JSON.stringify(d[0]))}</b> · <b>${d[8]}</b> · base rank ${d[2]?d[1]:'&gt; '+d[1]}</div>`+
     `<div class=k>P_base ${fmt(d[3])} · P_aligned ${fmt(d[4])} · KL ${d[5].toFixed(3)}</div>`+
-    `<table><tr><th>base top-k</th><th></th><th>aligned top-k</th><th></th></tr>${rows()}</table>`;
+    `<table><tr><th>base top-k</th><th></th><th>aligned top-k</th><th></th></tr>${rows()}</table>`+
+    (d[9] ? `<table class=lens><tr><th>layer</th>${d[9][0].map(l=>`<td>${l}</td>`).join('')}</tr>`+
+      `<tr><th>base rank</th>${d[9][1].map(r=>`<td>${r}</td>`).join('')}</tr>`+
+      `<tr><th>aligned rank</th>${d[9][2].map(r=>`<td>${r}</td>`).join('')}</tr>`+
+      `<tr><th>KL</th>${d[9][3].map(k=>`<td>${k.toFixed(2)}</td>`).join('')}</tr></table>` : '');
   tip.style.display='block';
   const x=Math.min(ev.clientX+14, window.innerWidth-tip.offsetWidth-10), y=Math.min(ev.clientY+14, window.innerHeight-tip.offsetHeight-10);
   tip.style.left=x+'px'; tip.style.top=y+'px';
@@ -262,6 +298,7 @@ top choice; <b>marginal</b>: its 2nd or 3rd; <b>shifted</b>: ranked 4th or lower
 <div class="figs">{imgs}</div>
 {_token_lists(summary)}
 {_category_tables(summary)}
+{_layer_section(summary)}
 <h2>Answers</h2>
 <div class="controls"><span class="legend">{legend}</span>
 <label><input type="checkbox" id="onlyShifted"> only answers with shifted tokens</label>
