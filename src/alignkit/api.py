@@ -301,7 +301,8 @@ def shift(base: Any, aligned: Any, *, prompts: Sequence[str] | None = None, answ
     answers -- given (``answers``, one per prompt), or generated greedily from ``prompts`` -- and every answer
     position gets the base rank of the answer token, both probabilities, both KL directions and its shift class.
     ``input``: a JSONL file as ``alignkit shift`` reads. ``options``: :class:`~alignkit.analysis.shift.ShiftOptions`
-    fields (``context``, ``top_k``, ``mode``, ``batch_size``, ``released_kl_k``)."""
+    fields (``context``, ``top_k``, ``mode``, ``batch_size``, ``released_kl_k``, and ``layers`` -- e.g. ``"every:4"`` --
+    for the logit lens of both models by layer: :meth:`ShiftResult.layers`)."""
     from alignkit.analysis.result import ShiftResult
     from alignkit.analysis.run import done_keys, read_items, run_items, shift_label
     from alignkit.analysis.shift import ShiftAnalyzer, ShiftOptions

@@ -180,3 +180,16 @@ def test_the_report_shows_the_layers_in_chromium(tiny_dir, tmp_path):
         assert tip.is_visible() and "aligned rank" in tip.inner_text()
         browser.close()
     assert not errors, errors
+
+
+def test_the_python_api_gives_the_layers_as_a_dataframe(tiny_dir):
+    import alignkit as ak
+
+    r = ak.shift(str(tiny_dir["base"]), {"template": {"model": str(tiny_dir["aligned"])}}, prompts=INSTRUCTIONS[:2],
+                 max_new_tokens=6, layers="all")
+    df = r.layers()
+    n_layers = len(r.records[0]["positions"][0]["lens"]["layers"])
+    assert len(df) == n_layers * sum("lens" in p for rec in r.records for p in rec["positions"]) > 0
+    last = df[df["layer"] == n_layers].set_index(["id", "t"])["base_rank"]
+    pos = r.positions().set_index(["id", "t"])["base_rank"]
+    assert (last == pos.loc[last.index]).all()  # the last layer's lens is the model's own distribution

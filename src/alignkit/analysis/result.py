@@ -16,6 +16,11 @@ POSITION_COLUMNS = ("aligned", "id", "t", "token", "token_id", "base_rank", "ali
                     "kl", "kl_base_aligned", "category", "token_class")
 
 
+#: the columns of :meth:`ShiftResult.layers`
+LAYER_COLUMNS = ("aligned", "id", "t", "token", "category", "token_class", "layer", "base_rank", "aligned_rank",
+                 "p_base", "p_aligned", "kl")
+
+
 class ShiftResult:
     """Per-answer records of :func:`alignkit.shift` (the same records ``alignkit shift`` writes)."""
 
@@ -46,6 +51,25 @@ class ShiftResult:
                              "kl_base_aligned": p.get("kl_base_aligned"), "category": p["category"],
                              "token_class": token_class(p["token"])})
         return pd.DataFrame(rows, columns=list(POSITION_COLUMNS))
+
+    def layers(self) -> Any:
+        """With ``layers=`` (``shift --layers``): a pandas DataFrame, one row per read position and layer -- aligned
+        label, id, t, token, shift class, token class, layer, the token's rank and probability in the base's and in
+        the aligned model's lens, and KL(aligned lens || base lens). Empty without layer readings."""
+        import pandas as pd
+
+        rows = []
+        for rec in self.records:
+            for p in rec.get("positions") or []:
+                lens = p.get("lens")
+                if not lens:
+                    continue
+                for j, layer in enumerate(lens["layers"]):
+                    rows.append({"aligned": rec.get("aligned"), "id": rec.get("id"), "t": p["t"], "token": p["token"],
+                                 "category": p["category"], "token_class": token_class(p["token"]), "layer": layer,
+                                 "base_rank": lens["base_rank"][j], "aligned_rank": lens["aligned_rank"][j],
+                                 "p_base": lens["p_base"][j], "p_aligned": lens["p_aligned"][j], "kl": lens["kl"][j]})
+        return pd.DataFrame(rows, columns=list(LAYER_COLUMNS))
 
     def tokens(self, n: int = 30) -> Any:
         """The most frequent shifted tokens per aligned label: a DataFrame (aligned, token, count)."""
