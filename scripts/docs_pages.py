@@ -75,6 +75,8 @@ RESULTS: dict[str, tuple[str, str, str]] = {
     "shift_headline": ("Token shift on alignkit's instruction set", "The SFT sibling's and URIAL's shift over "
                        "every instruction of alignkit-eval, by task type.",
                        "python bench/shift_headline.py --row sft"),
+    "shift_layers": ("Reading the layers", "`shift --layers` (the logit lens of both models) against the plain exact "
+                     "analysis on the same URIAL answers: every 4th layer and all 18.", "python bench/shift_layers.py"),
     "shift_speed": ("The shift analysis' speed and memory", "One pass per answer vs one per prefix; peak memory.",
                     "python bench/shift_speed.py"),
     "shift_token_classes": ("Shifted tokens by class", "Style, function and content tokens among shifted "

@@ -373,7 +373,10 @@ class HFModel:
         if len(positions) != len(pairs):
             raise ValueError(f"got {len(positions)} position lists for {len(pairs)} continuations")
         bs = batch_size or self.score_batch_size
-        per_chunk = max(1, 16 // len(chosen))  # positions per head call: [n, L, V] stays a few hundred MB
+        # positions per chunk: one head call over all their layers at once (the head's weights are read once per
+        # call, which is what costs on a large vocabulary), [n * L, V] kept to ~128 rows (~130 MB at 262k rows)
+        per_chunk = max(1, 128 // len(chosen))
+        inner = [j for j, x in enumerate(chosen) if x != n_layers]
         with self._lock:
             for start in range(0, len(pairs), bs):
                 batch = pairs[start: start + bs]
@@ -389,7 +392,11 @@ class HFModel:
                         ts = want[a: a + per_chunk]
                         at = torch.tensor([len(p) - 1 + t for t in ts], dtype=torch.long)
                         hid = torch.stack([states[x][row, at] for x in chosen], dim=1)  # [n, L, d]
-                        lp = torch.stack([self.read_out(hid[:, j], x) for j, x in enumerate(chosen)], dim=1)
+                        normed = hid.clone()
+                        if inner:  # the last layer's states are normed already; the others go through the norm
+                            normed[:, inner] = self.engine.decoder.norm(hid[:, inner])
+                        logits = self._head(normed.reshape(-1, normed.shape[-1]))
+                        lp = torch.log_softmax(logits, dim=-1).reshape(len(ts), len(chosen), -1)
                         yield LensChunk(start + row, ts, torch.tensor([c[t] for t in ts], dtype=torch.long),
                                         chosen, lp, hid.cpu(), a + per_chunk >= len(want))
 
