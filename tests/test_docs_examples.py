@@ -130,11 +130,25 @@ def test_the_examples_of_the_page_run(page, tmp_path, gemma):
                     pytest.fail(f"{b.page}:{b.line} runs in {ENVS[b.env]}, which is missing (make clients-env)")
                 _run(b, tmp_path, env, groups)
     finally:
-        for pid in groups:  # servers an example left running
+        for pid in groups:  # servers an example left running: stopped, and gone before the next page starts
+            _stop(pid)
+
+
+def _stop(group: int) -> None:
+    import time
+
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
             try:
-                os.killpg(pid, signal.SIGTERM)
+                os.killpg(group, 0)
             except ProcessLookupError:
-                pass
+                return
+            time.sleep(0.2)
 
 
 if __name__ == "__main__":  # python tests/test_docs_examples.py: how many run, how many are marked and why

@@ -11,11 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.support.browser import chromium_page
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "docs_pages.py"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def _check(env_src: Path | None = None, root: Path = ROOT) -> subprocess.CompletedProcess:
@@ -62,10 +61,6 @@ def _build(site: Path) -> None:
 
 
 def test_the_site_builds_strictly_and_opens_in_chromium_without_errors(tmp_path):
-    if not Path(CHROMIUM).exists():  # a missing browser is a failure, not a skip
-        pytest.fail("Debian's chromium is not installed (make test installs it: make chromium)")
-    import playwright.sync_api as playwright
-
     site = tmp_path / "site"
     _build(site)
     for page in ("index.html", "guides/shift.html", "reference/python.html", "reference/cli.html",
@@ -75,14 +70,7 @@ def test_the_site_builds_strictly_and_opens_in_chromium_without_errors(tmp_path)
     for name in ("alignkit.api.load", "alignkit.api.shift", "alignkit.api.evaluate", "ShiftResult"):
         assert name in api, f"the Python API page does not document {name}"
     shots = {}
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    with chromium_page(1280, 860) as (page, errors):
         for name, path in (("home", "index.html"), ("guide", "guides/shift.html")):
             page.goto((site / path).as_uri())
             page.wait_for_load_state("load")
@@ -95,7 +83,6 @@ def test_the_site_builds_strictly_and_opens_in_chromium_without_errors(tmp_path)
         page.wait_for_load_state("load")
         assert page.url.endswith("guides/shift.html")
         assert page.title().startswith("What did alignment change?")
-        browser.close()
     assert not errors, errors
     from PIL import Image
 

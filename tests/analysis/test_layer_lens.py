@@ -148,15 +148,8 @@ def test_cli_layers_writes_per_layer_records_and_summary(tiny_dir, tmp_path, cap
 
 
 def test_the_report_shows_the_layers_in_chromium(tiny_dir, tmp_path):
-    import shutil
-    from pathlib import Path
-
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():  # a missing browser is a failure, not a skip
-        pytest.fail("Debian's chromium is not installed (make test installs it: make chromium)")
-    import playwright.sync_api as playwright
-
     from alignkit.cli.main import main
+    from tests.support.browser import chromium_page
 
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"id": i, "instruction": q}) + "\n" for i, q in enumerate(INSTRUCTIONS)))
@@ -164,12 +157,7 @@ def test_the_report_shows_the_layers_in_chromium(tiny_dir, tmp_path):
     assert main(["shift", "--base", str(tiny_dir["base"]), "--aligned", str(tiny_dir["aligned"]),
                  "--aligned-method", "template", "--input", str(inp), "--output", str(out), "--report", str(rep),
                  "--max-new-tokens", "8", "--layers", "all"]) == 0
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    with chromium_page() as (page, errors):
         page.goto(rep.as_uri())
         assert page.locator("#layers").count() == 1
         assert page.locator("table.layers").count() == 2  # by shift class, by token class
@@ -178,18 +166,4 @@ def test_the_report_shows_the_layers_in_chromium(tiny_dir, tmp_path):
         page.locator(f".t[data-r='0'][data-p='{t}']").click()
         tip = page.locator("#tip")
         assert tip.is_visible() and "aligned rank" in tip.inner_text()
-        browser.close()
     assert not errors, errors
-
-
-def test_the_python_api_gives_the_layers_as_a_dataframe(tiny_dir):
-    import alignkit as ak
-
-    r = ak.shift(str(tiny_dir["base"]), {"template": {"model": str(tiny_dir["aligned"])}}, prompts=INSTRUCTIONS[:2],
-                 max_new_tokens=6, layers="all")
-    df = r.layers()
-    n_layers = len(r.records[0]["positions"][0]["lens"]["layers"])
-    assert len(df) == n_layers * sum("lens" in p for rec in r.records for p in rec["positions"]) > 0
-    last = df[df["layer"] == n_layers].set_index(["id", "t"])["base_rank"]
-    pos = r.positions().set_index(["id", "t"])["base_rank"]
-    assert (last == pos.loc[last.index]).all()  # the last layer's lens is the model's own distribution

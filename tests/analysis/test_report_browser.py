@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
-import pytest
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.support.browser import chromium_page
 
 
 def test_report_renders_and_tokens_show_their_distributions(tiny_dir, tmp_path):
-    if not Path(CHROMIUM).exists():  # a missing browser is a failure, not a skip
-        pytest.fail("Debian's chromium is not installed (make test installs it: make chromium)")
-    import playwright.sync_api as playwright
-
     from alignkit.cli.main import main
 
     inp = tmp_path / "in.jsonl"
@@ -26,14 +18,7 @@ def test_report_renders_and_tokens_show_their_distributions(tiny_dir, tmp_path):
                  "--aligned-method", "template", "--input", str(inp), "--output", str(out), "--report", str(rep),
                  "--max-new-tokens", "12"]) == 0
     n_positions = sum(len(json.loads(x)["positions"]) for x in out.read_text().splitlines())
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    with chromium_page(1200, 900) as (page, errors):
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(rep.as_uri())
@@ -54,7 +39,6 @@ def test_report_renders_and_tokens_show_their_distributions(tiny_dir, tmp_path):
         assert visible == page.locator(".card[data-shifted]:not([data-shifted='0'])").count()
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=False)
-        browser.close()
     assert not errors, errors
     assert not dialogs  # the instruction with a <script> tag was escaped, not run
     from PIL import Image

@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 
-from alignkit.errors import BackendUnavailableError, CapabilityError, ContextLengthError, InputError, ModelLoadError
+from alignkit.errors import (
+    BackendUnavailableError,
+    CapabilityError,
+    ContextLengthError,
+    InputError,
+    ModelLoadError,
+)
 from alignkit.models.base import (
     Capabilities,
     LensChunk,
@@ -343,7 +349,8 @@ class HFModel:
     @property
     def num_layers(self) -> int:
         """The decoder's layers (the logit lens reads layers 1 .. num_layers)."""
-        return len(self.engine.decoder.layers)
+        decoder: Any = self.engine.decoder  # a transformers decoder (its layers, its final norm)
+        return len(decoder.layers)
 
     def read_out(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Log-probabilities ``[n, V]`` of the output head over residual-stream vectors ``[n, d]`` of ``layer``:
@@ -353,7 +360,8 @@ class HFModel:
         with torch.no_grad():
             h = hidden.to(self.device)
             if layer < self.num_layers:
-                h = self.engine.decoder.norm(h)
+                decoder: Any = self.engine.decoder
+                h = decoder.norm(h)
             return torch.log_softmax(self._head(h), dim=-1)
 
     @torch.no_grad()
@@ -377,6 +385,7 @@ class HFModel:
         # call, which is what costs on a large vocabulary), [n * L, V] kept to ~128 rows (~130 MB at 262k rows)
         per_chunk = max(1, 128 // len(chosen))
         inner = [j for j, x in enumerate(chosen) if x != n_layers]
+        decoder: Any = self.engine.decoder
         with self._lock:
             for start in range(0, len(pairs), bs):
                 batch = pairs[start: start + bs]
@@ -394,7 +403,7 @@ class HFModel:
                         hid = torch.stack([states[x][row, at] for x in chosen], dim=1)  # [n, L, d]
                         normed = hid.clone()
                         if inner:  # the last layer's states are normed already; the others go through the norm
-                            normed[:, inner] = self.engine.decoder.norm(hid[:, inner])
+                            normed[:, inner] = decoder.norm(hid[:, inner])
                         logits = self._head(normed.reshape(-1, normed.shape[-1]))
                         lp = torch.log_softmax(logits, dim=-1).reshape(len(ts), len(chosen), -1)
                         yield LensChunk(start + row, ts, torch.tensor([c[t] for t in ts], dtype=torch.long),
