@@ -119,6 +119,8 @@ def test_the_examples_of_the_page_run(page, tmp_path, gemma):
            "PYTHONUNBUFFERED": "1",
            "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # litellm would fetch its price list; no network here
     env.pop("ALIGNKIT_STRICT", None)  # the examples run as a user runs them, not under the test session's switches
+    for port in sorted({int(x) for b in RUNNABLE[page] if b.runs for x in re.findall(r"--port (\d+)", b.text)}):
+        _free(port)  # else the page's curl would silently talk to whatever server holds the port
     groups: list[int] = []
     try:
         for b in RUNNABLE[page]:
@@ -132,6 +134,16 @@ def test_the_examples_of_the_page_run(page, tmp_path, gemma):
     finally:
         for pid in groups:  # servers an example left running: stopped, and gone before the next page starts
             _stop(pid)
+
+
+def _free(port: int) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            pytest.fail(f"port {port} is taken by another process; the page's examples start their own server there")
 
 
 def _stop(group: int) -> None:

@@ -11,7 +11,11 @@ equally large seeded sample of the unshifted ones (:func:`choose_positions`).
 from __future__ import annotations
 
 import random
+from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
+
+from alignkit.analysis.tokens import token_class
+from alignkit.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -21,8 +25,6 @@ FIRST = 5  # the first answer positions are always read (the activation-differen
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
     """``all``, ``every:N`` (every N-th layer, and always the last) or a comma list of 1-based layers."""
-    from alignkit.errors import InputError
-
     spec = spec.strip()
     if spec == "all":
         return list(range(1, n_layers + 1))
@@ -92,10 +94,6 @@ def layer_summary(answers: list[dict[str, Any]], *, top: int = 10) -> dict[str, 
     model's lens, the mean KL between the two lenses and the mean first top-1 layer -- split by shift class and by
     token class (the rule of ``analysis/tokens.py``); and the activation-difference lens' most frequent top
     tokens per layer over the answers (their first positions, their shifted positions). None without lens data."""
-    from collections import Counter, defaultdict
-
-    from alignkit.analysis.tokens import token_class
-
     read = [p for a in answers for p in a["positions"] if p.get("lens")]
     if not read:
         return None

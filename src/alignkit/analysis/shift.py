@@ -220,7 +220,7 @@ class ShiftAnalyzer:
     def _read_layers(self, records: list[dict[str, Any]], bprompts: list[str], aprompts: list[str],
                      answers: list[list[int]]) -> None:
         chosen = [choose_positions(r["positions"], str(r["id"]), self.options.layers_seed) for r in records]
-        diff: list[dict[str, dict[int, Any]]] = [{"first": {}, "shifted": {}} for _ in records]
+        diff: list[dict[str, dict[str, Any]]] = [{"first": {}, "shifted": {}} for _ in records]
         pairs = lockstep(self.base.iter_lens(bprompts, answers, chosen, layers=self.layers, batch_size=len(records)),
                          self.aligned.iter_lens(aprompts, answers, chosen, layers=self.layers,
                                                 batch_size=len(records)))
