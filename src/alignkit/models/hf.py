@@ -295,10 +295,14 @@ class HFModel:
 
     # ------------------------------------------------------------------ scoring
     def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._decoder_pass(ids, mask).last_hidden_state
+
+    def _decoder_pass(self, ids: torch.Tensor, mask: torch.Tensor, **kwargs: Any) -> Any:
+        """One pass of the decoder (this view's adapter switched on first), without a cache."""
         if self.engine.activate is not None:
             self.engine.activate()
-        out = self.engine.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
-        return out.last_hidden_state
+        return self.engine.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False,
+                                   **kwargs)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self._causal_lm.get_output_embeddings()(hidden)
@@ -410,11 +414,7 @@ class HFModel:
                                         chosen, lp, hid.cpu(), a + per_chunk >= len(want))
 
     def _batch_states(self, pairs) -> tuple[torch.Tensor, ...]:
-        ids, mask = self._batch_inputs(pairs)
-        if self.engine.activate is not None:
-            self.engine.activate()
-        out = self.engine.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False,
-                                  output_hidden_states=True)
+        out = self._decoder_pass(*self._batch_inputs(pairs), output_hidden_states=True)
         # transformers returns the embeddings, then each layer's output; the last entry is the final-normed state
         return (*out.hidden_states[:-1], out.last_hidden_state)
 
