@@ -69,6 +69,9 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)
     answer_ids: list[int] | None = None
     """The aligned model's own tokens for the answer, when it generated it (else the text is tokenised)."""
+    base_prompt: Any = None
+    """What the base model sees before the answer, when it is given rather than made from the base context (the
+    server's comparison page: a reference route that takes text reads the conversation as text)."""
 
 
 def answer_ids(model: Any, completion: Any) -> list[int] | None:
@@ -185,8 +188,12 @@ class ShiftAnalyzer:
                     item.id, len(ids), max(room, 0))
         return ids[: max(room, 0)], True
 
+    def _base_prompts(self, batch: list[Item]) -> list[Any]:
+        return [it.base_prompt if it.base_prompt is not None else
+                base_prompt(self.options.context, it.instruction, self.template) for it in batch]
+
     def _exact(self, batch: list[Item]) -> Iterator[dict[str, Any]]:
-        bprompts = [base_prompt(self.options.context, it.instruction, self.template) for it in batch]
+        bprompts = self._base_prompts(batch)
         aprompts = [it.instruction for it in batch]
         answers, truncated = [], []
         for it, bp, ap in zip(batch, bprompts, aprompts):
@@ -245,7 +252,7 @@ class ShiftAnalyzer:
 
     def _approx(self, batch: list[Item]) -> Iterator[dict[str, Any]]:
         k = max(3, self.options.top_k)
-        bprompts = [base_prompt(self.options.context, it.instruction, self.template) for it in batch]
+        bprompts = self._base_prompts(batch)
         sb = self.base.score(bprompts, [it.answer for it in batch], top_k=k)
         sa = self.aligned.score([it.instruction for it in batch], [it.answer for it in batch], top_k=k)
         for it, b, a in zip(batch, sb, sa):

@@ -42,6 +42,15 @@ class DeRa(LogitMix):
         self.aligned, self.ref = aligned, ref
         self.aligned_inner, self.ref_inner = self.inners
 
+    def knobs(self) -> dict[str, float]:
+        return {"lam": self.lam}
+
+    def _set_knobs(self, knobs: dict[str, float]) -> None:
+        if knobs["lam"] < 0:
+            raise InputError(f"lambda must be >= 0 (0: the reference model, 1: the aligned model); got {knobs['lam']}")
+        self.lam = knobs["lam"]
+        self.weights = [self.lam, 1 - self.lam]
+
     def info(self) -> dict[str, Any]:
         return {**self.aligned.info(), "method": "dera", "lam": self.lam, "aligned": self.aligned.info(),
                 "ref": self.ref.info()}

@@ -13,8 +13,9 @@ the mixed distribution, so every command takes it.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
@@ -115,6 +116,30 @@ class LogitMix:
         self.tokenizer = lead_inner.tokenizer
         self.encode, self.token_text = lead_inner.encode, lead_inner.token_text
         self.vocab_fingerprint = lead_inner.vocab_fingerprint
+
+    # ------------------------------------------------------------------ the numbers that set the weights
+    def knobs(self) -> dict[str, float]:
+        """The numbers that set this mix's weights, by name (DeRa's ``lam``, proxy-tuning's ``alpha``; a general
+        mix: each side's weight under its role)."""
+        return dict(zip(self.roles, self.weights))
+
+    def _set_knobs(self, knobs: dict[str, float]) -> None:
+        self.weights = [knobs[r] for r in self.roles]
+
+    def with_knobs(self, values: Mapping[str, float]) -> LogitMix:
+        """The same mix over the same loaded side models with some knobs changed (a per-request weight, e.g. the
+        comparison page's slider); an unknown name or a value that is not a finite number is refused."""
+        known = self.knobs()
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InputError(f"{self.what} has no weight {', '.join(map(repr, unknown))}; its weights are "
+                             f"{', '.join(known)}")
+        for k, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"{self.what}: {k} must be a finite number, got {v!r}")
+        new = copy.copy(self)
+        new._set_knobs({**known, **{k: float(v) for k, v in values.items()}})
+        return new
 
     @property
     def context_length(self) -> int | None:

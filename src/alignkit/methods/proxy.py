@@ -38,6 +38,13 @@ class ProxyTuned(LogitMix):
         super().__init__([("expert", expert, self.alpha), ("base", base, 1.0), ("antiexpert", antiexpert, -self.alpha)])
         self.spec = base.spec
 
+    def knobs(self) -> dict[str, float]:
+        return {"alpha": self.alpha}
+
+    def _set_knobs(self, knobs: dict[str, float]) -> None:
+        self.alpha = knobs["alpha"]
+        self.weights = [self.alpha, 1.0, -self.alpha]
+
     def info(self) -> dict[str, Any]:
         base = self.models[self.roles.index("base")]
         return {**base.info(), "method": "proxy", "alpha": self.alpha, "sides": super().info()["sides"]}
@@ -55,6 +62,13 @@ class EFT(LogitMix):
         self.alpha, self.beta = float(alpha), float(beta)
         super().__init__([("tuned", tuned, self.alpha), ("base", base, self.beta), ("untuned", untuned, -self.alpha)])
         self.spec = base.spec
+
+    def knobs(self) -> dict[str, float]:
+        return {"alpha": self.alpha, "beta": self.beta}
+
+    def _set_knobs(self, knobs: dict[str, float]) -> None:
+        self.alpha, self.beta = knobs["alpha"], knobs["beta"]
+        self.weights = [self.alpha, self.beta, -self.alpha]
 
     def info(self) -> dict[str, Any]:
         base = self.models[self.roles.index("base")]

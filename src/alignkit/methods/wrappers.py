@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from alignkit.errors import InputError
@@ -35,6 +36,12 @@ class ChatTemplate(MethodModel):
         return StreamCleaner(self.clean, hold=lambda t: len(t.rstrip()), lstrip=True)
 
 
+def joined(messages: Sequence[Message]) -> str:
+    """A conversation as one text, for a model that reads text only: every message's text in order, a blank line
+    apart (what ``method none`` gives its model)."""
+    return "\n\n".join(m.content for m in messages)
+
+
 class RawCompletion(MethodModel):
     backend = "none"
     method = "none"
@@ -42,7 +49,7 @@ class RawCompletion(MethodModel):
     def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
         if isinstance(prompt, str):
             return Prepared(prompt)
-        return Prepared("\n\n".join(m.content for m in prompt))
+        return Prepared(joined(prompt))
 
     def method_info(self) -> dict[str, Any]:
         return {}

@@ -33,6 +33,9 @@ class _Request(BaseModel):
     n: int = Field(default=1, ge=1)
     stream: bool = False
     user: str | None = None
+    mix_weights: dict[str, float] | None = Field(default=None, description=(
+        "alignkit: for a weighted route (DeRa, proxy-tuning, EFT, a logit mix), other weights for this request "
+        "alone, by name, e.g. {\"lam\": 0.5}; the route's model card lists them under info.weights"))
 
     @field_validator("stop")
     @classmethod
@@ -163,3 +166,31 @@ class DetokenizeRequest(BaseModel):
 
     model: str | None = None
     tokens: list[Annotated[int, Field(ge=0)]] = Field(min_length=0)
+
+
+class ShiftRequest(BaseModel):
+    """alignkit's ``/v1/shift``: an answer of one route, token by token, as a reference route sees it -- the token
+    shift analysis (unshifted / marginal / shifted) of one answer, for the comparison page."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, description="the route that wrote the answer")
+    reference: str | None = Field(default=None, description=(
+        "the route whose view of the answer is measured (default: the server's route under method none)"))
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, description=(
+        "the conversation the answer replies to (ending with a user message)"))
+    prompt: str | None = Field(default=None, description="or a single instruction")
+    answer: str = Field(min_length=1, description="the answer to analyse")
+    top_k: int = Field(default=5, ge=1, le=20, description="the reference's top tokens kept per position")
+    mix_weights: dict[str, float] | None = Field(default=None, description=(
+        "the weights the answering route ran with, when they were not its own (see the completion endpoints)"))
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        if self.messages is not None:
+            turns = [m for m in self.messages if m.role != "system"]
+            if not turns or turns[-1].role != "user":
+                raise ValueError("messages must end with a user message")
+        return self

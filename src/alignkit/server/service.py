@@ -44,6 +44,9 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.monotonic)
+    model: Any = None
+    """A variant of the route's model for this request alone (a weighted route with other weights): it runs in a
+    batch of its own, which no other request joins."""
 
     def push(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
@@ -161,10 +164,10 @@ class Service:
         return not self._stopping.is_set()
 
     # -------------------------------------------------------------- submit
-    def submit(self, prompts: list[Prompt], configs: list[GenerationConfig]) -> Job:
+    def submit(self, prompts: list[Prompt], configs: list[GenerationConfig], model: Any = None) -> Job:
         if self._stopping.is_set():
             raise Overloaded("the server is shutting down")
-        job = Job(prompts, configs, asyncio.get_running_loop())
+        job = Job(prompts, configs, asyncio.get_running_loop(), model=model)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -190,13 +193,15 @@ class Service:
         first = self._pop(0.1)
         if first is None:
             return []
+        if first.model is not None:  # a request's own variant of the model runs alone
+            return [] if first.cancelled.is_set() else [first]
         batch, rows = [first], len(first.prompts)
         deadline = time.monotonic() + self.batch_wait
         while rows < self.max_batch:
             job = self._pop(max(0.0, deadline - time.monotonic()))
             if job is None:
                 break
-            if rows + len(job.prompts) > self.max_batch:
+            if rows + len(job.prompts) > self.max_batch or job.model is not None:
                 self._held = job  # first of the next batch
                 break
             batch.append(job)
@@ -224,7 +229,7 @@ class Service:
                 break
             if job.cancelled.is_set():
                 continue
-            if len(job.prompts) > free:
+            if len(job.prompts) > free or job.model is not None:
                 self._held = job  # waits for room (or for the next batch)
                 break
             joining.append(job)
@@ -245,12 +250,13 @@ class Service:
             return [(job.prompts[i], job.configs[i]) for job in new for i in range(len(job.prompts))]
 
         first = add(batch)
+        model = batch[0].model if batch[0].model is not None else self.model
         self.stats.batches += 1
         self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(rows))
         kwargs: dict[str, Any] = {}
         if self._can_cancel:
             kwargs["should_stop"] = lambda r: rows[r][0].cancelled.is_set()
-        if self.continuous:
+        if self.continuous and model is self.model:
             def admit(running: int, room: int | None) -> list[tuple[Prompt, GenerationConfig]]:
                 new = self._joining(running, room)
                 if not new:
@@ -261,7 +267,7 @@ class Service:
 
             kwargs["admit"] = admit
         try:
-            events = self.model.stream([p for p, _ in first], [c for _, c in first], **kwargs)
+            events = model.stream([p for p, _ in first], [c for _, c in first], **kwargs)
             for ev in events:
                 job, choice = rows[ev.index]
                 if not job.cancelled.is_set():
