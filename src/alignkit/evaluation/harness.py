@@ -221,7 +221,8 @@ class Harness:
 
         prov = {"judge": judges["multi-aspect"].provenance(),
                 "rubrics": {k: {"id": j.rubric.id, "hash": j.rubric.hash} for k, j in judges.items()},
-                "instructions": self.cfg.instructions, "contestants": [c.provenance() for c in self.cfg.contestants]}
+                "instructions": self.cfg.instructions, "contestants": [c.provenance() for c in self.cfg.contestants],
+                **({"pairwise_baseline": self.cfg.pairwise_baseline} if pairwise else {})}
         return build_report(items, judged, pairwise, prov, self.out)
 
     def items(self) -> list[dict[str, Any]]:

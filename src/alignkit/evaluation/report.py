@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.evaluation.cheap import leaked_delimiter
+from alignkit.evaluation.viewer import viewer_data, write_viewer
 from alignkit.evaluation.weighted import agreement, length_controlled
 
 ASPECTS = ("helpfulness", "clarity", "factuality", "depth", "engagement", "safety")
@@ -167,12 +168,15 @@ def build_report(items, judged, pairwise, provenance: dict[str, Any], out: Path)
                              + f" | {_pct(pw['overall']['win_rate'])} | {_pct(pw['overall']['lc_win_rate'])} |")
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md, encoding="utf-8")
-    body = _md_tables_to_html(md)
+    write_viewer(out, viewer_data(items, judged, pairwise, provenance, out / "answers"))
+    body = _md_tables_to_html(md, _viewer_link)
     img = base64.b64encode(png).decode()
     (out / "report.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>alignkit evaluation</title><style>"
         "body{font:15px system-ui,sans-serif;margin:24px;max-width:1100px}table{border-collapse:collapse;margin:8px 0}"
         "td,th{border:1px solid #ccd;padding:3px 9px}th{background:#eef}</style></head><body>"
+        "<p><a href='viewer.html'>Every answer side by side</a> (judges' reasons, flags, verdicts; filter by task type, "
+        "topic, contestant and aspect): viewer.html. The tables' first column links into it.</p>"
         f"{body}<h2>Radar</h2><img alt='radar' src='data:image/png;base64,{img}'>"
         f"<h2>Provenance</h2><pre>{html.escape(json.dumps(provenance, indent=1))}</pre></body></html>",
         encoding="utf-8")
@@ -183,14 +187,35 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.0%}"
 
 
-def _md_tables_to_html(md: str) -> str:
+def _viewer_link(section: str, cell: str) -> str | None:
+    """Where a table row of the report leads in the viewer: a contestant's row to its answers, a task type's or a
+    topic's row to the instructions of that type or topic."""
+    from urllib.parse import quote
+
+    if section.startswith("Scores by task type"):
+        return f"viewer.html#type={quote(cell)}"
+    if section.startswith("Scores by topic"):
+        return f"viewer.html#topic={quote(cell)}"
+    if section.startswith(("Judge scores", "Probability-weighted", "Judge-free", "Routes", "Pairwise")):
+        return f"viewer.html#contestant={quote(cell)}"
+    return None
+
+
+def _md_tables_to_html(md: str, link=None) -> str:
+    """The report's Markdown as HTML; ``link(section, first cell)`` gives a table row's first cell a link (or None)."""
     out, rows = [], []
+    section = [""]
+
+    def first(c: str) -> str:
+        href = link(section[0], c) if link and c and not c[0].isdigit() else None
+        return f"<a href='{html.escape(href)}'>{html.escape(c)}</a>" if href else html.escape(c)
 
     def flush():
         if rows:
             head, *rest = rows
             out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rest)
+                       + "".join("<tr>" + "".join(f"<td>{first(c) if k == 0 else html.escape(c)}</td>"
+                                                  for k, c in enumerate(r)) + "</tr>" for r in rest)
                        + "</table>")
             rows.clear()
 
@@ -204,6 +229,7 @@ def _md_tables_to_html(md: str) -> str:
         if line.startswith("# "):
             out.append(f"<h1>{html.escape(line[2:])}</h1>")
         elif line.startswith("## "):
+            section[0] = line[3:]
             out.append(f"<h2>{html.escape(line[3:])}</h2>")
         elif line.strip():
             out.append(f"<p>{html.escape(line)}</p>")
