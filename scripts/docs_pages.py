@@ -77,6 +77,13 @@ RESULTS: dict[str, tuple[str, str, str]] = {
                        "python bench/shift_headline.py --row sft"),
     "shift_layers": ("Reading the layers", "`shift --layers` (the logit lens of both models) against the plain exact "
                      "analysis on the same URIAL answers: every 4th layer and all 18.", "python bench/shift_layers.py"),
+    "shift_layers_headline": ("Where in the network the shift arises", "`shift --layers all` on every 10th "
+                              "instruction of the headline set (27): the base against its SFT sibling, and against "
+                              "itself under URIAL; by layer, the share of positions whose answer token is each "
+                              "model's lens's top-1, the KL between the lenses, split by shift class and token class.",
+                              "make siblings && python bench/shift_layers_headline.py --row sft && python "
+                              "bench/shift_layers_headline.py --row urial && python bench/shift_layers_headline.py "
+                              "--figures"),
     "shift_speed": ("The shift analysis' speed and memory", "One pass per answer vs one per prefix; peak memory.",
                     "python bench/shift_speed.py"),
     "shift_token_classes": ("Shifted tokens by class", "Style, function and content tokens among shifted "
