@@ -145,6 +145,65 @@ def test_a_weighted_route_takes_other_weights_per_request(server):
     assert r.status_code == 400 and "lambda must be >= 0" in r.json()["error"]["message"]
 
 
+def test_on_api_routes_the_shift_is_approximate_and_says_so(tiny4k):
+    """Routes on an OpenAI-compatible server give top-k log-probabilities only: the endpoint computes the shift from
+    them, names the approximation, and its shift classes equal the exact ones (top-5 lists decide rank < 3)."""
+    from alignkit import load_model
+    from alignkit.methods import MethodOptions, apply_method
+    from tests.support.openai_server import build_app as upstream_app
+
+    local = {"raw": load_model(str(tiny4k["base"])), "adapter": load_model(str(tiny4k["adapter"]))}
+    with ServerThread(upstream_app(local["raw"], "raw")) as up_raw, \
+            ServerThread(upstream_app(local["adapter"], "adapter")) as up_adapter:
+        api = {"raw": load_model(f"openai:raw@{up_raw.url}"), "adapter": load_model(f"openai:adapter@{up_adapter.url}")}
+        routes = [Service(apply_method(m, MethodOptions(method="none")), name) for name, m in api.items()]
+        with ServerThread(build_app(routes)) as srv:
+            answer = "the cat sat on a warm mat"
+            got = httpx.post(srv.url + "/shift", timeout=120, json={
+                "model": "adapter", "reference": "raw", "prompt": "Tell me a story.", "answer": answer}).json()
+    assert got["mode"] == "approx" and "top-k log-probabilities" in got["approximation"]
+    (exact,) = ShiftAnalyzer(apply_method(local["raw"], MethodOptions(method="none")),
+                             apply_method(local["adapter"], MethodOptions(method="none")), label="x",
+                             options=ShiftOptions(context="raw")).analyse([Item("x", "Tell me a story.", answer)])
+    assert [t["category"] for t in got["tokens"]] == [p["category"] for p in exact["positions"]]
+    assert len(got["tokens"]) == len(exact["positions"])  # (token texts as the upstream API reports them)
+    for t, p in zip(got["tokens"], exact["positions"]):
+        assert t["ref_p"] == pytest.approx(p["p_base"], rel=1e-4)  # the answer token's own log-prob is exact
+        if p["base_rank"] < 5:
+            assert t["rank_exact"] and t["ref_rank"] == p["base_rank"]
+        else:
+            assert not t["rank_exact"] and t["ref_rank"] == 5  # beyond the top 5: a lower bound, said so
+
+
+def test_a_routes_stages_come_with_its_answer_and_show_on_the_page(tiny4k):
+    """Best-of-N's candidates with their scores travel with the answer (an ``alignkit`` field OpenAI clients
+    ignore), and the page shows them under the answer."""
+    from alignkit import load_model
+    from alignkit.methods import MethodOptions, apply_method
+    from alignkit.methods.best_of_n import BestOfN
+    from tests.methods.test_best_of_n import CountScorer
+
+    raw = apply_method(load_model(str(tiny4k["base"])), MethodOptions(method="none"))
+    routes = [Service(raw, "raw"), Service(BestOfN(raw, CountScorer(char="o"), 3), "bon")]
+    with ServerThread(build_app(routes)) as srv:
+        root = srv.url.removesuffix("/v1")
+        body = {"model": "bon", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6, **SAMPLED}
+        extra = httpx.post(srv.url + "/chat/completions", json=body, timeout=120).json()["choices"][0]["alignkit"]
+        bon = extra["best_of_n"]
+        assert len(bon["candidates"]) == 3 and [c["score"] for c in bon["candidates"]] == [
+            float(c["text"].count("o")) for c in bon["candidates"]]
+        assert [st["stage"] for st in extra["route"]][-1] == "select"
+        with chromium_page() as (page, errors):
+            page.goto(root + "/ui?routes=bon&ref=raw&prompt=Hello&max_tokens=6&temperature=2&seed=3")
+            _wait_coloured(page, ["bon"])
+            page.click('.col[data-route="bon"] details summary')
+            shown = page.inner_text('.col[data-route="bon"] details')
+            assert "best of 3 candidates" in shown and ", chosen]" in shown
+            for c in bon["candidates"]:
+                assert f"[{c['score']:.3f}" in shown
+            assert errors == []
+
+
 # ---------------------------------------------------------------------------------------------- the page
 def _wait_coloured(page, routes, timeout=180_000):
     for route in routes:
