@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.evaluation.cheap import leaked_delimiter
-from alignkit.evaluation.viewer import viewer_data, write_viewer
+from alignkit.evaluation.viewer import tags_of, viewer_data, write_viewer
 from alignkit.evaluation.weighted import agreement, length_controlled
 
 ASPECTS = ("helpfulness", "clarity", "factuality", "depth", "engagement", "safety")
@@ -235,13 +235,6 @@ def _md_tables_to_html(md: str, link=None) -> str:
             out.append(f"<p>{html.escape(line)}</p>")
     flush()
     return "".join(out)
-
-
-def tags_of(it: dict[str, Any], key: str) -> list[str]:
-    """An instruction's task types or topics: its loaded tags (just-eval), else its own type/topic."""
-    if key == "type":
-        return [str(t) for t in it.get("task_types") or []] or [it["type"]]
-    return [str(t) for t in it.get("topics") or []] or ([it["topic"]] if it.get("topic") else [])
 
 
 def summarise(items, judged, pairwise) -> dict[str, Any]:

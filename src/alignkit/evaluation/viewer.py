@@ -19,10 +19,11 @@ from alignkit.evaluation.cheap import leaked_delimiter
 ASPECT_ORDER = ("helpfulness", "clarity", "factuality", "depth", "engagement", "safety")
 
 
-def _tags(it: dict[str, Any], key: str) -> list[str]:
-    from alignkit.evaluation.report import tags_of
-
-    return tags_of(it, key)
+def tags_of(it: dict[str, Any], key: str) -> list[str]:
+    """An instruction's task types or topics: its loaded tags (just-eval), else its own type/topic."""
+    if key == "type":
+        return [str(t) for t in it.get("task_types") or []] or [it["type"]]
+    return [str(t) for t in it.get("topics") or []] or ([it["topic"]] if it.get("topic") else [])
 
 
 def _answers(path: Path, ids: set[str]) -> dict[str, Any]:
@@ -56,8 +57,8 @@ def viewer_data(items, judged, pairwise, provenance: dict[str, Any], answers_dir
         "aspects": [a for a in ASPECT_ORDER if a in aspects] + sorted(aspects - set(ASPECT_ORDER)),
         "baseline": provenance.get("pairwise_baseline") if pairwise else None,
         "judge": f"judge {judge}" if judge else "no judge (judge-free metrics only)",
-        "items": [{"id": it["id"], "instruction": it["instruction"], "types": _tags(it, "type"),
-                   "topics": _tags(it, "topic"), "safety": bool(it.get("safety"))} for it in items],
+        "items": [{"id": it["id"], "instruction": it["instruction"], "types": tags_of(it, "type"),
+                   "topics": tags_of(it, "topic"), "safety": bool(it.get("safety"))} for it in items],
         "answers": {n: _answers(answers_dir / f"{n}.jsonl", ids) for n in names},
         "judged": {n: {rid: {"result": {a: {"score": v.get("score"), "reason": v.get("reason")}
                                         for a, v in (r.get("result") or {}).items()},

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from alignkit.analysis.shift import Item, ShiftAnalyzer, ShiftOptions
 from alignkit.errors import AlignkitError, ContextLengthError
 from alignkit.methods import recommended_repetition_penalty
 from alignkit.methods.base import prepared_for_backend
@@ -32,6 +33,7 @@ from alignkit.server.protocol import (
     TokenizeRequest,
 )
 from alignkit.server.service import Overloaded, Service, collect, share_gates, weights_id
+from alignkit.server.ui import page
 from alignkit.types import GenerationConfig, Message
 
 log = logging.getLogger("alignkit.server")
@@ -233,10 +235,6 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
     @app.get("/ui", include_in_schema=False)
     async def ui():
         """The comparison page (one self-contained file: no CDN, no build step)."""
-        from fastapi.responses import HTMLResponse
-
-        from alignkit.server.ui import page
-
         return HTMLResponse(page(), headers={"Content-Security-Policy": _UI_CSP, "X-Content-Type-Options": "nosniff",
                                              "Referrer-Policy": "no-referrer"})
 
@@ -379,8 +377,6 @@ def _shift_one(reference: Service, service: Service, model: Any, prompt: Any, re
                ) -> dict[str, Any]:
     """The shift analysis of one answer (runs in a worker thread, with the turn of every route whose weights it
     uses, so no batch of those routes runs meanwhile)."""
-    from alignkit.analysis.shift import Item, ShiftAnalyzer, ShiftOptions
-
     gates = {id(g): g for g in (reference.gate, service.gate)}
     with contextlib.ExitStack() as held:
         for _, gate in sorted(gates.items()):
