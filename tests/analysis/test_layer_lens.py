@@ -167,3 +167,23 @@ def test_the_report_shows_the_layers_in_chromium(tiny_dir, tmp_path):
         tip = page.locator("#tip")
         assert tip.is_visible() and "aligned rank" in tip.inner_text()
     assert not errors, errors
+
+
+def test_the_python_api_reads_the_layers_into_a_dataframe(tiny_dir):
+    """``ak.shift(..., layers=True)``: every 4th layer and the last, one DataFrame row per read position and layer,
+    the same values as the records."""
+    import alignkit as ak
+
+    aligned = ak.load(str(tiny_dir["aligned"]), method="template")
+    result = ak.shift(str(tiny_dir["base"]), aligned, prompts=INSTRUCTIONS[:2], max_new_tokens=8, layers=True)
+    df = result.layers()
+    n_layers = aligned.num_layers
+    assert sorted(df["layer"].unique()) == parse_layers("every:4", n_layers)
+    read = [(r["id"], p) for r in result.records for p in r["positions"] if p.get("lens")]
+    assert read and len(df) == len(read) * len(parse_layers("every:4", n_layers))
+    rid, p = read[0]
+    rows = df[(df["id"] == rid) & (df["t"] == p["t"])].sort_values("layer")
+    assert rows["base_rank"].tolist() == p["lens"]["base_rank"] and rows["kl"].tolist() == p["lens"]["kl"]
+    assert set(df["category"]) <= {"unshifted", "marginal", "shifted"}
+    assert ak.shift(str(tiny_dir["base"]), aligned, prompts=INSTRUCTIONS[:1], max_new_tokens=4,
+                    layers=False).layers().empty

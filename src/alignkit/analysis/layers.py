@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 FIRST = 5  # the first answer positions are always read (the activation-difference lens' "first" view)
+#: what ``layers=True`` reads (Python API): every 4th layer and the last -- measured at 1.84x the plain analysis
+DEFAULT_LAYERS = "every:4"
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
