@@ -304,13 +304,12 @@ def shift(base: Any, aligned: Any, *, prompts: Sequence[str] | None = None, answ
     fields (``context``, ``top_k``, ``mode``, ``batch_size``, ``released_kl_k``, and ``layers`` -- ``True`` (every 4th
     layer and the last), ``"all"``, ``"every:N"`` or ``"6,12,18"`` -- for the logit lens of both models by layer:
     :meth:`ShiftResult.layers`)."""
+    from alignkit.analysis.layers import DEFAULT_LAYERS
     from alignkit.analysis.result import ShiftResult
     from alignkit.analysis.run import done_keys, read_items, run_items, shift_label
     from alignkit.analysis.shift import ShiftAnalyzer, ShiftOptions
     from alignkit.io import JsonlAppender, complete_records, nonempty
     from alignkit.validate import check_mapping
-
-    from alignkit.analysis.layers import DEFAULT_LAYERS
 
     if isinstance(options.get("layers"), bool):  # layers=True: the default reading; False: none
         options["layers"] = DEFAULT_LAYERS if options["layers"] else ""
