@@ -1,5 +1,6 @@
 """FastAPI routes of the OpenAI-compatible server. Logic lives in :mod:`service`, request shapes in
-:mod:`protocol`; this module parses, checks limits and auth, and formats responses (JSON and SSE)."""
+:mod:`protocol`, limits and errors in :mod:`limits`, the comparison page's shift and weights in :mod:`compare`;
+this module parses, checks limits and auth, and formats responses (JSON and SSE)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,19 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import ValidationError
 
-from alignkit.analysis.shift import Item, ShiftAnalyzer, ShiftOptions
-from alignkit.errors import AlignkitError, ContextLengthError
+from alignkit.errors import AlignkitError
 from alignkit.methods import recommended_repetition_penalty
 from alignkit.methods.base import prepared_for_backend
 from alignkit.methods.routes import usage
-from alignkit.methods.wrappers import joined
 from alignkit.models.base import answering_backend, backend_models
+from alignkit.server.compare import UI_CSP, route_extras, shift_one, takes_chat, weighted_variant
+from alignkit.server.limits import APIError, Limits, count_tokens
 from alignkit.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,35 +37,10 @@ from alignkit.server.ui import page
 from alignkit.types import GenerationConfig, Message
 
 log = logging.getLogger("alignkit.server")
+DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_tokens: int = 2048
-    """largest max_tokens a request may ask for"""
-    default_max_tokens: int = 256
-    max_n: int = 4
-    max_prompts: int = 32
-    """most prompts in one /v1/completions request"""
-    max_body_bytes: int = 1 << 20
-    retry_after: int = 2
-    max_shift_jobs: int = 2
-    """/v1/shift analyses running or waiting at once (more: 503)"""
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
-
-
-def build_app(services: Service | Sequence[Service], *, api_key: str | None = None, limits: Limits = Limits(),
+def build_app(services: Service | Sequence[Service], *, api_key: str | None = None, limits: Limits = DEFAULT_LIMITS,
               log_prompts: bool = False) -> FastAPI:
     """The API of one route (a :class:`Service`) or of several: a request's ``model`` field picks the route by
     its name (with one route, any name is that route)."""
@@ -156,14 +131,14 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
                            code="model_not_found")
         reference = routes[ref_name]
         if req.mix_weights:
-            model = _variant(model, req.mix_weights)
+            model = weighted_variant(model, req.mix_weights)
         prompt: Any = req.prompt if req.messages is None else [Message(m.alignkit_role, m.text) for m in req.messages]
         if shift_busy[0] >= limits.max_shift_jobs:
             raise APIError(503, f"server busy: {shift_busy[0]} shift analyses running; retry later", type_="server_error",
                            code="overloaded", headers={"Retry-After": str(limits.retry_after)})
         shift_busy[0] += 1
         try:
-            out = await asyncio.to_thread(_shift_one, reference, service, model, prompt, req, limits)
+            out = await asyncio.to_thread(shift_one, reference, service, model, prompt, req, limits)
         finally:
             shift_busy[0] -= 1
         return {"object": "shift", "model": service.name, "reference": ref_name, **out}
@@ -235,7 +210,7 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
     @app.get("/ui", include_in_schema=False)
     async def ui():
         """The comparison page (one self-contained file: no CDN, no build step)."""
-        return HTMLResponse(page(), headers={"Content-Security-Policy": _UI_CSP, "X-Content-Type-Options": "nosniff",
+        return HTMLResponse(page(), headers={"Content-Security-Policy": UI_CSP, "X-Content-Type-Options": "nosniff",
                                              "Referrer-Policy": "no-referrer"})
 
     _declare_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
@@ -244,7 +219,7 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
     async def _complete(service: Service, req: Any, prompts: list[Any], *, chat: bool):
         """Generate ``n`` choices for each prompt in one job; choice ``i * n + j`` is prompt i's j-th."""
         model = service.model
-        variant = _variant(model, req.mix_weights) if req.mix_weights else None
+        variant = weighted_variant(model, req.mix_weights) if req.mix_weights else None
         max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
         if max_tokens > limits.max_tokens:
             raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens}",
@@ -253,7 +228,7 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
             raise APIError(400, f"n is {req.n}; this server allows at most {limits.max_n}", param="n")
         ctx = model.context_length
         for i, prompt in enumerate(prompts):
-            prompt_tokens = await asyncio.to_thread(_count, model, prompt, max_tokens)
+            prompt_tokens = await asyncio.to_thread(count_tokens, model, prompt, max_tokens)
             if ctx and prompt_tokens is not None and prompt_tokens + max_tokens > ctx:
                 which = "the prompt" if len(prompts) == 1 else f"prompt {i}"
                 raise APIError(400, f"{which} has {prompt_tokens} tokens and max_tokens is {max_tokens}; together "
@@ -332,7 +307,7 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
                     ch = {"index": choice, "text": ev.text, "finish_reason": ev.finish_reason, "logprobs": None}
                 if ev.completion is not None:
                     finals[choice] = ev.completion
-                    if extras := _extras(ev.completion):
+                    if extras := route_extras(ev.completion):
                         ch["alignkit"] = extras
                 yield _sse_data({"id": rid, "object": obj, "created": created, "model": service.name, "choices": [ch]})
             if include_usage and finals:
@@ -343,93 +318,6 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
             job.cancel()
 
     return app
-
-
-#: the page runs its own inline script and style only; it talks to this server alone
-_UI_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-           "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
-
-def _variant(model: Any, weights: dict[str, float]) -> Any:
-    """The route's model with other weights for one request (a weighted route only)."""
-    if not hasattr(model, "with_knobs"):
-        raise APIError(400, f"mix_weights: this route ({getattr(model, 'method', '?')}) has no weights to set; only a "
-                       "weighted route (dera, proxy, eft, dexperts, mix) does", param="mix_weights")
-    try:
-        return model.with_knobs(weights)
-    except AlignkitError as e:
-        raise APIError(400, f"mix_weights: {e}", param="mix_weights") from None
-
-
-def _takes_chat(model: Any) -> bool:
-    return bool(getattr(model.capabilities, "chat_template", False))
-
-
-def _extras(comp: Any) -> dict[str, Any] | None:
-    """What a route's completion says about how it was made (its stages, best-of-N's candidates), for clients that
-    want it (the comparison page shows it); OpenAI clients ignore the extra field."""
-    meta = comp.meta or {}
-    out = {k: meta[k] for k in ("route", "best_of_n") if meta.get(k)}
-    return json.loads(json.dumps(out, default=str)) if out else None
-
-
-def _shift_one(reference: Service, service: Service, model: Any, prompt: Any, req: Any, limits: Limits
-               ) -> dict[str, Any]:
-    """The shift analysis of one answer (runs in a worker thread, with the turn of every route whose weights it
-    uses, so no batch of those routes runs meanwhile)."""
-    gates = {id(g): g for g in (reference.gate, service.gate)}
-    with contextlib.ExitStack() as held:
-        for _, gate in sorted(gates.items()):
-            held.enter_context(gate.turn())
-        try:
-            analyzer = ShiftAnalyzer(reference.model, model, label=service.name,
-                                     options=ShiftOptions(context="raw", top_k=req.top_k, batch_size=1))
-            encode = getattr(reference.model, "encode", None)
-            n = len(encode(req.answer)) if encode else None
-            if n is not None and n > limits.max_tokens:
-                raise APIError(400, f"the answer has {n} tokens; this server analyses at most {limits.max_tokens}",
-                               param="answer")
-            for m in (reference.model, model):
-                seen = prompt if isinstance(prompt, str) or _takes_chat(m) else joined(prompt)
-                ctx, used = m.context_length, _count(m, seen, max(n or 1, 1))
-                if ctx and used is not None and n is not None and used + n + 1 > ctx:
-                    raise APIError(400, f"the prompt ({used} tokens) and the answer ({n} tokens) exceed the context of "
-                                   f"{ctx} tokens of {m.spec!r}", param="answer", code="context_length_exceeded")
-            forms = [prompt if isinstance(prompt, str) or _takes_chat(m) else joined(prompt)
-                     for m in (model, reference.model)]
-            (record,) = list(analyzer.analyse([Item("ui", forms[0], req.answer, base_prompt=forms[1])]))
-        except AlignkitError as e:
-            raise APIError(400, str(e)) from None
-    positions = record["positions"]
-    ids = [p.get("id") for p in positions]
-    tok = getattr(reference.model, "tokenizer", None)
-    texts = _pieces(tok, ids) if tok is not None and None not in ids else [p["token"] for p in positions]
-    tokens = [{"t": p["t"], "token": p["token"], "text": text, "category": p["category"], "ref_rank": p["base_rank"],
-               "rank_exact": p.get("rank_exact", True), "ref_p": p["p_base"], "p": p["p_aligned"],
-               "kl": p["kl"], "ref_top": p["top_base"]} for p, text in zip(positions, texts)]
-    return {"mode": record["mode"],
-            "approximation": None if record["mode"] == "exact" else (
-                "from each route's top-k log-probabilities: a token outside the reference's top-k gets rank k (a "
-                "lower bound, rank_exact false); the KL is over the tokens both lists share, the rest of each "
-                "distribution counted as one outcome"),
-            "summary": record["summary"], "tokens": tokens}
-
-
-def _pieces(tokenizer: Any, ids: list[int]) -> list[str]:
-    """The text each token adds to the answer, so that the pieces join to the decoded answer: a token that ends
-    inside a character (a byte of a multi-byte character) adds nothing, the token that completes the character adds
-    all of it -- decoded incrementally over a short window, as streaming detokenisers do."""
-    out: list[str] = []
-    prefix, read = 0, 0
-    for i in range(len(ids)):
-        before = tokenizer.decode(ids[prefix:read], skip_special_tokens=False)
-        now = tokenizer.decode(ids[prefix:i + 1], skip_special_tokens=False)
-        if len(now) > len(before) and (not now.endswith("\ufffd") or i == len(ids) - 1):
-            out.append(now[len(before):])
-            prefix, read = read, i + 1
-        else:
-            out.append("")
-    return out
 
 
 def _tokens(model: Any, prompt: Any, add_special: bool) -> list[int]:
@@ -515,17 +403,6 @@ async def _parse(request: Request, cls, limits: Limits):
         where = ".".join(str(x) for x in err.get("loc", ()))
         msg = err.get("msg", "invalid value").removeprefix("Value error, ")
         raise APIError(400, f"{where}: {msg}" if where else msg, param=where or None) from None
-
-
-def _count(model: Any, prompt: Any, max_tokens: int) -> int | None:
-    """Tokens of the prompt as the model will see it (None if the model cannot count)."""
-    try:
-        inner, prompt, _, _ = prepared_for_backend(model, prompt, GenerationConfig(max_new_tokens=max_tokens))
-        return inner.count_tokens(prompt) if hasattr(inner, "count_tokens") else None
-    except ContextLengthError as e:
-        raise APIError(400, str(e), code="context_length_exceeded") from None
-    except AlignkitError as e:
-        raise APIError(400, str(e)) from None
 
 
 def _usage(comps, n: int = 1) -> dict[str, int]:
@@ -615,7 +492,7 @@ def _response(rid: str, chat: bool, name: str, prompts: list[Any], comps, req: A
     created = int(time.time())
     if chat:
         choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
-                    "logprobs": logprobs[i] if logprobs else None, **({"alignkit": x} if (x := _extras(c)) else {})}
+                    "logprobs": logprobs[i] if logprobs else None, **({"alignkit": x} if (x := route_extras(c)) else {})}
                    for i, c in enumerate(comps)]
         return {"id": rid, "object": "chat.completion", "created": created, "model": name, "choices": choices,
                 "usage": _usage(comps, req.n)}
@@ -629,7 +506,7 @@ def _response(rid: str, chat: bool, name: str, prompts: list[Any], comps, req: A
 def _safe_info(model: Any) -> dict[str, Any]:
     info = model.info()
     out = {k: info.get(k) for k in ("backend", "method", "spec", "template") if k in info}
-    out["chat"] = _takes_chat(model)  # False: the route reads text only (send it /v1/completions)
+    out["chat"] = takes_chat(model)  # False: the route reads text only (send it /v1/completions)
     if hasattr(model, "knobs"):  # a weighted route: the weights a request may set (mix_weights)
         out["weights"] = model.knobs()
     return out
