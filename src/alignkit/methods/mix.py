@@ -73,10 +73,14 @@ class LogitMix:
     method = "mix"
     #: how errors name this mix
     what = "the logit mix"
+    #: how many models it steps at least (reward-guided decoding steps one)
+    min_sides = 2
+    #: how many row-following steppers :meth:`_guided` adds after the sides' (they get each row's user prompt)
+    trackers = 0
 
     def __init__(self, sides: Sequence[tuple[str, Any, float]]) -> None:
-        if len(sides) < 2:
-            raise InputError(f"{self.what} needs at least two models")
+        if len(sides) < self.min_sides:
+            raise InputError(f"{self.what} needs at least {self.min_sides} model{'s' if self.min_sides > 1 else ''}")
         for role, _, w in sides:
             if not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise InputError(f"{self.what}: the weight of the {role} side must be a finite number, got {w!r}")
@@ -192,6 +196,12 @@ class LogitMix:
         return out
 
     # ------------------------------------------------------------------ generation
+    def _guided(self, prompts: list[Prompt]) -> tuple[Any, list[Any]]:
+        """The combine function of one run and its row-following steppers (``trackers`` of them, after the
+        sides'; each follows the rows' user prompts and chosen tokens and is passed to ``combine`` last). A plain
+        mix: its weighted sum, none."""
+        return self.combine, []
+
     @torch.no_grad()
     def stream(self, prompts: Sequence[Prompt], config=None, *, should_stop=None, reuse_prefix: bool = True,
                admit=None) -> Iterator[StreamEvent]:
@@ -218,7 +228,7 @@ class LogitMix:
             metas.append(sides[0][2])
             cleaners.append(cleaner() if cleaner else None)
             row_ids.append(max((ids for ids, _, _ in sides), key=len))
-            return row_ids[-1], merged[-1], [ids for ids, _, _ in sides]
+            return row_ids[-1], merged[-1], [ids for ids, _, _ in sides] + [p] * self.trackers
 
         for p, c in zip(prompts, configs):
             add(p, c)
@@ -226,8 +236,8 @@ class LogitMix:
         extra = max(c.max_new_tokens for c in configs)
         width = min(w for w in [m.max_stepper_rows for m in self.inners] + [len(prompts)] if w is not None)
         # rows beyond what the steppers hold join as others finish, then the caller's requests
-        loop_admit = queued_admit([(row_ids[i], merged[i], [side_ids[k][i] for k in range(len(self.models))])
-                                   for i in range(width, len(prompts))], admit, add)
+        loop_admit = queued_admit([(row_ids[i], merged[i], [side_ids[k][i] for k in range(len(self.models))]
+                                    + [prompts[i]] * self.trackers) for i in range(width, len(prompts))], admit, add)
         with ExitStack() as held:
             for inner in self.inners:  # each model held for the whole run (no other request touches its cache)
                 held.enter_context(inner.exclusive())
@@ -235,8 +245,10 @@ class LogitMix:
             try:
                 for k, inner in enumerate(self.inners):
                     steppers.append(inner.stepper(side_ids[k][:width], extra=extra, reuse=reuse_prefix))
+                combine, followers = self._guided(list(prompts[:width]))
+                steppers += followers
                 rows = loop.new_rows(row_ids[:width], merged[:width])
-                events = loop.loop(rows, steppers, self.combine, should_stop, loop_admit)
+                events = loop.loop(rows, steppers, combine, should_stop, loop_admit)
                 yield from cleaned_events(events, cleaners,
                                           lambda i, comp, final: replace(comp, text=final, meta=metas[i]))
             finally:

@@ -85,6 +85,16 @@ class BestOfNOptions:
 
 
 @dataclass(frozen=True)
+class ArgsOptions:
+    scorer: str | None = field(default=None, metadata={"required": True, "help":
+        "the scorer r that re-scores the candidates: reward:PATH_OR_HUB (a reward model), judge:MODEL, geval:MODEL"})
+    top_k: int = field(default=10, metadata={"min": 1, "help":
+        "how many of the model's most likely next tokens are re-scored at each step (each costs one scorer call)"})
+    weight: float = field(default=1.0, metadata={"help":
+        "w: each candidate scores log p(token) + w * r(prompt, answer so far + token) (0: the model's own choice)"})
+
+
+@dataclass(frozen=True)
 class RewriteOptions:
     layout: str | None = field(default=None, metadata={"help":
         "the rewriter's layout: alignkit-bpo, bpo-thudm (THUDM/BPO's) or a YAML file (default: chosen from the "
@@ -118,6 +128,8 @@ register(NodeKind("mix", MixOptions, ("models",), "alignkit.methods.mix:build_no
                   lists=("models",)))
 register(NodeKind("best-of-n", BestOfNOptions, ("model",), "alignkit.methods.best_of_n:build_node",
                   "sample n answers of the model, return the one the scorer rates highest"))
+register(NodeKind("args", ArgsOptions, ("model",), "alignkit.methods.args:build_node",
+                  "reward-guided decoding (ARGS): the model's top-k next tokens re-scored by log p + w * reward"))
 register(NodeKind("rewrite", RewriteOptions, ("model", "rewriter"), "alignkit.methods.routes:build_rewrite",
                   "BPO: a rewriter model rewrites each request before the model answers it",
                   {"rewriter": "route stage 'bpo' (rewriter {spec})"}))
