@@ -80,7 +80,7 @@ class LogitMix:
 
     def __init__(self, sides: Sequence[tuple[str, Any, float]]) -> None:
         if len(sides) < self.min_sides:
-            raise InputError(f"{self.what} needs at least {self.min_sides} model{'s' if self.min_sides > 1 else ''}")
+            raise InputError(f"{self.what} needs at least {'two models' if self.min_sides == 2 else 'one model'}")
         for role, _, w in sides:
             if not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise InputError(f"{self.what}: the weight of the {role} side must be a finite number, got {w!r}")
