@@ -47,14 +47,20 @@ def raw(tiny_base):
     return apply_method(tiny_base, MethodOptions(method="none"))
 
 
+def _next_logp(model, prompt, gen):
+    """The model's next-token log-probabilities after ``gen`` from one full forward pass (the scoring path: its
+    chunks in order, the last position of the last)."""
+    *_, last = model.iter_logprobs([prompt], [gen + [0]])
+    return last.logprobs[-1].double()
+
+
 def _direct(raw, prompt, scorer, k, w, steps):
     """ARGS-greedy computed from scratch: the next-token log-probabilities from a full forward pass over the
     prompt and the answer so far, the top k re-scored by log p + w * r(answer + token)."""
     eos = raw.base.token_loop.eos_ids
     gen: list[int] = []
     for _ in range(steps):
-        chunk = next(iter(raw.iter_logprobs([prompt], [gen + [0]])))
-        logp = chunk.logprobs[-1].double()
+        logp = _next_logp(raw, prompt, gen)
         top_v, top_i = logp.topk(k)
         texts = [raw.base.token_loop.decode(gen if t in eos else gen + [t]) for t in top_i.tolist()]
         r = torch.tensor([s.value for s in scorer.score([prompt] * k, texts)], dtype=torch.float64)
@@ -95,8 +101,7 @@ def test_unrated_candidates_get_their_rows_lowest_reward_and_sampling_stays_in_t
     comp = args.generate(["Once upon a time"], cfg)[0]
     gen = list(comp.token_ids)
     for j, tok in enumerate(gen):
-        chunk = next(iter(raw.iter_logprobs(["Once upon a time"], [gen[:j] + [0]])))
-        assert tok in chunk.logprobs[-1].topk(3).indices.tolist()
+        assert tok in _next_logp(raw, "Once upon a time", gen[:j]).topk(3).indices.tolist()
     again = RewardGuided(raw, CountScorer(), top_k=3, weight=1.0).generate(["Once upon a time"], cfg)[0]
     assert again.token_ids == comp.token_ids  # seeded
 
@@ -142,3 +147,26 @@ def test_what_it_cannot_do_is_refused(raw):
         RewardGuided(raw, CountScorer(), top_k=0)
     with pytest.raises(InputError, match="weight"):
         RewardGuided(raw, CountScorer(), weight=float("nan"))
+
+
+def test_over_a_logit_mix_the_reward_rescores_the_mixed_distribution(tiny_dir):
+    """ARGS around proxy-tuning: weight 0 is proxy-tuning's own tokens; with a weight, each token is the argmax of
+    log_softmax(the mix) + w * r over the mix's top k."""
+    proxy_tree = {"proxy": {"alpha": 1.0, "base": {"none": {"model": str(tiny_dir["base"])}},
+                            "expert": {"template": {"model": str(tiny_dir["aligned"])}},
+                            "antiexpert": {"none": {"model": str(tiny_dir["llama"])}}}}
+    proxy = ak.load(proxy_tree)
+    plain = [c.token_ids for c in proxy.generate(PROMPTS, GREEDY)]
+    assert [c.token_ids for c in RewardGuided(proxy, DistinctScorer(), top_k=5, weight=0.0).generate(PROMPTS, GREEDY)] == plain
+    args = RewardGuided(proxy, DistinctScorer(), top_k=5, weight=5.0)
+    assert args.spec == proxy.spec and dict(args.children())["model"] is proxy
+    got = [list(c.token_ids) for c in args.generate(PROMPTS, GREEDY)]
+    eos = args.inners[0].token_loop.eos_ids
+    decode = args.inners[0].token_loop.decode
+    for p, toks in zip(PROMPTS, got):
+        for j, tok in enumerate(toks):
+            top_v, top_i = _next_logp(proxy, p, toks[:j]).topk(5)  # the mixed distribution, a full pass
+            texts = [decode(toks[:j] if t in eos else toks[:j] + [t]) for t in top_i.tolist()]
+            r = torch.tensor([float(len(set(t))) for t in texts], dtype=torch.float64)
+            s = top_v + 5.0 * r
+            assert tok == int(top_i[int(s.argmax())]), (s, top_i)

@@ -49,6 +49,10 @@ def _compositions(d) -> dict[str, dict]:
                         "tuned": {"template": {"model": aligned}}, "untuned": {"none": {"model": str(d["llama"])}}}},
         "dexperts": {"dexperts": {"alpha": 2.0, "base": {"none": {"model": base}},
                                   "expert": {"template": {"model": aligned}}, "antiexpert": {"none": {"model": base}}}},
+        "args": {"args": {"scorer": judge, "top_k": 3, "weight": 2.0, "model": urial}},
+        "args over proxy, a corrector behind": {"correct": {"corrector": aligned, "model": {"args": {
+            "scorer": judge, "top_k": 2, "model": {"proxy": {"base": {"none": {"model": base}}, "expert": urial,
+                                                            "antiexpert": {"none": {"model": base}}}}}}}},
         "mix of three, one a urial side, under best-of-n": {"best-of-n": {"scorer": judge, "n": 2, "model": {"mix": {
             "weights": [0.6, 0.6, -0.2], "models": [{"template": {"model": aligned}}, urial,
                                                     {"none": {"model": str(d["llama"])}}]}}}},

@@ -5,7 +5,7 @@ sampling over them at its temperature (ARGS-stochastic). The model's weights are
 steers the search, token by token.
 
 The policy is any model that steps token by token (a base model under URIAL, a tuned sibling under its chat
-template, a logit mix); it keeps its prompt, key/value cache and prefix reuse. The scorer reads text, so it need
+template) or a logit mix of such models (proxy-tuning, DeRa: the reward re-scores the mixed distribution); it keeps its prompt, key/value cache and prefix reuse. The scorer reads text, so it need
 not share the policy's tokenizer: each candidate is the decoded answer so far plus one token (an end-of-text
 token: the answer so far, as it would end). **Cost**: ``top_k`` scorer calls per generated token on the whole
 prompt and partial answer, without a cache -- with a reward model as large as the policy that is about ``top_k``
@@ -63,7 +63,12 @@ class RewardGuided(LogitMix):
             raise InputError(f"{self.what}: top_k must be a positive integer, got {top_k!r}")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise InputError(f"{self.what}: weight must be a finite number, got {weight!r}")
-        super().__init__([("model", model, 1.0)])
+        # over a logit mix (proxy-tuning, DeRa ...), its sides step here with its weights: the reward re-scores the
+        # mixed distribution's top k
+        self.policy = model
+        mixed = isinstance(model, LogitMix) and not isinstance(model, RewardGuided)
+        super().__init__(list(zip(model.roles, model.models, model.weights)) if mixed else [("model", model, 1.0)])
+        self.spec = model.spec
         self.scorer, self.top_k, self.weight = scorer, top_k, float(weight)
         # the reward is read from decoded text; structured output would have to mask the re-scored candidates,
         # which this node does not do: it is refused rather than ignored
@@ -78,10 +83,10 @@ class RewardGuided(LogitMix):
         self.weight = knobs["weight"]
 
     def children(self) -> list[tuple[str, Any]]:
-        return [("model", self.models[0]), ("scorer", self.scorer)]
+        return [("model", self.policy), ("scorer", self.scorer)]
 
     def info(self) -> dict[str, Any]:
-        return {**self.models[0].info(), "method": "args",
+        return {**self.policy.info(), "method": "args",
                 "args": {"top_k": self.top_k, "weight": self.weight, "scorer": self.scorer.info()}}
 
     def close(self) -> None:
@@ -98,7 +103,7 @@ class RewardGuided(LogitMix):
         rows = _Prefixes(prompts)
 
         def combine(ls: list[torch.Tensor]) -> torch.Tensor:
-            logp = torch.log_softmax(self.combine(ls[:1]).float(), dim=-1)
+            logp = torch.log_softmax(self.combine(ls[: len(self.models)]).float(), dim=-1)
             k = min(self.top_k, logp.shape[-1])
             top_v, top_i = logp.topk(k, dim=-1)
             items: list[tuple[Prompt, str]] = []
