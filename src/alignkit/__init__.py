@@ -30,6 +30,7 @@ from alignkit.api import (
     resources,
     scorer,
     shift,
+    weight_sweep,
 )
 from alignkit.errors import AlignkitError, CapabilityError, ModelLoadError, ModelSpecError
 from alignkit.models.base import Capabilities, LanguageModel, require, walk
@@ -71,5 +72,6 @@ __all__ = [
     "resources",
     "scorer",
     "shift",
+    "weight_sweep",
     "walk",
 ]

@@ -215,6 +215,31 @@ def dera_sweep(ref: Any, aligned: Any, prompts: Iterable[Prompt | Mapping[str, A
     return SweepResult(summary, Path(output))
 
 
+def weight_sweep(route: Any, prompts: Iterable[Prompt | Mapping[str, Any]] | str, *, output: str | Path,
+                 values: str | Sequence[float], knob: str | None = None, reference: float = 0.0,
+                 resources: Resources | None = None, progress: Any = None, **options: Any) -> SweepResult:
+    """One weight of a route at several values: ``route`` (a tree, its dict form, a route file or a built model)
+    has a weighted root -- dera (``lam``), proxy/dexperts (``alpha``), eft (``alpha``, ``beta``), mix (``model 0``
+    ...), args (``weight``); ``knob`` names the weight (default: the only one). Each value's answers go to
+    ``output/KNOB-VALUE.jsonl`` (resumable) with their length, refusal, runaway and repetition rates, the exact KL to
+    the route at ``reference`` (not for args, whose tokens are chosen by a score that is no distribution) and --
+    with ``scorer=SPEC`` -- scores and a recommended value. ``options``: the other
+    :class:`~alignkit.sweep.KnobSweepJob` fields (``max_new_tokens``, ``temperature``, ``seed``, ``scorer``,
+    ``validation_share``, ``kl``, ``judge`` ...). As ``alignkit sweep``."""
+    from alignkit.sweep import KnobSweepJob, SweepResult, run_knob_sweep
+    from alignkit.validate import check_mapping
+
+    value_text = values if isinstance(values, str) else ",".join(f"{float(x):g}" for x in values)
+    fields_ = {"route": _label(route), "values": value_text, "knob": knob, "reference": reference,
+               "output": str(output), **options}
+    job = KnobSweepJob(**check_mapping(KnobSweepJob, fields_, what="sweep options"))
+    records = _records(prompts)
+    res = resources if resources is not None else _new_resources()
+    model = route if hasattr(route, "generate") else load(route, resources=res)
+    summary = run_knob_sweep(job, model, records, res, progress=progress or _silent())
+    return SweepResult(summary, Path(output))
+
+
 def _label(model: Any) -> str:
     if isinstance(model, str):
         return model

@@ -1,6 +1,8 @@
-"""DeRa sweeps: generate with decoding-time realignment at several lambdas, rate each lambda's answers and
-recommend one -- to choose alignment strength without retraining. ``alignkit dera sweep`` and
-:func:`alignkit.dera_sweep` run here."""
+"""Sweeps of a weighted route: generate at several values of its weight (DeRa's lambda, proxy-tuning's alpha, EFT's
+alpha or beta, a mix's weights, ARGS's reward weight), rate each value's answers (judge-free metrics, the exact KL
+to the route at a reference value, a scorer, a judge) and recommend one -- to choose alignment strength without
+retraining. ``alignkit dera sweep`` / :func:`alignkit.dera_sweep` (DeRa between two models) and ``alignkit sweep`` /
+:func:`alignkit.weight_sweep` (any weighted route tree) run here."""
 
 from __future__ import annotations
 
@@ -27,7 +29,37 @@ from alignkit.types import GenerationConfig
 
 
 @dataclass(frozen=True)
-class SweepJob:
+class SweepOptions:
+    """What every sweep takes: the prompts, the folder, decoding, and how the answers are rated."""
+
+    input: str = field(default="", metadata={"help": "JSONL of records with an id and a prompt or messages", "required": True})
+    output: str = field(default="", metadata={"help": "folder for one JSONL per value, summary.json and sweep.png",
+                                              "required": True})
+    max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "most tokens per answer"})
+    temperature: float = field(default=0.0, metadata={"min": 0, "help": "sampling temperature (0: greedy)"})
+    seed: int | None = field(default=None, metadata={"help": "random seed when sampling"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts generated together"})
+    judge: str | None = field(default=None, metadata={
+        "help": "judge model spec: adds per-value judge scores (multi-aspect rubric; unreadable scores are counted "
+                "as missing, never guessed)"})
+    judge_method: str = field(default="auto", metadata={"help": "how the judge is prompted",
+                                                        "choices": ["template", "none", "auto"]})
+    scorer: str | None = field(default=None, metadata={
+        "help": "rate every answer with this scorer (reward:PATH_OR_HUB, judge:MODEL, geval:MODEL) and recommend a "
+                "value: the best mean score on the validation split (among values within one standard error of "
+                "it, the one closest to the reference by KL)"})
+    validation_share: float = field(default=0.5, metadata={"gt": 0, "max": 1,
+        "help": "--scorer: share of the prompts (by a hash of the id) that chooses the value; the rest reports its "
+                "score (1: choose and report on all prompts)"})
+    kl: bool = field(default=True, metadata={
+        "help": "measure the KL to the reference (DeRa: lambda 0; a route: --reference) per token on each value's "
+                "own answers (exact, full vocabulary; --no-kl skips it)"})
+
+
+@dataclass(frozen=True)
+class SweepJob(SweepOptions):
+    """``alignkit dera sweep``: DeRa between two models at several lambdas."""
+
     ref: str = field(default="", metadata={
         "help": "the reference model spec: DeRa's theory (lambda emulates KL strength beta/lambda) covers an SFT model "
                 "as reference and its DPO/RLHF version as --aligned; other pairings (a base model, the same model in "
@@ -37,33 +69,29 @@ class SweepJob:
                                                        "used as it is written (e.g. a model aligned in context)",
                                                "required": True})
     lams: str = field(default="0,0.25,0.5,0.75,1,1.25", metadata={"help": "comma-separated lambdas to try"})
-    input: str = field(default="", metadata={"help": "JSONL of records with an id and a prompt or messages", "required": True})
-    output: str = field(default="", metadata={"help": "folder for one JSONL per lambda, summary.json and sweep.png",
-                                              "required": True})
     ref_method: str = field(default="none", metadata={"help": "how the reference model is prompted",
                                                       "choices": list(SIDE_METHODS)})
     aligned_method: str = field(default="auto", metadata={"help": "how the aligned model is prompted",
                                                           "choices": list(SIDE_METHODS)})
     template: str | None = field(default=None, metadata={"help": "template when a side uses urial"})
-    max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "most tokens per answer"})
-    temperature: float = field(default=0.0, metadata={"min": 0, "help": "sampling temperature (0: greedy)"})
-    seed: int | None = field(default=None, metadata={"help": "random seed when sampling"})
-    batch_size: int = field(default=8, metadata={"min": 1, "help": "prompts generated together"})
-    judge: str | None = field(default=None, metadata={
-        "help": "judge model spec: adds per-lambda judge scores (multi-aspect rubric; unreadable scores are counted "
-                "as missing, never guessed)"})
-    judge_method: str = field(default="auto", metadata={"help": "how the judge is prompted",
-                                                        "choices": ["template", "none", "auto"]})
-    scorer: str | None = field(default=None, metadata={
-        "help": "rate every answer with this scorer (reward:PATH_OR_HUB, judge:MODEL, geval:MODEL) and recommend a "
-                "lambda: the best mean score on the validation split (among lambdas within one standard error of "
-                "it, the one closest to the reference by KL)"})
-    validation_share: float = field(default=0.5, metadata={"gt": 0, "max": 1,
-        "help": "--scorer: share of the prompts (by a hash of the id) that chooses lambda; the rest reports its "
-                "score (1: choose and report on all prompts)"})
-    kl: bool = field(default=True, metadata={
-        "help": "measure KL(pi_lambda || pi_ref) per token on each lambda's own answers (exact, full vocabulary; "
-                "--no-kl skips it)"})
+
+
+@dataclass(frozen=True)
+class KnobSweepJob(SweepOptions):
+    """``alignkit sweep``: one weight of a route tree (its root node: dera, proxy, eft, dexperts, mix, args) at
+    several values."""
+
+    route: str = field(default="", metadata={
+        "help": "the route tree (a YAML or JSON file) whose root is a weighted node: dera (lam), proxy / dexperts "
+                "(alpha), eft (alpha, beta), mix (one weight per model: 'model 0', 'model 1' ...), args (weight)",
+        "required": True})
+    values: str = field(default="", metadata={"help": "comma-separated values of the weight to try",
+                                              "required": True})
+    knob: str | None = field(default=None, metadata={
+        "help": "which weight to sweep (default: the route's only weight; EFT and a mix have several: name one)"})
+    reference: float = field(default=0.0, metadata={
+        "help": "the KL is measured to the route at this value of the weight (default 0: proxy/EFT/DExperts' base "
+                "model, DeRa's reference)"})
 
 
 def parse_lams(text: str) -> list[float]:
@@ -108,51 +136,117 @@ def run_sweep(job: SweepJob, ref: Any, aligned: Any, records: Sequence[dict[str,
     and ``aligned_method`` (default: the job's)."""
     from alignkit.methods.dera import DeRa  # torch
 
-    lams = parse_lams(job.lams)
+    variants = [(lam, DeRa(ref, aligned, lam)) for lam in parse_lams(job.lams)]
+    summary: dict[str, Any] = {"ref": job.ref, "aligned": job.aligned, "ref_method": job.ref_method,
+                               "aligned_method": job.aligned_method, **(labels or {})}
+    return _sweep(job, variants, records, resources, summary, name="lam", word="lambda", what="dera",
+                  kl_of=lambda model, prompts, conts: model.kl_to_reference(prompts, conts), progress=progress, say=say)
+
+
+def parse_values(text: str, flag: str = "--values") -> list[float]:
+    """The numbers of a comma-separated list (finite; at least one)."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(x) for x in values):
+        raise InputError(f"{flag} needs finite numbers; got {text!r}")
+    return values
+
+
+def weighted_root(model: Any, knob: str | None) -> str:
+    """The weight of a route's root node that a sweep varies: ``knob`` checked against the node's weights, or its
+    only weight; a clear error for a route whose root has none or several."""
+    knobs = model.knobs() if callable(getattr(model, "knobs", None)) else None
+    if not knobs:
+        raise InputError(f"a sweep varies a weight of the route's root node (dera, proxy, eft, dexperts, mix, args); "
+                         f"this route's root is {getattr(model, 'method', None) or model.spec!r}, which has none")
+    if knob is None:
+        if len(knobs) > 1:
+            raise InputError(f"the route's root ({model.method}) has several weights ({', '.join(knobs)}): name one "
+                             "with --knob")
+        return next(iter(knobs))
+    if knob not in knobs:
+        raise InputError(f"the route's root ({model.method}) has no weight {knob!r}; its weights are "
+                         f"{', '.join(knobs)}")
+    return knob
+
+
+def run_knob_sweep(job: KnobSweepJob, model: Any, records: Sequence[dict[str, Any]], resources: Any, *,
+                   progress: Progress = SILENT, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Generate with the weighted route ``model`` (a built tree whose root is a logit mix or ARGS) at every value of
+    ``job.values`` of its weight ``job.knob`` into ``job.output`` (one resumable JSONL per value, named
+    ``KNOB-VALUE.jsonl``), rate the answers (the exact KL to the route at ``job.reference``, ``job.scorer``,
+    ``job.judge``), write ``summary.json`` and ``sweep.png``, and return the summary."""
+    knob = weighted_root(model, job.knob)
+    values = parse_values(job.values)
+    variants = [(v, model.with_knobs({knob: v})) for v in values]
+    reference = model.with_knobs({knob: job.reference})
+    kl_of = None
+    if getattr(model, "scores_its_decoding", True):
+        def kl_of(m: Any, prompts: Any, conts: Any) -> list[tuple[float, int]]:
+            return m.kl_to(reference, prompts, conts)
+    summary: dict[str, Any] = {"route": job.route, "method": model.method, "knob": knob, "weights": model.knobs(),
+                               "reference": {knob: job.reference}}
+    if kl_of is None:
+        summary["kl_note"] = (f"not measured: {model.method} chooses tokens by a score that is not a distribution "
+                              "the model can be scored under")
+    return _sweep(job, variants, records, resources, summary, name=knob, word=knob, what=model.method,
+                  kl_of=kl_of, progress=progress, say=say)
+
+
+def _sweep(job: SweepOptions, variants: Sequence[tuple[float, Any]], records: Sequence[dict[str, Any]],
+           resources: Any, summary: dict[str, Any], *, name: str, word: str, what: str,
+           kl_of: Callable[[Any, Any, Any], list[tuple[float, int]]] | None, progress: Progress,
+           say: Callable[[str], None]) -> dict[str, Any]:
+    """The loop every sweep shares: each ``(value, model)`` generates into ``NAME-VALUE.jsonl`` (resumable), its
+    statistics, scores, KL (``kl_of(model, prompts, token ids)``) and judge scores go under the summary's ``lams``
+    (DeRa) or ``values``."""
     out_dir = Path(job.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     if job.scorer:
         parse_spec(job.scorer)
     scorer = None
-    summary: dict[str, Any] = {"ref": job.ref, "aligned": job.aligned, "ref_method": job.ref_method,
-                               "aligned_method": job.aligned_method, **(labels or {}), "lams": {}}
-    for lam in lams:
-        model = DeRa(ref, aligned, lam)
-        path = out_dir / f"lam-{lam:g}.jsonl"
+    key = "lams" if name == "lam" else "values"
+    summary[key] = {}
+    for value, model in variants:
+        path = out_dir / f"{name}-{value:g}.jsonl"
         done = written_ids(path)
         cfg = GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, seed=job.seed,
                                repetition_penalty=recommended_repetition_penalty(model))
         prov = provenance_of(model, cfg)
 
-        def row(rec: dict[str, Any], comp: Any, lam: float = lam, prov: dict[str, Any] = prov) -> dict[str, Any]:
-            return {**rec, "lam": lam, "output": comp.text, "finish_reason": comp.finish_reason,
+        def row(rec: dict[str, Any], comp: Any, value: float = value, prov: dict[str, Any] = prov) -> dict[str, Any]:
+            return {**rec, name: value, "output": comp.text, "finish_reason": comp.finish_reason,
                     "token_ids": list(comp.token_ids or ()),
                     "metrics": answer_metrics(comp.text, comp.finish_reason, comp.completion_tokens), "provenance": prov}
 
         made = generate_into(model, records, cfg, to_record=row, output=path, batch_size=job.batch_size,
-                             progress=progress, label=f"dera lambda {lam:g}")
-        say(f"lambda {lam:g}: {len(made)} new, {len(done)} already in {path}")
-        summary["lams"][f"{lam:g}"] = _stats(path)
-        if job.scorer or job.kl:
+                             progress=progress, label=f"{what} {word} {value:g}")
+        say(f"{word} {value:g}: {len(made)} new, {len(done)} already in {path}")
+        summary[key][f"{value:g}"] = _stats(path)
+        if job.scorer or (job.kl and kl_of is not None):
             if job.scorer and scorer is None:
                 scorer = resources.scorer(job.scorer)
-            summary["lams"][f"{lam:g}"].update(_rate(job, model, scorer, path, progress))
+            summary[key][f"{value:g}"].update(_rate(job, model, scorer, path, progress,
+                                                    kl_of if job.kl else None))
         if job.judge:
-            summary["lams"][f"{lam:g}"]["judge"] = _judge(job, resources, path, out_dir, records)
+            summary[key][f"{value:g}"]["judge"] = _judge(job, resources, path, out_dir, records)
     if job.judge:
         summary["judge"] = job.judge
     if scorer is not None:
         summary["scorer"] = scorer.info()
         summary["validation_share"] = job.validation_share
-        summary["recommendation"] = recommend(summary["lams"])
+        summary["recommendation"] = recommend(summary[key], name)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(summary, out_dir / "sweep.png")
     return summary
 
 
-def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, progress: Progress) -> dict[str, Any]:
-    """Score and KL of one lambda's answers, kept per id in ``lam-X.scores.jsonl`` (resumable), and their means on
-    the validation and test splits."""
+def _rate(job: SweepOptions, model: Any, scorer: Any, path: Path, progress: Progress,
+          kl_of: Callable[[Any, Any, Any], list[tuple[float, int]]] | None) -> dict[str, Any]:
+    """Score and KL (``kl_of``; None: not measured) of one value's answers, kept per id in ``NAME-X.scores.jsonl``
+    (resumable), and their means on the validation and test splits."""
     recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     spath = path.with_suffix(".scores.jsonl")
     have = {}
@@ -170,9 +264,9 @@ def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, progress: Progress
             prompts = [record_prompt(r) for r in batch]
             scores = score_records(scorer, list(zip(prompts, [r["output"] for r in batch]))) if scorer else [None] * len(batch)
             kls: list[tuple[float, int] | None] = [None] * len(batch)
-            if job.kl:
+            if kl_of is not None:
                 conts = [r.get("token_ids") or model.encode(r["output"]) for r in batch]
-                kls = model.kl_to_reference(prompts, conts)
+                kls = kl_of(model, prompts, conts)
             for r, sc, kl in zip(batch, scores, kls):
                 row = {"id": r["id"], **(sc.to_dict() if sc else {})}
                 if kl is not None:
@@ -191,16 +285,17 @@ def _rate(job: SweepJob, model: Any, scorer: Any, path: Path, progress: Progress
         toks = sum(x.get("kl_tokens", 0) for x in part)
         return {"answers": len(part), "rated": n, "mean_score": mean,
                 "stderr": sd / n ** 0.5 if sd is not None else None,
-                "kl_per_token": (sum(x.get("kl_sum", 0.0) for x in part) / toks) if toks else (0.0 if job.kl else None)}
+                "kl_per_token": (sum(x.get("kl_sum", 0.0) for x in part) / toks) if toks else (0.0 if kl_of else None)}
 
     val = [x for x in rows if share >= 1 or held_out(x["id"], share)]
     test = [x for x in rows if not (share >= 1 or held_out(x["id"], share))]
     return {"all": means(rows), "validation": means(val), "test": means(test) if test else None}
 
 
-def recommend(lams: dict[str, Any]) -> dict[str, Any] | None:
-    """The lambda with the best mean validation score; among those within one standard error of the best, the
-    one with the smallest KL to the reference (the least realignment that does as well)."""
+def recommend(lams: dict[str, Any], name: str = "lam") -> dict[str, Any] | None:
+    """The value (``name``: DeRa's lambda, a route's weight) with the best mean validation score; among those
+    within one standard error of the best, the one with the smallest KL to the reference (the least realignment
+    that does as well)."""
     rated = [(lam, s["validation"]) for lam, s in lams.items()
              if s.get("validation") and s["validation"]["mean_score"] is not None]
     if not rated:
@@ -210,13 +305,13 @@ def recommend(lams: dict[str, Any]) -> dict[str, Any] | None:
     near = [(lam, v) for lam, v in rated if v["mean_score"] >= bar]
     lam, v = min(near, key=lambda x: (x[1]["kl_per_token"] if x[1]["kl_per_token"] is not None else 0.0, float(x[0])))
     test = lams[lam].get("test")
-    return {"lam": float(lam), "validation_score": v["mean_score"], "kl_per_token": v["kl_per_token"],
-            "best_validation_lam": float(best_lam), "best_validation_score": best["mean_score"],
+    return {name: float(lam), "validation_score": v["mean_score"], "kl_per_token": v["kl_per_token"],
+            f"best_validation_{name}": float(best_lam), "best_validation_score": best["mean_score"],
             "test_score": test["mean_score"] if test else None,
             "rule": "best mean validation score; within one standard error of it, the smallest KL to the reference"}
 
 
-def _judge(job: SweepJob, load, path: Path, out_dir: Path, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _judge(job: SweepOptions, load, path: Path, out_dir: Path, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean judge score per aspect for one lambda's answers (judgments cached in the output folder)."""
     judge = Judge(build(node(job.judge_method, model=job.judge), load), load_rubric("multi-aspect"),
                   cache=JudgeCache(out_dir / "judge-cache.jsonl"))
@@ -251,8 +346,11 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lams = [float(x) for x in summary["lams"]]
-    stats = list(summary["lams"].values())
+    dera = "lams" in summary
+    by_value = summary["lams"] if dera else summary["values"]
+    sym = "λ" if dera else summary["knob"]
+    lams = [float(x) for x in by_value]
+    stats = list(by_value.values())
     rated = [(lam, s["all"]) for lam, s in zip(lams, stats) if s.get("all") and s["all"].get("mean_score") is not None
              and s["all"].get("kl_per_token") is not None]
     if rated:
@@ -260,57 +358,65 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
         xs, ys = [a["kl_per_token"] for _, a in rated], [a["mean_score"] for _, a in rated]
         a3.errorbar(xs, ys, yerr=[a["stderr"] or 0.0 for _, a in rated], marker="o", capsize=3)
         for (lam, _), x, y in zip(rated, xs, ys):
-            a3.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            a3.annotate(f"{sym}={lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         rec = summary.get("recommendation")
         if rec:
-            a3.set_title(f"recommended λ = {rec['lam']:g}", fontsize=9)
-        a3.set_xlabel("KL(π_λ ‖ π_ref) per token")
+            a3.set_title(f"recommended {sym} = {rec['lam' if dera else summary['knob']]:g}", fontsize=9)
+        a3.set_xlabel(f"KL(π_{sym} ‖ π_ref) per token")
         a3.set_ylabel(f"mean score ({summary.get('scorer', {}).get('spec', 'scorer')})", fontsize=8)
         a3.grid(alpha=0.3)
     else:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
     a1.plot(lams, [s["mean_tokens"] for s in stats], marker="o")
-    a1.set_xlabel("lambda")
+    a1.set_xlabel("lambda" if dera else summary["knob"])
     a1.set_ylabel("mean answer length (tokens)")
     for key, label in (("refusal_rate", "refusal"), ("runaway_rate", "runaway"), ("mean_repetition", "repetition")):
         a2.plot(lams, [s[key] for s in stats], marker="o", label=label)
-    a2.set_xlabel("lambda")
+    a2.set_xlabel("lambda" if dera else summary["knob"])
     a2.set_ylabel("rate")
     a2.set_ylim(-0.02, 1.02)
     a2.legend()
     for ax in (a1, a2):
         ax.axvline(1.0, color="#999", linewidth=0.8, linestyle="--")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"DeRa sweep: {summary['aligned']} ({summary['aligned_method']}) vs {summary['ref']}", fontsize=10)
+    if dera:
+        fig.suptitle(f"DeRa sweep: {summary['aligned']} ({summary['aligned_method']}) vs {summary['ref']}", fontsize=10)
+    else:
+        fig.suptitle(f"{summary['method']} sweep of {summary['knob']}: {summary['route']} (KL to {sym} = "
+                     f"{summary['reference'][summary['knob']]:g})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 class SweepResult:
-    """What :func:`alignkit.dera_sweep` returns: ``summary`` (summary.json's), ``folder`` and a per-lambda table."""
+    """What :func:`alignkit.dera_sweep` and :func:`alignkit.weight_sweep` return: ``summary`` (summary.json's), ``folder``
+    and a table with a row per value (DeRa: per lambda)."""
 
     def __init__(self, summary: dict[str, Any], folder: Path) -> None:
         self.summary, self.folder = summary, folder
 
     @property
     def recommendation(self) -> dict[str, Any] | None:
-        """The recommended lambda and why (when a scorer rated the answers)."""
+        """The recommended value and why (when a scorer rated the answers)."""
         return self.summary.get("recommendation")
 
     def table(self) -> Any:
-        """A pandas DataFrame, one row per lambda: answers, length, refusal/runaway/repetition rates, and the KL to
-        the reference and the scores where they were measured."""
+        """A pandas DataFrame, one row per value (indexed by ``lambda`` for DeRa, else by the weight's name):
+        answers, length, refusal/runaway/repetition rates, and the KL to the reference and the scores where they
+        were measured."""
         import pandas as pd
 
+        dera = "lams" in self.summary
+        index = "lambda" if dera else self.summary["knob"]
         rows = []
-        for lam, s in self.summary["lams"].items():
-            row = {"lambda": float(lam), **{k: v for k, v in s.items() if isinstance(v, (int, float))}}
+        for lam, s in (self.summary["lams"] if dera else self.summary["values"]).items():
+            row = {index: float(lam), **{k: v for k, v in s.items() if isinstance(v, (int, float))}}
             for part in ("all", "validation", "test"):
                 for k, v in (s.get(part) or {}).items():
                     row[f"{part}_{k}"] = v
             rows.append(row)
-        return pd.DataFrame(rows).set_index("lambda")
+        return pd.DataFrame(rows).set_index(index)
 
     def _repr_html_(self) -> str:
         return self.table()._repr_html_()

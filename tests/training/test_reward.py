@@ -82,26 +82,6 @@ def test_batched_scores_equal_a_direct_forward_pass(reward_dir):
         assert g == pytest.approx(want, abs=1e-4)
 
 
-@pytest.fixture(scope="module")
-def hub_reward(tiny_dir, tmp_path_factory):
-    """A reward model as found on the hub: a sequence classifier with one output and a chat template, no
-    alignkit.json (loaded through the same from_pretrained path as a hub id)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    from tests.support import tiny
-
-    tok = AutoTokenizer.from_pretrained(tiny_dir["aligned"])
-    torch.manual_seed(11)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
-                      eos_token_id=1, bos_token_id=2, num_labels=1)
-    out = tmp_path_factory.mktemp("hubrm") / "rm"
-    tiny.save_model(out, LlamaForSequenceClassification(cfg).eval(), tok, tiny.CHAT_TEMPLATE)
-    three = tmp_path_factory.mktemp("hubrm") / "three"
-    tiny.save_model(three, LlamaForSequenceClassification(LlamaConfig(**{**cfg.to_dict(), "num_labels": 3})), tok)
-    return {"rm": out, "three": three}
-
-
 def test_a_hub_style_reward_model_is_a_scorer(hub_reward):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

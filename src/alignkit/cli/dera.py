@@ -45,23 +45,28 @@ def run(args: argparse.Namespace) -> int:
                                                aligned_method=job.aligned_method, template=job.template)
     summary = run_sweep(job, ref, aligned, records, res, labels={"aligned_method": aligned_method},
                         progress=progress_for(args), say=lambda m: print(f"alignkit dera sweep: {m}", file=sys.stderr))
-    _table(summary)
+    table(summary)
     return 0
 
 
-def _table(summary: dict[str, Any]) -> None:
+def table(summary: dict[str, Any]) -> None:
+    """Print a sweep's summary as a table, a row per value (DeRa's lambdas or a route's weight)."""
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="DeRa sweep (lambda 0: reference, 1: aligned)")
+    dera = "lams" in summary
+    by_value = summary["lams"] if dera else summary["values"]
+    name = "lambda" if dera else summary["knob"]
+    t = Table(title="DeRa sweep (lambda 0: reference, 1: aligned)" if dera else
+              f"{summary['method']} sweep of {name} (KL to {name} = {summary['reference'][summary['knob']]:g})")
     judged = "judge" in summary
     scored = "scorer" in summary
-    kl = any((s.get("all") or {}).get("kl_per_token") is not None for s in summary["lams"].values())
-    for col in ("lambda", "answers", "mean tokens", "refusal", "runaway", "repetition") + (
+    kl = any((s.get("all") or {}).get("kl_per_token") is not None for s in by_value.values())
+    for col in (name, "answers", "mean tokens", "refusal", "runaway", "repetition") + (
             ("judge: helpfulness", "judge: mean of aspects", "unreadable") if judged else ()) + (
             ("KL/token",) if kl else ()) + (("score (validation)", "score (test)", "unrated") if scored else ()):
         t.add_column(col)
-    for lam, s in summary["lams"].items():
+    for lam, s in by_value.items():
         row = [lam, str(s["answers"]), f"{s['mean_tokens']:.1f}", f"{s['refusal_rate']:.0%}",
                f"{s['runaway_rate']:.0%}", f"{s['mean_repetition']:.2f}"]
         if judged:
@@ -81,5 +86,5 @@ def _table(summary: dict[str, Any]) -> None:
     Console().print(t)
     rec = summary.get("recommendation")
     if rec:
-        Console().print(f"recommended lambda: {rec['lam']:g} (validation score {rec['validation_score']:.3f}, KL/token "
+        Console().print(f"recommended {name}: {rec['lam' if dera else summary['knob']]:g} (validation score {rec['validation_score']:.3f}, KL/token "
                         f"{rec['kl_per_token'] or 0:.4f}; {rec['rule']})")

@@ -19,6 +19,7 @@ COMMANDS = {
     "shift": "alignkit.cli.shift",
     "serve": "alignkit.cli.serve",
     "dera": "alignkit.cli.dera",
+    "sweep": "alignkit.cli.sweep",
     "eval": "alignkit.cli.eval",
     "train": "alignkit.cli.train",
     "data": "alignkit.cli.data",

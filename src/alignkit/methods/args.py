@@ -57,6 +57,7 @@ class RewardGuided(LogitMix):
     what = "reward-guided decoding"
     min_sides = 1
     trackers = 1
+    scores_its_decoding = False
 
     def __init__(self, model: Any, scorer: Any, *, top_k: int = 10, weight: float = 1.0) -> None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:

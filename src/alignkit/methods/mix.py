@@ -77,6 +77,8 @@ class LogitMix:
     min_sides = 2
     #: how many row-following steppers :meth:`_guided` adds after the sides' (they get each row's user prompt)
     trackers = 0
+    #: whether the scored distribution (``iter_logprobs``) is the one decoding samples from (ARGS's is not)
+    scores_its_decoding = True
 
     def __init__(self, sides: Sequence[tuple[str, Any, float]]) -> None:
         if len(sides) < self.min_sides:
@@ -275,6 +277,33 @@ class LogitMix:
             first = chunks[0]
             mixed = torch.log_softmax(self.combine([c.logprobs for c in chunks]), dim=-1)
             yield LogprobChunk(first.index, first.start, mixed, first.targets, first.last)
+
+    @torch.no_grad()
+    def kl_to(self, other: LogitMix, prompts: Sequence[Prompt], continuations, *, batch_size: int | None = None
+              ) -> list[tuple[float, int]]:
+        """Per continuation, ``(sum over its positions of KL(self || other), positions)``, where ``other`` is this mix
+        at other weights over the same loaded side models (:meth:`with_knobs`): both distributions from one pass of
+        every side, exactly, over the full vocabulary, on the given tokens."""
+        if len(other.models) != len(self.models) or any(a is not b for a, b in zip(self.models, other.models)):
+            raise InputError(f"{self.what}: the KL is measured between the same mix at two weights (with_knobs)")
+        if not (self.scores_its_decoding and other.scores_its_decoding):
+            raise CapabilityError(f"{self.what} chooses tokens by a score that is not the distribution it is scored "
+                                  "under: there is no exact KL to measure")
+        bs = batch_size or self.inners[0].score_batch_size
+        ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
+        out = [[0.0, 0] for _ in ids]
+        for chunks in self._side_logprobs(prompts, ids, bs):
+            first = chunks[0]
+            if not first.logprobs.shape[0]:
+                continue
+            ls = [c.logprobs for c in chunks]
+            mine = torch.log_softmax(self.combine(ls), dim=-1)[..., : self.width]
+            theirs = torch.log_softmax(other.combine(ls), dim=-1)[..., : self.width]
+            p = mine.exp()
+            kl = torch.where(p > 0, p * (mine - theirs), torch.zeros_like(p)).sum(-1).clamp(min=0.0)
+            out[first.index][0] += float(kl.double().sum())
+            out[first.index][1] += int(kl.shape[0])
+        return [(k, int(n)) for k, n in out]
 
     def score(self, prompts: Sequence[Prompt], continuations, *, top_k: int = 0,
               reduce: PositionReducer | None = None) -> list[TokenScores]:
