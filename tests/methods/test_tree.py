@@ -53,6 +53,9 @@ def _compositions(d) -> dict[str, dict]:
         "args over proxy, a corrector behind": {"correct": {"corrector": aligned, "model": {"args": {
             "scorer": judge, "top_k": 2, "model": {"proxy": {"base": {"none": {"model": base}}, "expert": urial,
                                                             "antiexpert": {"none": {"model": base}}}}}}}},
+        "chunk-search: urial model, a template/raw pair": {"chunk-search": {
+            "chunk": 3, "beams": 2, "candidates": 2, "model": urial, "tuned": {"template": {"model": aligned}},
+            "untuned": {"none": {"model": str(d["llama"])}}}},
         "mix of three, one a urial side, under best-of-n": {"best-of-n": {"scorer": judge, "n": 2, "model": {"mix": {
             "weights": [0.6, 0.6, -0.2], "models": [{"template": {"model": aligned}}, urial,
                                                     {"none": {"model": str(d["llama"])}}]}}}},

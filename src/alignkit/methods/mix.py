@@ -43,7 +43,9 @@ def stepping_backend(model: Any, role: str, what: str) -> Any:
     inner = answering_backend(model)  # under a method, or a route of several (e.g. a rewriter in front of urial)
     m = model
     while m is not inner:  # each side's prompt is prepared down the method chain, so every node on it must be one
-        if not isinstance(m, MethodModel):
+        if not isinstance(m, MethodModel) or type(m).generate is not MethodModel.generate:
+            # a node that is no method, or one that chooses among answers (best-of-n, a search): its answer is
+            # not one model's tokens stepped from a prepared prompt
             raise CapabilityError(f"{what}'s {role} side {model.spec!r} holds a {getattr(m, 'method', m.backend)} "
                                   f"node, which does not prepare a prompt for one model to step; put it around "
                                   f"{what} instead")

@@ -95,6 +95,17 @@ class ArgsOptions:
 
 
 @dataclass(frozen=True)
+class ChunkSearchOptions:
+    chunk: int = field(default=5, metadata={"min": 1, "help": "tokens per chunk: how far each candidate continues "
+                                                              "a kept answer before the small pair values it"})
+    beams: int = field(default=2, metadata={"min": 1, "help": "how many partial answers are kept after each round"})
+    candidates: int = field(default=3, metadata={"min": 1, "help": "how many chunks are sampled from each kept "
+                                                                   "answer per round"})
+    sample_temperature: float = field(default=0.7, metadata={"gt": 0, "help":
+        "the sampling temperature of the chunks when the request asks for greedy decoding"})
+
+
+@dataclass(frozen=True)
 class RewriteOptions:
     layout: str | None = field(default=None, metadata={"help":
         "the rewriter's layout: alignkit-bpo, bpo-thudm (THUDM/BPO's) or a YAML file (default: chosen from the "
@@ -130,6 +141,10 @@ register(NodeKind("best-of-n", BestOfNOptions, ("model",), "alignkit.methods.bes
                   "sample n answers of the model, return the one the scorer rates highest"))
 register(NodeKind("args", ArgsOptions, ("model",), "alignkit.methods.args:build_node",
                   "reward-guided decoding (ARGS): the model's top-k next tokens re-scored by log p + w * reward"))
+register(NodeKind("chunk-search", ChunkSearchOptions, ("model", "tuned", "untuned"),
+                  "alignkit.methods.chunk_search:build_node",
+                  "weak-to-strong search: the model's answer chunk by chunk, chunks kept by the small pair's "
+                  "log p_tuned - log p_untuned"))
 register(NodeKind("rewrite", RewriteOptions, ("model", "rewriter"), "alignkit.methods.routes:build_rewrite",
                   "BPO: a rewriter model rewrites each request before the model answers it",
                   {"rewriter": "route stage 'bpo' (rewriter {spec})"}))
