@@ -105,6 +105,8 @@ test-fast: $(STAMP)
 # its own environment.
 bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/prefix_cache.py
+	$(BIN)/python bench/logit_arithmetic.py --part sweep
+	$(BIN)/python bench/logit_arithmetic.py --part args
 	$(BIN)/python bench/urial_throughput.py
 	$(BIN)/python bench/urial_selfstop.py
 	$(BIN)/python bench/shift_speed.py

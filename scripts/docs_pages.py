@@ -45,6 +45,12 @@ RESULTS: dict[str, tuple[str, str, str]] = {
                           "one at a time vs 8 in flight.", "python bench/judge_concurrency.py"),
     "lima_recipe": ("The LIMA recipe", "SFT with LIMA's optimiser settings vs alignkit's default, on the "
                     "embedded base.", "python bench/lima_recipe.py"),
+    "logit_arithmetic": ("Proxy-tuning's alpha and reward-guided decoding, measured", "The alpha sweep of base + "
+                         "alpha * (SFT sibling - base) on the held-out instructions (judge-free metrics, reward, KL "
+                         "to the base; alpha 1 against the SFT sibling alone), and ARGS against best-of-N and the "
+                         "greedy answer under URIAL, rated by the reward model.",
+                         "make siblings rewarded && python bench/logit_arithmetic.py --part sweep && python "
+                         "bench/logit_arithmetic.py --part args"),
     "mix_cost": ("Logit arithmetic's cost", "DeRa and a proxy-tuning route in lockstep vs one model; the proxy "
                  "route's tokens vs arithmetic done by hand.", "python bench/mix_cost.py"),
     "prefix_cache": ("Prefix reuse", "16 requests sharing a ~1,000-token prefix: reused, recomputed, absent.",

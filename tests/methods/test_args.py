@@ -170,3 +170,26 @@ def test_over_a_logit_mix_the_reward_rescores_the_mixed_distribution(tiny_dir):
             r = torch.tensor([float(len(set(t))) for t in texts], dtype=torch.float64)
             s = top_v + 5.0 * r
             assert tok == int(top_i[int(s.argmax())]), (s, top_i)
+
+
+def test_from_the_command_line_with_a_route_file(tiny_dir, hub_reward, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from alignkit.cli.main import main
+
+    route = tmp_path / "args.yaml"
+    route.write_text(yaml.safe_dump({"args": {"scorer": f"reward:{hub_reward['rm']}", "top_k": 3,
+                                              "model": {"none": {"model": str(tiny_dir["base"])}}}}))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    assert main(["generate", "--route", str(route), "--input", str(inp), "--output", str(tmp_path / "x.jsonl"),
+                 "--show-prompt"]) == 0
+    shown = capsys.readouterr().out
+    assert "The quick brown" in shown and "reward:" not in shown.split("=====")[0]
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", "--route", str(route), "--input", str(inp), "--output", str(out),
+                 "--max-new-tokens", "4"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 3 and rows[0]["provenance"]["tree"]["args"]["top_k"] == 3

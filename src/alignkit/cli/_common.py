@@ -184,8 +184,8 @@ def show_prompt(model: Any, prompt: Prompt, config: GenerationConfig, out: TextI
     prepared = model.prepare(prompt, config)
     stops = tuple(dict.fromkeys(config.stop + prepared.stop))
     # a method shows what the model under it sees; a node that is not a method (DeRa) shows each of its sides
-    sides = [("", model)] if isinstance(model, MethodModel) else [
-        (f" {'reference' if slot == 'ref' else slot} side", m) for slot, m in children(model)]
+    sides = [("", model)] if isinstance(model, MethodModel) else [  # (a scorer is a child, not a side)
+        (f" {'reference' if slot == 'ref' else slot} side", m) for slot, m in children(model) if hasattr(m, "generate")]
     for side, m in sides:
         backend, seen, _, _ = prepared_for_backend(m, prompt, config)
         rendered = backend.render(seen)
