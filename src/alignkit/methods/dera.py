@@ -61,17 +61,7 @@ class DeRa(LogitMix):
         """Per continuation, ``(sum over its positions of KL(pi_lam || pi_ref), positions)``: how far the mixed
         distribution is from the reference's, exactly, over the full vocabulary, on the given tokens (the
         models' own distributions: sampling settings such as a repetition penalty are not part of them)."""
-        bs = batch_size or self.aligned_inner.score_batch_size
-        ids = [self.encode(c) if isinstance(c, str) else list(c) for c in continuations]
-        out = [[0.0, 0] for _ in ids]
-        for ca, cr in self._side_logprobs(prompts, ids, bs):
-            if not ca.logprobs.shape[0]:
-                continue
-            mixed = torch.log_softmax(self.combine([ca.logprobs, cr.logprobs]), dim=-1)
-            kl = (mixed.exp() * (mixed - cr.logprobs)).sum(-1).clamp(min=0.0)
-            out[ca.index][0] += float(kl.double().sum())
-            out[ca.index][1] += int(kl.shape[0])
-        return [(k, int(n)) for k, n in out]
+        return self.kl_to(self.with_knobs({"lam": 0.0}), prompts, continuations, batch_size=batch_size)
 
 
 def build_node(options: Any, children: dict[str, Any], resources: Any, node: Any) -> DeRa:
