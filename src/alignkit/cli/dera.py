@@ -33,18 +33,27 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    def sweep(job: SweepJob, records: list[dict[str, Any]], res: Any, progress: Any, say: Any) -> dict[str, Any]:
+        parse_lams(job.lams)
+        # a spec's side exactly as --method dera makes it (one code path); a route file's side as it is written
+        ref, aligned, aligned_method = sweep_sides(job.ref, job.aligned, res, ref_method=job.ref_method,
+                                                   aligned_method=job.aligned_method, template=job.template)
+        return run_sweep(job, ref, aligned, records, res, labels={"aligned_method": aligned_method},
+                         progress=progress, say=say)
+
+    return sweep_command(args, SweepJob, sweep, "alignkit dera sweep")
+
+
+def sweep_command(args: argparse.Namespace, job_type: Any, sweep: Any, name: str) -> int:
+    """What every sweep command does around its sweep: the options (flags over the config file), the records,
+    the resources; then ``sweep(job, records, resources, progress, say)`` and its summary as a table."""
     log_warnings_to_stderr()
-    file_values = load_config_file(args.config, SweepJob, ModelOptions)
-    job: SweepJob = build(SweepJob, args, file_values)
+    file_values = load_config_file(args.config, job_type, ModelOptions)
+    job = build(job_type, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
-    parse_lams(job.lams)
     records = [r for _, r in parse_records(job.input, "stop")]
-    res = resources(options)
-    # a spec's side exactly as --method dera makes it (one code path); a route file's side as it is written
-    ref, aligned, aligned_method = sweep_sides(job.ref, job.aligned, res, ref_method=job.ref_method,
-                                               aligned_method=job.aligned_method, template=job.template)
-    summary = run_sweep(job, ref, aligned, records, res, labels={"aligned_method": aligned_method},
-                        progress=progress_for(args), say=lambda m: print(f"alignkit dera sweep: {m}", file=sys.stderr))
+    summary = sweep(job, records, resources(options), progress_for(args),
+                    lambda m: print(f"{name}: {m}", file=sys.stderr))
     table(summary)
     return 0
 

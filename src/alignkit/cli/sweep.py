@@ -5,16 +5,14 @@ scorer's mean and a recommended value, a plot."""
 from __future__ import annotations
 
 import argparse
-import sys
+from typing import Any
 
-from alignkit.api import resources
-from alignkit.cli._common import add_quiet, log_warnings_to_stderr, progress_for
-from alignkit.cli._config import add_dataclass_arguments, build, load_config_file
-from alignkit.cli.dera import table
+from alignkit.cli._common import add_quiet
+from alignkit.cli._config import add_dataclass_arguments
+from alignkit.cli.dera import sweep_command
 from alignkit.methods.tree import build as build_tree
 from alignkit.methods.tree import load_tree
 from alignkit.models.registry import ModelOptions
-from alignkit.records import parse_records
 from alignkit.sweep import KnobSweepJob, parse_values, run_knob_sweep
 
 
@@ -33,15 +31,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    log_warnings_to_stderr()
-    file_values = load_config_file(args.config, KnobSweepJob, ModelOptions)
-    job: KnobSweepJob = build(KnobSweepJob, args, file_values)
-    options: ModelOptions = build(ModelOptions, args, file_values)
-    parse_values(job.values)
-    records = [r for _, r in parse_records(job.input, "stop")]
-    res = resources(options)
-    model = build_tree(load_tree(job.route), res)
-    summary = run_knob_sweep(job, model, records, res, progress=progress_for(args),
-                             say=lambda m: print(f"alignkit sweep: {m}", file=sys.stderr))
-    table(summary)
-    return 0
+    def sweep(job: KnobSweepJob, records: list[dict[str, Any]], res: Any, progress: Any, say: Any) -> dict[str, Any]:
+        parse_values(job.values)
+        return run_knob_sweep(job, build_tree(load_tree(job.route), res), records, res, progress=progress, say=say)
+
+    return sweep_command(args, KnobSweepJob, sweep, "alignkit sweep")

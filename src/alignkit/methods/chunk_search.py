@@ -129,8 +129,8 @@ class ChunkSearch(MethodModel):
         loop = self.inner.token_loop
         prompt_ids, stops = [], []
         for p, c in zip(prompts, configs):
-            backend, seen, extra_stops, _ = prepared_for_backend(self.base, p, c)
-            prompt_ids.append(backend.encode_prompt(seen))
+            backend, shown, extra_stops, _ = prepared_for_backend(self.base, p, c)
+            prompt_ids.append(backend.encode_prompt(shown))
             stops.append(tuple(dict.fromkeys(c.stop + extra_stops)))
         loop.check_fits(prompt_ids)
         pools: dict[int, list[_Beam]] = {i: [_Beam([])] for i in range(len(prompts))}
@@ -146,12 +146,12 @@ class ChunkSearch(MethodModel):
             for i in sorted(live):
                 cfg = configs[i]
                 temp = self.sample_temperature if cfg.greedy else cfg.temperature
-                for b, beam in enumerate(b for b in pools[i] if not b.done):
+                for j, beam in enumerate(x for x in pools[i] if not x.done):
                     room = cfg.max_new_tokens - len(beam.ids)
                     if self.inner.context_length:
                         room = min(room, self.inner.context_length - len(prompt_ids[i]) - len(beam.ids))
                     for k in range(self.candidates):
-                        seed = None if cfg.seed is None else cfg.seed + (rnd * self.beams + b) * self.candidates + k
+                        seed = None if cfg.seed is None else cfg.seed + (rnd * self.beams + j) * self.candidates + k
                         rows.append((prompt_ids[i] + beam.ids, replace(
                             cfg, max_new_tokens=max(1, min(self.chunk, room)), temperature=temp, seed=seed, stop=(),
                             constraint=None)))
