@@ -105,7 +105,7 @@ class PairsJob:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("data", help="training data tools: validate, clean, select, answers, pairs, convert, "
-                       "bpo-pairs, aligner-triples",
+                       "bpo-pairs, aligner-triples, revise",
                        description="Tools for SFT records ({id, messages}) and preference records ({id, prompt, "
                        "chosen, rejected}); JSONL files, or the shipped set alignkit-sft.")
     s = p.add_subparsers(dest="data_command", metavar="COMMAND", required=True)

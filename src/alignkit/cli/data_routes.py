@@ -1,5 +1,5 @@
-"""``alignkit data convert | bpo-pairs | aligner-triples``: training data for the route stages (BPO rewriters,
-Aligner correctors) from public record formats and with a teacher model."""
+"""``alignkit data convert | bpo-pairs | aligner-triples | revise``: training data for the route stages (BPO
+rewriters, Aligner correctors) from public record formats and with a teacher model, and critique-and-revise."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from alignkit.cli._common import Decoding, open_model, progress_for
 from alignkit.cli._config import build
 from alignkit.errors import InputError
 from alignkit.io import JsonlAppender
-from alignkit.methods import MethodOptions
+from alignkit.methods import SIDE_METHODS, MethodOptions
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions
 from alignkit.training.routes import (
@@ -69,6 +69,35 @@ class AlignerTriplesJob:
     batch_size: int = field(default=8, metadata={"min": 1, "help": "records the teacher works on together"})
 
 
+@dataclass(frozen=True)
+class ReviseJob:
+    input: str = field(default="", metadata={
+        "help": "JSONL of SFT records (messages ending with the answer), {id, prompt, answer}, or prompts alone "
+                "({id, prompt} / messages ending with a user turn: --answerer answers them first)", "required": True})
+    output: str = field(default="", metadata={
+        "help": "JSONL of SFT records with the final revision, the original and every round (appended; rerun to "
+                "resume)", "required": True})
+    critic: str = field(default=DEFAULT_MODEL, metadata={
+        "help": "who writes the critiques: a model spec (under --critic-method) or a route-tree file (.yaml/.json)"})
+    critic_method: str = field(default="auto", metadata={"help": "how a critic spec is prompted",
+                                                         "choices": list(SIDE_METHODS)})
+    reviser: str | None = field(default=None, metadata={
+        "help": "who rewrites the answers following the critique: a model spec or a route file (default: the critic)"})
+    reviser_method: str = field(default="auto", metadata={"help": "how a reviser spec is prompted",
+                                                          "choices": list(SIDE_METHODS)})
+    answerer: str | None = field(default=None, metadata={
+        "help": "for records without an answer: a model spec or route file that answers them first"})
+    answerer_method: str = field(default="auto", metadata={"help": "how an answerer spec is prompted",
+                                                           "choices": list(SIDE_METHODS)})
+    rounds: int = field(default=2, metadata={"min": 1, "help": "most critique-and-revise rounds per answer (stops "
+                                                               "early when the critic replies NO ISSUES)"})
+    removed: str | None = field(default=None, metadata={
+        "help": "JSONL file for the records that could not be revised, with the reason and their rounds"})
+    pairs: str | None = field(default=None, metadata={
+        "help": "also write preference pairs: the final revision (chosen) over the original answer (rejected)"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "records worked on together"})
+
+
 SPECS = [
     ("convert", ConvertJob, "run_convert", "read public record formats (HH-RLHF, BPO, Aligner) into alignkit's", ()),
     ("bpo-pairs", BPOPairsJob, "run_bpo_pairs",
@@ -77,6 +106,9 @@ SPECS = [
     ("aligner-triples", AlignerTriplesJob, "run_aligner_triples",
      "Aligner training triples: a teacher writes the corrected answer to each question-answer pair",
      (Decoding, MethodOptions, ModelOptions)),
+    ("revise", ReviseJob, "run_revise",
+     "critique and revise: a critic route critiques each answer, a reviser route rewrites it, for N rounds",
+     (Decoding, ModelOptions)),
 ]
 
 
@@ -117,6 +149,30 @@ def _with_teacher(args: argparse.Namespace, values, job, load, construct, comman
 def run_bpo_pairs(args: argparse.Namespace, values, job: BPOPairsJob) -> int:
     return _with_teacher(args, values, job, load_preferences, build_bpo_pairs, "bpo-pairs",
                          min_overlap=job.min_overlap)
+
+
+def run_revise(args: argparse.Namespace, values, job: ReviseJob) -> int:
+    from alignkit.api import resources
+    from alignkit.methods.tree import build as build_tree
+    from alignkit.methods.tree import is_route_file, load_tree, node
+    from alignkit.records import parse_records
+    from alignkit.training.revise import critique_and_revise
+
+    decoding: Decoding = build(Decoding, args, values)
+    res = resources(build(ModelOptions, args, values))
+    records = [r for _, r in parse_records(job.input, "stop")]  # malformed lines listed with their numbers
+
+    def route(spec: str, method: str):
+        return build_tree(load_tree(spec) if is_route_file(spec) else node(method, model=spec), res)
+
+    critic = route(job.critic, job.critic_method)
+    reviser = route(job.reviser, job.reviser_method) if job.reviser else critic
+    answerer = route(job.answerer, job.answerer_method) if job.answerer else None
+    counts = critique_and_revise(records, critic, reviser, decoding.config(reviser), job.output, rounds=job.rounds,
+                                 answerer=answerer, removed=job.removed, pairs=job.pairs, batch_size=job.batch_size,
+                                 progress=progress_for(args))
+    print(f"alignkit data revise: {json.dumps(counts)} -> {job.output}", file=sys.stderr)
+    return 0
 
 
 def run_aligner_triples(args: argparse.Namespace, values, job: AlignerTriplesJob) -> int:
