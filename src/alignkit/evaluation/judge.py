@@ -45,7 +45,10 @@ FIELDS = {"score": ("instruction", "answer"), "pairwise": ("instruction", "answe
           "label": ("instruction", "answer")}
 RUBRICS = {"just-eval": "judge-just-eval.yaml", "just-eval-safety": "judge-just-eval-safety.yaml",
            "multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml",
-           "overall": "judge-overall.yaml", "refusal": "judge-refusal.yaml"}
+           "overall": "judge-overall.yaml", "refusal": "judge-refusal.yaml",
+           # the skill-set pack (FLASK-style): all twelve skills, or one group of them
+           **{name: f"judge-{name}.yaml" for name in ("skills", "skills-logic", "skills-background", "skills-problem",
+                                                      "skills-user")}}
 #: the longest reason a constrained judge may write (one sentence; it keeps a five-aspect verdict near 300 tokens --
 #: weak judges otherwise repeat themselves up to any limit)
 REASON_CHARS = 200
