@@ -62,7 +62,8 @@ _new_resources = resources  # for the functions whose ``resources`` parameter sh
 
 def open_scorer(spec: str, loader: Any = None, *, cache: str | Path | None = None, batch_size: int = 8) -> Scorer:
     """The scorer a spec names: ``reward:PATH_OR_HUB`` (a reward model), ``judge[+RUBRIC]:MODEL`` (an LLM judge
-    with a score rubric, the mean of its aspects) or ``geval[+RUBRIC]:MODEL`` (the judge's expected 1-5 digit).
+    with a score rubric, the mean of its aspects), ``debate[+RUBRIC]:MODEL`` (judge personas discuss, then the mean
+    of their verdicts) or ``geval[+RUBRIC]:MODEL`` (the judge's expected 1-5 digit).
     ``loader(spec)`` loads judge models (a :class:`ModelPool` shares them with the rest of a command); ``cache``
     is a JSONL file that keeps judge answers across runs."""
     from alignkit.scoring import parse_spec
@@ -77,11 +78,15 @@ def open_scorer(spec: str, loader: Any = None, *, cache: str | Path | None = Non
     from alignkit.methods.tree import build, node
 
     model = build(node("auto", model=target), loader if loader is not None else _new_resources())
-    if kind == "judge":
+    if kind in ("judge", "debate"):
         rubric = load_rubric(rubric_name or "multi-aspect")
         if rubric.kind != "score":
             raise InputError(f"scorer {spec!r}: rubric {rubric.id!r} is a {rubric.kind} rubric; a scorer needs a "
                              "score rubric")
+        if kind == "debate":
+            from alignkit.evaluation.debate import DebateJudge
+
+            return JudgeScorer(DebateJudge(model, rubric, cache=JudgeCache(cache), batch_size=batch_size), spec=spec)
         return JudgeScorer(Judge(model, rubric, cache=JudgeCache(cache), batch_size=batch_size), spec=spec)
     rubric = load_rubric(rubric_name or "overall")
     if rubric.kind != "score":

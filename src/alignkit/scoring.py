@@ -3,7 +3,7 @@ batched. Only the protocol and pure helpers live here (below the methods that us
 implementations live with what they are -- reward models in :mod:`alignkit.training.reward_model`, LLM judges in
 :mod:`alignkit.evaluation.scorers` -- and :func:`alignkit.api.scorer` opens the one a spec names.
 
-Three kinds, chosen by a spec string (``--scorer SPEC`` on every command that ranks answers):
+Four kinds, chosen by a spec string (``--scorer SPEC`` on every command that ranks answers):
 
 * ``reward:PATH_OR_HUB_ID`` -- a reward model: a sequence-classification model with one output (a Bradley-Terry
   score). A folder written by ``alignkit train reward`` (a LoRA adapter with its head, or full weights; the
@@ -12,6 +12,8 @@ Three kinds, chosen by a spec string (``--scorer SPEC`` on every command that ra
 * ``judge:MODEL_SPEC`` (``judge+RUBRIC:MODEL_SPEC``) -- an LLM judge with a rubric (default ``multi-aspect``):
   the score is the mean of the rubric's aspects; a judgment that cannot be read after the retries is
   *missing* (``value is None``, with the reason), never guessed.
+* ``debate:MODEL_SPEC`` (``debate+RUBRIC:MODEL_SPEC``) -- a debate of judge personas (three personas, two rounds,
+  :mod:`alignkit.evaluation.debate`), then the mean of their verdicts' aspects, as ``judge:``.
 * ``geval:MODEL_SPEC`` -- G-Eval-style expected score: the judge is asked for one digit 1-5 and the score is
   ``sum_s s * p(s)`` over the digit probabilities it gives (one forward pass, no sampling). When the judge puts
   almost no probability on any digit the score is missing.
@@ -30,7 +32,7 @@ from typing import Any
 from alignkit.errors import AlignkitError, InputError
 from alignkit.types import Message, Prompt, as_messages
 
-KINDS = ("reward", "judge", "geval")
+KINDS = ("reward", "judge", "geval", "debate")
 #: least total probability a G-Eval judge must put on the score digits for its score to count
 GEVAL_MIN_MASS = 0.01
 

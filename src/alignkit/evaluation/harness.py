@@ -102,6 +102,10 @@ class EvalConfig:
     weighted: bool = True
     """also read probability-weighted scores (G-Eval) where the judge gives token log-probabilities"""
     judge_top_k: int = field(default=20, metadata={"min": 2})
+    debate_personas: int = field(default=0, metadata={"min": 0, "max": 5})
+    """2-5: the judge model debates as that many personas for ``debate_rounds`` rounds before each gives a verdict,
+    combined (:mod:`alignkit.evaluation.debate`); 0: one judge"""
+    debate_rounds: int = field(default=2, metadata={"min": 1})
     judge_structured: bool = True
     """hold a local judge's reply to the rubric's shape (a JSON schema enforced token by token: scores can only be
     1-5); an API judge is asked for a JSON object. False: the shape is asked for in the prompt only"""
@@ -199,11 +203,22 @@ class Harness:
         cache = JudgeCache(self.out / "judge-cache.jsonl")
         rubrics = {"multi-aspect": self.cfg.rubric, "safety": self.cfg.safety_rubric,
                    "pairwise": self.cfg.pairwise_rubric}
-        judges = {kind: Judge(judge_model, load_rubric(name), retries=self.cfg.retries, cache=cache,
-                              max_new_tokens=self.cfg.judge_max_new_tokens, batch_size=self.cfg.batch_size,
-                              weighted=self.cfg.weighted, top_k=self.cfg.judge_top_k,
-                              structured=self.cfg.judge_structured)
-                  for kind, name in rubrics.items()}
+        if self.cfg.debate_personas == 1:
+            raise InputError("debate_personas: a debate needs 2 to 5 personas (0: one judge)")
+        if self.cfg.debate_personas:
+            from alignkit.evaluation.debate import DebateJudge
+
+            judges = {kind: DebateJudge(judge_model, load_rubric(name), personas=self.cfg.debate_personas,
+                                        rounds=self.cfg.debate_rounds, retries=self.cfg.retries, cache=cache,
+                                        max_new_tokens=self.cfg.judge_max_new_tokens, batch_size=self.cfg.batch_size,
+                                        structured=self.cfg.judge_structured)
+                      for kind, name in rubrics.items()}
+        else:
+            judges = {kind: Judge(judge_model, load_rubric(name), retries=self.cfg.retries, cache=cache,
+                                  max_new_tokens=self.cfg.judge_max_new_tokens, batch_size=self.cfg.batch_size,
+                                  weighted=self.cfg.weighted, top_k=self.cfg.judge_top_k,
+                                  structured=self.cfg.judge_structured)
+                      for kind, name in rubrics.items()}
         for kind, j in judges.items():
             if kind != "pairwise" and j.rubric.kind != "score":
                 raise InputError(f"the {kind} rubric must be a score rubric, got {j.rubric.id!r} ({j.rubric.kind})")
