@@ -22,6 +22,7 @@ from alignkit.models.registry import ModelOptions, ModelPool
 from alignkit.records import parse_records
 from alignkit.scoring import parse_spec
 from alignkit.training import data
+from alignkit.training.common import Recipe, Tuning
 from alignkit.training.synth import synthesize_answers, synthesize_pairs, synthesize_ranked_pairs
 from alignkit.types import as_messages
 
@@ -128,7 +129,7 @@ def add_parser(sub) -> None:
         add_dataclass_arguments(sp, job)
         for cls in extra:
             group = {Decoding: "decoding", MethodOptions: "teacher's alignment method", ModelOptions: "model options",
-                     Sharding: "sharding"}
+                     Sharding: "sharding", Tuning: "what is trained", Recipe: "recipe (LIMA's optimiser)"}
             add_dataclass_arguments(sp, cls, group=group[cls])
         if extra:
             add_quiet(sp)

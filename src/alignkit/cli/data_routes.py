@@ -8,13 +8,21 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+from alignkit.api import open_scorer, resources
 from alignkit.cli._common import Decoding, open_model, progress_for
 from alignkit.cli._config import build
 from alignkit.errors import InputError
 from alignkit.io import JsonlAppender
 from alignkit.methods import SIDE_METHODS, MethodOptions
+from alignkit.methods.tree import build as build_tree
+from alignkit.methods.tree import is_route_file, load_tree, node
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions
+from alignkit.records import parse_records
+from alignkit.training import data
+from alignkit.training.backtranslate import backtranslate, read_corpus
+from alignkit.training.common import Recipe, Tuning
+from alignkit.training.revise import critique_and_revise
 from alignkit.training.routes import (
     FORMATS,
     build_aligner_triples,
@@ -22,6 +30,8 @@ from alignkit.training.routes import (
     load_preferences,
     load_qa,
 )
+from alignkit.training.sft import SFTJob, run_sft
+from alignkit.types import GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,39 @@ class ReviseJob:
     batch_size: int = field(default=8, metadata={"min": 1, "help": "records worked on together"})
 
 
+@dataclass(frozen=True)
+class BacktranslateJob:
+    corpus: tuple[str, ...] = field(default=(), metadata={
+        "help": "unlabelled text to make instructions for: JSONL files with a text field per line, or text files "
+                "(split at blank lines into passages); repeat for several", "required": True})
+    output: str = field(default="", metadata={
+        "help": "folder for every step's files: passages, the backward model, candidates and dropped ones, per "
+                "iteration the curator, scores, curated and rejected pairs; seed-tagged.jsonl and uncurated.jsonl "
+                "(a rerun resumes)", "required": True})
+    seed_data: str = field(default="alignkit-sft", metadata={
+        "help": "the seed SFT records the backward model (and the default curator) learn from: a JSONL file or a "
+                "shipped set"})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "the base model both models are tuned from (LoRA)"})
+    curator: str | None = field(default=None, metadata={
+        "help": "the scorer that rates each (instruction, passage) pair (reward:PATH, judge:MODEL, geval:MODEL ...); "
+                "default: the seed-tuned forward model as a 1-5 judge (geval+curation), re-trained each iteration"})
+    threshold: float = field(default=4.5, metadata={"help": "keep pairs the curator rates at least this (its own "
+                                                            "scale: 1-5 for the default)"})
+    iterations: int = field(default=1, metadata={"min": 1, "help": "curation rounds (the default curator only): "
+                                                                   "round K's curator is trained on the seed and "
+                                                                   "round K-1's curated pairs"})
+    min_chars: int = field(default=200, metadata={"min": 1, "help": "shortest passage (short paragraphs are joined)"})
+    max_chars: int = field(default=1500, metadata={"min": 1, "help": "longest passage (cut at a sentence end)"})
+    max_passages: int | None = field(default=None, metadata={"min": 1, "help": "use only the first N passages"})
+    max_new_tokens: int = field(default=96, metadata={"min": 1, "help": "most tokens of a written instruction"})
+    generate_batch: int = field(default=8, metadata={"min": 1, "help": "passages the backward model works on "
+                                                                       "together"})
+    keep_truncated: bool = field(default=False, metadata={
+        "help": "keep instructions that hit --max-new-tokens (dropped by default: a runaway is no instruction)"})
+    temperature: float = field(default=0.0, metadata={"min": 0, "help": "sampling temperature of the written "
+                                                                        "instructions (0: greedy; seeded by --seed)"})
+
+
 SPECS = [
     ("convert", ConvertJob, "run_convert", "read public record formats (HH-RLHF, BPO, Aligner) into alignkit's", ()),
     ("bpo-pairs", BPOPairsJob, "run_bpo_pairs",
@@ -106,6 +149,9 @@ SPECS = [
     ("aligner-triples", AlignerTriplesJob, "run_aligner_triples",
      "Aligner training triples: a teacher writes the corrected answer to each question-answer pair",
      (Decoding, MethodOptions, ModelOptions)),
+    ("backtranslate", BacktranslateJob, "run_backtranslate",
+     "instruction back-translation: a backward model writes instructions for your texts, a curator keeps the good "
+     "pairs", (Tuning, Recipe)),
     ("revise", ReviseJob, "run_revise",
      "critique and revise: a critic route critiques each answer, a reviser route rewrites it, for N rounds",
      (Decoding, ModelOptions)),
@@ -151,13 +197,29 @@ def run_bpo_pairs(args: argparse.Namespace, values, job: BPOPairsJob) -> int:
                          min_overlap=job.min_overlap)
 
 
-def run_revise(args: argparse.Namespace, values, job: ReviseJob) -> int:
-    from alignkit.api import resources
-    from alignkit.methods.tree import build as build_tree
-    from alignkit.methods.tree import is_route_file, load_tree, node
-    from alignkit.records import parse_records
-    from alignkit.training.revise import critique_and_revise
+def run_backtranslate(args: argparse.Namespace, values, job: BacktranslateJob) -> int:
+    recipe, tuning = build(Recipe, args, values), build(Tuning, args, values)
+    seed = data.load(job.seed_data, "sft")
+    seed.raise_if_problems("nothing was done")
+    passages = read_corpus(list(job.corpus), min_chars=job.min_chars, max_chars=job.max_chars)[: job.max_passages]
+    res = resources()
 
+    def train(records, folder):
+        return run_sft(SFTJob(data=f"backtranslate:{job.seed_data}", output=folder, model=job.model), recipe, tuning,
+                       records=records)
+
+    summary = backtranslate(seed.records, passages, job.output, train=train,
+                            load=lambda folder: build_tree(node("auto", model=folder), res),
+                            scorer=lambda spec: open_scorer(spec, res), curator=job.curator,
+                            threshold=job.threshold, iterations=job.iterations,
+                            cfg=GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature,
+                                                 seed=recipe.seed), batch_size=job.generate_batch,
+                            keep_truncated=job.keep_truncated)
+    print(f"alignkit data backtranslate: {json.dumps(summary)} -> {job.output}", file=sys.stderr)
+    return 0
+
+
+def run_revise(args: argparse.Namespace, values, job: ReviseJob) -> int:
     decoding: Decoding = build(Decoding, args, values)
     res = resources(build(ModelOptions, args, values))
     records = [r for _, r in parse_records(job.input, "stop")]  # malformed lines listed with their numbers

@@ -11,6 +11,7 @@ from typing import Any
 from alignkit.errors import InputError
 from alignkit.evaluation.cheap import answer_metrics
 from alignkit.evaluation.data import apply_tags, load_instructions, load_tags
+from alignkit.evaluation.debate import DebateJudge
 from alignkit.evaluation.judge import Judge, JudgeCache, load_rubric
 from alignkit.evaluation.report import build_report
 from alignkit.evaluation.weighted import preference
@@ -206,8 +207,6 @@ class Harness:
         if self.cfg.debate_personas == 1:
             raise InputError("debate_personas: a debate needs 2 to 5 personas (0: one judge)")
         if self.cfg.debate_personas:
-            from alignkit.evaluation.debate import DebateJudge
-
             judges = {kind: DebateJudge(judge_model, load_rubric(name), personas=self.cfg.debate_personas,
                                         rounds=self.cfg.debate_rounds, retries=self.cfg.retries, cache=cache,
                                         max_new_tokens=self.cfg.judge_max_new_tokens, batch_size=self.cfg.batch_size,

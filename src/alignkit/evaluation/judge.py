@@ -45,7 +45,7 @@ FIELDS = {"score": ("instruction", "answer"), "pairwise": ("instruction", "answe
           "label": ("instruction", "answer")}
 RUBRICS = {"just-eval": "judge-just-eval.yaml", "just-eval-safety": "judge-just-eval-safety.yaml",
            "multi-aspect": "judge-multi-aspect.yaml", "safety": "judge-safety.yaml", "pairwise": "judge-pairwise.yaml",
-           "overall": "judge-overall.yaml", "refusal": "judge-refusal.yaml",
+           "overall": "judge-overall.yaml", "refusal": "judge-refusal.yaml", "curation": "judge-curation.yaml",
            # the skill-set pack (FLASK-style): all twelve skills, or one group of them
            **{name: f"judge-{name}.yaml" for name in ("skills", "skills-logic", "skills-background", "skills-problem",
                                                       "skills-user")}}
