@@ -9,8 +9,8 @@ template) or a logit mix of such models (proxy-tuning, DeRa: the reward re-score
 not share the policy's tokenizer: each candidate is the decoded answer so far plus one token (an end-of-text
 token: the answer so far, as it would end). **Cost**: ``top_k`` scorer calls per generated token on the whole
 prompt and partial answer, without a cache -- with a reward model as large as the policy that is about ``top_k``
-full forward passes per token against the policy's one incremental step, which is why ARGS is slow; the
-``reward-guided`` benchmark measures it against best-of-N at equal generated tokens.
+full forward passes per token against the policy's one incremental step, which is why ARGS is slow;
+``bench/logit_arithmetic.py --part args`` measures it against best-of-N with as many candidates.
 
 A candidate the scorer cannot rate gets the lowest reward of its row's rated candidates (never preferred for its
 reward); when none of a row's candidates can be rated the step falls back to the model's own log-probabilities.
