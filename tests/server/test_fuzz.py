@@ -26,7 +26,7 @@ def fuzzed(tiny_aligned):
 def test_no_request_from_the_openapi_document_gets_a_5xx(fuzzed):
     root = fuzzed.url.removesuffix("/v1")
     schema = schemathesis.openapi.from_url(root + "/openapi.json")
-    paths = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/v1/shift")
+    paths = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize", "/detokenize", "/v1/shift")
     seen: dict[str, set[int]] = {}
     failures: list[str] = []
     def run(path: str) -> None:
@@ -54,6 +54,7 @@ def test_no_request_from_the_openapi_document_gets_a_5xx(fuzzed):
 
     valid = {"/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
              "/v1/completions": {"prompt": ["Hi", "Ho"], "max_tokens": 2},
+             "/v1/responses": {"input": "Hi", "max_output_tokens": 2},
              "/tokenize": {"prompt": "Hi"}, "/detokenize": {"tokens": [5, 6]},
              "/v1/shift": {"reference": "chat", "messages": [{"role": "user", "content": "Hi"}], "answer": "Ho"}}
     for path, body in valid.items():

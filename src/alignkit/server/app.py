@@ -32,6 +32,7 @@ from alignkit.server.protocol import (
     ShiftRequest,
     TokenizeRequest,
 )
+from alignkit.server.responses import EventStream, ResponsesRequest, new_ids, response_object
 from alignkit.server.service import Overloaded, Service, collect, share_gates, weights_id
 from alignkit.server.ui import page
 from alignkit.types import GenerationConfig, Message
@@ -180,6 +181,52 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
             log.info("completion request: %r", prompts)
         return await _complete(service, req, prompts, chat=False)
 
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        """OpenAI's Responses API: the request read as a chat request, the answer as a ``response`` object or the
+        Responses stream's events (alignkit.server.responses)."""
+        req = await _parse(request, ResponsesRequest, limits)
+        try:
+            chat_req = ChatCompletionRequest.model_validate(req.chat_body())
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise APIError(400, str(err.get("msg", "invalid request")).removeprefix("Value error, ")) from None
+        service, _ = pick(req.model)
+        msgs = [Message(m.alignkit_role, m.text) for m in chat_req.messages]
+        if log_prompts:
+            log.info("responses request: %s", json.dumps([m.to_dict() for m in msgs], ensure_ascii=False))
+        job = await _submit(service, chat_req, [msgs], chat=True)
+        rid, msg_id = new_ids()
+        if req.stream:
+            return StreamingResponse(_responses_sse(job, EventStream(rid, msg_id, req, service.name)),
+                                     media_type="text/event-stream")
+        comps = await _finished(job)
+        return response_object(rid, msg_id, req, service.name, created=int(time.time()), text=comps[0].text,
+                               finish_reason=comps[0].finish_reason, usage=_usage(comps), extras=route_extras(comps[0]))
+
+    async def _responses_sse(job, events: EventStream):
+        try:
+            for ev in events.opening():
+                yield _sse_event(ev)
+            final = None
+            while True:
+                item = await job.events.get()
+                if item[0] == "error":
+                    yield _sse_event(events.failed(str(item[1])))
+                    return
+                if item[0] == "done":
+                    break
+                _, _, ev = item
+                if ev.text:
+                    yield _sse_event(events.delta(ev.text))
+                if ev.completion is not None:
+                    final = ev.completion
+            if final is not None:
+                for ev in events.closing(final.finish_reason, _usage([final]), route_extras(final)):
+                    yield _sse_event(ev)
+        finally:  # the client went away, or the stream ended: stop generating for it
+            job.cancel()
+
     @app.post("/tokenize")
     async def tokenize(request: Request):
         """vLLM's shape: ``{count, max_model_len, tokens}`` -- a chat is tokenised as the served route renders it
@@ -214,10 +261,11 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
                                              "Referrer-Policy": "no-referrer"})
 
     _declare_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
+                          "/v1/responses": ResponsesRequest,
                           "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest, "/v1/shift": ShiftRequest})
 
-    async def _complete(service: Service, req: Any, prompts: list[Any], *, chat: bool):
-        """Generate ``n`` choices for each prompt in one job; choice ``i * n + j`` is prompt i's j-th."""
+    async def _submit(service: Service, req: Any, prompts: list[Any], *, chat: bool):
+        """Check a request against the limits and the route, and queue ``n`` choices for each prompt as one job."""
         model = service.model
         variant = weighted_variant(model, req.mix_weights) if req.mix_weights else None
         max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
@@ -252,18 +300,15 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         except ValueError as e:
             raise APIError(400, str(e)) from None
         try:
-            job = service.submit([p for p in prompts for _ in range(req.n)], configs, model=variant)
+            return service.submit([p for p in prompts for _ in range(req.n)], configs, model=variant)
         except Overloaded as e:
             raise APIError(503, f"server busy: {e}; retry later", type_="server_error", code="overloaded",
                            headers={"Retry-After": str(limits.retry_after)}) from None
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        if req.stream:
-            opts = (req.model_extra or {}).get("stream_options") or {}
-            include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-            return StreamingResponse(_sse(service, job, rid, chat, req.n, include_usage),
-                                     media_type="text/event-stream")
+
+    async def _finished(job):
+        """The job's completions; errors as the API's."""
         try:
-            comps = await collect(job)
+            return await collect(job)
         except asyncio.CancelledError:
             job.cancel()
             raise
@@ -271,6 +316,18 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
             raise APIError(503, str(e), type_="server_error", headers={"Retry-After": str(limits.retry_after)}) from None
         except AlignkitError as e:
             raise APIError(400, str(e)) from None
+
+    async def _complete(service: Service, req: Any, prompts: list[Any], *, chat: bool):
+        """Generate ``n`` choices for each prompt in one job; choice ``i * n + j`` is prompt i's j-th."""
+        model = service.model
+        job = await _submit(service, req, prompts, chat=chat)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        if req.stream:
+            opts = (req.model_extra or {}).get("stream_options") or {}
+            include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+            return StreamingResponse(_sse(service, job, rid, chat, req.n, include_usage),
+                                     media_type="text/event-stream")
+        comps = await _finished(job)
         logprobs = None
         want_lp = req.logprobs if chat else req.logprobs is not None
         if want_lp or (not chat and req.echo):
@@ -375,6 +432,11 @@ def _memory(routes: dict[str, Service]) -> dict[str, Any]:
                 entry["specs"].append(m.spec)
     return {"loaded_weights": list(weights.values()),
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _sse_event(obj: dict[str, Any]) -> str:
+    """One event of the Responses stream: its type as the SSE event name, the object as data."""
+    return f"event: {obj['type']}\ndata: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
 def _sse_data(obj: dict[str, Any]) -> str:
