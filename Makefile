@@ -131,6 +131,9 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/served_judge.py
 	$(BIN)/python bench/urial_ablation.py
 	$(BIN)/python bench/lima_recipe.py
+	$(BIN)/python bench/data_methods.py --part w2s
+	$(BIN)/python bench/data_methods.py --part revise
+	$(BIN)/python bench/data_methods.py --part backtranslate
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \
 		$(VLLM_VENV)/bin/python bench/engines.py --engines hf,vllm
 	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \

@@ -27,6 +27,12 @@ DOCS = ROOT / "docs"
 RESULTS: dict[str, tuple[str, str, str]] = {
     "best_of_n": ("Best-of-N", "Best-of-4 under URIAL as one batch vs 24 single generations; scorer throughput.",
                   "python bench/best_of_n.py --reward runs/rewarded/rm"),
+    "data_methods": ("Data construction, measured", "Instruction back-translation (SFT on the seed alone, with "
+                     "the curated pairs, with every pair), critique and revise (SFT on original vs revised answers) "
+                     "with judge-free metrics on held-out instructions, and weak-to-strong generalisation (PGR) on a "
+                     "true/false knowledge task.",
+                     "python bench/data_methods.py --part w2s && python bench/data_methods.py --part revise && "
+                     "python bench/data_methods.py --part backtranslate"),
     "dera_cost": ("DeRa's cost", "DeRa's two models in lockstep vs one model and vs running the two one after "
                   "another, on two copies of the embedded base.", "python bench/dera_cost.py"),
     "dera_cost-siblings": ("DeRa's cost on the tuned siblings", "The same, between the SFT and DPO siblings.",

@@ -32,6 +32,7 @@ from alignkit.server.protocol import (
     ShiftRequest,
     TokenizeRequest,
 )
+from alignkit.server import tools as toolcalls
 from alignkit.server.responses import EventStream, ResponsesRequest, new_ids, response_object
 from alignkit.server.service import Overloaded, Service, collect, share_gates, weights_id
 from alignkit.server.ui import page
@@ -161,6 +162,8 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         req = await _parse(request, ChatCompletionRequest, limits)
         service, model = pick(req.model)
         msgs = [Message(m.alignkit_role, m.text) for m in req.messages]
+        if (tools := req.callable_tools) is not None:  # the tools, described in a system note
+            msgs = toolcalls.with_note(msgs, tools)
         if req.stream and req.logprobs:
             raise APIError(400, "logprobs are available without streaming only", param="logprobs")
         if log_prompts:
@@ -325,7 +328,8 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         if req.stream:
             opts = (req.model_extra or {}).get("stream_options") or {}
             include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-            return StreamingResponse(_sse(service, job, rid, chat, req.n, include_usage),
+            tools = req.callable_tools if chat else None
+            return StreamingResponse(_sse(service, job, rid, chat, req.n, include_usage, tools),
                                      media_type="text/event-stream")
         comps = await _finished(job)
         logprobs = None
@@ -339,8 +343,12 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
                 logprobs += await asyncio.to_thread(_logprobs, model, req, prompt, mine, chat, ids)
         return _response(rid, chat, service.name, prompts, comps, req, logprobs)
 
-    async def _sse(service: Service, job, rid: str, chat: bool, n: int, include_usage: bool):
+    async def _sse(service: Service, job, rid: str, chat: bool, n: int, include_usage: bool,
+                   tools: list[dict[str, Any]] | None = None):
+        """The stream of chunks. With tools to call, the answer is held until it is complete and then sent as one
+        tool-call delta (its name is known only once the model has written it)."""
         created = int(time.time())
+        held: dict[int, str] = {}
         obj = "chat.completion.chunk" if chat else "text_completion"
         started: set[int] = set()
         finals: dict[int, Any] = {}
@@ -354,6 +362,18 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
                 if item[0] == "done":
                     break
                 _, choice, ev = item
+                if tools is not None:
+                    held[choice] = held.get(choice, "") + ev.text
+                    if ev.completion is None:
+                        continue
+                    call = toolcalls.parse_call(held[choice], tools)
+                    delta = ({"tool_calls": [{"index": 0, **call}]} if call else {"content": held[choice]})
+                    ch = {"index": choice, "delta": {"role": "assistant", **delta}, "logprobs": None,
+                          "finish_reason": "tool_calls" if call else ev.finish_reason}
+                    finals[choice] = ev.completion
+                    yield _sse_data({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                     "model": service.name, "choices": [ch]})
+                    continue
                 if chat:
                     delta: dict[str, Any] = {"content": ev.text} if ev.text else {}
                     if choice not in started:
@@ -553,9 +573,15 @@ def _piece_fn(model: Any):
 def _response(rid: str, chat: bool, name: str, prompts: list[Any], comps, req: Any, logprobs) -> dict[str, Any]:
     created = int(time.time())
     if chat:
-        choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
-                    "logprobs": logprobs[i] if logprobs else None, **({"alignkit": x} if (x := route_extras(c)) else {})}
-                   for i, c in enumerate(comps)]
+        tools = req.callable_tools
+        choices = []
+        for i, c in enumerate(comps):
+            call = toolcalls.parse_call(c.text, tools) if tools is not None else None
+            message = ({"role": "assistant", "content": None, "tool_calls": [call]} if call else
+                       {"role": "assistant", "content": c.text})
+            choices.append({"index": i, "message": message, "finish_reason": "tool_calls" if call else c.finish_reason,
+                            "logprobs": logprobs[i] if logprobs else None,
+                            **({"alignkit": x} if (x := route_extras(c)) else {})})
         return {"id": rid, "object": "chat.completion", "created": created, "model": name, "choices": choices,
                 "usage": _usage(comps, req.n)}
     choices = [{"index": i, "text": (prompts[i // req.n] + c.text) if req.echo else c.text,

@@ -1,8 +1,9 @@
 """Request models of the OpenAI-compatible API (pydantic). Responses are plain dicts in OpenAI's shape.
 
 Unknown fields are accepted and ignored (clients send many), except features this server does not offer
-(tools, functions, logit bias), which are refused with a 400 that names them. Structured output
-(``response_format``, vLLM's ``guided_*``) is read by :attr:`_Request.constraint`.
+(the legacy ``functions``, logit bias), which are refused with a 400 that names them. Structured output
+(``response_format``, vLLM's ``guided_*``) and tool calls (``tools`` with ``tool_choice``: alignkit.server.tools)
+are read by :attr:`_Request.constraint`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alignkit.structured import from_request
+from alignkit.errors import AlignkitError
+from alignkit.server import tools as toolcalls
+from alignkit.structured import Constraint, from_request
 
-UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "structured_outputs")
+UNSUPPORTED = ("functions", "function_call", "logit_bias", "structured_outputs")
 #: structured output, enforced by alignkit.structured (response_format, and vLLM's guided_* fields)
 STRUCTURED = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
@@ -69,9 +72,18 @@ class _Request(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]] = Field(
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = Field(
+        default=None,
         description="the text, or content parts: text parts are joined; images, audio and files are refused")
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, description="an assistant's earlier tool calls")
+    tool_call_id: str | None = Field(default=None, description="role tool: the call this result answers")
+
+    @model_validator(mode="after")
+    def _has_content(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs its content")
+        return self
 
     @field_validator("content", mode="before")
     @classmethod
@@ -86,14 +98,21 @@ class ChatMessage(BaseModel):
         return v
 
     @property
+    def _plain(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "\n".join(p["text"] for p in self.content)  # text parts joined by newlines (as vLLM does)
+
+    @property
     def text(self) -> str:
-        """The message as text: text parts joined by newlines (as vLLM does)."""
-        if isinstance(self.content, str):
-            return self.content
-        return "\n".join(p["text"] for p in self.content)
+        """The message as text the route reads (earlier tool calls and results written out: server.tools)."""
+        return toolcalls.as_text({"role": self.role, "content": self._plain, "tool_calls": self.tool_calls,
+                                  "tool_call_id": self.tool_call_id})[1]
 
     @property
     def alignkit_role(self) -> str:
+        if self.role == "tool":  # a tool's result is read as the user's turn
+            return "user"
         return "system" if self.role == "developer" else self.role  # developer: the newer name of system
 
 
@@ -101,13 +120,47 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = Field(default=None, description=(
+        "functions the answer may call: with tool_choice \"required\" or a named function the answer is one call, "
+        "constrained to the tool's parameter schema"))
+    tool_choice: str | dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _ends_with_user(self):
-        turns = [m for m in self.messages if m.role != "system"]
-        if not turns or turns[-1].role != "user":
-            raise ValueError("messages must end with a user message")
+        turns = [m for m in self.messages if m.role not in ("system", "developer")]
+        if not turns or turns[-1].role not in ("user", "tool"):
+            raise ValueError("messages must end with a user message (or a tool's result)")
         return self
+
+    @model_validator(mode="after")
+    def _tools(self):
+        if self.tools in (None, []):
+            if self.tool_choice not in (None, "none"):
+                raise ValueError("tool_choice needs tools")
+            self.tools = None
+            return self
+        try:
+            picked = toolcalls.chosen(toolcalls.check_tools(self.tools), self.tool_choice)
+        except AlignkitError as e:
+            raise ValueError(str(e)) from None
+        if picked is not None:
+            if self.n != 1:
+                raise ValueError("tool calls are served with n = 1")
+            if any(k in (self.model_extra or {}) for k in STRUCTURED):
+                raise ValueError("tool calls and response_format / guided_* cannot be combined")
+        return self
+
+    @property
+    def callable_tools(self) -> list[dict[str, Any]] | None:
+        """The tools the answer must call one of (None: answer in words)."""
+        return None if not self.tools else toolcalls.chosen(toolcalls.check_tools(self.tools), self.tool_choice)
+
+    @property
+    def constraint(self):
+        tools = self.callable_tools
+        if tools is not None:
+            return Constraint.json_schema(toolcalls.call_schema(tools))
+        return super().constraint
 
 
 class CompletionRequest(_Request):

@@ -1,0 +1,124 @@
+"""Tool calls on the chat endpoint for every route, base models under URIAL included: ``tools`` with ``tool_choice``
+``required`` or a named function constrain the answer, token by token, to one call -- ``{"name": ..., "arguments":
+{...}}`` under each tool's own parameter schema (alignkit.structured's JSON-schema constraint) -- which is handed back
+as OpenAI's ``tool_calls`` (``finish_reason: "tool_calls"``). ``none`` answers in words. The tools are described to
+the model in a system note (alignkit's wording). Earlier calls (an assistant turn with ``tool_calls``) and their
+results (``role: "tool"``) are written into the conversation as text the route can read.
+
+Not here yet: ``auto`` (the model deciding whether to call) is refused with a 400 that says which choices work."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from alignkit.errors import InputError
+
+#: how the tools are described to the model (a system note before the conversation)
+TOOLS_NOTE = ("You can call these tools. To call one, reply with a JSON object only: {{\"name\": the tool's name, "
+              "\"arguments\": an object with its arguments}}.\n\n{tools}")
+
+
+def check_tools(tools: Any) -> list[dict[str, Any]]:
+    """The request's ``tools`` as a list of ``{name, description, parameters}``; a clear error for anything else."""
+    if not isinstance(tools, list) or not tools:
+        raise InputError("tools must be a non-empty list of {\"type\": \"function\", \"function\": {...}}")
+    out, names = [], set()
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
+        if not isinstance(fn, dict):
+            raise InputError(f"tools[{i}]: only {{\"type\": \"function\", \"function\": {{...}}}} tools are served")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise InputError(f"tools[{i}].function.name must be a non-empty string")
+        if name in names:
+            raise InputError(f"tools[{i}]: the name {name!r} is used twice")
+        names.add(name)
+        params = fn.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(params, dict):
+            raise InputError(f"tools[{i}].function.parameters must be a JSON schema (an object)")
+        out.append({"name": name, "description": fn.get("description") or "", "parameters": params})
+    return out
+
+
+def chosen(tools: list[dict[str, Any]], choice: Any) -> list[dict[str, Any]] | None:
+    """The tools the answer must call one of (``required``: any; a named function: that one), or None for
+    ``none``. ``auto`` (and an unset choice, whose default it is) is refused for now."""
+    if choice == "none":
+        return None
+    if choice == "required":
+        return tools
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name")
+        picked = [t for t in tools if t["name"] == name]
+        if not picked:
+            raise InputError(f"tool_choice names the function {name!r}, which is not among the tools "
+                             f"({', '.join(t['name'] for t in tools)})")
+        return picked
+    if choice in (None, "auto"):
+        raise InputError("tool_choice \"auto\" (the default when tools are given) is not served yet: send "
+                         "tool_choice \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}} to get "
+                         "a call, or \"none\" to get words")
+    raise InputError("tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": "
+                     "{\"name\": ...}}")
+
+
+def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON schema of one call of one of ``tools``: its name, and arguments under its parameter schema."""
+    each = [{"type": "object", "properties": {"name": {"const": t["name"]}, "arguments": t["parameters"]},
+             "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+    return each[0] if len(each) == 1 else {"anyOf": each}
+
+
+def note(tools: list[dict[str, Any]]) -> str:
+    """The system note that tells the model which tools it may call."""
+    lines = [json.dumps({"name": t["name"], "description": t["description"], "parameters": t["parameters"]},
+                        ensure_ascii=False, separators=(",", ":")) for t in tools]
+    return TOOLS_NOTE.format(tools="\n".join(lines))
+
+
+def with_note(msgs: list[Any], tools: list[dict[str, Any]]) -> list[Any]:
+    """The conversation with the tools' note: appended to its system message, or as one before it."""
+    from alignkit.types import Message
+
+    text = note(tools)
+    if msgs and msgs[0].role == "system":
+        return [Message("system", f"{msgs[0].content}\n\n{text}"), *msgs[1:]]
+    return [Message("system", text), *msgs]
+
+
+def parse_call(text: str, tools: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The answer as an OpenAI tool call (``arguments`` a JSON string), or None when it is not one complete call
+    (e.g. cut by the token limit)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or obj.get("name") not in {t["name"] for t in tools} \
+            or not isinstance(obj.get("arguments"), dict):
+        return None
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": obj["name"], "arguments": json.dumps(obj["arguments"], ensure_ascii=False)}}
+
+
+def as_text(message: dict[str, Any]) -> tuple[str, str]:
+    """An earlier turn of a conversation with tools as ``(role, text)`` the route reads: an assistant's calls as the
+    JSON it would have written, a tool's result as a user turn that names the call it answers."""
+    role = message["role"]
+    if role == "assistant" and message.get("tool_calls"):
+        calls = []
+        for c in message["tool_calls"]:
+            fn = c.get("function") or {}
+            try:
+                args = json.loads(fn.get("arguments") or "{}")
+            except json.JSONDecodeError:
+                args = fn.get("arguments")
+            calls.append(json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False))
+        text = "\n".join(calls)
+        if message.get("content"):
+            text = f"{message['content']}\n{text}"
+        return "assistant", text
+    if role == "tool":
+        return "user", f"Result of tool call {message.get('tool_call_id') or ''}:\n{message.get('content') or ''}"
+    return role, message.get("content") or ""

@@ -1,0 +1,154 @@
+"""Tool calls through the official openai client, on a route whose model has no notion of tools (the tiny base
+as a raw route, as a base model under URIAL would be): ``required`` and a named function give one call whose
+arguments follow the tool's schema, token by token; ``none`` gives words; streaming gives the call as a tool-call
+delta; an earlier call and its result (``role: tool``) are read as part of the conversation; what is not served is
+a clear 400."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from alignkit import GenerationConfig, Message
+from alignkit.methods import MethodOptions, apply_method
+from alignkit.server import tools as toolcalls
+from alignkit.server.app import build_app
+from alignkit.server.service import Service
+from tests.support.openai_server import ServerThread
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather now.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+                                                    "unit": {"enum": ["C", "F"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "Time now.",
+    "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 6}},
+                   "required": ["zone"], "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def srv(tiny_base):
+    model = apply_method(tiny_base, MethodOptions(method="none"))
+    with ServerThread(build_app(Service(model, "raw", max_batch=8))) as s:
+        s.model = model
+        s.client = openai.OpenAI(base_url=s.url, api_key="none", max_retries=0)
+        yield s
+
+
+def _args_ok(call, tool):
+    args = json.loads(call.function.arguments)
+    props = tool["function"]["parameters"]["properties"]
+    assert set(args) == set(tool["function"]["parameters"]["required"])
+    for k, v in args.items():
+        if "enum" in props[k]:
+            assert v in props[k]["enum"]
+        else:
+            assert isinstance(v, str) and len(v) <= props[k]["maxLength"]
+    return args
+
+
+def test_required_gives_one_call_with_arguments_under_the_schema(srv):
+    r = srv.client.chat.completions.create(model="raw", messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
+                                           max_tokens=64, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name in ("get_weather", "get_time")
+    _args_ok(call, WEATHER if call.function.name == "get_weather" else TIME)
+    # the call is what the route writes under the constraint, from the conversation with the tools' note
+    tools = toolcalls.check_tools([WEATHER, TIME])
+    want = srv.model.generate([toolcalls.with_note([Message("user", ASK[0]["content"])], tools)], GenerationConfig(
+        max_new_tokens=64, temperature=0, constraint=toolcalls_constraint(tools)))[0]
+    assert json.loads(want.text) == {"name": call.function.name, "arguments": json.loads(call.function.arguments)}
+
+
+def toolcalls_constraint(tools):
+    from alignkit.structured import Constraint
+
+    return Constraint.json_schema(toolcalls.call_schema(tools))
+
+
+def test_a_named_function_is_the_one_called(srv):
+    r = srv.client.chat.completions.create(
+        model="raw", messages=ASK, tools=[WEATHER, TIME], max_tokens=64, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_time"}})
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_time"
+    _args_ok(call, TIME)
+
+
+def test_none_answers_in_words(srv):
+    r = srv.client.chat.completions.create(model="raw", messages=ASK, tools=[WEATHER], tool_choice="none",
+                                           max_tokens=6, temperature=0)
+    plain = srv.client.chat.completions.create(model="raw", messages=ASK, max_tokens=6, temperature=0)
+    assert r.choices[0].message.tool_calls is None
+    assert r.choices[0].message.content == plain.choices[0].message.content
+
+
+def test_streaming_sends_the_call_as_a_tool_call_delta(srv):
+    kw = dict(model="raw", messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=64, temperature=0)
+    full = srv.client.chat.completions.create(**kw)
+    chunks = list(srv.client.chat.completions.create(**kw, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert len(deltas) == 1
+    tc = deltas[0].tool_calls[0]
+    assert tc.index == 0 and tc.function.name == "get_weather"
+    assert json.loads(tc.function.arguments) == json.loads(full.choices[0].message.tool_calls[0].function.arguments)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    # the client's stream helper puts the call together
+    with srv.client.chat.completions.stream(**kw) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.tool_calls[0].function.name == "get_weather"
+
+
+def test_a_tool_result_continues_the_conversation(srv):
+    first = srv.client.chat.completions.create(model="raw", messages=ASK, tools=[WEATHER], tool_choice="required",
+                                               max_tokens=64, temperature=0)
+    call = first.choices[0].message.tool_calls[0]
+    follow = ASK + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                    {"role": "tool", "tool_call_id": call.id, "content": "18 C, sunny"}]
+    r = srv.client.chat.completions.create(model="raw", messages=follow, tools=[WEATHER], tool_choice="none",
+                                           max_tokens=6, temperature=0)
+    args = json.loads(call.function.arguments)
+    want = srv.model.generate([[Message("user", ASK[0]["content"]),
+                                Message("assistant", json.dumps({"name": "get_weather", "arguments": args})),
+                                Message("user", f"Result of tool call {call.id}:\n18 C, sunny")]],
+                              GenerationConfig(max_new_tokens=6, temperature=0))[0]
+    assert r.choices[0].message.content == want.text
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"tools": [WEATHER]}, ["auto", "required"]),
+    ({"tools": [WEATHER], "tool_choice": "auto"}, ["auto", "required"]),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, ["nope", "get_weather"]),
+    ({"tools": [{"type": "code_interpreter"}], "tool_choice": "required"}, ["function"]),
+    ({"tools": [WEATHER, WEATHER], "tool_choice": "required"}, ["twice"]),
+    ({"tool_choice": "required"}, ["needs tools"]),
+    ({"tools": [WEATHER], "tool_choice": "required", "n": 2}, ["n = 1"]),
+    ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, ["combined"]),
+    ({"tools": [WEATHER], "tool_choice": "sometimes"}, ["tool_choice"]),
+    ({"functions": [WEATHER["function"]]}, ["functions"]),
+])
+def test_what_is_not_served_is_a_clear_400(srv, body, words):
+    r = httpx.post(f"{srv.url}/chat/completions", json={"messages": ASK, "max_tokens": 4, **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    msg = r.json()["error"]["message"]
+    for w in words:
+        assert w in msg, msg
+
+
+def test_langchain_bind_tools_gets_the_call(srv):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=srv.url, api_key="none", model="raw", temperature=0, max_tokens=64, max_retries=0)
+    msg = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke("Weather in Paris?")
+    (call,) = msg.tool_calls
+    assert call["name"] == "get_weather"
+    assert set(call["args"]) == {"city", "unit"} and call["args"]["unit"] in ("C", "F")
+    assert msg.response_metadata["finish_reason"] == "tool_calls"
