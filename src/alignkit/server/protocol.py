@@ -171,6 +171,14 @@ class CompletionRequest(_Request):
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
 
+    @model_validator(mode="after")
+    def _no_tools(self):
+        bad = [k for k in ("tools", "tool_choice") if (self.model_extra or {}).get(k) not in (None, [], {})]
+        if bad:
+            raise ValueError(f"not supported on /v1/completions: {', '.join(bad)} (tool calls are served on "
+                             "/v1/chat/completions)")
+        return self
+
     @field_validator("prompt")
     @classmethod
     def _prompts(cls, v):
