@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from alignkit.errors import InputError
+from alignkit.types import Message
 
 #: how the tools are described to the model (a system note before the conversation)
 TOOLS_NOTE = ("You can call these tools. To call one, reply with a JSON object only: {{\"name\": the tool's name, "
@@ -80,8 +81,6 @@ def note(tools: list[dict[str, Any]]) -> str:
 
 def with_note(msgs: list[Any], tools: list[dict[str, Any]]) -> list[Any]:
     """The conversation with the tools' note: appended to its system message, or as one before it."""
-    from alignkit.types import Message
-
     text = note(tools)
     if msgs and msgs[0].role == "system":
         return [Message("system", f"{msgs[0].content}\n\n{text}"), *msgs[1:]]
