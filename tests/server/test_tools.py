@@ -28,6 +28,8 @@ TIME = {"type": "function", "function": {
     "name": "get_time", "description": "Time now.",
     "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 6}},
                    "required": ["zone"], "additionalProperties": False}}}
+WX = {"type": "function", "function": {"name": "wx", "parameters": {
+    "type": "object", "properties": {"c": {"type": "string", "maxLength": 6}}, "required": ["c"]}}}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 
@@ -64,14 +66,59 @@ def test_required_gives_one_call_with_arguments_under_the_schema(srv):
     # the call is what the route writes under the constraint, from the conversation with the tools' note
     tools = toolcalls.check_tools([WEATHER, TIME])
     want = srv.model.generate([toolcalls.with_note([Message("user", ASK[0]["content"])], tools)], GenerationConfig(
-        max_new_tokens=64, temperature=0, constraint=toolcalls_constraint(tools)))[0]
+        max_new_tokens=64, temperature=0, constraint=toolcalls.constraint(tools, True)))[0]
     assert json.loads(want.text) == {"name": call.function.name, "arguments": json.loads(call.function.arguments)}
 
 
-def toolcalls_constraint(tools):
-    from alignkit.structured import Constraint
+def test_auto_lets_the_model_choose_a_call_or_words(srv):
+    """Under auto every answer is either one well-formed call or words that do not open with "{" -- over seeded
+    samples both occur -- and the server returns each as the route writes it."""
+    tools = toolcalls.check_tools([WX])
+    msgs = toolcalls.with_note([Message("user", ASK[0]["content"])], tools, False)
+    assert "Call a tool only when" in msgs[0].content
+    kinds = set()
+    for seed in range(6):
+        cfg = GenerationConfig(max_new_tokens=64, temperature=1.0, seed=seed, constraint=toolcalls.constraint(tools, False))
+        want = srv.model.generate([msgs], cfg)[0]
+        r = srv.client.chat.completions.create(model="raw", messages=ASK, tools=[WX], max_tokens=64,
+                                               temperature=1.0, seed=seed)  # tool_choice unset: auto
+        choice = r.choices[0]
+        if want.text.lstrip().startswith("{"):
+            if want.finish_reason == "length":  # a call cut by the token limit comes back as text
+                assert choice.message.content == want.text
+                continue
+            kinds.add("call")
+            assert choice.finish_reason == "tool_calls"
+            assert json.loads(want.text)["arguments"] == json.loads(choice.message.tool_calls[0].function.arguments)
+        else:
+            kinds.add("words")
+            assert choice.message.tool_calls is None and choice.message.content == want.text
+            if "streamed" not in kinds:  # words stream as they come, not held back like a call
+                kinds.add("streamed")
+                chunks = list(srv.client.chat.completions.create(model="raw", messages=ASK, tools=[WX], max_tokens=64,
+                                                                 temperature=1.0, seed=seed, stream=True))
+                pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+                assert "".join(pieces) == want.text and len(pieces) >= 2
+    assert kinds, "every sample was cut off"
 
-    return Constraint.json_schema(toolcalls.call_schema(tools))
+
+@pytest.mark.parametrize("text, ok", [
+    ('{"name":"wx","arguments":{"c":"Paris"}}', True),   # a call
+    ("It is sunny in Paris.", True),                      # words
+    ('{"name":"wx","arguments":{"c":"Paris, France"}}', False),  # the argument breaks the tool's schema
+    ('{"name":"other","arguments":{}}', False),           # no such tool
+    ("{ not a call", False),                              # opens like a call, is not one
+])
+def test_the_auto_grammar_takes_a_call_or_words_and_nothing_else(srv, text, ok):
+    import llguidance
+
+    from alignkit.structured import ll_tokenizer
+
+    tok = srv.model.tokenizer
+    matcher = llguidance.LLMatcher(ll_tokenizer(tok, len(tok)),
+                                   toolcalls.constraint(toolcalls.check_tools([WX]), False).grammar())
+    took = all(matcher.consume_token(t) for t in tok(text, add_special_tokens=False).input_ids)
+    assert (took and (matcher.is_accepting() or matcher.is_stopped())) == ok
 
 
 def test_a_named_function_is_the_one_called(srv):
@@ -124,8 +171,7 @@ def test_a_tool_result_continues_the_conversation(srv):
 
 
 @pytest.mark.parametrize("body, words", [
-    ({"tools": [WEATHER]}, ["auto", "required"]),
-    ({"tools": [WEATHER], "tool_choice": "auto"}, ["auto", "required"]),
+    ({"tools": [WEATHER], "stop": ["}"]}, ["stop"]),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, ["nope", "get_weather"]),
     ({"tools": [{"type": "code_interpreter"}], "tool_choice": "required"}, ["function"]),
     ({"tools": [WEATHER, WEATHER], "tool_choice": "required"}, ["twice"]),

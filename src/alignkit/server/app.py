@@ -162,8 +162,8 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         req = await _parse(request, ChatCompletionRequest, limits)
         service, model = pick(req.model)
         msgs = [Message(m.alignkit_role, m.text) for m in req.messages]
-        if (tools := req.callable_tools) is not None:  # the tools, described in a system note
-            msgs = toolcalls.with_note(msgs, tools)
+        if (plan := req.tool_plan) is not None:  # the tools, described in a system note
+            msgs = toolcalls.with_note(msgs, *plan)
         if req.stream and req.logprobs:
             raise APIError(400, "logprobs are available without streaming only", param="logprobs")
         if log_prompts:
@@ -362,9 +362,16 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
                 if item[0] == "done":
                     break
                 _, choice, ev = item
-                if tools is not None:
+                if tools is not None and choice not in started:
                     held[choice] = held.get(choice, "") + ev.text
                     if ev.completion is None:
+                        if held[choice].lstrip() and not held[choice].lstrip().startswith("{"):
+                            # words, not a call (auto): stream them from here on
+                            started.add(choice)
+                            ch = {"index": choice, "delta": {"role": "assistant", "content": held[choice]},
+                                  "finish_reason": None, "logprobs": None}
+                            yield _sse_data({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                             "model": service.name, "choices": [ch]})
                         continue
                     call = toolcalls.parse_call(held[choice], tools)
                     delta = ({"tool_calls": [{"index": 0, **call}]} if call else {"content": held[choice]})

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from alignkit.errors import AlignkitError
 from alignkit.server import tools as toolcalls
-from alignkit.structured import Constraint, from_request
+from alignkit.structured import from_request
 
 UNSUPPORTED = ("functions", "function_call", "logit_bias", "structured_outputs")
 #: structured output, enforced by alignkit.structured (response_format, and vLLM's guided_* fields)
@@ -146,20 +146,27 @@ class ChatCompletionRequest(_Request):
         if picked is not None:
             if self.n != 1:
                 raise ValueError("tool calls are served with n = 1")
+            if self.stops:
+                raise ValueError("stop strings and tools cannot be combined (a stop inside a call would cut it)")
             if any(k in (self.model_extra or {}) for k in STRUCTURED):
                 raise ValueError("tool calls and response_format / guided_* cannot be combined")
         return self
 
     @property
-    def callable_tools(self) -> list[dict[str, Any]] | None:
-        """The tools the answer must call one of (None: answer in words)."""
+    def tool_plan(self) -> tuple[list[dict[str, Any]], bool] | None:
+        """``(tools, must_call)`` when the answer may be a call (server.tools.chosen), else None."""
         return None if not self.tools else toolcalls.chosen(toolcalls.check_tools(self.tools), self.tool_choice)
 
     @property
+    def callable_tools(self) -> list[dict[str, Any]] | None:
+        """The tools the answer may call (None: answer in words)."""
+        plan = self.tool_plan
+        return None if plan is None else plan[0]
+
+    @property
     def constraint(self):
-        tools = self.callable_tools
-        if tools is not None:
-            return Constraint.json_schema(toolcalls.call_schema(tools))
+        if (plan := self.tool_plan) is not None:
+            return toolcalls.constraint(*plan)
         return super().constraint
 
 

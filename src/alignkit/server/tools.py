@@ -1,11 +1,17 @@
-"""Tool calls on the chat endpoint for every route, base models under URIAL included: ``tools`` with ``tool_choice``
-``required`` or a named function constrain the answer, token by token, to one call -- ``{"name": ..., "arguments":
-{...}}`` under each tool's own parameter schema (alignkit.structured's JSON-schema constraint) -- which is handed back
-as OpenAI's ``tool_calls`` (``finish_reason: "tool_calls"``). ``none`` answers in words. The tools are described to
-the model in a system note (alignkit's wording). Earlier calls (an assistant turn with ``tool_calls``) and their
-results (``role: "tool"``) are written into the conversation as text the route can read.
+"""Tool calls on the chat endpoint for every route, base models under URIAL included. The tools are described to
+the model in a system note (alignkit's wording), and the answer is constrained token by token (alignkit.structured,
+llguidance) so that a call is always well formed:
 
-Not here yet: ``auto`` (the model deciding whether to call) is refused with a 400 that says which choices work."""
+- ``tool_choice`` ``required`` or a named function: the answer is one call -- ``{"name": ..., "arguments": {...}}``
+  under each tool's own parameter schema -- handed back as OpenAI's ``tool_calls`` (``finish_reason:
+  "tool_calls"``);
+- ``auto`` (the default when tools are given): the model decides -- the note shows two worked examples (one request
+  a tool answers, one it does not), and the grammar allows either a call (as above) or words that do not start
+  with ``{``; a call comes back as ``tool_calls``, words as the message's content;
+- ``none``: words, the tools not mentioned.
+
+Earlier calls (an assistant turn with ``tool_calls``) and their results (``role: "tool"``) are written into the
+conversation as text the route can read. Not here: parallel calls, tools rendered by a model's own chat template."""
 
 from __future__ import annotations
 
@@ -19,6 +25,11 @@ from alignkit.types import Message
 #: how the tools are described to the model (a system note before the conversation)
 TOOLS_NOTE = ("You can call these tools. To call one, reply with a JSON object only: {{\"name\": the tool's name, "
               "\"arguments\": an object with its arguments}}.\n\n{tools}")
+#: ``auto``: when to call, with two short examples (alignkit's wording)
+AUTO_NOTE = ("Call a tool only when the request needs what it gives; otherwise answer in words.\n"
+             "Example: \"How many yen are 20 euros?\" -> {{\"name\":\"convert\",\"arguments\":{{\"amount\":20,"
+             "\"to\":\"JPY\"}}}}\n"
+             "Example: \"Write a line about rain.\" -> Soft rain taps on the roof.")
 
 
 def check_tools(tools: Any) -> list[dict[str, Any]]:
@@ -43,26 +54,36 @@ def check_tools(tools: Any) -> list[dict[str, Any]]:
     return out
 
 
-def chosen(tools: list[dict[str, Any]], choice: Any) -> list[dict[str, Any]] | None:
-    """The tools the answer must call one of (``required``: any; a named function: that one), or None for
-    ``none``. ``auto`` (and an unset choice, whose default it is) is refused for now."""
+def chosen(tools: list[dict[str, Any]], choice: Any) -> tuple[list[dict[str, Any]], bool] | None:
+    """``(tools, must_call)``: the tools the answer may call and whether it must call one (``required``: any of
+    them; a named function: that one; ``auto``, the default: the model decides), or None for ``none``."""
     if choice == "none":
         return None
+    if choice in (None, "auto"):
+        return tools, False
     if choice == "required":
-        return tools
+        return tools, True
     if isinstance(choice, dict) and choice.get("type") == "function":
         name = (choice.get("function") or {}).get("name")
         picked = [t for t in tools if t["name"] == name]
         if not picked:
             raise InputError(f"tool_choice names the function {name!r}, which is not among the tools "
                              f"({', '.join(t['name'] for t in tools)})")
-        return picked
-    if choice in (None, "auto"):
-        raise InputError("tool_choice \"auto\" (the default when tools are given) is not served yet: send "
-                         "tool_choice \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}} to get "
-                         "a call, or \"none\" to get words")
+        return picked, True
     raise InputError("tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": "
                      "{\"name\": ...}}")
+
+
+def constraint(tools: list[dict[str, Any]], must_call: bool) -> Any:
+    """The constraint of the answer: one call, or (``auto``) a call or words that do not open with ``{``."""
+    from alignkit.structured import Constraint
+
+    if must_call:
+        return Constraint.json_schema(call_schema(tools))
+    grammar = ("start: call | words\n"
+               f"call: %json {json.dumps(call_schema(tools))}\n"
+               "words: /[^{\\s][\\s\\S]*/\n")
+    return Constraint("lark", grammar)
 
 
 def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
@@ -72,16 +93,17 @@ def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     return each[0] if len(each) == 1 else {"anyOf": each}
 
 
-def note(tools: list[dict[str, Any]]) -> str:
-    """The system note that tells the model which tools it may call."""
+def note(tools: list[dict[str, Any]], must_call: bool = True) -> str:
+    """The system note that tells the model which tools it may call (and, under ``auto``, when)."""
     lines = [json.dumps({"name": t["name"], "description": t["description"], "parameters": t["parameters"]},
                         ensure_ascii=False, separators=(",", ":")) for t in tools]
-    return TOOLS_NOTE.format(tools="\n".join(lines))
+    text = TOOLS_NOTE.format(tools="\n".join(lines))
+    return text if must_call else f"{text}\n\n{AUTO_NOTE.format()}"
 
 
-def with_note(msgs: list[Any], tools: list[dict[str, Any]]) -> list[Any]:
+def with_note(msgs: list[Any], tools: list[dict[str, Any]], must_call: bool = True) -> list[Any]:
     """The conversation with the tools' note: appended to its system message, or as one before it."""
-    text = note(tools)
+    text = note(tools, must_call)
     if msgs and msgs[0].role == "system":
         return [Message("system", f"{msgs[0].content}\n\n{text}"), *msgs[1:]]
     return [Message("system", text), *msgs]
