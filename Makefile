@@ -62,14 +62,15 @@ test: $(STAMP) chromium clients-env docs
 	ALIGNKIT_STRICT=1 $(BIN)/python -m pytest -q -m "not vllm_env"
 	$(MAKE) test-vllm
 
-# Clients of the server that cannot share alignkit's environment (litellm pins openai < 3): their own small
-# environment, driven from the main test suite as a subprocess (tests/server/test_litellm.py)
+# Clients of the server that cannot share alignkit's environment (litellm pins openai < 3; instructor pins a jiter
+# older than alignkit's openai needs): their own small environment, driven from the main test suite as a subprocess
+# (tests/server/test_litellm.py, tests/server/test_instructor.py)
 CLIENTS_VENV ?= .venv-clients
 CSTAMP       := $(CLIENTS_VENV)/.alignkit-installed
 $(CSTAMP): Makefile
 	$(PYTHON) -m venv $(CLIENTS_VENV)
-	$(CLIENTS_VENV)/bin/pip install --quiet "litellm==1.106.2"
-	LITELLM_LOCAL_MODEL_COST_MAP=True $(CLIENTS_VENV)/bin/python -c "import litellm"
+	$(CLIENTS_VENV)/bin/pip install --quiet "litellm==1.106.2" "instructor==1.17.0"
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(CLIENTS_VENV)/bin/python -c "import litellm, instructor"
 	touch $@
 
 clients-env: $(CSTAMP)
