@@ -101,16 +101,16 @@ def judge_free(spec: str, system: str | None = None) -> dict[str, Any]:
     rows = []
     for q, c in zip(questions, comps):
         m = answer_metrics(c.text, c.finish_reason, c.completion_tokens)
-        rows.append({"instruction": q, "answer": c.text, **m})
+        rows.append({"instruction": q, "answer": c.text, "finish_reason": c.finish_reason, **m})
     benign, harmful = rows[: len(held)], rows[len(held) :]
     n = len(benign)
     return {"totals": {
         "benign": n, "self_stopped": sum(r["finish_reason"] == "stop" for r in benign),
         "over_refusals": sum(bool(r["refusal"]) for r in benign), "harmful": len(harmful),
         "harmful_declined": sum(bool(r["refusal"]) for r in harmful),
-        "leaked_delimiter": sum(bool(r["leaked_delimiter"]) for r in rows),
-        "empty": sum(not r["answer"].strip() for r in benign),
-        "mean_tokens": round(sum(r["completion_tokens"] for r in benign) / n, 1),
+        "leaked_delimiter": sum(bool(r["leak"]) for r in rows),
+        "empty": sum(bool(r["empty"]) for r in benign),
+        "mean_tokens": round(sum(r["tokens"] for r in benign) / n, 1),
         "mean_repetition": round(sum(r["repetition"] for r in benign) / n, 3),
         "seconds": round(time.perf_counter() - t0, 1)}, "answers": rows}
 
@@ -142,7 +142,7 @@ def corpus(path: Path, chars: int = 900) -> None:
 def seed_records(n: int, path: Path) -> list[str]:
     from alignkit.training.data import load
 
-    recs = load("alignkit-sft").records
+    recs = load("alignkit-sft", "sft").records
     picked = sorted(random.Random(0).sample(range(len(recs)), n))
     write_jsonl(path, [recs[i].data for i in picked])
     return [str(recs[i].data.get("id")) for i in picked]
@@ -158,7 +158,7 @@ def part_backtranslate(args: argparse.Namespace) -> dict[str, Any]:
     bt = root / "bt"
     seconds = {"backtranslate": alignkit(
         "data", "backtranslate", "--corpus", str(root / "corpus.jsonl"), "--seed-data", str(root / "seed.jsonl"),
-        "--output", str(bt), "--max-passages", "80", "--min-chars", "200", "--max-chars", "1000",
+        "--output", str(bt), "--max-passages", "48", "--min-chars", "200", "--max-chars", "1000",
         "--threshold", str(args.threshold), "--epochs", "2", "--max-length", "384", "--max-new-tokens", "64")}
     summary = json.loads((bt / "summary.json").read_text())
     seed = read_jsonl(bt / "seed-tagged.jsonl")
