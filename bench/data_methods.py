@@ -3,8 +3,10 @@
 - ``--part backtranslate``: instruction back-translation with self-curation. Seed: 40 conversations of the shipped
   SFT set (seeded draw). Corpus: the Python language reference's topic texts shipped with CPython
   (``pydoc_data.topics``: 79 sections, the first ~900 characters of each) -- the one prose corpus every Python
-  install carries offline. ``alignkit data backtranslate`` trains the backward model, writes and curates the
-  candidates; then SFT on the tagged seed alone, seed + curated pairs, seed + every candidate (uncurated).
+  install carries offline (48 passages). ``alignkit data backtranslate`` trains the backward model, writes and
+  curates the candidates (threshold 4.5 of 5, the paper's; when fewer than a third of the candidates reach it --
+  a small curator's scores are compressed -- the best-rated third is kept instead, the threshold set by rank and
+  recorded); then SFT on the tagged seed alone, seed + curated pairs, seed + every candidate (uncurated).
 - ``--part revise``: critique and revise. The base under URIAL answers 40 prompts (examples/dpo-prompts.jsonl), the
   same base under URIAL critiques and revises them for one round (``alignkit data revise``); then SFT on the
   original answers vs the revised ones (the same prompts: those whose revision was kept).
@@ -156,27 +158,36 @@ def part_backtranslate(args: argparse.Namespace) -> dict[str, Any]:
     seed_ids = seed_records(40, root / "seed.jsonl")
     corpus(root / "corpus.jsonl")
     bt = root / "bt"
-    seconds = {"backtranslate": alignkit(
-        "data", "backtranslate", "--corpus", str(root / "corpus.jsonl"), "--seed-data", str(root / "seed.jsonl"),
-        "--output", str(bt), "--max-passages", "48", "--min-chars", "200", "--max-chars", "1000",
-        "--threshold", str(args.threshold), "--epochs", "2", "--max-length", "384", "--max-new-tokens", "64")}
+    command = ["data", "backtranslate", "--corpus", str(root / "corpus.jsonl"), "--seed-data",
+               str(root / "seed.jsonl"), "--output", str(bt), "--max-passages", "48", "--min-chars", "200",
+               "--max-chars", "1000", "--epochs", "2", "--max-length", "384", "--max-new-tokens", "64"]
+    seconds = {"backtranslate": alignkit(*command, "--threshold", str(args.threshold))}
     summary = json.loads((bt / "summary.json").read_text())
+    scores = [r["score"] for r in read_jsonl(bt / "iter-1" / "scores.jsonl")]
+    rated = sorted(s for s in scores if s is not None)
+    result: dict[str, Any] = {"seed_ids": seed_ids, "summary": summary, "arms": {}}
+    result["curator_scores"] = {"n": len(scores), "rated": len(rated), "mean": round(sum(rated) / max(1, len(rated)), 3),
+                                "min": rated[0] if rated else None, "max": rated[-1] if rated else None,
+                                "at_least_threshold": sum(1 for s in rated if s >= args.threshold)}
+    threshold = args.threshold
+    if result["curator_scores"]["at_least_threshold"] < len(rated) * args.keep_top and rated:
+        # the curator's scale is compressed (a small judge): keep its best-rated share instead, by rank -- the
+        # paper's point (keep what the seed-tuned model rates highest), on the scale this curator has
+        threshold = rated[int(len(rated) * (1 - args.keep_top))]
+        seconds["recurate"] = alignkit(*command, "--threshold", str(threshold))
+        result["threshold_by_rank"] = {"keep_top": args.keep_top, "threshold": threshold,
+                                       "summary": json.loads((bt / "summary.json").read_text())}
+    result["threshold_used"] = threshold
     seed = read_jsonl(bt / "seed-tagged.jsonl")
     curated = read_jsonl(bt / "iter-1" / "curated.jsonl")
     uncurated = read_jsonl(bt / "uncurated.jsonl")
     arms = {"seed": seed, "seed+curated": seed + curated, "seed+uncurated": seed + uncurated}
-    result: dict[str, Any] = {"seed_ids": seed_ids, "summary": summary, "arms": {}}
-    scores = [r["score"] for r in read_jsonl(bt / "iter-1" / "scores.jsonl")]
-    result["curator_scores"] = {"n": len(scores), "rated": sum(s is not None for s in scores),
-                                "mean": round(sum(s for s in scores if s is not None)
-                                              / max(1, sum(s is not None for s in scores)), 3),
-                                "at_least_4": sum(1 for s in scores if s is not None and s >= 4)}
     result["examples"] = {"curated": [{"instruction": r["messages"][1]["content"],
                                        "score": r["curation"]["score"]} for r in curated[:5]],
                           "dropped": read_jsonl(bt / "dropped.jsonl")[:3] if (bt / "dropped.jsonl").exists()
                           else [], "rejected": read_jsonl(bt / "iter-1" / "rejected.jsonl")[:5]}
     for name, rows in arms.items():
-        data = root / f"{name}.jsonl"
+        data = root / f"arm-{name}.jsonl"
         write_jsonl(data, rows)
         secs = train(str(data), root / f"sft-{name}")
         check = checked(f"bt-{name}", str(root / f"sft-{name}"), system=SEED_TAG)
@@ -212,7 +223,7 @@ def part_revise(args: argparse.Namespace) -> dict[str, Any]:
                            "critique": (r.get("rounds") or [{}])[0].get("critique", "")[:300],
                            "revision": r["messages"][-1]["content"][:300]} for r in revised[:3]]
     for name, rows in arms.items():
-        data = root / f"{name}.jsonl"
+        data = root / f"arm-{name}.jsonl"
         write_jsonl(data, rows)
         secs = train(str(data), root / f"sft-{name}")
         check = checked(f"revise-{name}", str(root / f"sft-{name}"))
@@ -297,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=sorted(PARTS), required=True)
     ap.add_argument("--threshold", type=float, default=4.5, help="back-translation's curation threshold")
+    ap.add_argument("--keep-top", type=float, default=1 / 3, help="when fewer than this share of the candidates "
+                    "reach --threshold, keep this best-rated share instead (the threshold set by rank)")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     result_file = RESULTS / "data_methods.json"
