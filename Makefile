@@ -132,6 +132,7 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/served_judge.py
 	$(BIN)/python bench/urial_ablation.py
 	$(BIN)/python bench/lima_recipe.py
+	$(BIN)/python bench/tool_choice.py
 	$(BIN)/python bench/data_methods.py --part w2s
 	$(BIN)/python bench/data_methods.py --part revise
 	$(BIN)/python bench/data_methods.py --part backtranslate

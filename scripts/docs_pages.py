@@ -109,6 +109,9 @@ RESULTS: dict[str, tuple[str, str, str]] = {
                        "records.", "python bench/train_overhead.py"),
     "train_processes": ("Training in two processes", "One process vs two (gloo) at the same global batch.",
                         "python bench/train_processes.py"),
+    "tool_choice": ("Tool calls under auto, measured", "Does the embedded base under URIAL call a tool when a "
+                    "request needs one, and not otherwise? 24 labelled requests, three tools, tool_choice auto.",
+                    "python bench/tool_choice.py"),
     "urial_ablation": ("URIAL ablation", "Templates and K side by side under the judge-free metrics on 46 "
                        "instructions.", "python bench/urial_ablation.py"),
     "urial_selfstop": ("URIAL stops by itself", "Three decodings of URIAL K=3 on the embedded base: stopping, "
