@@ -217,8 +217,11 @@ def part_revise(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"prompts": 40, "kept": len(revised), "removed": len(removed),
                               "removed_reasons": sorted({str(r.get("reason"))[:80] for r in removed}),
                               "revise_seconds": seconds, "arms": {}}
-    changed = sum(r["messages"][-1]["content"].strip() != r["original"].strip() for r in revised)
-    result["changed"] = changed
+    from alignkit.evaluation.refusal_classifier import is_refusal
+
+    result["changed"] = sum(r["messages"][-1]["content"].strip() != r["original"].strip() for r in revised)
+    result["refusals"] = {"originals": sum(is_refusal(r["original"]) for r in revised),
+                          "revisions": sum(is_refusal(r["messages"][-1]["content"]) for r in revised)}
     result["examples"] = [{"prompt": r["messages"][-2]["content"], "original": r["original"][:300],
                            "critique": (r.get("rounds") or [{}])[0].get("critique", "")[:300],
                            "revision": r["messages"][-1]["content"][:300]} for r in revised[:3]]

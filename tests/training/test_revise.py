@@ -161,3 +161,15 @@ def test_the_command_on_tiny_models_and_malformed_input(tiny_dir, tmp_path, caps
                  "--critic", str(tiny_dir["aligned"]), "--quiet"]) != 0
     err = capsys.readouterr().err
     assert "bad.jsonl:2:" in err and "bad.jsonl:3:" in err and not (tmp_path / "o2.jsonl").exists()
+
+
+@pytest.mark.parametrize("revision, reason", [
+    ("Better answer.\n\nRewrite the answer so that it fixes every point of the review and keeps what was already right.",
+     "the revision echoes the reviser's instructions"),
+    ("Needs more.", "the revision copies the critique"),
+])
+def test_a_revision_that_echoes_its_prompt_or_copies_the_critique_is_dropped(tmp_path, revision, reason):
+    gone = tmp_path / "rm.jsonl"
+    counts = critique_and_revise(RECORDS[1:2], Scripted(lambda t: "Needs more."), Scripted(lambda t: revision), CFG,
+                                 str(tmp_path / "out.jsonl"), rounds=1, removed=str(gone), report=lambda s: None)
+    assert counts["dropped"] == 1 and _rows(gone)[0]["reason"] == reason

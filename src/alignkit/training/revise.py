@@ -6,7 +6,8 @@ critic finds nothing to fix. Every round's critique and revision stay in the rec
 Input: SFT records (``messages`` ending with the assistant's answer), ``{id, prompt, answer}`` records, or prompts
 alone (``{id, prompt}`` / messages ending with a user turn) that an answering route answers first. Output: SFT
 records whose last turn is the final revision, with ``original``, ``rounds`` and provenance; records that cannot be
-revised (an empty critique, a revision that is empty, unchanged or cut off by the token limit in the first round)
+revised (an empty critique, a revision that is empty, unchanged, cut off by the token limit, a copy of the critique
+or an echo of the reviser's instructions, in the first round)
 go to the ``removed`` file with the reason -- nothing is invented. Appended record by record; a rerun skips the ids
 already written or removed (resume after a kill).
 """
@@ -36,6 +37,9 @@ REVISION_PROMPT = (
     "Rewrite the answer so that it fixes every point of the review and keeps what was already right. Reply with "
     "the new answer only, without any preamble.")
 NO_ISSUES = re.compile(r"^\W*no (issues|problems)\b", re.IGNORECASE)
+#: sentences of the reviser's own request: a revision containing one echoes its instructions (a small model's habit)
+_ECHOES = ("Rewrite the answer so that it fixes every point of the review", "Reply with the new answer only",
+           "Review the answer as a careful editor")
 
 
 @dataclass
@@ -177,6 +181,10 @@ def _rounds(batch: list[_Item], critic: Any, reviser: Any, cfg: GenerationConfig
                 _stop(it, r, "the revision hit the token limit (cut off)", step)
             elif text == it.answer.strip():
                 _stop(it, r, "the revision did not change the answer", step)
+            elif any(e in text for e in _ECHOES):
+                _stop(it, r, "the revision echoes the reviser's instructions", step)
+            elif text == crit.strip():
+                _stop(it, r, "the revision copies the critique", step)
             else:
                 it.rounds.append({"round": r + 1, **step})
                 it.answer = text
