@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 
 from alignkit.errors import InputError
+from alignkit.structured import Constraint
 from alignkit.types import Message
 
 #: how the tools are described to the model (a system note before the conversation)
@@ -74,10 +75,8 @@ def chosen(tools: list[dict[str, Any]], choice: Any) -> tuple[list[dict[str, Any
                      "{\"name\": ...}}")
 
 
-def constraint(tools: list[dict[str, Any]], must_call: bool) -> Any:
+def constraint(tools: list[dict[str, Any]], must_call: bool) -> Constraint:
     """The constraint of the answer: one call, or (``auto``) a call or words that do not open with ``{``."""
-    from alignkit.structured import Constraint
-
     if must_call:
         return Constraint.json_schema(call_schema(tools))
     grammar = ("start: call | words\n"
