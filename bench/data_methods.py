@@ -198,13 +198,17 @@ def part_backtranslate(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- critique and revise
 def part_revise(args: argparse.Namespace) -> dict[str, Any]:
-    root = OUT / "revise"
+    root = OUT / ("revise" if args.critic == f"llamacpp:{MODEL}" else "revise-" + Path(args.critic).name)
     root.mkdir(parents=True, exist_ok=True)
     engine = f"llamacpp:{MODEL}"
-    seconds = alignkit("data", "revise", "--input", "examples/dpo-prompts.jsonl", "--output",
-                       str(root / "revised.jsonl"), "--answerer", engine, "--answerer-method", "urial",
-                       "--critic", engine, "--critic-method", "urial", "--reviser", engine, "--reviser-method",
-                       "urial", "--rounds", "1", "--max-new-tokens", "160", "--removed", str(root / "removed.jsonl"),
+    answers = OUT / "revise-answers.jsonl"  # the base's URIAL answers, shared by every critic
+    if not answers.is_file() or len(read_jsonl(answers)) < 40:
+        alignkit("data", "answers", "--input", "examples/dpo-prompts.jsonl", "--output", str(answers), "--model",
+                 engine, "--method", "urial", "--max-new-tokens", "160")
+    seconds = alignkit("data", "revise", "--input", str(answers), "--output",
+                       str(root / "revised.jsonl"), "--critic", args.critic, "--critic-method", args.critic_method,
+                       "--reviser", args.critic, "--reviser-method", args.critic_method, "--rounds", "1",
+                       "--max-new-tokens", "160", "--removed", str(root / "removed.jsonl"),
                        "--pairs", str(root / "pairs.jsonl"))
     revised = read_jsonl(root / "revised.jsonl")
     removed = read_jsonl(root / "removed.jsonl") if (root / "removed.jsonl").exists() else []
@@ -214,8 +218,11 @@ def part_revise(args: argparse.Namespace) -> dict[str, Any]:
         original.append({**{k: v for k, v in r.items() if k not in ("messages", "rounds")},
                          "messages": msgs[:-1] + [{"role": "assistant", "content": r["original"]}]})
     arms = {"original": original, "revised": [{k: v for k, v in r.items() if k != "rounds"} for r in revised]}
-    result: dict[str, Any] = {"prompts": 40, "kept": len(revised), "removed": len(removed),
-                              "removed_reasons": sorted({str(r.get("reason"))[:80] for r in removed}),
+    from collections import Counter
+
+    result: dict[str, Any] = {"critic": args.critic, "critic_method": args.critic_method, "answerer": engine,
+                              "prompts": 40, "kept": len(revised), "removed": len(removed),
+                              "removed_reasons": dict(Counter(str(r.get("reason")) for r in removed)),
                               "revise_seconds": seconds, "arms": {}}
     from alignkit.evaluation.refusal_classifier import is_refusal
 
@@ -229,7 +236,7 @@ def part_revise(args: argparse.Namespace) -> dict[str, Any]:
         data = root / f"arm-{name}.jsonl"
         write_jsonl(data, rows)
         secs = train(str(data), root / f"sft-{name}")
-        check = checked(f"revise-{name}", str(root / f"sft-{name}"))
+        check = checked(f"{root.name}-{name}", str(root / f"sft-{name}"))
         result["arms"][name] = {"records": len(rows), "train_seconds": secs, **check["totals"]}
     return result
 
@@ -311,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=sorted(PARTS), required=True)
     ap.add_argument("--threshold", type=float, default=4.5, help="back-translation's curation threshold")
+    ap.add_argument("--critic", default=f"llamacpp:{MODEL}", help="critique and revise: the critic and reviser "
+                    "(default: the base itself under URIAL; runs/siblings/sft: the SFT sibling, from make siblings)")
+    ap.add_argument("--critic-method", default="urial")
     ap.add_argument("--keep-top", type=float, default=1 / 3, help="when fewer than this share of the candidates "
                     "reach --threshold, keep this best-rated share instead (the threshold set by rank)")
     args = ap.parse_args(argv)
@@ -318,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     result_file = RESULTS / "data_methods.json"
     old = json.loads(result_file.read_text()) if result_file.is_file() else {}
     old.pop("_measured", None)
-    old[args.part] = {"command": f"python bench/data_methods.py --part {args.part}", **PARTS[args.part](args)}
-    print(json.dumps(old[args.part], indent=2, ensure_ascii=False)[:4000])
+    key = args.part if args.critic == f"llamacpp:{MODEL}" or args.part != "revise" else "revise-sft-sibling"
+    extra = "" if key == args.part else f" --critic {args.critic} --critic-method {args.critic_method}"
+    old[key] = {"command": f"python bench/data_methods.py --part {args.part}{extra}", **PARTS[args.part](args)}
+    print(json.dumps(old[key], indent=2, ensure_ascii=False)[:4000])
     write_result("data_methods", old)
     return 0
 
