@@ -8,12 +8,9 @@ import json
 import os
 import subprocess
 
-import pytest
-
 from alignkit.methods import MethodOptions, apply_method
 from alignkit.server.app import build_app
 from alignkit.server.service import Service
-from tests.server.test_litellm import CLIENTS
 from tests.support.openai_server import ServerThread
 
 SCRIPT = r"""
@@ -32,13 +29,6 @@ got = client.chat.completions.create(model="raw", response_model=Weather, max_re
                                      temperature=0, messages=[{"role": "user", "content": "Weather in Paris?"}])
 print(json.dumps({"type": type(got).__name__, **got.model_dump()}))
 """
-
-
-@pytest.fixture(scope="module")
-def clients_python():
-    if not CLIENTS.is_file():
-        pytest.fail("the clients' environment is missing: run `make clients-env` (make test does)")
-    return str(CLIENTS)
 
 
 def test_instructor_tools_mode_fills_a_pydantic_model(clients_python, tiny_base):

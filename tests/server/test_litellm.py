@@ -7,17 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
-
-import pytest
 
 from alignkit import GenerationConfig, Message
 from alignkit.methods import MethodOptions, apply_method
 from alignkit.server.app import build_app
 from alignkit.server.service import Service
 from tests.support.openai_server import ServerThread
-
-CLIENTS = Path(__file__).resolve().parents[2] / ".venv-clients" / "bin" / "python"
 
 SCRIPT = r"""
 import json, sys
@@ -33,13 +28,6 @@ text = litellm.text_completion(model="text-completion-openai/chat", api_base=url
 print(json.dumps({"chat": chat.choices[0].message.content, "streamed": streamed, "text": text.choices[0].text,
                   "usage": chat.usage.prompt_tokens}))
 """
-
-
-@pytest.fixture(scope="module")
-def clients_python():
-    if not CLIENTS.is_file():
-        pytest.fail("litellm's environment is missing: run `make clients-env` (make test does)")
-    return str(CLIENTS)
 
 
 def test_litellm_chat_stream_and_text_completion(clients_python, tiny_aligned):

@@ -23,6 +23,7 @@ from alignkit.methods import recommended_repetition_penalty
 from alignkit.methods.base import prepared_for_backend
 from alignkit.methods.routes import usage
 from alignkit.models.base import answering_backend, backend_models
+from alignkit.server import tools as toolcalls
 from alignkit.server.compare import UI_CSP, route_extras, shift_one, takes_chat, weighted_variant
 from alignkit.server.limits import APIError, Limits, count_tokens
 from alignkit.server.protocol import (
@@ -32,7 +33,6 @@ from alignkit.server.protocol import (
     ShiftRequest,
     TokenizeRequest,
 )
-from alignkit.server import tools as toolcalls
 from alignkit.server.responses import EventStream, ResponsesRequest, new_ids, response_object
 from alignkit.server.service import Overloaded, Service, collect, share_gates, weights_id
 from alignkit.server.ui import page
