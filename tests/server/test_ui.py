@@ -217,8 +217,9 @@ def _answers(page) -> dict[str, str]:
 
 def test_the_page_compares_routes_with_coloured_tokens(server):
     msgs = [{"role": "user", "content": "Hello"}]
+    MT = 24  # enough tokens that every column's stream shows several states, however fast the machine
     with chromium_page() as (page, errors):
-        page.goto(server.root + "/ui?routes=raw,urial,mix&ref=raw&max_tokens=8&temperature=2&seed=3")
+        page.goto(server.root + "/ui?routes=raw,urial,mix&ref=raw&max_tokens=24&temperature=2&seed=3")
         page.wait_for_selector("#routes input[value=urial]:checked")
         # count the states each answer passes through while it streams
         page.evaluate("""() => { window.__states = {};
@@ -234,7 +235,7 @@ def test_the_page_compares_routes_with_coloured_tokens(server):
         assert all(states[r] >= 3 for r in ("raw", "urial", "mix")), states  # streamed in pieces, not at once
         shown = _answers(page)
         for route in ("raw", "urial", "mix"):  # the same answer as the API gives for the same request
-            assert shown[route] == [_chat(server, route, msgs)], route
+            assert shown[route] == [_chat(server, route, msgs, MT)], route
         # the tokens' colours and the card are the reference's view, as /v1/shift reports it
         want = httpx.post(server.root + "/v1/shift", timeout=120, json={
             "model": "urial", "reference": "raw", "messages": msgs, "answer": shown["urial"][0]}).json()
@@ -247,14 +248,14 @@ def test_the_page_compares_routes_with_coloured_tokens(server):
         assert f"raw rank\t{want['tokens'][k]['ref_rank']}" in card, card
         assert "KL here" in card and "raw's top 5" in card
         stats = page.inner_text('.col[data-route="urial"] .stats')
-        assert re.search(r"8 tokens · [\d.]+% shifted vs raw · [\d.]+ s · [\d.]+ tokens/s", stats), stats
+        assert re.search(rf"{MT} tokens · [\d.]+% shifted vs raw · [\d.]+ s · [\d.]+ tokens/s", stats), stats
         # the weighted route's slider: lam 1 regenerates the column as the aligned side alone answers
         slider = page.query_selector('.col[data-route="mix"] input[type=range][data-knob=lam]')
         assert slider is not None and slider.get_attribute("value") == "0.5"
         page.evaluate("""() => { const s = document.querySelector('.col[data-route="mix"] input[data-knob=lam]');
             s.value = '1'; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change')); }""")
         page.wait_for_function("""(want) => { const a = document.querySelector('.col[data-route="mix"] .answer');
-            return a && a.querySelector('.tok') && a.textContent === want; }""", arg=_chat(server, "adapter", msgs),
+            return a && a.querySelector('.tok') && a.textContent === want; }""", arg=_chat(server, "adapter", msgs, MT),
                                timeout=120_000)
         # a second turn: every column continues its own conversation
         page.fill("#prompt", "And then?")
@@ -265,7 +266,7 @@ def test_the_page_compares_routes_with_coloured_tokens(server):
         second = _answers(page)
         first_urial = shown["urial"][0]
         assert second["urial"][1] == _chat(server, "urial", [*msgs, {"role": "assistant", "content": first_urial},
-                                                            {"role": "user", "content": "And then?"}])
+                                                            {"role": "user", "content": "And then?"}], MT)
         address = page.url
         assert errors == []
     # the address reproduces the comparison: it opens already running, with the same routes, settings and weights
