@@ -122,7 +122,7 @@ class ChatCompletionRequest(_Request):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = Field(default=None, description=(
         "functions the answer may call: with tool_choice \"required\" or a named function the answer is one call, "
-        "constrained to the tool's parameter schema"))
+        "constrained to the tool's parameter schema; with \"auto\" (the default) a call or words"))
     tool_choice: str | dict[str, Any] | None = None
 
     @model_validator(mode="after")
