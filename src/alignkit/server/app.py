@@ -1,6 +1,8 @@
 """FastAPI routes of the OpenAI-compatible server. Logic lives in :mod:`service`, request shapes in
-:mod:`protocol`, limits and errors in :mod:`limits`, the comparison page's shift and weights in :mod:`compare`;
-this module parses, checks limits and auth, and formats responses (JSON and SSE)."""
+:mod:`protocol` (the Responses API's in :mod:`responses`, tool calls in :mod:`tools`), reading and declaring bodies
+in :mod:`bodies`, token ids and log-probabilities in :mod:`tokens`, limits and errors in :mod:`limits`, the
+comparison page's shift and weights in :mod:`compare`; this module checks limits and auth, runs the requests and
+formats responses (JSON and SSE)."""
 
 from __future__ import annotations
 
@@ -16,14 +18,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
-from pydantic import ValidationError
 
 from alignkit.errors import AlignkitError
 from alignkit.methods import recommended_repetition_penalty
-from alignkit.methods.base import prepared_for_backend
 from alignkit.methods.routes import usage
 from alignkit.models.base import answering_backend, backend_models
 from alignkit.server import tools as toolcalls
+from alignkit.server.bodies import declare_bodies, parse_body, validated
 from alignkit.server.compare import UI_CSP, route_extras, shift_one, takes_chat, weighted_variant
 from alignkit.server.limits import APIError, Limits, count_tokens
 from alignkit.server.protocol import (
@@ -35,6 +36,7 @@ from alignkit.server.protocol import (
 )
 from alignkit.server.responses import EventStream, ResponsesRequest, new_ids, response_object
 from alignkit.server.service import Overloaded, Service, collect, share_gates, weights_id
+from alignkit.server.tokens import from_ids, logprobs_of, strip_bos, tokens_of
 from alignkit.server.ui import page
 from alignkit.types import GenerationConfig, Message
 
@@ -125,7 +127,7 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         probability of it, its top tokens, the KL between the two routes' distributions there, and the shift class
         (unshifted: rank 0, marginal: 1-2, shifted: >= 3) -- exact over the full vocabulary when both routes run
         on local models, from top-k log-probabilities otherwise (``mode`` and ``approximation`` say which)."""
-        req = await _parse(request, ShiftRequest, limits)
+        req = await parse_body(request, ShiftRequest, limits)
         service, model = pick(req.model)
         ref_name = req.reference or default_reference()
         if ref_name not in routes:
@@ -159,7 +161,7 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        req = await _parse(request, ChatCompletionRequest, limits)
+        req = await parse_body(request, ChatCompletionRequest, limits)
         service, model = pick(req.model)
         msgs = [Message(m.alignkit_role, m.text) for m in req.messages]
         if (plan := req.tool_plan) is not None:  # the tools, described in a system note
@@ -172,14 +174,14 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        req = await _parse(request, CompletionRequest, limits)
+        req = await parse_body(request, CompletionRequest, limits)
         service, model = pick(req.model)
         if req.stream and (req.logprobs or req.echo):
             raise APIError(400, "logprobs and echo are available without streaming only", param="stream")
         if len(req.prompts) > limits.max_prompts:
             raise APIError(400, f"{len(req.prompts)} prompts in one request; this server allows at most "
                            f"{limits.max_prompts}", param="prompt")
-        prompts = [p if isinstance(p, str) else await asyncio.to_thread(_from_ids, model, p) for p in req.prompts]
+        prompts = [p if isinstance(p, str) else await asyncio.to_thread(from_ids, model, p) for p in req.prompts]
         if log_prompts:
             log.info("completion request: %r", prompts)
         return await _complete(service, req, prompts, chat=False)
@@ -188,12 +190,8 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
     async def responses(request: Request):
         """OpenAI's Responses API: the request read as a chat request, the answer as a ``response`` object or the
         Responses stream's events (alignkit.server.responses)."""
-        req = await _parse(request, ResponsesRequest, limits)
-        try:
-            chat_req = ChatCompletionRequest.model_validate(req.chat_body())
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise APIError(400, str(err.get("msg", "invalid request")).removeprefix("Value error, ")) from None
+        req = await parse_body(request, ResponsesRequest, limits)
+        chat_req = validated(ChatCompletionRequest, req.chat_body())
         service, _ = pick(req.model)
         msgs = [Message(m.alignkit_role, m.text) for m in chat_req.messages]
         if log_prompts:
@@ -234,7 +232,7 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
     async def tokenize(request: Request):
         """vLLM's shape: ``{count, max_model_len, tokens}`` -- a chat is tokenised as the served route renders it
         (template, in-context preamble and all), so ``count`` is what the model will read."""
-        req = await _parse(request, TokenizeRequest, limits)
+        req = await parse_body(request, TokenizeRequest, limits)
         _, model = pick(req.model)
         if not hasattr(model, "render") or not hasattr(model, "encode"):
             raise APIError(400, "this model cannot tokenize here (no local tokenizer)")
@@ -242,12 +240,12 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
             prompt: Any = [Message(m.alignkit_role, m.text) for m in req.messages]
         else:
             prompt = req.prompt
-        ids = await asyncio.to_thread(_tokens, model, prompt, req.add_special_tokens)
+        ids = await asyncio.to_thread(tokens_of, model, prompt, req.add_special_tokens)
         return {"count": len(ids), "max_model_len": model.context_length, "tokens": ids, "token_strs": None}
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
-        req = await _parse(request, DetokenizeRequest, limits)
+        req = await parse_body(request, DetokenizeRequest, limits)
         _, model = pick(req.model)
         tok = getattr(model, "tokenizer", None)
         if tok is None:
@@ -263,7 +261,7 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         return HTMLResponse(page(), headers={"Content-Security-Policy": UI_CSP, "X-Content-Type-Options": "nosniff",
                                              "Referrer-Policy": "no-referrer"})
 
-    _declare_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
+    declare_bodies(app, {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
                           "/v1/responses": ResponsesRequest,
                           "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest, "/v1/shift": ShiftRequest})
 
@@ -339,8 +337,8 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
             sent = None if chat else req.prompts
             for i, prompt in enumerate(prompts):
                 mine = comps[i * req.n : (i + 1) * req.n]
-                ids = _strip_bos(model, sent[i]) if sent is not None and not isinstance(sent[i], str) else None
-                logprobs += await asyncio.to_thread(_logprobs, model, req, prompt, mine, chat, ids)
+                ids = strip_bos(model, sent[i]) if sent is not None and not isinstance(sent[i], str) else None
+                logprobs += await asyncio.to_thread(logprobs_of, model, req, prompt, mine, chat, ids)
         return _response(rid, chat, service.name, prompts, comps, req, logprobs)
 
     async def _sse(service: Service, job, rid: str, chat: bool, n: int, include_usage: bool,
@@ -404,46 +402,6 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
     return app
 
 
-def _tokens(model: Any, prompt: Any, add_special: bool) -> list[int]:
-    """The ids the served model reads for ``prompt``: a chat as the route prepares it for the model under it
-    (template, in-context preamble; a rewriter stage runs), then that model's own tokenisation; text as given."""
-    try:
-        if isinstance(prompt, str):
-            ids = list(model.encode(prompt))
-            bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
-            return ([bos] + ids) if add_special and bos is not None and (not ids or ids[0] != bos) else ids
-        inner, prompt, _, _ = prepared_for_backend(model, prompt)
-        if not hasattr(inner, "encode_prompt"):
-            raise APIError(400, "this model cannot tokenize here (no local tokenizer)")
-        return list(inner.encode_prompt(prompt))
-    except AlignkitError as e:
-        raise APIError(400, str(e)) from None
-
-
-def _declare_bodies(app: FastAPI, bodies: dict[str, Any]) -> None:
-    """The routes parse their bodies themselves (OpenAI-style 400s, a size limit before parsing); this declares
-    each request body's JSON schema in the OpenAPI document, so generated clients and API fuzzers see them."""
-    from fastapi.openapi.utils import get_openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        for path, cls in bodies.items():
-            schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(schema.pop("$defs", {}))
-            schemas[cls.__name__] = schema
-            op = doc["paths"][path]["post"]
-            op["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{cls.__name__}"}}}}
-            op.setdefault("responses", {})["400"] = {"description": "invalid request (OpenAI-style error body)"}
-        app.openapi_schema = doc
-        return doc
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def _memory(routes: dict[str, Service]) -> dict[str, Any]:
     """What the routes hold in memory: each set of loaded weights once, with every model spec that uses it (routes
     on the same base and its adapters share one), and the process's peak resident set size."""
@@ -470,30 +428,6 @@ def _sse_data(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _parse(request: Request, cls, limits: Limits):
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise APIError(413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limits.max_body_bytes:
-            raise APIError(413, f"request body is over the limit of {limits.max_body_bytes} bytes")
-    try:
-        data = json.loads(bytes(body))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "the request body must be a JSON object")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err.get("loc", ()))
-        msg = err.get("msg", "invalid value").removeprefix("Value error, ")
-        raise APIError(400, f"{where}: {msg}" if where else msg, param=where or None) from None
-
-
 def _usage(comps, n: int = 1) -> dict[str, int]:
     """Token usage of a response: each prompt's tokens once (its ``n`` choices share it), every choice's tokens;
     for a route, every stage's tokens added up (rewriter, model, corrector)."""
@@ -508,73 +442,6 @@ def _can_constrain(model: Any) -> bool:
     answers can build the grammar."""
     engine = getattr(answering_backend(model), "engine", None)
     return bool(model.capabilities.constraints) and getattr(engine, "grammar_tokenizer", None) is not None
-
-
-def _strip_bos(model: Any, ids: list[int]) -> list[int]:
-    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
-    return list(ids[1:]) if bos is not None and ids and ids[0] == bos else list(ids)
-
-
-def _from_ids(model: Any, ids: list[int]) -> str:
-    """A token-id prompt as the text it stands for -- only when that text tokenises back to the same ids (so the
-    model sees exactly the tokens sent); a leading BOS is dropped (the model adds its own)."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is None or not hasattr(model, "encode"):
-        raise APIError(400, "token-id prompts need a local model with a tokenizer; send text", param="prompt")
-    bos = getattr(tok, "bos_token_id", None)
-    body = ids[1:] if bos is not None and ids and ids[0] == bos else list(ids)
-    vocab = len(tok) if hasattr(tok, "__len__") else None
-    if vocab and any(t >= vocab for t in body):
-        raise APIError(400, f"token id out of range (the vocabulary has {vocab} tokens)", param="prompt")
-    text = tok.decode(body, skip_special_tokens=False)
-    if list(model.encode(text)) != body:
-        raise APIError(400, "these token ids are not how this model's tokenizer writes their text, so the model "
-                       "would see other tokens; send the text instead", param="prompt")
-    return text
-
-
-def _logprobs(model: Any, req: Any, prompt: Any, comps, chat: bool, prompt_ids: list[int] | None = None) -> list[Any]:
-    """Per-choice log-probabilities of the returned text, from a teacher-forced pass of the same model."""
-    k = (req.top_logprobs or 0) if chat else (req.logprobs or 0)
-    if not model.capabilities.topk_logprobs and not model.capabilities.full_vocab_logits:
-        raise APIError(400, "this model does not give log-probabilities", param="logprobs")
-    if not chat and req.echo and getattr(model, "method", "none") != "none":
-        raise APIError(400, "echo with logprobs needs a server started with --method none", param="echo")
-    out = []
-    for c in comps:
-        if not chat and req.echo:  # the prompt's own tokens too, each given what precedes it (and BOS)
-            # token ids, not text: the prompt's tokens then the generated ones, never re-tokenised across the seam
-            ids = list(prompt_ids) if prompt_ids is not None else list(model.encode(prompt))
-            sc = model.score([""], [ids + list(c.token_ids or model.encode(c.text))], top_k=max(k, 1))[0]
-        else:
-            sc = model.score([prompt], [c.text], top_k=max(k, 1))[0]
-        piece = _piece_fn(model)
-        pieces = [piece(t) for t in sc.tokens]
-        tops = [tuple((piece(t), v) for t, v in top) for top in (sc.top_logprobs or [()] * len(pieces))]
-        if chat:
-            out.append({"content": [
-                {"token": t, "logprob": lp, "bytes": list(t.encode()),
-                 "top_logprobs": [{"token": tt, "logprob": v, "bytes": list(tt.encode())} for tt, v in top[:k]]}
-                for t, lp, top in zip(pieces, sc.logprobs, tops)]})
-        else:
-            offsets, pos = [], 0
-            for t in pieces:
-                offsets.append(pos)
-                pos += len(t)
-            lps = list(sc.logprobs)
-            if req.echo and lps:
-                lps[0] = None  # nothing precedes the first token
-            out.append({"tokens": pieces, "token_logprobs": lps,
-                        "top_logprobs": [dict(top[:k]) for top in tops], "text_offset": offsets})
-    return out
-
-
-def _piece_fn(model: Any):
-    """Raw vocabulary tokens ('Ġthe', '▁the') -> the text they stand for (' the'), as OpenAI reports tokens."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is None or not hasattr(tok, "convert_tokens_to_string"):  # llama.cpp's tokens are text already
-        return lambda t: t
-    return lambda t: tok.convert_tokens_to_string([t])
 
 
 def _response(rid: str, chat: bool, name: str, prompts: list[Any], comps, req: Any, logprobs) -> dict[str, Any]:
