@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from alignkit.errors import AlignkitError
 from alignkit.server import tools as toolcalls
@@ -124,6 +124,7 @@ class ChatCompletionRequest(_Request):
         "functions the answer may call: with tool_choice \"required\" or a named function the answer is one call, "
         "constrained to the tool's parameter schema; with \"auto\" (the default) a call or words"))
     tool_choice: str | dict[str, Any] | None = None
+    _plan: tuple[list[dict[str, Any]], bool] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _ends_with_user(self):
@@ -143,6 +144,7 @@ class ChatCompletionRequest(_Request):
             picked = toolcalls.chosen(toolcalls.check_tools(self.tools), self.tool_choice)
         except AlignkitError as e:
             raise ValueError(str(e)) from None
+        self._plan = picked
         if picked is not None:
             if self.n != 1:
                 raise ValueError("tool calls are served with n = 1")
@@ -154,8 +156,9 @@ class ChatCompletionRequest(_Request):
 
     @property
     def tool_plan(self) -> tuple[list[dict[str, Any]], bool] | None:
-        """``(tools, must_call)`` when the answer may be a call (server.tools.chosen), else None."""
-        return None if not self.tools else toolcalls.chosen(toolcalls.check_tools(self.tools), self.tool_choice)
+        """``(tools, must_call)`` when the answer may be a call (server.tools.chosen, read once when the request is
+        validated), else None."""
+        return self._plan
 
     @property
     def callable_tools(self) -> list[dict[str, Any]] | None:
