@@ -7,24 +7,9 @@ from __future__ import annotations
 import json
 
 import httpx
-import openai
 import pytest
 
 from alignkit import GenerationConfig, Message
-from alignkit.methods import MethodOptions, apply_method
-from alignkit.server.app import build_app
-from alignkit.server.service import Service
-from tests.support.openai_server import ServerThread
-
-
-@pytest.fixture(scope="module")
-def srv(tiny_base):
-    # the tiny base as a raw route: it writes visible text (the tiny chat model's sampled answers are whitespace)
-    model = apply_method(tiny_base, MethodOptions(method="none"))
-    with ServerThread(build_app(Service(model, "chat", max_batch=8))) as s:
-        s.model = model
-        s.client = openai.OpenAI(base_url=s.url, api_key="none", max_retries=0)
-        yield s
 
 
 def _direct(srv, msgs, n=8):
@@ -36,7 +21,7 @@ SEED = 7
 
 
 def test_a_text_input_is_answered_as_the_chat_endpoint_answers_it(srv):
-    r = srv.client.responses.create(model="chat", input="Name a colour.", max_output_tokens=8, temperature=1.0,
+    r = srv.client.responses.create(model="raw", input="Name a colour.", max_output_tokens=8, temperature=1.0,
                                     extra_body={"seed": SEED})
     want = _direct(srv, [Message("user", "Name a colour.")])
     assert want.text.strip()
@@ -47,7 +32,7 @@ def test_a_text_input_is_answered_as_the_chat_endpoint_answers_it(srv):
     assert r.usage.output_tokens == want.completion_tokens
     assert r.usage.input_tokens == want.prompt_tokens
     assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
-    chat = srv.client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Name a colour."}],
+    chat = srv.client.chat.completions.create(model="raw", messages=[{"role": "user", "content": "Name a colour."}],
                                               max_tokens=8, temperature=1.0, seed=SEED)
     assert chat.choices[0].message.content == r.output_text
     # cut by the token limit: incomplete, as OpenAI reports it
@@ -61,7 +46,7 @@ def test_instructions_and_message_items_are_the_conversation(srv):
     items = [{"role": "user", "content": "Hi."},
              {"role": "assistant", "content": [{"type": "output_text", "text": "Hello!"}]},
              {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Count to three."}]}]
-    r = srv.client.responses.create(model="chat", instructions="Be brief.", input=items, max_output_tokens=6,
+    r = srv.client.responses.create(model="raw", instructions="Be brief.", input=items, max_output_tokens=6,
                                     temperature=1.0, extra_body={"seed": SEED})
     want = _direct(srv, [Message("system", "Be brief."), Message("user", "Hi."), Message("assistant", "Hello!"),
                          Message("user", "Count to three.")], 6)
@@ -70,7 +55,7 @@ def test_instructions_and_message_items_are_the_conversation(srv):
 
 
 def test_streaming_events_arrive_in_order_and_add_up_to_the_answer(srv):
-    events = list(srv.client.responses.create(model="chat", input="Name a colour.", max_output_tokens=8,
+    events = list(srv.client.responses.create(model="raw", input="Name a colour.", max_output_tokens=8,
                                               temperature=1.0, extra_body={"seed": SEED}, stream=True))
     kinds = [e.type for e in events]
     assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
@@ -85,7 +70,7 @@ def test_streaming_events_arrive_in_order_and_add_up_to_the_answer(srv):
     assert "".join(deltas) == want.text == events[-1].response.output_text
     assert events[-1].response.usage.output_tokens == want.completion_tokens
     # the client's own streaming helper accumulates the same answer
-    with srv.client.responses.stream(model="chat", input="Name a colour.", max_output_tokens=8,
+    with srv.client.responses.stream(model="raw", input="Name a colour.", max_output_tokens=8,
                                      temperature=1.0, extra_body={"seed": SEED}) as stream:
         final = stream.get_final_response()
     assert final.output_text == want.text
@@ -94,7 +79,7 @@ def test_streaming_events_arrive_in_order_and_add_up_to_the_answer(srv):
 def test_text_format_json_schema_is_structured_output(srv):
     schema = {"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "blue"]}},
               "required": ["colour"], "additionalProperties": False}
-    r = srv.client.responses.create(model="chat", input="Pick a colour.", max_output_tokens=24, temperature=1.0, extra_body={"seed": SEED},
+    r = srv.client.responses.create(model="raw", input="Pick a colour.", max_output_tokens=24, temperature=1.0, extra_body={"seed": SEED},
                                     text={"format": {"type": "json_schema", "name": "pick", "schema": schema,
                                                      "strict": True}})
     assert json.loads(r.output_text)["colour"] in ("red", "blue")

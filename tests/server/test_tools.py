@@ -9,15 +9,10 @@ from __future__ import annotations
 import json
 
 import httpx
-import openai
 import pytest
 
 from alignkit import GenerationConfig, Message
-from alignkit.methods import MethodOptions, apply_method
 from alignkit.server import tools as toolcalls
-from alignkit.server.app import build_app
-from alignkit.server.service import Service
-from tests.support.openai_server import ServerThread
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather now.",
@@ -31,15 +26,6 @@ TIME = {"type": "function", "function": {
 WX = {"type": "function", "function": {"name": "wx", "parameters": {
     "type": "object", "properties": {"c": {"type": "string", "maxLength": 6}}, "required": ["c"]}}}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def srv(tiny_base):
-    model = apply_method(tiny_base, MethodOptions(method="none"))
-    with ServerThread(build_app(Service(model, "raw", max_batch=8))) as s:
-        s.model = model
-        s.client = openai.OpenAI(base_url=s.url, api_key="none", max_retries=0)
-        yield s
 
 
 def _args_ok(call, tool):
