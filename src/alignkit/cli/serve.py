@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from alignkit.api import resources
@@ -16,6 +16,7 @@ from alignkit.errors import InputError
 from alignkit.methods import MethodOptions, apply_method
 from alignkit.methods.tree import build as build_tree
 from alignkit.methods.tree import is_route_file, load_tree
+from alignkit.models.base import answering_backend
 from alignkit.models.catalog import DEFAULT_MODEL
 from alignkit.models.registry import ModelOptions, SharedPool
 from alignkit.server.service import Service
@@ -30,7 +31,9 @@ class ServeJob:
     port: int = field(default=8000, metadata={"min": 0, "max": 65535, "help": "port"})
     api_key: str | None = field(default=None, metadata={
         "help": "require 'Authorization: Bearer KEY' on /v1 (or set ALIGNKIT_API_KEY)"})
-    max_batch: int = field(default=8, metadata={"min": 1, "help": "most requests (choices) generated together"})
+    max_batch: int | None = field(default=None, metadata={"min": 1, "help": (
+        "most requests (choices) generated together (default 8; on vLLM's async engine, which schedules its own "
+        "batch, the engine's max_num_seqs)")})
     scheduler: str = field(default="auto", metadata={
         "choices": ("auto", "continuous", "static"),
         "help": "continuous: requests join the running batch between decode steps and leave when they finish "
@@ -74,15 +77,17 @@ def run(args: argparse.Namespace) -> int:
     file_values.setdefault("method", "auto")
     method: MethodOptions = build(MethodOptions, args, file_values)
     options: ModelOptions = build(ModelOptions, args, file_values)
+    if options.vllm_engine is None:  # a server wants vLLM's async engine: token streaming, continuous batching
+        options = replace(options, vllm_engine="async")
     if job.route:
-        services = [Service(model, name, max_batch=job.max_batch, max_queue=job.max_queue,
+        services = [Service(model, name, max_batch=batch_size(job.max_batch, model), max_queue=job.max_queue,
                             scheduler=job.scheduler)
                     for name, model in open_routes(job.route, job.model, options)]
         name = ", ".join(s.name for s in services)
     else:
         model = open_model(job.model, options, method)
         name = job.name or f"{model.method}:{job.model}"
-        services = [Service(model, name, max_batch=job.max_batch, max_queue=job.max_queue,
+        services = [Service(model, name, max_batch=batch_size(job.max_batch, model), max_queue=job.max_queue,
                             scheduler=job.scheduler)]
     limits = Limits(max_tokens=job.max_tokens, default_max_tokens=job.default_max_tokens, max_n=job.max_n,
                     max_body_bytes=job.max_body_bytes)
@@ -96,6 +101,15 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     uvicorn.run(app, host=job.host, port=job.port, log_level="warning", timeout_graceful_shutdown=30)
     return 0
+
+
+def batch_size(asked: int | None, model: Any) -> int:
+    """``--max-batch``, else 8 -- or, where the answer comes from vLLM's async engine (which schedules its own
+    batch), the engine's own limit."""
+    if asked is not None:
+        return asked
+    engine = getattr(answering_backend(model), "max_num_seqs", None)
+    return int(engine) if engine else 8
 
 
 def parse_route(text: str) -> tuple[str, str | None, Any]:
@@ -131,6 +145,7 @@ def open_routes(routes: tuple[str, ...], default_model: str, options: ModelOptio
     if dupes:
         raise InputError(f"--route: the name(s) {', '.join(dupes)} are used twice")
     pool = SharedPool(options)
+    pool.prepare([model or default_model for _, model, values in parsed if isinstance(values, dict)])
     return [(name, apply_method(pool(model or default_model), MethodOptions(**values), resources(pool=pool))
              if isinstance(values, dict) else build_tree(values, resources(pool=pool)))
             for name, model, values in parsed]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit.errors import BackendUnavailableError, ModelSpecError
+from alignkit.errors import BackendUnavailableError, InputError, ModelSpecError
 from alignkit.models import catalog
 
 
@@ -66,6 +66,13 @@ class ModelOptions:
     distributed_executor: str | None = field(default=None, metadata={
         "help": "vllm backend: ray (a Ray cluster, for several nodes) or mp (processes on one node)",
         "choices": ["ray", "mp"]})
+    vllm_engine: str | None = field(default=None, metadata={
+        "choices": ["offline", "async"],
+        "help": "vllm backend: offline (vLLM's batch engine in this process; the default of batch commands) or async "
+                "(vLLM's AsyncLLM: token streaming, continuous batching, cancellation; the default of alignkit serve)"})
+    max_lora_rank: int = field(default=0, metadata={"min": 0,
+        "help": "vllm backend: take LoRA adapters up to this rank on the engine (alignkit serve sets it for adapter "
+                "routes that share a base model's engine)"})
     n_ctx: int = field(default=2048, metadata={"min": 16,
         "help": "llamacpp backend: tokens one sequence (prompt + answer) can hold"})
     n_seq: int = field(default=8, metadata={"min": 1,
@@ -171,6 +178,17 @@ def load_model(spec: str, options: ModelOptions | None = None, **overrides: Any)
     return getattr(module, func)(resolved, spec=spec, options=options)
 
 
+def lora_rank(adapter: str) -> int:
+    """The largest LoRA rank of an adapter folder (``r`` and its ``rank_pattern``)."""
+    path = Path(adapter) / "adapter_config.json"
+    try:
+        cfg = json.loads(path.read_text())
+        return max([int(cfg["r"]), *map(int, (cfg.get("rank_pattern") or {}).values())])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"adapter {adapter!r}: cannot read its LoRA rank from {path}: {e}") from e
+
+
+
 class ModelPool:
     """Loads each spec once, with one set of options: one copy of each model in memory however many roles it
     plays (a DeRa reference that is also a contestant, a base that is also the aligned model under URIAL).
@@ -192,19 +210,27 @@ class ModelPool:
 
 
 class SharedPool(ModelPool):
-    """A :class:`ModelPool` in which an adapter folder on the transformers backend does not load its base again:
-    it becomes a view of the base already in the pool (or loaded now), with its LoRA adapter switched on for its
-    own calls (PEFT multi-adapter). One copy of the weights serves the base and all its adapters -- what a server
-    with several routes wants (``alignkit serve --route``)."""
+    """A :class:`ModelPool` in which an adapter folder does not load its base again: it becomes a view of the base
+    already in the pool (or loaded now), with its LoRA adapter switched on for its own calls (PEFT multi-adapter on
+    the transformers backend; LoRA requests on vLLM's async engine). One copy of the weights serves the base and
+    all its adapters -- what a server with several routes wants (``alignkit serve --route``)."""
 
     def __call__(self, spec: str) -> Any:
         if spec in self.models:
             return self.models[spec]
         resolved = resolve(spec)
-        if (resolved.backend == "hf" and resolved.kind == "adapter" and not self.options.adapter
+        if (resolved.backend in ("hf", "vllm") and resolved.kind == "adapter" and not self.options.adapter
                 and not self.options.merge_adapter):
-            base = self(adapter_base(resolved.target))
-            if hasattr(base, "adapter_view"):
+            base_spec = adapter_base(resolved.target)
+            base = self(base_spec if resolved.backend == "hf" else "vllm:" + base_spec)
+            if hasattr(base, "adapter_view") and getattr(base, "lora_enabled", True):
                 self.models[spec] = base.adapter_view(resolved.target, spec=spec)
                 return self.models[spec]
         return super().__call__(spec)
+
+    def prepare(self, specs: list[str]) -> None:
+        """Before loading ``specs``: a vLLM base model that adapter folders among them run on is loaded with LoRA
+        support for their largest rank, so the adapters share its engine."""
+        ranks = [lora_rank(r.target) for r in map(resolve, specs) if r.backend == "vllm" and r.kind == "adapter"]
+        if ranks and not self.options.max_lora_rank:
+            self.options = ModelOptions(**{**self.options.__dict__, "max_lora_rank": max(ranks)})

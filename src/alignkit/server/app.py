@@ -291,8 +291,8 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         except AlignkitError as e:
             raise APIError(400, str(e), param="response_format") from None
         if constraint is not None and not _can_constrain(model):
-            raise APIError(400, "structured output (response_format / guided_*) needs a local transformers model "
-                           "here; this route's model cannot enforce it", param="response_format")
+            raise APIError(400, "structured output (response_format / guided_*) needs a local transformers, llama.cpp "
+                           "or vLLM model here; this route's model cannot enforce it", param="response_format")
         try:
             configs = [GenerationConfig(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                                         top_k=req.top_k, repetition_penalty=rp, stop=tuple(req.stops),
@@ -438,10 +438,12 @@ def _usage(comps, n: int = 1) -> dict[str, int]:
 
 
 def _can_constrain(model: Any) -> bool:
-    """Whether this route declares it enforces structured output and the token loop of the model that writes its
-    answers can build the grammar."""
-    engine = getattr(answering_backend(model), "engine", None)
-    return bool(model.capabilities.constraints) and getattr(engine, "grammar_tokenizer", None) is not None
+    """Whether this route declares it enforces structured output and the model that writes its answers can: its token
+    loop builds the grammar, or its engine decodes under it (vLLM's guided decoding: ``guided_decoding``)."""
+    backend = answering_backend(model)
+    engine = getattr(backend, "engine", None)
+    return bool(model.capabilities.constraints) and (getattr(engine, "grammar_tokenizer", None) is not None
+                                                      or getattr(backend, "guided_decoding", False))
 
 
 def _response(rid: str, chat: bool, name: str, prompts: list[Any], comps, req: Any, logprobs) -> dict[str, Any]:

@@ -104,10 +104,11 @@ def weights_id(model: Any) -> int:
 
 
 def share_gates(services: list[Service]) -> None:
-    """Give services whose models share loaded weights one :class:`Gate`."""
+    """Give services whose models share loaded weights one :class:`Gate` -- except an engine that batches
+    concurrent calls itself (vLLM's async engine: ``concurrent_streams``), which routes share at once."""
     groups: list[tuple[set[int], Gate]] = []
     for svc in services:
-        ids = {weights_id(m) for m in backend_models(svc.model)}
+        ids = {weights_id(m) for m in backend_models(svc.model) if not getattr(m, "concurrent_streams", False)}
         for held, gate in groups:
             if held & ids:
                 held |= ids
