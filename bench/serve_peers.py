@@ -1,15 +1,17 @@
 """alignkit's server against the servers of the engines underneath it, on one load, in one run.
 
 The load: 28 conversations (20 single-turn instructions of bench/urial_selfstop.py and 8 two-turn ones below),
-cycled; C concurrent clients each send R requests, at most T new tokens, temperature 0, URIAL's repetition penalty
-(1.15) -- every server gets the same sampling parameters. alignkit gets chat messages on a URIAL route
+cycled; C concurrent clients each send R requests, at most T new tokens, greedy, no repetition penalty (sent
+explicitly: alignkit's URIAL route would otherwise add its recommended 1.15) -- every server gets the same sampling
+parameters, and each engine runs in vLLM's default precision for this model (``--dtype auto``: bfloat16 on a CPU
+with AMX; alignkit's own default is float32). alignkit gets chat messages on a URIAL route
 (``alignkit serve --model X --method urial``); an engine's own server gets the identical rendered URIAL prompt with
 its stop strings on ``/v1/completions`` (what the route sends its engine).
 
 Servers (each started here as a subprocess, measured alone, then stopped):
 
 * ``vllm``: vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``, the converted Gemma folder,
-  float32, ``--enforce-eager``), from the vLLM environment;
+  ``--enforce-eager``), from the vLLM environment;
 * ``alignkit-vllm``: ``alignkit serve --model vllm:gemma-3-270m --method urial`` (vLLM's async engine);
 * ``alignkit-vllm-offline``: the same with ``--vllm-engine offline`` (the offline engine in static batches -- the
   path before the async engine);
@@ -41,7 +43,7 @@ from _results import RESULTS, write_result
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / ".venv" / "bin"
 VLLM = ROOT / ".venv-vllm" / "bin"
-PENALTY = 1.15  # URIAL's recommended repetition penalty (alignkit.methods.urial), sent to every server
+PENALTY = 1.0  # sent to every server (off)
 
 TWO_TURN = [
     ("Suggest a name for a grey kitten.", "Ash is short and soft.", "Why would that name suit her?"),
@@ -77,8 +79,18 @@ def urial_route():
     return apply_method(load_model("llamacpp:gemma-3-270m"), MethodOptions(method="urial"))
 
 
+def engine_processes() -> list[str]:
+    """vLLM engine processes running on this machine (named ``VLLM::...``)."""
+    out = subprocess.run(["pgrep", "-af", "VLLM::"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
 def start(name: str, port: int) -> subprocess.Popen:
     from alignkit.models import catalog
+
+    left = engine_processes()
+    if left:  # a leftover engine would take cores from the server measured
+        raise SystemExit(f"vLLM engine processes are running ({len(left)}); stop them before measuring: {left[:2]}")
 
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
@@ -86,11 +98,11 @@ def start(name: str, port: int) -> subprocess.Popen:
     if name == "vllm":
         cmd = [str(VLLM / "python"), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(catalog.locate("gemma-3-270m")), "--served-model-name", "m", "--port", str(port),
-               "--enforce-eager", "--dtype", "float32", "--max-model-len", "4096", "--disable-log-stats"]
+               "--enforce-eager", "--max-model-len", "4096", "--disable-log-stats"]
     elif name == "alignkit-vllm":
-        cmd = [str(VLLM / "alignkit"), *serve, "--model", "vllm:gemma-3-270m"]
+        cmd = [str(VLLM / "alignkit"), *serve, "--model", "vllm:gemma-3-270m", "--dtype", "auto"]
     elif name == "alignkit-vllm-offline":
-        cmd = [str(VLLM / "alignkit"), *serve, "--model", "vllm:gemma-3-270m", "--vllm-engine", "offline",
+        cmd = [str(VLLM / "alignkit"), *serve, "--model", "vllm:gemma-3-270m", "--dtype", "auto", "--vllm-engine", "offline",
                "--max-batch", "16"]
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     elif name == "alignkit-hf":
@@ -212,6 +224,9 @@ def main() -> None:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            deadline = time.time() + 60
+            while engine_processes() and time.time() < deadline:  # the engine's own processes stop too
+                time.sleep(1)
         answers[name] = res.pop("answers")
         results[name] = {**res, "engine": ENGINE_OF[name]}
         print(f"[serve_peers] {name}: {res['tokens_per_s']} tok/s, p50 {res['p50_s']} s, p95 {res['p95_s']} s, "

@@ -73,6 +73,10 @@ RESULTS: dict[str, tuple[str, str, str]] = {
                     "the BPO and Aligner data and training.", "make routes"),
     "served_judge": ("A judge served over the API", "The same judge served by `alignkit serve` and run in "
                      "process: structured replies, fallbacks, weighted scores.", "python bench/served_judge.py"),
+    "serve_peers": ("alignkit's server against vLLM's own", "One load (28 conversations under URIAL, 16 clients × 6 "
+                    "requests, 64 tokens, greedy) on `alignkit serve` over vLLM's async and offline engines and on "
+                    "vLLM's own server; answers compared.",
+                    "python bench/serve_peers.py --servers vllm,alignkit-vllm,alignkit-vllm-offline"),
     "server_load": ("Server under load", "16 clients: continuous batching vs static batches vs one at a time.",
                     "python bench/server_load.py"),
     "sharded_generate": ("Sharded generation", "`alignkit shards` with 1 and 2 workers on the 2 cores.",

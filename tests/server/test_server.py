@@ -209,3 +209,18 @@ def test_urial_over_the_server(tiny_base, tmp_path):
                                            max_tokens=10)
         assert "````" not in r.choices[0].message.content
         assert client.models.list().data[0].info["method"] == "urial"
+
+
+def test_a_server_that_owns_its_models_closes_them_when_it_stops(tiny_base):
+    """`alignkit serve` owns its models (close_models=True): an engine with processes of its own (vLLM's async one)
+    stops with the server; a server built around models it was lent (these tests) leaves them open."""
+    closed: list[str] = []
+    owned = apply_method(tiny_base, MethodOptions(method="none"))
+    owned.close = lambda: closed.append("owned")  # (the session's tiny model itself stays open)
+    lent = apply_method(tiny_base, MethodOptions(method="none"))
+    lent.close = lambda: closed.append("lent")
+    with ServerThread(build_app(Service(owned, "owned"), close_models=True)) as s:
+        assert httpx.get(f"{s.url}/models").status_code == 200
+    with ServerThread(build_app(Service(lent, "lent"))):
+        pass
+    assert closed == ["owned"]

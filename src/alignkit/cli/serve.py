@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     api_key = job.api_key or os.environ.get("ALIGNKIT_API_KEY") or None
     if job.log_prompts:
         logging.getLogger("alignkit.server").setLevel(logging.INFO)
-    app = build_app(services, api_key=api_key, limits=limits, log_prompts=job.log_prompts)
+    app = build_app(services, api_key=api_key, limits=limits, log_prompts=job.log_prompts, close_models=True)
     if job.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print("alignkit serve: warning: listening beyond localhost without --api-key", file=sys.stderr)
     print(f"alignkit serve: {name} on http://{job.host}:{job.port}/v1" + (" (API key required)" if api_key else ""),

@@ -20,6 +20,8 @@ its engine core in a process of its own (as ``vllm serve`` does): the HTTP side 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import itertools
 import queue
 import threading
@@ -89,6 +91,7 @@ class AsyncVLLMModel(VLLMTokens):
         self.trained_format = None
         self._context = int(self.engine.model_config.max_model_len)
         self.max_num_seqs = int(self.engine.vllm_config.scheduler_config.max_num_seqs)
+        atexit.register(self.close)  # the engine's processes never outlive this one
         self.lora_enabled = bool(max_lora_rank)
         self.lora_request = self._lora(lora) if lora else None
         self.capabilities = Capabilities(
@@ -126,10 +129,12 @@ class AsyncVLLMModel(VLLMTokens):
 
     def stream(self, prompts: Sequence[Prompt], config: GenerationConfig | Sequence[GenerationConfig] | None = None,
                *, should_stop: Callable[[int], bool] | None = None, admit: Admit | None = None,
-               lora: Any = None, **_: Any) -> Iterator[StreamEvent]:
+               whole: Callable[[int], bool] | None = None, lora: Any = None, **_: Any) -> Iterator[StreamEvent]:
         """Each request goes to the engine at once; its tokens come back as they are made. ``admit`` (the server's
         continuous scheduler) is asked for more requests whenever the engine reports, and every 10 ms meanwhile;
-        ``should_stop(i)`` true aborts request ``i`` in the engine (no final event)."""
+        ``should_stop(i)`` true aborts request ``i`` in the engine (no final event); ``whole(i)`` true: nobody
+        reads request ``i`` as it is made, so the engine sends it once, finished (vLLM's ``FINAL_ONLY``: no work
+        per token here -- what vLLM's own server does for a request that does not stream)."""
         from vllm.sampling_params import RequestOutputKind
 
         lora = lora if lora is not None else self.lora_request
@@ -146,7 +151,8 @@ class AsyncVLLMModel(VLLMTokens):
                     raise ContextLengthError(f"prompt {count + k} has {len(ids)} tokens; the model's context "
                                              f"holds {self._context}")
             for ids, c in encoded:
-                params = sampling_params(c, output_kind=RequestOutputKind.DELTA)
+                kind = RequestOutputKind.FINAL_ONLY if whole is not None and whole(count) else RequestOutputKind.DELTA
+                params = sampling_params(c, output_kind=kind)
                 rid = f"alignkit-{next(_IDS)}"
                 fut = asyncio.run_coroutine_threadsafe(self._consume(count, rid, ids, params, lora, out), self._loop)
                 rows[count] = _Row(fut, len(ids))
@@ -245,6 +251,15 @@ class AsyncVLLMModel(VLLMTokens):
             return
         self.engine = None
         engine.shutdown()
+
+        async def cancel_the_rest() -> None:  # the engine's own tasks end here, not as "destroyed but pending"
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_the_rest(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 

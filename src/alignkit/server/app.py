@@ -45,9 +45,11 @@ DEFAULT_LIMITS = Limits()
 
 
 def build_app(services: Service | Sequence[Service], *, api_key: str | None = None, limits: Limits = DEFAULT_LIMITS,
-              log_prompts: bool = False) -> FastAPI:
+              log_prompts: bool = False, close_models: bool = False) -> FastAPI:
     """The API of one route (a :class:`Service`) or of several: a request's ``model`` field picks the route by
-    its name (with one route, any name is that route)."""
+    its name (with one route, any name is that route). ``close_models``: the server owns the models and closes
+    them when it shuts down (``alignkit serve``: an engine with processes of its own, vLLM's async one, stops with
+    it -- uvicorn ends the process on SIGTERM right after the app's shutdown)."""
     routes: dict[str, Service] = {}
     for svc in [services] if isinstance(services, Service) else list(services):
         if svc.name in routes:
@@ -77,6 +79,9 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         yield
         for svc in routes.values():  # running batches finish; queued requests get 503
             await asyncio.to_thread(svc.stop)
+        if close_models:
+            for svc in routes.values():
+                await asyncio.to_thread(svc.model.close)
 
     app = FastAPI(title="alignkit", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan,
                   description="OpenAI-compatible API of alignkit models and alignment methods (one per route).")
@@ -301,7 +306,8 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         except ValueError as e:
             raise APIError(400, str(e)) from None
         try:
-            return service.submit([p for p in prompts for _ in range(req.n)], configs, model=variant)
+            return service.submit([p for p in prompts for _ in range(req.n)], configs, model=variant,
+                                  streaming=bool(req.stream))
         except Overloaded as e:
             raise APIError(503, f"server busy: {e}; retry later", type_="server_error", code="overloaded",
                            headers={"Retry-After": str(limits.retry_after)}) from None

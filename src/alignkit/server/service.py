@@ -47,6 +47,9 @@ class Job:
     model: Any = None
     """A variant of the route's model for this request alone (a weighted route with other weights): it runs in a
     batch of its own, which no other request joins."""
+    streaming: bool = True
+    """The client reads the answer as it is made; False: only the whole answer is used, and an engine that can
+    (vLLM's async one: ``stream(..., whole=)``) sends it whole, with no work per token."""
 
     def push(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
@@ -141,6 +144,7 @@ class Service:
         self._held: Job | None = None
         self.gate = Gate()  # shared with the routes on the same weights (server.app.build_app)
         self._can_cancel = "should_stop" in inspect.signature(model.stream).parameters or _accepts_kwargs(model.stream)
+        self._can_whole = _takes_whole(model)
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -165,10 +169,11 @@ class Service:
         return not self._stopping.is_set()
 
     # -------------------------------------------------------------- submit
-    def submit(self, prompts: list[Prompt], configs: list[GenerationConfig], model: Any = None) -> Job:
+    def submit(self, prompts: list[Prompt], configs: list[GenerationConfig], model: Any = None,
+               streaming: bool = True) -> Job:
         if self._stopping.is_set():
             raise Overloaded("the server is shutting down")
-        job = Job(prompts, configs, asyncio.get_running_loop(), model=model)
+        job = Job(prompts, configs, asyncio.get_running_loop(), model=model, streaming=streaming)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -257,6 +262,8 @@ class Service:
         kwargs: dict[str, Any] = {}
         if self._can_cancel:
             kwargs["should_stop"] = lambda r: rows[r][0].cancelled.is_set()
+        if self._can_whole and model is self.model:
+            kwargs["whole"] = lambda r: not rows[r][0].streaming
         if self.continuous and model is self.model:
             def admit(running: int, room: int | None) -> list[tuple[Prompt, GenerationConfig]]:
                 new = self._joining(running, room)
@@ -309,6 +316,21 @@ async def collect(job: Job) -> list[Completion]:
             raise item[1]
         else:
             return [out[i] for i in sorted(out)]
+
+
+def _takes_whole(model: Any) -> bool:
+    """Whether ``stream(..., whole=)`` reaches an engine that takes it with rows numbered as the server numbers
+    them: a chain of methods that pass their rows through one for one (in-context methods, rewriter and corrector
+    stages) over a model whose ``stream`` names ``whole``. A node that regroups rows (best-of-N, DeRa) gets none."""
+    from alignkit.methods.base import MethodModel
+
+    for _ in range(65):
+        if not isinstance(model, MethodModel):
+            return "whole" in inspect.signature(model.stream).parameters
+        if type(model).stream is not MethodModel.stream:
+            return False
+        model = model.base
+    return False
 
 
 def _accepts_kwargs(fn: Any) -> bool:
