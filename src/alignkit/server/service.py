@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.errors import CapabilityError, InputError
+from alignkit.methods.base import MethodModel
 from alignkit.models.base import backend_models
 from alignkit.types import Completion, GenerationConfig, Prompt
 
@@ -322,8 +323,6 @@ def _takes_whole(model: Any) -> bool:
     """Whether ``stream(..., whole=)`` reaches an engine that takes it with rows numbered as the server numbers
     them: a chain of methods that pass their rows through one for one (in-context methods, rewriter and corrector
     stages) over a model whose ``stream`` names ``whole``. A node that regroups rows (best-of-N, DeRa) gets none."""
-    from alignkit.methods.base import MethodModel
-
     for _ in range(65):
         if not isinstance(model, MethodModel):
             return "whole" in inspect.signature(model.stream).parameters
