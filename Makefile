@@ -95,8 +95,8 @@ vllm-env: $(VSTAMP)
 test-vllm: $(VSTAMP)
 	$(VLLM_VENV)/bin/python -c "import vllm" || (echo "make test-vllm: vLLM does not import in $(VLLM_VENV)" >&2; exit 1)
 	ALIGNKIT_STRICT=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 HF_HUB_OFFLINE=1 \
-		$(VLLM_VENV)/bin/python -m pytest -q -m vllm_env tests/models/test_vllm.py tests/models/test_conformance.py \
-		tests/models/test_vllm_scale.py tests/evaluation/test_vllm_judge.py
+		$(VLLM_VENV)/bin/python -m pytest -q -m vllm_env tests/models/test_vllm.py tests/models/test_vllm_serve.py \
+		tests/models/test_conformance.py tests/models/test_vllm_scale.py tests/evaluation/test_vllm_judge.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gemma and not vllm_env"
