@@ -37,14 +37,13 @@ from typing import Any
 
 from alignkit.errors import (
     BackendUnavailableError,
-    ContextLengthError,
     ModelLoadError,
     ModelSpecError,
 )
 from alignkit.models import catalog, vllm_async
 from alignkit.models.base import Capabilities, PositionReducer, configs_for
 from alignkit.models.registry import adapter_base, resolve
-from alignkit.models.vllm_common import GUIDED, VLLMTokens, lora_capacity, sampling_params, scores_from
+from alignkit.models.vllm_common import VLLMTokens, engine_kwargs, lora_capacity, sampling_params, scores_from
 from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
 from alignkit.version import __version__
 
@@ -64,16 +63,12 @@ class VLLMModel(VLLMTokens):
             from vllm import LLM
         except ImportError:
             raise BackendUnavailableError("vllm", "vllm", "vllm") from None
-        kwargs: dict[str, Any] = dict(model=source, enable_prefix_caching=True, max_logprobs=max_logprobs,
-                                      tensor_parallel_size=tensor_parallel_size,
-                                      pipeline_parallel_size=pipeline_parallel_size, enforce_eager=enforce_eager,
-                                      dtype=dtype, structured_outputs_config=GUIDED)
-        if max_model_len:
-            kwargs["max_model_len"] = max_model_len
+        kwargs = engine_kwargs(source, max_logprobs=max_logprobs, enforce_eager=enforce_eager, dtype=dtype,
+                               tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                               max_lora_rank=max_lora_rank)
+        kwargs["pipeline_parallel_size"] = pipeline_parallel_size
         if distributed_executor:
             kwargs["distributed_executor_backend"] = distributed_executor
-        if max_lora_rank:
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=4)
         world = tensor_parallel_size * pipeline_parallel_size
         binding = _cpu_thread_binding(world) if world > 1 else None
         if binding:  # the workers start inside LLM(); the setting does not outlive this load
@@ -107,10 +102,7 @@ class VLLMModel(VLLMTokens):
         configs = configs_for(len(prompts), config)
         if not prompts:
             return []
-        ids = [self.encode_prompt(p) for p in prompts]
-        for i, row in enumerate(ids):
-            if len(row) >= self._context:
-                raise ContextLengthError(f"prompt {i} has {len(row)} tokens; the model's context holds {self._context}")
+        ids = self.encode_all(prompts)
         outs = self.llm.generate([{"prompt_token_ids": r} for r in ids], [sampling_params(c) for c in configs],
                                  use_tqdm=False, lora_request=self.lora_request)
         comps, cached = [], 0

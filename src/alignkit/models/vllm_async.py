@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignkit.errors import BackendUnavailableError, ContextLengthError, InputError, ModelLoadError
+from alignkit.errors import BackendUnavailableError, InputError, ModelLoadError
 from alignkit.models.base import Capabilities, PositionReducer, configs_for
-from alignkit.models.vllm_common import GUIDED, VLLMTokens, lora_capacity, sampling_params, scores_from
+from alignkit.models.vllm_common import VLLMTokens, engine_kwargs, lora_capacity, sampling_params, scores_from
 from alignkit.types import Completion, FinishReason, GenerationConfig, Prompt, StreamEvent, TokenScores
 from alignkit.version import __version__
 
@@ -63,14 +63,9 @@ class AsyncVLLMModel(VLLMTokens):
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError:
             raise BackendUnavailableError("vllm", "vllm", "vllm") from None
-        kwargs: dict[str, Any] = dict(model=source, enable_prefix_caching=True, max_logprobs=max_logprobs,
-                                      enforce_eager=enforce_eager, dtype=dtype,
-                                      tensor_parallel_size=tensor_parallel_size,
-                                      structured_outputs_config=GUIDED)
-        if max_model_len:
-            kwargs["max_model_len"] = max_model_len
-        if max_lora_rank:
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=4)
+        kwargs = engine_kwargs(source, max_logprobs=max_logprobs, enforce_eager=enforce_eager, dtype=dtype,
+                               tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                               max_lora_rank=max_lora_rank)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="alignkit-vllm-engine", daemon=True)
         self._thread.start()
@@ -145,11 +140,7 @@ class AsyncVLLMModel(VLLMTokens):
 
         def start(batch: Sequence[tuple[Prompt, GenerationConfig]]) -> None:
             nonlocal count
-            encoded = [(self.encode_prompt(p), c) for p, c in batch]  # every row checked before any starts
-            for k, (ids, _) in enumerate(encoded):
-                if len(ids) >= self._context:
-                    raise ContextLengthError(f"prompt {count + k} has {len(ids)} tokens; the model's context "
-                                             f"holds {self._context}")
+            encoded = zip(self.encode_all([p for p, _ in batch], count), [c for _, c in batch])
             for ids, c in encoded:
                 kind = RequestOutputKind.FINAL_ONLY if whole is not None and whole(count) else RequestOutputKind.DELTA
                 params = sampling_params(c, output_kind=kind)

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from alignkit.errors import CapabilityError, InputError
+from alignkit.errors import CapabilityError, ContextLengthError, InputError
 from alignkit.models.base import Capabilities, PositionReducer
 from alignkit.models.registry import lora_rank
 from alignkit.types import GenerationConfig, Message, Prompt, TokenScores
@@ -54,6 +54,16 @@ class VLLMTokens:
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 
+    def encode_all(self, prompts: Sequence[Prompt], first: int = 0) -> list[list[int]]:
+        """Every prompt's token ids, each checked against the context before any is sent (numbered from
+        ``first`` in the error)."""
+        ids = [self.encode_prompt(p) for p in prompts]
+        for i, row in enumerate(ids):
+            if len(row) >= self._context:
+                raise ContextLengthError(f"prompt {first + i} has {len(row)} tokens; the model's context holds "
+                                         f"{self._context}")
+        return ids
+
     def score_rows(self, prompts: Sequence[Prompt], continuations: Sequence[str | Sequence[int]], *, top_k: int,
                    reduce: PositionReducer | None) -> tuple[list[list[int]], list[tuple[int, list[int]]]]:
         """The token rows to score (prompt + continuation) and where each continuation starts."""
@@ -72,6 +82,20 @@ class VLLMTokens:
             rows.append(pids + cont)
             spans.append((len(pids), cont))
         return rows, spans
+
+
+def engine_kwargs(source: str, *, max_logprobs: int, enforce_eager: bool, dtype: str, tensor_parallel_size: int,
+                  max_model_len: int | None, max_lora_rank: int) -> dict[str, Any]:
+    """vLLM's engine arguments both engines share: prefix caching on, the top-k cap, guided decoding as
+    :data:`GUIDED`, LoRA support up to ``max_lora_rank`` (0: none)."""
+    kwargs: dict[str, Any] = dict(model=source, enable_prefix_caching=True, max_logprobs=max_logprobs,
+                                  enforce_eager=enforce_eager, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                                  structured_outputs_config=GUIDED)
+    if max_model_len:
+        kwargs["max_model_len"] = max_model_len
+    if max_lora_rank:
+        kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=4)
+    return kwargs
 
 
 def sampling_params(cfg: GenerationConfig, **extra: Any) -> Any:
