@@ -87,7 +87,7 @@ def engine_processes() -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
-def start(name: str, port: int) -> subprocess.Popen:
+def start(name: str, port: int, dtype: str = "auto") -> subprocess.Popen:
     from alignkit.models import catalog
 
     left = engine_processes()
@@ -100,11 +100,11 @@ def start(name: str, port: int) -> subprocess.Popen:
     if name == "vllm":
         cmd = [str(VLLM / "python"), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(catalog.locate("gemma-3-270m")), "--served-model-name", "m", "--port", str(port),
-               "--enforce-eager", "--max-model-len", "4096", "--disable-log-stats"]
+               "--enforce-eager", "--max-model-len", "4096", "--disable-log-stats", "--dtype", dtype]
     elif name == "alignkit-vllm":
-        cmd = [str(VLLM / "alignkit"), *serve, "--model", "vllm:gemma-3-270m", "--dtype", "auto"]
+        cmd = [str(VLLM / "alignkit"), *serve, "--model", "vllm:gemma-3-270m", "--dtype", dtype]
     elif name == "alignkit-vllm-offline":
-        cmd = [str(VLLM / "alignkit"), *serve, "--model", "vllm:gemma-3-270m", "--dtype", "auto", "--vllm-engine", "offline",
+        cmd = [str(VLLM / "alignkit"), *serve, "--model", "vllm:gemma-3-270m", "--dtype", dtype, "--vllm-engine", "offline",
                "--max-batch", "16"]
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     elif name == "alignkit-hf":
@@ -192,6 +192,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--port", type=int, default=8931)
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds per server; the median round is kept")
+    ap.add_argument("--dtype", choices=["auto", "float32"], default="auto",
+                    help="the engines' precision: vLLM's default (bfloat16 here) or float32, where vLLM's CPU build "
+                         "is batch-invariant and the answers can be compared exactly (written to serve_peers_float32)")
     ap.add_argument("--keep", action="store_true", help="keep the results of servers not run now (same load)")
     args = ap.parse_args()
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -206,8 +209,11 @@ def main() -> None:
         items.append({"messages": conv, "prompt": prepared.prompt, "stop": list(prepared.stop)})
     load = {"conversations": len(items), "clients": args.clients, "requests_per_client": args.requests,
             "max_tokens": args.max_tokens, "temperature": 0, "repetition_penalty": PENALTY, "rounds": args.rounds}
+    result_name = "serve_peers" if args.dtype == "auto" else f"serve_peers_{args.dtype}"
+    if args.dtype != "auto":
+        load["dtype"] = args.dtype
 
-    previous = RESULTS / "serve_peers.json"
+    previous = RESULTS / f"{result_name}.json"
     results: dict[str, dict] = {}
     if args.keep and previous.is_file():
         old = json.loads(previous.read_text())
@@ -216,7 +222,7 @@ def main() -> None:
     answers: dict[str, dict] = {}
     for name in names:
         print(f"[serve_peers] {name}: starting", file=sys.stderr)
-        proc = start(name, args.port)
+        proc = start(name, args.port, args.dtype)
         try:
             url = f"http://127.0.0.1:{args.port}/v1"
             # warm-up: one request per client, full length (the first batches of each shape are slow on the CPU)
@@ -240,7 +246,7 @@ def main() -> None:
         print(f"[serve_peers] {name}: {res['tokens_per_s']} tok/s, p50 {res['p50_s']} s, p95 {res['p95_s']} s, "
               f"errors {res['errors']}", file=sys.stderr)
 
-    saved = RESULTS.parent.parent / "runs" / "serve-peers-answers.json"
+    saved = RESULTS.parent.parent / "runs" / f"{result_name.replace('_', '-')}-answers.json"
     if args.keep and saved.is_file():
         answers = {**json.loads(saved.read_text()), **answers}
     saved.write_text(json.dumps(answers))
@@ -256,7 +262,7 @@ def main() -> None:
             res["identical_to"] = same[0]
             res["identical_answers"] = sum(mine[k]["text"] == route.clean(theirs[k]["text"]) for k in keys)
             res["compared"] = len(keys)
-    write_result("serve_peers", {"load": load, "servers": results})
+    write_result(result_name, {"load": load, "servers": results})
     for name, res in results.items():
         print(f"{name:24} {res['tokens_per_s']:7} tok/s  p50 {res['p50_s']:6} s  p95 {res['p95_s']:6} s  "
               f"x vLLM {res.get('tokens_per_s_vs_vllm', '-')}  p50 x {res.get('p50_vs_vllm', '-')}  "

@@ -33,7 +33,30 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
-#: A prompt is either raw text (completion) or a conversation (chat).
+class ToolChat(tuple[Message, ...]):
+    """A conversation with tools, for a model whose chat template renders them (``capabilities.tool_format``).
+
+    As a sequence it is its plain messages -- earlier calls and tool results written out as text -- which is what
+    a route that does not hand the conversation to such a template reads. :attr:`turns` are the messages in
+    OpenAI's shape (an assistant's ``tool_calls``, ``role: "tool"`` results with their ``tool_call_id``),
+    :attr:`tools` the functions (``{name, description, parameters}``) and :attr:`prefill` text the answer starts
+    with (a call's opener, when a call is required): the model's template renders all three."""
+
+    turns: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...]
+    prefill: str
+
+    def __new__(cls, messages: Sequence[Message], turns: Sequence[dict[str, Any]],
+                tools: Sequence[dict[str, Any]] = (), prefill: str = "") -> ToolChat:
+        chat = super().__new__(cls, messages)
+        chat.turns, chat.tools, chat.prefill = tuple(turns), tuple(tools), prefill
+        return chat
+
+    def __reduce__(self):  # type: ignore[override]  # pickled with its tools (a worker process gets it whole)
+        return (ToolChat, (tuple(self), self.turns, self.tools, self.prefill))
+
+
+#: A prompt is either raw text (completion) or a conversation (chat; a :class:`ToolChat` carries tools too).
 Prompt = str | Sequence[Message]
 
 FinishReason = Literal["stop", "length"]

@@ -28,11 +28,22 @@ class MethodModel(ABC):
 
     backend = "method"
     method = "method"
+    #: hands the conversation to the wrapped model's chat template as it is, tools and all (only ``template``):
+    #: every other node keeps ``capabilities.tool_format`` empty, whatever its model's template renders
+    passes_tools = False
 
     def __init__(self, base: LanguageModel) -> None:
         self.base = base
         self.spec = base.spec
-        self.capabilities: Capabilities = base.capabilities
+        self.capabilities = base.capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @capabilities.setter
+    def capabilities(self, caps: Capabilities) -> None:
+        self._capabilities = caps if self.passes_tools else replace(caps, tool_format="")
 
     # -- to implement
     @abstractmethod

@@ -14,18 +14,21 @@ from alignkit.methods.base import MethodModel, Prepared, StreamCleaner
 from alignkit.methods.nodes import UrialOptions
 from alignkit.methods.urial import build_node as build_urial
 from alignkit.models.base import LanguageModel, require
-from alignkit.types import GenerationConfig, Message, Prompt
+from alignkit.types import GenerationConfig, Message, Prompt, ToolChat
 
 
 class ChatTemplate(MethodModel):
     backend = "template"
     method = "template"
+    passes_tools = True
 
     def __init__(self, base: LanguageModel) -> None:
         require(base, "chat_template", purpose="--method template")
         super().__init__(base)
 
     def prepare(self, prompt: Prompt, config: GenerationConfig) -> Prepared:
+        if isinstance(prompt, ToolChat):  # rendered by the model's own template, tools and all
+            return Prepared(prompt)
         msgs = [Message("user", prompt)] if isinstance(prompt, str) else list(prompt)
         return Prepared(msgs)
 

@@ -103,6 +103,12 @@ class Capabilities:
     (``None``: no limit) -- returns at most ``room`` ``(prompt, config)`` pairs that join now, numbered after
     every request before them. The server schedules such a model continuously."""
 
+    tool_format: str = ""
+    """The family of tool calls its chat template defines (``hermes``, ``llama3``, ``mistral``:
+    alignkit.models.tool_formats), when it renders tools: a :class:`~alignkit.types.ToolChat` prompt is rendered
+    with them, and its calls are read in that format. "" for every other model, and for a route that does not hand
+    the conversation to that template as it is (urial, rewrite, correct...)."""
+
     layer_lens: bool = False
     """Reads its residual stream layer by layer through its final norm and output head (the logit lens):
     ``iter_lens`` and ``read_out`` (see :class:`LensChunk`); what ``alignkit shift --layers`` needs."""

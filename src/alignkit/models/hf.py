@@ -20,6 +20,7 @@ from alignkit.errors import (
     InputError,
     ModelLoadError,
 )
+from alignkit.models import tool_formats
 from alignkit.models.base import (
     Capabilities,
     LensChunk,
@@ -31,7 +32,7 @@ from alignkit.models.base import (
 )
 from alignkit.models.hf_decode import DecodeEngine, Stepper
 from alignkit.structured import ll_tokenizer
-from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
+from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
 from alignkit.version import __version__
 
 _DTYPES = {
@@ -95,6 +96,7 @@ class HFModel:
             full_vocab_logits=True,
             topk_logprobs=self.vocab_size,
             chat_template=bool(getattr(tokenizer, "chat_template", None)),
+            tool_format=tool_formats.detect(getattr(tokenizer, "chat_template", None)),
             streaming=True,
             adapters=True,
             prefix_reuse=True,
@@ -240,8 +242,9 @@ class HFModel:
                 f"model {self.spec!r} has no chat template, so it cannot take a list of messages; "
                 "give it raw text, or align it in context (--method urial)"
             )
-        msgs = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
-        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        msgs, tools, prefill = tool_formats.render_messages(prompt)
+        return self.tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=True) \
+            + prefill
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt: raw text gets the tokenizer's special tokens (BOS); a rendered chat template

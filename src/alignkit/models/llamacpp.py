@@ -43,7 +43,7 @@ from alignkit.errors import (
     ModelLoadError,
     ModelSpecError,
 )
-from alignkit.models import catalog
+from alignkit.models import catalog, tool_formats
 from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
@@ -55,7 +55,7 @@ from alignkit.models.base import (
 )
 from alignkit.models.lora_gguf import convert_peft_adapter
 from alignkit.models.token_loop import queued_admit
-from alignkit.types import Completion, GenerationConfig, Message, Prompt, StreamEvent, TokenScores
+from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
 from alignkit.version import __version__
 
 GGUF_MAGIC = b"GGUF"
@@ -281,6 +281,7 @@ class LlamaCppModel:
         self.trained_format = None
         self.capabilities = Capabilities(
             full_vocab_logits=True, topk_logprobs=self.vocab_size, chat_template=bool(self._template),
+            tool_format=tool_formats.detect(self._template),
             streaming=True, adapters=True, prefix_reuse=True, token_ids=True, stepping=True, constraints=True,
             continuous_batching=True,
         )
@@ -327,11 +328,11 @@ class LlamaCppModel:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        msgs = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
+        msgs, tools, prefill = tool_formats.render_messages(prompt)
         bos = self.decode([int(self.llm.token_bos())], special=True)
         eos = self.decode([int(self.llm.token_eos())], special=True)
-        return env.from_string(self._template).render(messages=msgs, add_generation_prompt=True, bos_token=bos,
-                                                      eos_token=eos)
+        return env.from_string(self._template).render(messages=msgs, tools=tools, add_generation_prompt=True,
+                                                      bos_token=bos, eos_token=eos) + prefill
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Raw text gets the BOS token; a rendered chat template carries its own special tokens."""

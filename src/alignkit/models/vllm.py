@@ -40,7 +40,7 @@ from alignkit.errors import (
     ModelLoadError,
     ModelSpecError,
 )
-from alignkit.models import catalog, vllm_async
+from alignkit.models import catalog, tool_formats, vllm_async
 from alignkit.models.base import Capabilities, PositionReducer, configs_for
 from alignkit.models.registry import adapter_base, resolve
 from alignkit.models.vllm_common import VLLMTokens, engine_kwargs, lora_capacity, sampling_params, scores_from
@@ -93,7 +93,8 @@ class VLLMModel(VLLMTokens):
             self.lora_request = LoRARequest(lora_name=lora, lora_int_id=1, lora_path=lora)
         self.capabilities = Capabilities(
             full_vocab_logits=False, topk_logprobs=max_logprobs,
-            chat_template=bool(getattr(self.tokenizer, "chat_template", None)), streaming=False, adapters=True,
+            chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            tool_format=tool_formats.detect(getattr(self.tokenizer, "chat_template", None)), streaming=False, adapters=True,
             prefix_reuse=True, token_ids=True, constraints=True)
 
     # ------------------------------------------------------------------ generation

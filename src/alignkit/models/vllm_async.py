@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignkit.errors import BackendUnavailableError, InputError, ModelLoadError
+from alignkit.models import tool_formats
 from alignkit.models.base import Capabilities, PositionReducer, configs_for
 from alignkit.models.vllm_common import VLLMTokens, engine_kwargs, lora_capacity, sampling_params, scores_from
 from alignkit.types import Completion, FinishReason, GenerationConfig, Prompt, StreamEvent, TokenScores
@@ -91,7 +92,8 @@ class AsyncVLLMModel(VLLMTokens):
         self.lora_request = self._lora(lora) if lora else None
         self.capabilities = Capabilities(
             full_vocab_logits=False, topk_logprobs=max_logprobs,
-            chat_template=bool(getattr(self.tokenizer, "chat_template", None)), streaming=True, adapters=True,
+            chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            tool_format=tool_formats.detect(getattr(self.tokenizer, "chat_template", None)), streaming=True, adapters=True,
             prefix_reuse=True, token_ids=True, constraints=True, continuous_batching=True)
 
     # ------------------------------------------------------------------ adapters

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from alignkit.errors import CapabilityError, ContextLengthError, InputError
+from alignkit.models import tool_formats
 from alignkit.models.base import Capabilities, PositionReducer
 from alignkit.models.registry import lora_rank
-from alignkit.types import GenerationConfig, Message, Prompt, TokenScores
+from alignkit.types import GenerationConfig, Prompt, TokenScores
 
 #: vLLM's guided decoding as alignkit's own token loop does it: llguidance, JSON without free whitespace (the
 #: engine-wide setting; vLLM reads no per-request one)
@@ -39,8 +40,9 @@ class VLLMTokens:
         if not self.capabilities.chat_template:
             raise CapabilityError(f"model {self.spec!r} has no chat template, so it cannot take a list of messages; "
                                   "give it raw text, or align it in context (--method urial)")
-        msgs = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
-        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        msgs, tools, prefill = tool_formats.render_messages(prompt)
+        return self.tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=True) \
+            + prefill
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         return list(self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str)).input_ids)

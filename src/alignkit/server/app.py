@@ -169,13 +169,15 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         req = await parse_body(request, ChatCompletionRequest, limits)
         service, model = pick(req.model)
         msgs = [Message(m.alignkit_role, m.text) for m in req.messages]
-        if (plan := req.tool_plan) is not None:  # the tools, described in a system note
-            msgs = toolcalls.with_note(msgs, *plan)
+        # tools: in the route's own chat template where it renders them, else described in alignkit's system note
+        prompt: Any = msgs
+        if (use := req.use_tools(model.capabilities.tool_format)) is not None:
+            prompt = use.prompt(msgs, [m.turn for m in req.messages])
         if req.stream and req.logprobs:
             raise APIError(400, "logprobs are available without streaming only", param="logprobs")
         if log_prompts:
-            log.info("chat request: %s", json.dumps([m.to_dict() for m in msgs], ensure_ascii=False))
-        return await _complete(service, req, [msgs], chat=True)
+            log.info("chat request: %s", json.dumps([m.to_dict() for m in prompt], ensure_ascii=False))
+        return await _complete(service, req, [prompt], chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -332,8 +334,8 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         if req.stream:
             opts = (req.model_extra or {}).get("stream_options") or {}
             include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-            tools = req.callable_tools if chat else None
-            return StreamingResponse(_sse(service, job, rid, chat, req.n, include_usage, tools),
+            use = req.tool_use if chat else None
+            return StreamingResponse(_sse(service, job, rid, chat, req.n, include_usage, use),
                                      media_type="text/event-stream")
         comps = await _finished(job)
         logprobs = None
@@ -348,11 +350,13 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
         return _response(rid, chat, service.name, prompts, comps, req, logprobs)
 
     async def _sse(service: Service, job, rid: str, chat: bool, n: int, include_usage: bool,
-                   tools: list[dict[str, Any]] | None = None):
-        """The stream of chunks. With tools to call, the answer is held until it is complete and then sent as one
-        tool-call delta (its name is known only once the model has written it)."""
+                   use: toolcalls.ToolUse | None = None):
+        """The stream of chunks. With tools to call, what may still become a call is held until the answer is
+        complete and then sent as tool-call deltas (a call's name is known only once the model has written it);
+        words are streamed as they come."""
         created = int(time.time())
         held: dict[int, str] = {}
+        sent: dict[int, int] = {}
         obj = "chat.completion.chunk" if chat else "text_completion"
         started: set[int] = set()
         finals: dict[int, Any] = {}
@@ -366,21 +370,29 @@ def build_app(services: Service | Sequence[Service], *, api_key: str | None = No
                 if item[0] == "done":
                     break
                 _, choice, ev = item
-                if tools is not None and choice not in started:
-                    held[choice] = held.get(choice, "") + ev.text
+                if use is not None and use.callable:
+                    text = held[choice] = held.get(choice, "") + ev.text
+                    done = sent.get(choice, 0)
+                    delta = {} if choice in started else {"role": "assistant"}
                     if ev.completion is None:
-                        if held[choice].lstrip() and not held[choice].lstrip().startswith("{"):
-                            # words, not a call (auto): stream them from here on
+                        upto = use.streamable(text)  # words so far (what may still become a call is held)
+                        if upto > done:
                             started.add(choice)
-                            ch = {"index": choice, "delta": {"role": "assistant", "content": held[choice]},
+                            sent[choice] = upto
+                            ch = {"index": choice, "delta": {**delta, "content": text[done:upto]},
                                   "finish_reason": None, "logprobs": None}
                             yield _sse_data({"id": rid, "object": "chat.completion.chunk", "created": created,
                                              "model": service.name, "choices": [ch]})
                         continue
-                    call = toolcalls.parse_call(held[choice], tools)
-                    delta = ({"tool_calls": [{"index": 0, **call}]} if call else {"content": held[choice]})
-                    ch = {"index": choice, "delta": {"role": "assistant", **delta}, "logprobs": None,
-                          "finish_reason": "tool_calls" if call else ev.finish_reason}
+                    content, calls = use.read(text)
+                    if calls:
+                        if content and not done:
+                            delta["content"] = content
+                        delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(calls)]
+                    elif text[done:]:
+                        delta["content"] = text[done:]
+                    ch = {"index": choice, "delta": delta, "logprobs": None,
+                          "finish_reason": "tool_calls" if calls else ev.finish_reason}
                     finals[choice] = ev.completion
                     yield _sse_data({"id": rid, "object": "chat.completion.chunk", "created": created,
                                      "model": service.name, "choices": [ch]})
@@ -455,13 +467,13 @@ def _can_constrain(model: Any) -> bool:
 def _response(rid: str, chat: bool, name: str, prompts: list[Any], comps, req: Any, logprobs) -> dict[str, Any]:
     created = int(time.time())
     if chat:
-        tools = req.callable_tools
+        use = req.tool_use
         choices = []
         for i, c in enumerate(comps):
-            call = toolcalls.parse_call(c.text, tools) if tools is not None else None
-            message = ({"role": "assistant", "content": None, "tool_calls": [call]} if call else
+            content, calls = use.read(c.text) if use is not None else (c.text, [])
+            message = ({"role": "assistant", "content": content, "tool_calls": calls} if calls else
                        {"role": "assistant", "content": c.text})
-            choices.append({"index": i, "message": message, "finish_reason": "tool_calls" if call else c.finish_reason,
+            choices.append({"index": i, "message": message, "finish_reason": "tool_calls" if calls else c.finish_reason,
                             "logprobs": logprobs[i] if logprobs else None,
                             **({"alignkit": x} if (x := route_extras(c)) else {})})
         return {"id": rid, "object": "chat.completion", "created": created, "model": name, "choices": choices,

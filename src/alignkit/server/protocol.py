@@ -110,6 +110,16 @@ class ChatMessage(BaseModel):
                                   "tool_call_id": self.tool_call_id})[1]
 
     @property
+    def turn(self) -> dict[str, Any]:
+        """The message in OpenAI's shape, for a chat template that renders tools (developer read as system)."""
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self._plain}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+    @property
     def alignkit_role(self) -> str:
         if self.role == "tool":  # a tool's result is read as the user's turn
             return "user"
@@ -125,6 +135,7 @@ class ChatCompletionRequest(_Request):
         "constrained to the tool's parameter schema; with \"auto\" (the default) a call or words"))
     tool_choice: str | dict[str, Any] | None = None
     _plan: tuple[list[dict[str, Any]], bool] | None = PrivateAttr(default=None)
+    _use: toolcalls.ToolUse | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _ends_with_user(self):
@@ -160,16 +171,21 @@ class ChatCompletionRequest(_Request):
         validated), else None."""
         return self._plan
 
+    def use_tools(self, tool_format: str) -> toolcalls.ToolUse | None:
+        """Settle how this request's tools reach a route whose chat template defines ``tool_format`` ("" when it
+        renders none: alignkit's note): read back by :attr:`tool_use` and :attr:`constraint`."""
+        self._use = toolcalls.ToolUse.of(self.tool_plan, tool_format)
+        return self._use
+
     @property
-    def callable_tools(self) -> list[dict[str, Any]] | None:
-        """The tools the answer may call (None: answer in words)."""
-        plan = self.tool_plan
-        return None if plan is None else plan[0]
+    def tool_use(self) -> toolcalls.ToolUse | None:
+        """How the answer's calls are read (None: words only)."""
+        return self._use if self._use is not None else toolcalls.ToolUse.of(self.tool_plan, "")
 
     @property
     def constraint(self):
-        if (plan := self.tool_plan) is not None:
-            return toolcalls.constraint(*plan)
+        if (use := self.tool_use) is not None and use.callable:
+            return use.constraint()
         return super().constraint
 
 

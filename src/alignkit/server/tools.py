@@ -11,17 +11,27 @@ llguidance) so that a call is always well formed:
 - ``none``: words, the tools not mentioned.
 
 Earlier calls (an assistant turn with ``tool_calls``) and their results (``role: "tool"``) are written into the
-conversation as text the route can read. Not here: parallel calls, tools rendered by a model's own chat template."""
+conversation as text the route can read.
+
+A route that hands the conversation to a model's own chat template as it is (``--method template``, ``auto`` on a
+chat model) whose template renders tools in a format alignkit knows (``capabilities.tool_format``:
+alignkit.models.tool_formats) gets the tools, the earlier calls and results the way that template renders them
+(a :class:`~alignkit.types.ToolChat`), and its answer is read in the template's own format -- several calls in one
+answer included: ``auto`` and ``none`` leave the model to its template's instructions; ``required`` and a named
+function open the answer with the family's call opener and constrain the call's JSON to the tools' schemas.
+:class:`ToolUse` is that choice for one request."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from alignkit.errors import InputError
+from alignkit.models.tool_formats import FORMATS, ToolFormat
 from alignkit.structured import Constraint
-from alignkit.types import Message
+from alignkit.types import Message, Prompt, ToolChat
 
 #: how the tools are described to the model (a system note before the conversation)
 TOOLS_NOTE = ("You can call these tools. To call one, reply with a JSON object only: {{\"name\": the tool's name, "
@@ -142,3 +152,77 @@ def as_text(message: dict[str, Any]) -> tuple[str, str]:
     if role == "tool":
         return "user", f"Result of tool call {message.get('tool_call_id') or ''}:\n{message.get('content') or ''}"
     return role, message.get("content") or ""
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """How one chat request's tools reach its route, and how calls are read back out of the answer: in the format
+    of the route's own chat template (``native``), or in alignkit's system note and JSON."""
+
+    tools: list[dict[str, Any]]
+    """The tools the answer may call (empty under ``none``)."""
+    must_call: bool
+    native: ToolFormat | None = None
+
+    @classmethod
+    def of(cls, plan: tuple[list[dict[str, Any]], bool] | None, tool_format: str) -> ToolUse | None:
+        """The request's use of tools on a route whose template defines ``tool_format`` ("" for none); None when
+        the answer is words only and the route's template does not render tools."""
+        native = FORMATS.get(tool_format)
+        if plan is None:
+            return cls([], False, native) if native is not None else None
+        return cls(plan[0], plan[1], native)
+
+    @property
+    def callable(self) -> bool:
+        return bool(self.tools)
+
+    @property
+    def prefill(self) -> str:
+        return self.native.opener if self.native is not None and self.must_call else ""
+
+    def prompt(self, msgs: list[Message], turns: list[dict[str, Any]]) -> Prompt:
+        """What the route is sent: the tools in the template's own rendering, or the conversation with the note."""
+        if self.native is not None:
+            return ToolChat(msgs, turns, self.tools, self.prefill)
+        return with_note(msgs, self.tools, self.must_call) if self.callable else msgs
+
+    def constraint(self) -> Constraint | None:
+        """One call under the tools' schemas when a call is required; under ``auto``, alignkit's note constrains to
+        a call or words, and a template's own format is left to the model."""
+        if not self.callable:
+            return None
+        if self.native is not None:
+            return Constraint.json_schema(self.native.call_schema(self.tools)) if self.must_call else None
+        return constraint(self.tools, self.must_call)
+
+    def read(self, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+        """``(content, calls)`` of a finished answer (calls in OpenAI's shape; none when it is words, or a call that
+        did not finish)."""
+        if not self.callable:
+            return text, []
+        if self.native is not None:
+            return self.native.parse(self.prefill + text, [t["name"] for t in self.tools])
+        call = parse_call(text, self.tools)
+        return (None, [call]) if call else (text, [])
+
+    def streamable(self, text: str) -> int:
+        """How much of an unfinished answer can be streamed now as words: none while it may still become a call
+        (the call is sent whole, once it is complete)."""
+        if not self.callable or self.must_call:
+            return len(text) if not self.callable else 0
+        if self.native is not None and self.native.name == "hermes":  # words, then perhaps calls
+            at = text.find("<tool_call>")
+            if at >= 0:
+                return at
+            opener = "<tool_call>"
+            for k in range(min(len(opener) - 1, len(text)), 0, -1):  # hold a tail that may begin the tag
+                if opener.startswith(text[-k:]):
+                    return len(text) - k
+            return len(text)
+        head = text.lstrip()
+        starts = {"hermes": (), "llama3": ("{", "<|python_tag|>"), "mistral": ("[",)}.get(
+            self.native.name if self.native is not None else "", ("{",))
+        if not head or any(s.startswith(head) or head.startswith(s) for s in starts):
+            return 0
+        return len(text)
