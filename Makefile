@@ -117,6 +117,7 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/shift_layers_headline.py --row sft && $(BIN)/python bench/shift_layers_headline.py --row urial && $(BIN)/python bench/shift_layers_headline.py --figures
 	$(BIN)/python bench/server_load.py
 	$(BIN)/python bench/serve_peers.py --servers vllm,alignkit-vllm,alignkit-vllm-offline
+	$(BIN)/python bench/serve_peers.py --servers vllm,alignkit-vllm --dtype float32 --rounds 1
 	$(BIN)/python bench/dera_cost.py
 	$(BIN)/python bench/dera_cost.py --ref runs/siblings/sft --aligned runs/siblings/dpo
 	$(BIN)/python bench/mix_cost.py

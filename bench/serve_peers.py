@@ -24,7 +24,11 @@ processes is noisy. Per server: tokens/s (completion tokens over wall time), p50
 and -- where the engine is the same -- how many answers are identical (alignkit's answer is the route's cleaned
 completion: it is compared with the route's cleaning of the engine server's raw completion).
 
+``--dtype float32`` runs both vLLM engines in float32 instead (written to ``serve_peers_float32.json``): vLLM's CPU
+build is batch-invariant there, so the answers of two servers on one engine can be compared exactly.
+
     python bench/serve_peers.py [--servers vllm,alignkit-vllm,...] [--clients 16] [--requests 6] [--max-tokens 64]
+                                [--dtype auto|float32] [--rounds 3]
 """
 
 from __future__ import annotations

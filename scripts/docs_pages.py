@@ -77,6 +77,9 @@ RESULTS: dict[str, tuple[str, str, str]] = {
                     "requests, 64 tokens, greedy) on `alignkit serve` over vLLM's async and offline engines and on "
                     "vLLM's own server; answers compared.",
                     "python bench/serve_peers.py --servers vllm,alignkit-vllm,alignkit-vllm-offline"),
+    "serve_peers_float32": ("alignkit's server against vLLM's own, float32", "The same load with both engines in "
+                            "float32, where vLLM's CPU build is batch-invariant: answers compared one by one.",
+                            "python bench/serve_peers.py --servers vllm,alignkit-vllm --dtype float32 --rounds 1"),
     "server_load": ("Server under load", "16 clients: continuous batching vs static batches vs one at a time.",
                     "python bench/server_load.py"),
     "sharded_generate": ("Sharded generation", "`alignkit shards` with 1 and 2 workers on the 2 cores.",
