@@ -91,7 +91,9 @@ def engine_processes() -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
-def start(name: str, port: int, dtype: str = "auto") -> subprocess.Popen:
+def start(name: str, port: int, dtype: str = "auto", src: Path | None = None, tag: str = "") -> subprocess.Popen:
+    """Start a server and wait until it answers. ``src``: run alignkit from another source tree (its ``src``
+    folder, e.g. a worktree of an earlier commit) on this checkout's environment; ``tag`` names its log."""
     from alignkit.models import catalog
 
     left = engine_processes()
@@ -121,7 +123,12 @@ def start(name: str, port: int, dtype: str = "auto") -> subprocess.Popen:
                "--model_alias", "m", "--port", str(port), "--n_ctx", "4096"]
     else:
         raise SystemExit(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
-    log = open(RESULTS.parent.parent / "runs" / f"serve-peers-{name}.log", "w")  # noqa: SIM115 - closed with the process
+    if src is not None:  # the same command, alignkit imported from the other tree
+        if not name.startswith("alignkit"):
+            raise SystemExit(f"{name} is not alignkit: it has no other source tree")
+        cmd = [str(Path(cmd[0]).parent / "python"), "-m", "alignkit", *cmd[1:]]
+        env["PYTHONPATH"] = str(src)
+    log = open(RESULTS.parent.parent / "runs" / f"serve-peers-{name}{tag}.log", "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.time() + 900
     while True:

@@ -200,3 +200,28 @@ def test_the_constrained_call_has_each_family_s_shape():
     assert tool_formats.FORMATS["llama3"].call_schema(tools)["required"] == ["name", "parameters"]
     mistral = tool_formats.FORMATS["mistral"].call_schema(tools)
     assert mistral["type"] == "array" and mistral["maxItems"] == 1
+
+
+def test_the_vllm_backends_render_a_tool_chat_as_transformers_does(tool_model):
+    """The vLLM engines' tokenizer side (models.vllm_common, shared by both; vLLM itself not needed here) renders a
+    conversation with tools, an earlier call and its result exactly as the transformers backend does, and reads the
+    same family from the template."""
+    from alignkit.models.base import Capabilities, TokenMemo
+    from alignkit.models.vllm_common import VLLMTokens
+
+    class Tokens(VLLMTokens):
+        def __init__(self, tokenizer):
+            self.spec, self.tokenizer, self._memo = "tiny-tools", tokenizer, TokenMemo()
+            self.capabilities = Capabilities(chat_template=True, tool_format=tool_formats.detect(
+                tokenizer.chat_template))
+
+    vt = Tokens(tool_model.tokenizer)
+    assert vt.capabilities.tool_format == "hermes"
+    first = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                          "arguments": '{"city": "Paris", "unit": "C"}'}}]}
+    follow = [*WEATHER_Q, first, {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]
+    chat = ToolChat([Message("user", "x")], follow, toolcalls.check_tools(TOOLS), "<tool_call>\n")
+    assert vt.render(chat) == tool_model.render(chat)
+    assert vt.encode_prompt(chat) == tool_model.encode_prompt(chat)
+    assert vt.render(chat).endswith("<|assistant|>\n<tool_call>\n")

@@ -19,6 +19,8 @@ chat through the model's own chat template and refuses if it has none.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -266,6 +268,33 @@ def configs_for(
     if len(configs) != n:
         raise ValueError(f"got {len(configs)} generation configs for {n} prompts")
     return configs
+
+
+class TokenMemo:
+    """The token ids of the last few prompts a backend encoded, by their text: a server counts a request's tokens
+    (its context check) and the engine then encodes the very same prompt -- a URIAL prompt is a thousand tokens or
+    more -- so each prompt is tokenised once. Thread-safe (requests are counted on the server's threads)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._ids: OrderedDict[tuple[str, bool], tuple[int, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str, special: bool, encode: Callable[[], Sequence[int]]) -> list[int]:
+        """The ids of ``text`` (``special``: whether the tokenizer adds its special tokens), from ``encode()`` the
+        first time."""
+        key = (text, special)
+        with self._lock:
+            hit = self._ids.get(key)
+            if hit is not None:
+                self._ids.move_to_end(key)
+                return list(hit)
+        ids = tuple(int(t) for t in encode())
+        with self._lock:
+            self._ids[key] = ids
+            while len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+        return list(ids)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

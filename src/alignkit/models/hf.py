@@ -26,6 +26,7 @@ from alignkit.models.base import (
     LensChunk,
     LogprobChunk,
     PositionReducer,
+    TokenMemo,
     configs_for,
     logprob_blocks,
     run_stream_to_completions,
@@ -86,6 +87,7 @@ class HFModel:
         self.score_batch_size = score_batch_size
         self.score_chunk = score_chunk
         self._lock = threading.RLock()
+        self._memo = TokenMemo()
         self.trained_format: dict[str, Any] | None = None
         """Set for models trained by alignkit: the method and template they were trained to be prompted with."""
         # a transformers PreTrainedModel (a PEFT model's base): its methods are not in torch.nn.Module's type
@@ -249,8 +251,8 @@ class HFModel:
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt: raw text gets the tokenizer's special tokens (BOS); a rendered chat template
         already contains them."""
-        text = self.render(prompt)
-        return list(self.tokenizer(text, add_special_tokens=isinstance(prompt, str)).input_ids)
+        text, raw = self.render(prompt), isinstance(prompt, str)
+        return self._memo.get(text, raw, lambda: self.tokenizer(text, add_special_tokens=raw).input_ids)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a piece of text, without special tokens."""

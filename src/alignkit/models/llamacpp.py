@@ -48,6 +48,7 @@ from alignkit.models.base import (
     Capabilities,
     LogprobChunk,
     PositionReducer,
+    TokenMemo,
     common_prefix_length,
     configs_for,
     logprob_blocks,
@@ -275,6 +276,7 @@ class LlamaCppModel:
         self.source = {"gguf": str(path), "lora": lora, "n_ctx": n_ctx, "n_seq": n_seq, **(source or {})}
         self.vocab_size = int(self.llm.n_vocab())
         self._lock = threading.RLock()
+        self._memo = TokenMemo()
         self._live = 0  # steppers decoding now
         self._template = self.llm.metadata.get("tokenizer.chat_template")
         self.tokenizer = _Tokenizer(self)
@@ -336,9 +338,8 @@ class LlamaCppModel:
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Raw text gets the BOS token; a rendered chat template carries its own special tokens."""
-        text = self.render(prompt)
-        raw = isinstance(prompt, str)
-        return [int(t) for t in self.llm.tokenize(text.encode("utf-8"), add_bos=raw, special=not raw)]
+        text, raw = self.render(prompt), isinstance(prompt, str)
+        return self._memo.get(text, raw, lambda: self.llm.tokenize(text.encode("utf-8"), add_bos=raw, special=not raw))
 
     def encode(self, text: str) -> list[int]:
         return [int(t) for t in self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)]

@@ -199,13 +199,15 @@ class TokenLoop:
             if not active:
                 break
             logits = combine([st.logits for st in steppers])
+            # plain greedy rows (no penalty, no constraint): every row's argmax in one call, read back once
+            best = logits.argmax(-1).tolist() if any(_plain(rows[ri]) for ri in active) else None
             tokens, keep = [], []
             for j, ri in enumerate(active):
                 row = rows[ri]
                 if should_stop is not None and should_stop(row.index):
                     row.finish = "cancelled"
                     continue
-                tok = self._select(row, logits[j].cpu())
+                tok = best[j] if best is not None and _plain(row) else self._select(row, logits[j].cpu())
                 delta = self._advance(row, tok)
                 if delta or row.finish:
                     yield self._event(row, delta)
@@ -217,6 +219,11 @@ class TokenLoop:
                 break
             for st in steppers:  # (with no row left, they drop every row; requests may still join)
                 st.step(tokens, keep)
+
+
+def _plain(row: Row) -> bool:
+    """A row whose next token is its logits' argmax (greedy, nothing that changes the logits)."""
+    return row.config.greedy and row.guide is None and not row.processors
 
 
 def queued_admit(pending: list[Any], admit: Callable[[int, int | None], Sequence[tuple[Any, GenerationConfig]]] | None,

@@ -41,7 +41,7 @@ from alignkit.errors import (
     ModelSpecError,
 )
 from alignkit.models import catalog, tool_formats, vllm_async
-from alignkit.models.base import Capabilities, PositionReducer, configs_for
+from alignkit.models.base import Capabilities, PositionReducer, TokenMemo, configs_for
 from alignkit.models.registry import adapter_base, resolve
 from alignkit.models.vllm_common import VLLMTokens, engine_kwargs, lora_capacity, sampling_params, scores_from
 from alignkit.types import Completion, GenerationConfig, Prompt, StreamEvent, TokenScores
@@ -59,6 +59,7 @@ class VLLMModel(VLLMTokens):
                  lora: str | None = None, max_lora_rank: int = 0,
                  provenance: dict[str, Any] | None = None) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine
+        self._memo = TokenMemo()
         try:
             from vllm import LLM
         except ImportError:

@@ -31,7 +31,7 @@ from typing import Any
 
 from alignkit.errors import BackendUnavailableError, InputError, ModelLoadError
 from alignkit.models import tool_formats
-from alignkit.models.base import Capabilities, PositionReducer, configs_for
+from alignkit.models.base import Capabilities, PositionReducer, TokenMemo, configs_for
 from alignkit.models.vllm_common import VLLMTokens, engine_kwargs, lora_capacity, sampling_params, scores_from
 from alignkit.types import Completion, FinishReason, GenerationConfig, Prompt, StreamEvent, TokenScores
 from alignkit.version import __version__
@@ -67,6 +67,7 @@ class AsyncVLLMModel(VLLMTokens):
         kwargs = engine_kwargs(source, max_logprobs=max_logprobs, enforce_eager=enforce_eager, dtype=dtype,
                                tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                                max_lora_rank=max_lora_rank)
+        self._memo = TokenMemo()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="alignkit-vllm-engine", daemon=True)
         self._thread.start()

@@ -12,7 +12,7 @@ from typing import Any
 
 from alignkit.errors import CapabilityError, ContextLengthError, InputError
 from alignkit.models import tool_formats
-from alignkit.models.base import Capabilities, PositionReducer
+from alignkit.models.base import Capabilities, PositionReducer, TokenMemo
 from alignkit.models.registry import lora_rank
 from alignkit.types import GenerationConfig, Prompt, TokenScores
 
@@ -29,6 +29,7 @@ class VLLMTokens:
     capabilities: Capabilities
     max_logprobs: int
     _context: int
+    _memo: TokenMemo  # the prompts' token ids, by text (set by the engine's __init__)
 
     @property
     def context_length(self) -> int | None:
@@ -45,7 +46,8 @@ class VLLMTokens:
             + prefill
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        return list(self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str)).input_ids)
+        text, raw = self.render(prompt), isinstance(prompt, str)
+        return self._memo.get(text, raw, lambda: self.tokenizer(text, add_special_tokens=raw).input_ids)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)

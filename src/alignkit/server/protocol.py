@@ -174,7 +174,8 @@ class ChatCompletionRequest(_Request):
     def use_tools(self, tool_format: str) -> toolcalls.ToolUse | None:
         """Settle how this request's tools reach a route whose chat template defines ``tool_format`` ("" when it
         renders none: alignkit's note): read back by :attr:`tool_use` and :attr:`constraint`."""
-        self._use = toolcalls.ToolUse.of(self.tool_plan, tool_format)
+        history = any(m.role == "tool" or m.tool_calls for m in self.messages)
+        self._use = toolcalls.ToolUse.of(self.tool_plan, tool_format, history)
         return self._use
 
     @property

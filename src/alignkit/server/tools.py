@@ -165,12 +165,14 @@ class ToolUse:
     native: ToolFormat | None = None
 
     @classmethod
-    def of(cls, plan: tuple[list[dict[str, Any]], bool] | None, tool_format: str) -> ToolUse | None:
+    def of(cls, plan: tuple[list[dict[str, Any]], bool] | None, tool_format: str,
+           history: bool = True) -> ToolUse | None:
         """The request's use of tools on a route whose template defines ``tool_format`` ("" for none); None when
-        the answer is words only and the route's template does not render tools."""
+        the answer is words only and the template has nothing to render (no tool offered, ``history``: no earlier
+        call or tool result in the conversation) or renders no tools."""
         native = FORMATS.get(tool_format)
         if plan is None:
-            return cls([], False, native) if native is not None else None
+            return cls([], False, native) if native is not None and history else None
         return cls(plan[0], plan[1], native)
 
     @property
