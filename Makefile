@@ -116,7 +116,9 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/python bench/shift_layers.py
 	$(BIN)/python bench/shift_layers_headline.py --row sft && $(BIN)/python bench/shift_layers_headline.py --row urial && $(BIN)/python bench/shift_layers_headline.py --figures
 	$(BIN)/python bench/server_load.py
-	$(BIN)/python bench/serve_peers.py --servers vllm,alignkit-vllm,alignkit-vllm-offline
+	$(BIN)/pip install --quiet -e '.[dev,peers]'  # llama-cpp-python's own server and py-spy
+	$(BIN)/python bench/serve_peers.py
+	$(BIN)/python bench/serve_paths.py --before cd8abb6 --profile
 	$(BIN)/python bench/serve_peers.py --servers vllm,alignkit-vllm --dtype float32 --rounds 1
 	$(BIN)/python bench/dera_cost.py
 	$(BIN)/python bench/dera_cost.py --ref runs/siblings/sft --aligned runs/siblings/dpo

@@ -73,10 +73,13 @@ RESULTS: dict[str, tuple[str, str, str]] = {
                     "the BPO and Aligner data and training.", "make routes"),
     "served_judge": ("A judge served over the API", "The same judge served by `alignkit serve` and run in "
                      "process: structured replies, fallbacks, weighted scores.", "python bench/served_judge.py"),
-    "serve_peers": ("alignkit's server against vLLM's own", "One load (28 conversations under URIAL, 16 clients × 6 "
-                    "requests, 64 tokens, greedy) on `alignkit serve` over vLLM's async and offline engines and on "
-                    "vLLM's own server; answers compared.",
-                    "python bench/serve_peers.py --servers vllm,alignkit-vllm,alignkit-vllm-offline"),
+    "serve_peers": ("alignkit's server against the engines' own", "One load (28 conversations under URIAL, 16 clients "
+                    "× 6 requests, 64 tokens, greedy) on `alignkit serve` over vLLM's async and offline engines, "
+                    "transformers and llama.cpp, and on vLLM's and llama-cpp-python's own servers; answers compared "
+                    "where the engine is the same.", "python bench/serve_peers.py"),
+    "serve_paths": ("The transformers and llama.cpp serving paths, before and after", "alignkit's server from an "
+                    "earlier commit and from this one, side by side on the serve_peers load, answers compared; "
+                    "where the time goes (py-spy).", "python bench/serve_paths.py --before cd8abb6 --profile"),
     "serve_peers_float32": ("alignkit's server against vLLM's own, float32", "The same load with both engines in "
                             "float32, where vLLM's CPU build is batch-invariant: answers compared one by one.",
                             "python bench/serve_peers.py --servers vllm,alignkit-vllm --dtype float32 --rounds 1"),
