@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from _results import RESULTS, write_result
-from serve_peers import ROOT, conversations, route_config, run_load, start, urial_route
+from serve_peers import ROOT, load_items, run_load, start
 
 SERVER = {"hf": "alignkit-hf", "llamacpp": "alignkit-llamacpp"}
 
@@ -109,11 +109,7 @@ def main() -> None:
                           text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip())
-    route = urial_route()
-    items = []
-    for conv in conversations():
-        prepared = route.prepare_batch([conv], [route_config()])[0]
-        items.append({"messages": conv, "prompt": prepared.prompt, "stop": list(prepared.stop)})
+    _, items = load_items()
     tree = worktree(rev)
     results: dict[str, dict] = {}
     try:

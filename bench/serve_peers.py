@@ -85,6 +85,17 @@ def urial_route():
     return apply_method(load_model("llamacpp:gemma-3-270m"), MethodOptions(method="urial"))
 
 
+def load_items() -> tuple:
+    """The URIAL route and the load's items: each conversation as chat messages (for alignkit) and as the rendered
+    prompt with its stop strings (for an engine's own server)."""
+    route = urial_route()
+    items = []
+    for conv in conversations():
+        prepared = route.prepare_batch([conv], [route_config()])[0]
+        items.append({"messages": conv, "prompt": prepared.prompt, "stop": list(prepared.stop)})
+    return route, items
+
+
 def engine_processes() -> list[str]:
     """vLLM engine processes running on this machine (named ``VLLM::...``)."""
     out = subprocess.run(["pgrep", "-af", "VLLM::"], capture_output=True, text=True).stdout
@@ -213,11 +224,7 @@ def main() -> None:
         if n not in ENGINE_OF:
             raise SystemExit(f"unknown server {n!r}; choose from {', '.join(SERVERS)}")
 
-    route = urial_route()
-    items = []
-    for conv in conversations():
-        prepared = route.prepare_batch([conv], [route_config()])[0]
-        items.append({"messages": conv, "prompt": prepared.prompt, "stop": list(prepared.stop)})
+    route, items = load_items()
     load = {"conversations": len(items), "clients": args.clients, "requests_per_client": args.requests,
             "max_tokens": args.max_tokens, "temperature": 0, "repetition_penalty": PENALTY, "rounds": args.rounds}
     result_name = "serve_peers" if args.dtype == "auto" else f"serve_peers_{args.dtype}"
