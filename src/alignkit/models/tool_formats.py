@@ -37,14 +37,31 @@ class ToolFormat:
     """The key of a call's arguments: ``arguments`` or (Llama 3) ``parameters``."""
     as_list: bool = False
     """Calls are written as one JSON list (Mistral)."""
+    tag: str = ""
+    """The tag that opens each call where calls may follow words (``<tool_call>``); "" where an answer that is a
+    call is nothing else, and begins with one of :attr:`starts`."""
+    starts: tuple[str, ...] = ()
 
     def call_schema(self, tools: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The JSON schema of what follows :attr:`opener` in an answer that is one call of one of ``tools``
         (``{name, description, parameters}`` each)."""
-        each = [{"type": "object", "properties": {"name": {"const": t["name"]}, self.args_key: t["parameters"]},
-                 "required": ["name", self.args_key], "additionalProperties": False} for t in tools]
-        one = each[0] if len(each) == 1 else {"anyOf": each}
+        one = call_schema(tools, self.args_key)
         return {"type": "array", "items": one, "minItems": 1, "maxItems": 1} if self.as_list else one
+
+    def streamable(self, text: str) -> int:
+        """How much of an unfinished answer is words for sure (the rest may still become a call)."""
+        if self.tag:  # words, then perhaps calls: hold from the tag on, and a tail that may begin it
+            at = text.find(self.tag)
+            if at >= 0:
+                return at
+            for k in range(min(len(self.tag) - 1, len(text)), 0, -1):
+                if self.tag.startswith(text[-k:]):
+                    return len(text) - k
+            return len(text)
+        head = text.lstrip()
+        if not head or any(s.startswith(head) or head.startswith(s) for s in self.starts):
+            return 0
+        return len(text)
 
     def parse(self, text: str, names: Sequence[str]) -> tuple[str | None, list[dict[str, Any]]]:
         """``(content, calls)`` of an answer: calls in OpenAI's shape (``arguments`` a JSON string) and the words
@@ -74,9 +91,23 @@ class ToolFormat:
         return content, [c for c in calls if c is not None]
 
 
-FORMATS = {f.name: f for f in (ToolFormat("hermes", "<tool_call>\n", "arguments"),
-                                ToolFormat("llama3", "", "parameters"),
-                                ToolFormat("mistral", "[TOOL_CALLS]", "arguments", as_list=True))}
+FORMATS = {f.name: f for f in (ToolFormat("hermes", "<tool_call>\n", "arguments", tag="<tool_call>"),
+                                ToolFormat("llama3", "", "parameters", starts=("{", "<|python_tag|>")),
+                                ToolFormat("mistral", "[TOOL_CALLS]", "arguments", as_list=True, starts=("[",)))}
+
+
+def call_schema(tools: Sequence[dict[str, Any]], args_key: str = "arguments") -> dict[str, Any]:
+    """The JSON schema of one call ``{"name", args_key}`` of one of ``tools``, its arguments under the tool's own
+    parameter schema (alignkit's own call format is ``args_key="arguments"``)."""
+    each = [{"type": "object", "properties": {"name": {"const": t["name"]}, args_key: t["parameters"]},
+             "required": ["name", args_key], "additionalProperties": False} for t in tools]
+    return each[0] if len(each) == 1 else {"anyOf": each}
+
+
+def openai_call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """A call in OpenAI's shape (a fresh id, ``arguments`` as a JSON string)."""
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
 
 
 def detect(template: str | None) -> str:
@@ -164,5 +195,4 @@ def _openai_call(obj: Any, args_key: str, names: Sequence[str]) -> dict[str, Any
         args = _load(args)
     if not isinstance(args, dict):
         return None
-    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)}}
+    return openai_call(obj["name"], args)

@@ -24,15 +24,16 @@ function open the answer with the family's call opener and constrain the call's 
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from alignkit.errors import InputError
-from alignkit.models.tool_formats import FORMATS, ToolFormat
+from alignkit.models.tool_formats import FORMATS, ToolFormat, call_schema, openai_call
 from alignkit.structured import Constraint
 from alignkit.types import Message, Prompt, ToolChat
 
+#: alignkit's own call format (the note's): one JSON object ``{"name", "arguments"}``, the whole answer
+NOTE = ToolFormat("note", "", "arguments", starts=("{",))
 #: how the tools are described to the model (a system note before the conversation)
 TOOLS_NOTE = ("You can call these tools. To call one, reply with a JSON object only: {{\"name\": the tool's name, "
               "\"arguments\": an object with its arguments}}.\n\n{tools}")
@@ -95,13 +96,6 @@ def constraint(tools: list[dict[str, Any]], must_call: bool) -> Constraint:
     return Constraint("lark", grammar)
 
 
-def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """The JSON schema of one call of one of ``tools``: its name, and arguments under its parameter schema."""
-    each = [{"type": "object", "properties": {"name": {"const": t["name"]}, "arguments": t["parameters"]},
-             "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
-    return each[0] if len(each) == 1 else {"anyOf": each}
-
-
 def note(tools: list[dict[str, Any]], must_call: bool = True) -> str:
     """The system note that tells the model which tools it may call (and, under ``auto``, when)."""
     lines = [json.dumps({"name": t["name"], "description": t["description"], "parameters": t["parameters"]},
@@ -128,8 +122,7 @@ def parse_call(text: str, tools: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not isinstance(obj, dict) or obj.get("name") not in {t["name"] for t in tools} \
             or not isinstance(obj.get("arguments"), dict):
         return None
-    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": obj["name"], "arguments": json.dumps(obj["arguments"], ensure_ascii=False)}}
+    return openai_call(obj["name"], obj["arguments"])
 
 
 def as_text(message: dict[str, Any]) -> tuple[str, str]:
@@ -213,18 +206,4 @@ class ToolUse:
         (the call is sent whole, once it is complete)."""
         if not self.callable or self.must_call:
             return len(text) if not self.callable else 0
-        if self.native is not None and self.native.name == "hermes":  # words, then perhaps calls
-            at = text.find("<tool_call>")
-            if at >= 0:
-                return at
-            opener = "<tool_call>"
-            for k in range(min(len(opener) - 1, len(text)), 0, -1):  # hold a tail that may begin the tag
-                if opener.startswith(text[-k:]):
-                    return len(text) - k
-            return len(text)
-        head = text.lstrip()
-        starts = {"hermes": (), "llama3": ("{", "<|python_tag|>"), "mistral": ("[",)}.get(
-            self.native.name if self.native is not None else "", ("{",))
-        if not head or any(s.startswith(head) or head.startswith(s) for s in starts):
-            return 0
-        return len(text)
+        return (self.native or NOTE).streamable(text)
