@@ -13,7 +13,7 @@ float32 must not change with the code: the before and after answers are compared
 where its time went: in the model's forward pass / llama.cpp's decode (the engine), in alignkit's own code
 (scheduling, the token loop, cache bookkeeping, tokenising), or idle.
 
-    python bench/serve_paths.py --before REV [--backends hf,llamacpp] [--rounds 3] [--profile]
+    python bench/serve_paths.py --before REV [--backends hf,llamacpp] [--rounds 3] [--profile] [--name serve_paths]
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--port", type=int, default=8941)
     ap.add_argument("--profile", action="store_true", help="sample each 'after' server with py-spy in one more round")
+    ap.add_argument("--name", default="serve_paths", help="the result file: docs/results/NAME.json")
     args = ap.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
@@ -165,7 +166,7 @@ def main() -> None:
                   f"{entry['compared']}", file=sys.stderr)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
-    write_result("serve_paths", {"before": rev, "after": head + ("+uncommitted" if dirty else ""),
+    write_result(args.name, {"before": rev, "after": head + ("+uncommitted" if dirty else ""),
                                  "load": {"conversations": len(items), "clients": args.clients,
                                           "requests_per_client": args.requests, "max_tokens": args.max_tokens,
                                           "temperature": 0, "rounds": args.rounds},

@@ -159,3 +159,37 @@ def test_a_request_joins_a_batch_whose_rows_have_all_finished(raw, tiny_base):
     got, sched = run_continuous(raw, PROMPTS[:2], cfgs, first=1, steps=[2])
     assert sched.running[2] == 0  # nothing was running when it joined
     assert [c.token_ids for c in got] == [c.token_ids for c in alone(raw, PROMPTS[:2], cfgs)]
+
+
+def test_a_running_batch_copies_only_the_rows_that_change(tiny_base):
+    """A finishing row frees its slot: the last row moves into it (the buffers stay; no other row is copied) and a
+    joining row takes a free slot; every row's next-token logits stay those of a fresh run of that row alone."""
+    rows = [tiny_base.encode_prompt(p) for p in PROMPTS[:4]]
+    st = tiny_base.stepper(rows, extra=8)
+    buffers = st.kv.phys[0][0]
+    st.step([5, 6, 7, 8], [0, 1, 2, 3])
+    rows = [r + [t] for r, t in zip(rows, [5, 6, 7, 8])]
+    st.step([9, 10, 11], [1, 2, 3])  # row 0 is done: row 3 moves into its slot
+    rows = [r + [t] for r, t in zip(rows[1:], [9, 10, 11])]
+    assert st.kv.phys[0][0] is buffers and st.slots == [1, 2, 0] and st.kv.rows == 3
+    st.join([tiny_base.encode_prompt(PROMPTS[5])], extra=8)  # a free slot and room on the left: no new buffers
+    rows.append(tiny_base.encode_prompt(PROMPTS[5]))
+    assert st.kv.phys[0][0] is buffers and st.slots == [1, 2, 0, 3]
+    for _ in range(3):
+        for j, ids in enumerate(rows):
+            ref = tiny_base.stepper([ids], extra=8)
+            torch.testing.assert_close(st.logits[j], ref.logits[0], rtol=1e-5, atol=1e-5)
+        tokens = [int(x) for x in st.logits.argmax(-1)]
+        st.step(tokens, list(range(len(rows))))
+        rows = [r + [t] for r, t in zip(rows, tokens)]
+
+
+def test_many_requests_joining_and_finishing_get_their_solo_tokens(raw):
+    """Prompts longer and shorter than the running batch, joining alone and together, finishing at every step:
+    the slots are reused, grown, and the columns before the batch taken, and every answer is its solo answer."""
+    prompts = PROMPTS + ["A much longer prompt than any that is running: " * 3, "Hi", "Tell me about the moon",
+                         "Once upon a time, in a land far away, there lived"]
+    configs = [GenerationConfig(max_new_tokens=n) for n in (9, 3, 14, 5, 22, 7, 4, 11, 6, 17)]
+    got, sched = run_continuous(raw, prompts, configs, first=3, steps=[1, 1, 2, 4, 4, 6, 9])
+    assert [c.token_ids for c in got] == [c.token_ids for c in alone(raw, prompts, configs)]
+    assert max(sched.running) >= 4

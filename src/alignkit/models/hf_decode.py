@@ -18,6 +18,7 @@ import torch
 
 from alignkit.models.kvcache import (
     PrefixStore,
+    SlotBatch,
     cache_from_layers,
     cache_layers,
     common_prefix_length,
@@ -162,50 +163,67 @@ class DecodeEngine(TokenLoop):
         yield from self.loop(self.new_rows(prompts, configs), [stepper], lambda logits: logits[0], should_stop, admit)
 
 class Stepper:
-    """One model's side of a batched decode: its key/value cache, attention mask and next-token logits."""
+    """One model's side of a batched decode: its key/value cache, attention mask and next-token logits.
+
+    The cache is a :class:`SlotBatch`: rows that finish free their slots and rows that join take free ones, so
+    a running batch copies only the rows that change (not the whole cache, on every join and finish). A row's
+    slot is not its place in the caller's batch: ``slots[j]`` is where the caller's row ``j`` is; ``mask`` and
+    ``positions`` are by slot, ``logits`` by the caller's order."""
 
     room: int | None = None  # rows it can still take (continuous batching): no limit
 
     def __init__(self, engine: DecodeEngine, prompts: Sequence[Sequence[int]], *, extra: int, reuse: bool = True):
         engine.check_fits(prompts)
         self.engine, self.reuse = engine, reuse
-        self.cache, self.mask, self.logits = engine.prefill(prompts, extra=extra, reuse=reuse)
+        cache, self.mask, self.logits = engine.prefill(prompts, extra=extra, reuse=reuse)
+        self.kv = SlotBatch(cache)
         self.positions = self.mask.sum(-1)  # the next position of every row
+        self.slots = list(range(len(prompts)))
+
+    @property
+    def cache(self):
+        return self.kv.cache
 
     def step(self, tokens: list[int], keep: list[int]) -> None:
         """Keep the rows ``keep`` (indices into the current batch) and feed each its next token. Columns that
         are padding for every kept row (a finished row's prompt and answer) are freed with it."""
-        if not keep:  # every row finished: an empty batch, which rows can join
-            self.mask, self.positions = self.mask[:0, :0], self.positions[:0]
-            self.logits = self.logits[:0]
-            for layer in self.cache.layers:
-                layer.select(torch.zeros(0, dtype=torch.long, device=self.engine.device), layer.get_seq_length())
-            return
-        if len(keep) < self.mask.shape[0]:
-            idx = torch.tensor(keep, dtype=torch.long)
+        if len(keep) < len(self.slots):
+            slots = [self.slots[j] for j in keep]
+            idx = torch.tensor(slots, dtype=torch.long)
             mask = self.mask[idx]
             used = mask.any(0).nonzero()
-            start = int(used[0]) if len(used) else 0
-            for layer in self.cache.layers:
-                layer.select(idx.to(self.engine.device), start)
-            self.mask, self.positions = mask[:, start:], self.positions[idx]
+            start = int(used[0]) if len(used) else mask.shape[1]
+            where = torch.tensor(self.kv.keep(slots, start), dtype=torch.long)
+            self.mask = torch.empty((len(keep), mask.shape[1] - start), dtype=torch.long)
+            self.positions = torch.empty(len(keep), dtype=self.positions.dtype).index_copy_(0, where,
+                                                                                         self.positions[idx])
+            self.mask.index_copy_(0, where, mask[:, start:])
+            self.slots = where.tolist()
+        if not keep:  # every row finished: an empty batch, which rows can join
+            self.logits = self.logits[:0]
+            return
+        self.kv.reserve(1)
         self.mask = torch.cat([self.mask, torch.ones((len(keep), 1), dtype=torch.long)], dim=1)
-        ids = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)
-        self.logits = self.engine._forward(ids, self.mask, self.positions.unsqueeze(1), self.cache)
+        ids = torch.empty((len(keep), 1), dtype=torch.long)
+        ids[self.slots, 0] = torch.tensor(tokens, dtype=torch.long)
+        logits = self.engine._forward(ids, self.mask, self.positions.unsqueeze(1), self.kv.cache)
+        in_order = self.slots == list(range(len(self.slots)))
+        self.logits = logits if in_order else logits[torch.tensor(self.slots, device=logits.device)]
         self.positions = self.positions + 1
 
     def join(self, prompts: Sequence[Sequence[int]], *, extra: int) -> None:
         """Add rows to the running batch (continuous batching): the new prompts are prefilled (sharing the
-        stored prefix when they have it) and their key/values merged into the batch's cache; from the next
-        ``step`` on they decode with the others. ``logits`` then holds the new rows' next-token logits after
-        the running rows'."""
+        stored prefix when they have it) and their key/values written into free slots of the batch's cache;
+        from the next ``step`` on they decode with the others. ``logits`` then holds the new rows' next-token
+        logits after the running rows'."""
         engine = self.engine
         engine.check_fits(prompts)
         cache, mask, logits = engine.prefill(prompts, extra=extra, reuse=self.reuse)
-        self.cache, (pad_old, pad_new) = merge_left_padded([cache_layers(self.cache), cache_layers(cache)], extra,
-                                                           engine.windows)
-        self.mask = torch.cat([_pad_left(self.mask, pad_old), _pad_left(mask, pad_new)])
+        first = len(self.slots)
+        pad_old, pad_new = self.kv.join(cache, extra)
+        self.mask = torch.cat([_pad_left(self.mask, pad_old), _pad_left(mask, pad_new)]) if first else mask
         self.positions = torch.cat([self.positions, mask.sum(-1)])
+        self.slots += range(first, first + len(prompts))
         self.logits = torch.cat([self.logits, logits.to(self.logits.dtype)])
 
 

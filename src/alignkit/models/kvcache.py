@@ -3,6 +3,8 @@
 * :class:`GrowableLayer` is a full-attention cache layer with preallocated, doubling capacity, so a decode
   step appends in place instead of re-concatenating the whole cache (which ``DynamicLayer`` does, copying
   every cached key and value once per generated token).
+* :class:`SlotBatch` keeps a continuous batch's rows in slots of preallocated buffers, so rows that finish or
+  join copy their own key/values only.
 * :class:`PrefixStore` keeps the key/values of one prompt prefix (batch 1) so that requests sharing it --
   in one batch or across calls -- compute it once.
 
@@ -101,15 +103,6 @@ class GrowableLayer(DynamicLayer):
         if self._kbuf is not None:
             k, v = self._buffers()
             self._kbuf, self._vbuf = k[indices], v[indices]
-            self._refresh_views()
-
-    def select(self, indices: torch.Tensor, start: int) -> None:
-        """Keep the rows ``indices`` and drop the first ``start`` positions (padding no kept row uses), in one
-        copy: what a finished request leaves behind in a continuous batch is freed."""
-        if self._kbuf is not None:
-            k, v = self._buffers()
-            self._kbuf, self._vbuf = k[indices, :, start:], v[indices, :, start:]
-            self._len -= start
             self._refresh_views()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
@@ -222,6 +215,122 @@ def merge_left_padded(
         layer._refresh_views()
         layers.append(layer)
     return Cache(layers=layers), pads
+
+
+class SlotBatch:
+    """The running batch's cache kept in place (continuous batching): each row lives in a slot of per-layer buffers
+    ``[slots, heads, positions, dim]``, and every layer of ``cache`` sees the first ``rows`` slots and the columns
+    from ``off`` on (its buffers are views into these). What a running batch does then copies only what changes:
+
+    * rows finish (:meth:`keep`): the rows after the kept count move into the freed slots -- one row's key/values
+      each, not the whole batch -- and leading columns that no kept row uses are dropped by moving ``off``;
+    * rows join (:meth:`join`): their key/values are written into free slots, right-aligned with the batch; a
+      prompt longer than the batch takes columns before ``off`` where there are some.
+
+    Only when the slots or columns run out is everything copied, into buffers with room to spare (doubling
+    slots; columns for the longest answer still to come). Rows change slots, so callers keep each row's slot
+    (:meth:`keep` and :meth:`join` say where they went). Exact: every row stays contiguous and right-aligned,
+    and the columns a row does not use are zeros, masked."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self._adopt()
+
+    @property
+    def length(self) -> int:
+        """The batch's width: the columns from ``off`` on that hold something."""
+        return self.cache.layers[0].get_seq_length()
+
+    def _layers(self) -> list[GrowableLayer]:
+        return self.cache.layers  # type: ignore[return-value]
+
+    def _adopt(self) -> None:
+        """Take the layers' own buffers as the slots (after a prefill, or after a layer grew its buffers)."""
+        layers = self._layers()
+        self.phys = [layer._buffers() for layer in layers]
+        self.rows, self.off = self.phys[0][0].shape[0], 0
+
+    def _check(self) -> None:
+        """A layer that outgrew its view allocated buffers of its own: they become the slots."""
+        k = self._layers()[0]._kbuf
+        if k is None or k.untyped_storage().data_ptr() != self.phys[0][0].untyped_storage().data_ptr():
+            self._adopt()
+
+    def _view(self) -> None:
+        for layer, (k, v) in zip(self._layers(), self.phys):
+            layer._kbuf, layer._vbuf = k[: self.rows, :, self.off :], v[: self.rows, :, self.off :]
+            layer._refresh_views()
+
+    def _move(self, lead: int, slots: int, columns: int) -> None:
+        """Copy the rows into new buffers of ``slots`` slots and ``columns`` columns, their columns from ``lead`` on."""
+        width = self.length
+        phys = []
+        for k, v in self.phys:
+            nk = k.new_empty((slots, k.shape[1], columns, k.shape[-1]))
+            nv = v.new_empty((slots, v.shape[1], columns, v.shape[-1]))
+            nk[: self.rows, :, lead : lead + width] = k[: self.rows, :, self.off : self.off + width]
+            nv[: self.rows, :, lead : lead + width] = v[: self.rows, :, self.off : self.off + width]
+            phys.append((nk, nv))
+        self.phys, self.off = phys, lead
+        self._view()
+
+    def reserve(self, more: int) -> None:
+        """Room for ``more`` columns after the batch's width (copying into new buffers only when it is short)."""
+        self._check()
+        if self.off + self.length + more > self.phys[0][0].shape[-2]:
+            self._move(0, self.phys[0][0].shape[0], self.length + max(more, self.length // 2, 64))
+
+    def keep(self, slots: Sequence[int], start: int) -> list[int]:
+        """Keep the rows in ``slots`` (in the caller's new order) and drop the first ``start`` columns; returns the
+        slot each kept row is in now (the kept rows fill the first ``len(slots)`` slots)."""
+        self._check()
+        count = len(slots)
+        free = iter(sorted(set(range(count)) - set(slots)))
+        where = [s if s < count else next(free) for s in slots]
+        moved = [(s, w) for s, w in zip(slots, where) if s != w]
+        if moved:
+            src = torch.tensor([s for s, _ in moved], device=self.phys[0][0].device)
+            dst = torch.tensor([w for _, w in moved], device=src.device)
+            a, b = self.off + start, self.off + self.length
+            for k, v in self.phys:
+                k[dst, :, a:b] = k[src, :, a:b]
+                v[dst, :, a:b] = v[src, :, a:b]
+        width = self.length - start
+        self.rows, self.off = count, self.off + start
+        for layer in self._layers():
+            layer._len = width
+        self._view()
+        return where
+
+    def join(self, new: Cache, extra: int) -> tuple[int, int]:
+        """Write the rows of ``new`` (a left-padded batch's cache) into the slots after the batch's rows, with room
+        for ``extra`` more columns; returns the left padding added to the running rows and to the new rows."""
+        self._check()
+        parts = cache_layers(new)
+        count, new_width = parts[0][0].shape[0], parts[0][0].shape[-2]
+        if self.rows == 0:  # nothing running: the new batch is the batch
+            self.cache = new
+            self._adopt()
+            self.reserve(extra)
+            return 0, 0
+        width = max(self.length, new_width)
+        grow = width - self.length
+        slots, columns = self.phys[0][0].shape[0], self.phys[0][0].shape[-2]
+        if self.rows + count > slots or self.off < grow or self.off - grow + width + extra > columns:
+            self._move(grow, max(self.rows + count, 2 * slots), grow + self.length + max(extra, self.length // 2))
+        a = self.off - grow  # the batch's first column from now on
+        pad = width - new_width
+        rows = slice(self.rows, self.rows + count)
+        for (k, v), (nk, nv) in zip(self.phys, parts):
+            if grow:  # columns the running rows did not have: padding
+                k[: self.rows, :, a : self.off], v[: self.rows, :, a : self.off] = 0, 0
+            k[rows, :, a : a + pad], v[rows, :, a : a + pad] = 0, 0
+            k[rows, :, a + pad : a + width], v[rows, :, a + pad : a + width] = nk, nv
+        self.rows, self.off = self.rows + count, a
+        for layer in self._layers():
+            layer._len = width
+        self._view()
+        return grow, pad
 
 
 class PrefixStore:
