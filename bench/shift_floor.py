@@ -35,7 +35,8 @@ def head_chunks(model, prompts, answers, batch_size: int):
             for row, (p, c) in enumerate(batch):
                 for a in range(0, len(c), hf.score_chunk):
                     b = min(a + hf.score_chunk, len(c))
-                    yield start + row, hf._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b]), torch.tensor(c[a:b])
+                    logits = hf._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b])
+                    yield start + row, logits, torch.tensor(c[a:b], device=logits.device)
 
 
 def floor_pass(model, prompts, answers, batch_size: int) -> int:

@@ -47,6 +47,14 @@ RESULTS: dict[str, tuple[str, str, str]] = {
                         "python bench/engines_command.py"),
     "grammar_libs": ("Structured-output libraries", "llguidance vs xgrammar replaying valid JSON on Gemma-3's "
                      "vocabulary (needs `pip install xgrammar==0.2.8`).", "python bench/grammar_libs.py"),
+    "gpu_check": ("The transformers backend on a GPU, at 7B", "A randomly initialised Llama-2-7B-shaped base and "
+                  "noisy sibling built on one H200 in bf16 (no download): generation with prefix reuse against "
+                  "recomputation, the queries alone and transformers' own generate; the exact shift pass against its "
+                  "floor (needs a CUDA GPU; the device tool's machine).", "python bench/gpu_check.py --profile"),
+    "gpu_check_float32": ("The transformers backend on a GPU, at 7B, float32", "The generation part in float32: "
+                          "prefix reuse, recomputation and transformers' generate token for token.",
+                          "python bench/gpu_check.py --dtype float32 --parts generation --json "
+                          "docs/results/gpu_check_float32.json"),
     "judge_concurrency": ("Judges over an API, concurrently", "32 judge calls to a server with 0.5 s latency, "
                           "one at a time vs 8 in flight.", "python bench/judge_concurrency.py"),
     "lima_recipe": ("The LIMA recipe", "SFT with LIMA's optimiser settings vs alignkit's default, on the "

@@ -30,14 +30,20 @@ def category(rank: int) -> str:
 
 def exact_positions(lp_a, lp_b, targets, *, top_k: int, token_text: Callable[[int], str], start: int = 0,
                     released_k: int = 0) -> list[dict[str, Any]]:
-    """Metrics for a chunk of positions from full-vocabulary log-probs ``[n, V]`` of both models.
+    """Metrics for a chunk of positions from full-vocabulary log-probs ``[n, V]`` of both models (see
+    :func:`exact_reduce` and :func:`exact_rows`, its two halves)."""
+    return exact_rows(exact_reduce(lp_a, lp_b, targets, top_k=top_k, released_k=released_k), token_text, start)
+
+
+def exact_reduce(lp_a, lp_b, targets, *, top_k: int, released_k: int = 0) -> tuple[Any, ...]:
+    """The full-vocabulary reductions of a chunk of positions, as tensors on the log-probs' device: nothing is read
+    back, so on a GPU they run while the caller turns the previous chunk into rows (:func:`exact_rows`).
 
     Each full-vocabulary pass is done once: one top-k per model (which also gives the ranks of all but the rare
     far-ranked targets, see :func:`_rank`), one ``exp`` per model, the products summed in place, no masks --
-    ``p * log p`` is 0 where ``p`` underflows to 0 as long as ``log p`` is finite, and the rows where a model
-    gives a token ``-inf`` (a masked vocabulary) are recomputed with the guarded form."""
-    import torch
-
+    ``p * log p`` is 0 where ``p`` underflows to 0 as long as ``log p`` is finite; the rows where a model gives a
+    token ``-inf`` (a masked vocabulary) come out NaN here and are recomputed with the guarded form by
+    :func:`exact_rows`."""
     tgt = targets.unsqueeze(1)
     la_t = lp_a.gather(1, tgt)
     lb_t = lp_b.gather(1, tgt)
@@ -47,7 +53,7 @@ def exact_positions(lp_a, lp_b, targets, *, top_k: int, token_text: Callable[[in
     rank_a = _rank(lp_a, la_t, ta_v)
     rank_b = _rank(lp_b, lb_t, tb_v)
     released = _released_kl(ta_v[:, :released_k], ta_i[:, :released_k], tb_v[:, :released_k],
-                            tb_i[:, :released_k]).tolist() if released_k else None
+                            tb_i[:, :released_k]) if released_k else None
     ta_v, ta_i, tb_v, tb_i = ta_v[:, :top_k], ta_i[:, :top_k], tb_v[:, :top_k], tb_i[:, :top_k]
     pa = lp_a.exp()
     h_a = -(pa * lp_a).sum(1)
@@ -63,20 +69,41 @@ def exact_positions(lp_a, lp_b, targets, *, top_k: int, token_text: Callable[[in
     pb.mul_(lp_b)
     h_b = -pb.sum(1)
     del pb
+    cols = [targets, rank_b, rank_a, lb_t.squeeze(1), la_t.squeeze(1), kl, kl_ba, h_a, h_b, ta_v, ta_i, tb_v, tb_i]
+    if released is not None:
+        cols.append(released)
+    done = None
+    if lp_a.device.type == "cuda":  # read back without waiting: the copies queue behind the kernels above
+        import torch
+
+        cols = [c.to("cpu", non_blocking=True) for c in cols]
+        done = torch.cuda.Event()
+        done.record()
+    return lp_a, lp_b, cols, released is not None, done
+
+
+def exact_rows(reduced: tuple[Any, ...], token_text: Callable[[int], str], start: int = 0) -> list[dict[str, Any]]:
+    """One record per position from :func:`exact_reduce`'s tensors (read back here)."""
+    import torch
+
+    lp_a, lp_b, cols_t, has_released, done = reduced
+    if done is not None:
+        done.synchronize()
+    kl, kl_ba, h_a, h_b = cols_t[5:9]
     bad = torch.isnan(kl) | torch.isnan(kl_ba) | torch.isnan(h_a) | torch.isnan(h_b)
     if bool(bad.any()):  # -inf log-probs: 0 * -inf; the guarded form for those rows only
         rows = bad.nonzero().squeeze(1)
-        ra, rb = lp_a[rows], lp_b[rows]
+        ra, rb = lp_a[rows.to(lp_a.device)], lp_b[rows.to(lp_b.device)]
         qa, qb = ra.exp(), rb.exp()
-        zero = torch.zeros((), dtype=ra.dtype)
-        kl[rows] = torch.where(qa > 0, qa * (ra - rb), zero).sum(1)
-        kl_ba[rows] = torch.where(qb > 0, qb * (rb - ra), zero).sum(1)
-        h_a[rows] = -torch.where(qa > 0, qa * ra, zero).sum(1)
-        h_b[rows] = -torch.where(qb > 0, qb * rb, zero).sum(1)
-    kl, kl_ba = kl.clamp(min=0), kl_ba.clamp(min=0)
+        zero = torch.zeros((), dtype=ra.dtype, device=ra.device)
+        kl[rows] = torch.where(qa > 0, qa * (ra - rb), zero).sum(1).to(kl.device)
+        kl_ba[rows] = torch.where(qb > 0, qb * (rb - ra), zero).sum(1).to(kl.device)
+        h_a[rows] = -torch.where(qa > 0, qa * ra, zero).sum(1).to(kl.device)
+        h_b[rows] = -torch.where(qb > 0, qb * rb, zero).sum(1).to(kl.device)
+    released = cols_t[13].tolist() if has_released else None
+    cols_t = [*cols_t[:5], kl.clamp(min=0), kl_ba.clamp(min=0), *cols_t[7:13]]
     out = []
-    cols = [x.tolist() for x in (targets, rank_b, rank_a, lb_t.squeeze(1), la_t.squeeze(1), kl, kl_ba, h_a, h_b,
-                                 ta_v, ta_i, tb_v, tb_i)]
+    cols = [x.tolist() for x in cols_t]
     for i, (tok, rb_, ra_, lb, la, k, kr, ha, hb, tav, tai, tbv, tbi) in enumerate(zip(*cols)):
         out.append({
             "t": start + i, "id": tok, "token": token_text(tok), "base_rank": rb_, "aligned_rank": ra_,

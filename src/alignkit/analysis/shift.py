@@ -8,13 +8,14 @@ Approximate mode (an API model): top-k log-probabilities from both, clearly labe
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.analysis.layers import FIRST, choose_positions, lens_values, parse_layers, top_tokens
-from alignkit.analysis.metrics import CATEGORIES, approx_position, exact_positions
+from alignkit.analysis.metrics import CATEGORIES, approx_position, exact_reduce, exact_rows
 from alignkit.errors import CapabilityError, InputError
 from alignkit.methods.templates import load_template
 from alignkit.methods.urial import render_conversation
@@ -206,13 +207,22 @@ class ShiftAnalyzer:
         records: list[dict[str, Any]] = []
         pairs = lockstep(self.base.iter_logprobs(bprompts, answers, batch_size=len(batch)),
                          self.aligned.iter_logprobs(aprompts, answers, batch_size=len(batch)))
-        for cb, ca in pairs:
-            if len(cb.targets):
-                positions[cb.index].extend(exact_positions(
-                    ca.logprobs, cb.logprobs, cb.targets, top_k=self.options.top_k,
-                    token_text=self.base.token_text, start=cb.start, released_k=self.options.released_kl_k))
-            if cb.last:
-                i = cb.index
+        # one chunk behind: a chunk's reductions are queued before the previous chunk is read back into rows, so
+        # on a GPU the device works on the next chunk while Python builds the records of the last
+        behind: list[tuple[Any, Any]] = []
+        for cb, ca in itertools.chain(pairs, [(None, None)]):
+            if cb is not None:
+                behind.append((cb, exact_reduce(ca.logprobs, cb.logprobs, cb.targets, top_k=self.options.top_k,
+                                                released_k=self.options.released_kl_k) if len(cb.targets) else None))
+                if len(behind) < 2:
+                    continue
+            if not behind:
+                break
+            done, reduced = behind.pop(0)
+            if reduced is not None:
+                positions[done.index].extend(exact_rows(reduced, self.base.token_text, done.start))
+            if done.last:
+                i = done.index
                 if not answers[i]:
                     log.warning("answer %r is empty: nothing to analyse", batch[i].id)
                 record = self._record(batch[i], positions[i], truncated[i])

@@ -387,8 +387,10 @@ def logprob_blocks(logits: torch.Tensor, index: int, start: int, targets: torch.
     weights are streamed once per call); the per-position work runs on blocks that stay in cache."""
     import torch
 
-    for s in range(0, logits.shape[0], YIELD_ROWS):
-        e = min(s + YIELD_ROWS, logits.shape[0])
+    # on a GPU the whole chunk at once: small blocks there cost a launch and a read-back each, not cache misses
+    rows = YIELD_ROWS if logits.device.type == "cpu" else logits.shape[0]
+    for s in range(0, logits.shape[0], rows):
+        e = min(s + rows, logits.shape[0])
         yield LogprobChunk(index, start + s, torch.log_softmax(logits[s:e], dim=-1), targets[s:e],
                            start + e >= total)
 

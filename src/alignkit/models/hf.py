@@ -88,6 +88,7 @@ class HFModel:
         self.score_chunk = score_chunk
         self._lock = threading.RLock()
         self._memo = TokenMemo()
+        self._token_texts: dict[int, str] = {}
         self.trained_format: dict[str, Any] | None = None
         """Set for models trained by alignkit: the method and template they were trained to be prompted with."""
         # a transformers PreTrainedModel (a PEFT model's base): its methods are not in torch.nn.Module's type
@@ -343,17 +344,21 @@ class HFModel:
         with self._lock:
             for start in range(0, len(pairs), bs):
                 batch = pairs[start : start + bs]
+                # every row's targets in one copy to the device, made before the pass (a copy from the host waits
+                # for the device's queue to drain: one per row would stall a GPU between rows)
+                every = torch.tensor([t for _, c in batch for t in c], dtype=torch.long).to(self.device)
                 hidden = self._batch_hidden(batch)
+                at = 0
                 for row, (p, c) in enumerate(batch):
                     if not c:
                         empty = torch.empty((0, self.vocab_size))
                         yield LogprobChunk(start + row, 0, empty, torch.empty(0, dtype=torch.long), True)
                         continue
+                    targets, at = every[at : at + len(c)], at + len(c)
                     for a in range(0, len(c), self.score_chunk):
                         b = min(a + self.score_chunk, len(c))
                         logits = self._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b])
-                        tgt = torch.tensor(c[a:b], dtype=torch.long, device=logits.device)
-                        yield from logprob_blocks(logits, start + row, a, tgt, len(c))
+                        yield from logprob_blocks(logits, start + row, a, targets[a:b], len(c))
 
     @property
     def num_layers(self) -> int:
@@ -455,8 +460,11 @@ class HFModel:
         return scores_from_chunks(chunks, [c for _, c in pairs], self.tokenizer, top_k, reduce)
 
     def token_text(self, token_id: int) -> str:
-        """How one token reads on its own (for displays)."""
-        return self.tokenizer.decode([token_id])
+        """How one token reads on its own (for displays; remembered: the shift analysis asks for ~11 per position)."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id])
+        return text
 
     def vocab_fingerprint(self) -> str:
         """A hash of the tokenizer's vocabulary: two models can be compared token by token only if equal."""
