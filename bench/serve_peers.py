@@ -139,6 +139,7 @@ def start(name: str, port: int, dtype: str = "auto", src: Path | None = None, ta
             raise SystemExit(f"{name} is not alignkit: it has no other source tree")
         cmd = [str(Path(cmd[0]).parent / "python"), "-m", "alignkit", *cmd[1:]]
         env["PYTHONPATH"] = str(src)
+    (RESULTS.parent.parent / "runs").mkdir(exist_ok=True)  # a fresh checkout has none
     log = open(RESULTS.parent.parent / "runs" / f"serve-peers-{name}{tag}.log", "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.time() + 900
