@@ -119,6 +119,7 @@ bench: $(STAMP) siblings routes rewarded vllm-env
 	$(BIN)/pip install --quiet -e '.[dev,peers]'  # llama-cpp-python's own server and py-spy
 	$(BIN)/python bench/serve_peers.py
 	$(BIN)/python bench/serve_paths.py --before cd8abb6 --profile
+	$(BIN)/python bench/serve_paths.py --before 83a6052 --backends hf --profile --name serve_paths_slots
 	$(BIN)/python bench/serve_peers.py --servers vllm,alignkit-vllm --dtype float32 --rounds 1
 	$(BIN)/python bench/dera_cost.py
 	$(BIN)/python bench/dera_cost.py --ref runs/siblings/sft --aligned runs/siblings/dpo

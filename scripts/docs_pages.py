@@ -88,6 +88,11 @@ RESULTS: dict[str, tuple[str, str, str]] = {
     "serve_paths": ("The transformers and llama.cpp serving paths, before and after", "alignkit's server from an "
                     "earlier commit and from this one, side by side on the serve_peers load, answers compared; "
                     "where the time goes (py-spy).", "python bench/serve_paths.py --before cd8abb6 --profile"),
+    "serve_paths_slots": ("The transformers serving path: the running batch's cache in slots", "alignkit's server "
+                          "before (83a6052) and after the running batch's key/values were kept in slots, side by side "
+                          "on the serve_peers load, answers compared; where the time goes now (py-spy).",
+                          "python bench/serve_paths.py --before 83a6052 --backends hf --profile --name "
+                          "serve_paths_slots"),
     "serve_peers_float32": ("alignkit's server against vLLM's own, float32", "The same load with both engines in "
                             "float32, where vLLM's CPU build is batch-invariant: answers compared one by one.",
                             "python bench/serve_peers.py --servers vllm,alignkit-vllm --dtype float32 --rounds 1"),
