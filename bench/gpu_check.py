@@ -33,7 +33,7 @@ import traceback
 from typing import Any
 
 from _results import write_result  # bench/_results.py: docs/results/NAME.json
-from prefix_cache import EXAMPLES, QUERIES, build_prefix
+from prefix_cache import EXAMPLES, QUERIES, build_prefix, four_ways
 from shift_floor import floor_pass, reference
 from shift_speed import TEXT
 
@@ -130,15 +130,8 @@ def generation(model, args) -> dict[str, Any]:
     model.generate(with_prefix[:2], GenerationConfig(max_new_tokens=4), reuse_prefix=False)  # warm-up
     model.generate(queries[:2], GenerationConfig(max_new_tokens=4), reuse_prefix=False)
 
-    def cold():
-        model.engine.store.clear()
-        return model.generate(with_prefix, cfg)
-
-    t_cold, reused = best_of(cold, args.repeats)
-    t_warm, warm = best_of(lambda: model.generate(with_prefix, cfg), args.repeats)
-    t_recompute, recomputed = best_of(lambda: model.generate(with_prefix, cfg, reuse_prefix=False), args.repeats)
-    model.engine.store.clear()
-    t_none, _ = best_of(lambda: model.generate(queries, cfg, reuse_prefix=False), args.repeats)
+    (t_cold, reused), (t_warm, warm), (t_recompute, recomputed), (t_none, _) = four_ways(
+        model, with_prefix, queries, cfg, lambda fn: best_of(fn, args.repeats))
 
     # transformers' own generate over the same left-padded batch (its own cache, no prefix reuse)
     tok = model.tokenizer

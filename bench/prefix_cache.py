@@ -97,6 +97,19 @@ def timed(fn, repeats: int):
     return best, out
 
 
+def four_ways(model, with_prefix, queries, cfg, time_it):
+    """``(seconds, completions)`` of the four runs compared: the prefix reused cold (computed once for the batch)
+    and warm (from the store), the whole prompts recomputed, and the queries alone; ``time_it(fn)`` times one."""
+    def cold():
+        model.engine.store.clear()
+        return model.generate(with_prefix, cfg)
+
+    runs = [time_it(cold), time_it(lambda: model.generate(with_prefix, cfg)),
+            time_it(lambda: model.generate(with_prefix, cfg, reuse_prefix=False))]
+    model.engine.store.clear()
+    return [*runs, time_it(lambda: model.generate(queries, cfg, reuse_prefix=False))]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma-3-270m")
@@ -121,15 +134,8 @@ def main(argv=None) -> int:
 
     model.generate(queries[:2], GenerationConfig(max_new_tokens=2))  # warm-up
 
-    def cold():
-        model.engine.store.clear()
-        return model.generate(with_prefix, cfg)
-
-    t_cold, reused = timed(cold, args.repeats)
-    t_warm, warm = timed(lambda: model.generate(with_prefix, cfg), args.repeats)
-    t_recompute, recomputed = timed(lambda: model.generate(with_prefix, cfg, reuse_prefix=False), args.repeats)
-    model.engine.store.clear()
-    t_none, _ = timed(lambda: model.generate(queries, cfg, reuse_prefix=False), args.repeats)
+    (t_cold, reused), (t_warm, warm), (t_recompute, recomputed), (t_none, _) = four_ways(
+        model, with_prefix, queries, cfg, lambda fn: timed(fn, args.repeats))
 
     same = [a.token_ids == b.token_ids for a, b in zip(reused, recomputed)]
     same_warm = [a.token_ids == b.token_ids for a, b in zip(warm, recomputed)]
