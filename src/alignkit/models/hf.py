@@ -344,8 +344,8 @@ class HFModel:
         with self._lock:
             for start in range(0, len(pairs), bs):
                 batch = pairs[start : start + bs]
-                # every row's targets in one copy to the device, made before the pass (a copy from the host waits
-                # for the device's queue to drain: one per row would stall a GPU between rows)
+                # every row's targets in one copy to the device per batch (a copy from the host waits for the
+                # device's queue to drain: one per chunk or row would stall a GPU between them)
                 every = torch.tensor([t for _, c in batch for t in c], dtype=torch.long).to(self.device)
                 hidden = self._batch_hidden(batch)
                 at = 0
@@ -358,7 +358,9 @@ class HFModel:
                     for a in range(0, len(c), self.score_chunk):
                         b = min(a + self.score_chunk, len(c))
                         logits = self._head(hidden[row, len(p) - 1 + a : len(p) - 1 + b])
-                        yield from logprob_blocks(logits, start + row, a, targets[a:b], len(c))
+                        # (a model split over devices: its head may sit on another than its first weights)
+                        tgt = targets[a:b] if targets.device == logits.device else targets[a:b].to(logits.device)
+                        yield from logprob_blocks(logits, start + row, a, tgt, len(c))
 
     @property
     def num_layers(self) -> int:
