@@ -239,7 +239,7 @@ class SlotBatch:
     @property
     def length(self) -> int:
         """The batch's width: the columns from ``off`` on that hold something."""
-        return self.cache.layers[0].get_seq_length()
+        return self._layers()[0].get_seq_length()
 
     def _layers(self) -> list[GrowableLayer]:
         return self.cache.layers  # type: ignore[return-value]
