@@ -230,7 +230,7 @@ class SlotBatch:
     Only when the slots or columns run out is everything copied, into buffers with room to spare (doubling
     slots; columns for the longest answer still to come). Rows change slots, so callers keep each row's slot
     (:meth:`keep` and :meth:`join` say where they went). Exact: every row stays contiguous and right-aligned,
-    and the columns a row does not use are zeros, masked."""
+    and the columns a row does not use are masked (and finite: zeros, or the prefill's own padding)."""
 
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
