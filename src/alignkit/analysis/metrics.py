@@ -79,14 +79,14 @@ def exact_reduce(lp_a, lp_b, targets, *, top_k: int, released_k: int = 0) -> tup
         cols = [c.to("cpu", non_blocking=True) for c in cols]
         done = torch.cuda.Event()
         done.record()
-    return lp_a, lp_b, cols, released is not None, done
+    return lp_a, lp_b, cols, done
 
 
 def exact_rows(reduced: tuple[Any, ...], token_text: Callable[[int], str], start: int = 0) -> list[dict[str, Any]]:
     """One record per position from :func:`exact_reduce`'s tensors (read back here)."""
     import torch
 
-    lp_a, lp_b, cols_t, has_released, done = reduced
+    lp_a, lp_b, cols_t, done = reduced
     if done is not None:
         done.synchronize()
     kl, kl_ba, h_a, h_b = cols_t[5:9]
@@ -100,7 +100,7 @@ def exact_rows(reduced: tuple[Any, ...], token_text: Callable[[int], str], start
         kl_ba[rows] = torch.where(qb > 0, qb * (rb - ra), zero).sum(1).to(kl.device)
         h_a[rows] = -torch.where(qa > 0, qa * ra, zero).sum(1).to(kl.device)
         h_b[rows] = -torch.where(qb > 0, qb * rb, zero).sum(1).to(kl.device)
-    released = cols_t[13].tolist() if has_released else None
+    released = cols_t[13].tolist() if len(cols_t) > 13 else None  # exact_reduce appends it when asked
     cols_t = [*cols_t[:5], kl.clamp(min=0), kl_ba.clamp(min=0), *cols_t[7:13]]
     out = []
     cols = [x.tolist() for x in cols_t]

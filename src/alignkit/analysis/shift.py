@@ -8,7 +8,7 @@ Approximate mode (an API model): top-k log-probabilities from both, clearly labe
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -157,6 +157,12 @@ class ShiftAnalyzer:
         return prov
 
     # ------------------------------------------------------------------ running
+    @functools.cached_property
+    def token_text(self) -> Any:
+        """The base's ``token_text``, each token decoded once per analysis (a position shows ~11: its own and both
+        top-k lists); exact mode only (an API model has no token ids)."""
+        return functools.lru_cache(maxsize=None)(self.base.token_text)
+
     def analyse(self, items: Sequence[Item]) -> Iterator[dict[str, Any]]:
         """One record per item, in order."""
         bs = self.options.batch_size
@@ -207,20 +213,10 @@ class ShiftAnalyzer:
         records: list[dict[str, Any]] = []
         pairs = lockstep(self.base.iter_logprobs(bprompts, answers, batch_size=len(batch)),
                          self.aligned.iter_logprobs(aprompts, answers, batch_size=len(batch)))
-        # one chunk behind: a chunk's reductions are queued before the previous chunk is read back into rows, so
-        # on a GPU the device works on the next chunk while Python builds the records of the last
-        behind: list[tuple[Any, Any]] = []
-        for cb, ca in itertools.chain(pairs, [(None, None)]):
-            if cb is not None:
-                behind.append((cb, exact_reduce(ca.logprobs, cb.logprobs, cb.targets, top_k=self.options.top_k,
-                                                released_k=self.options.released_kl_k) if len(cb.targets) else None))
-                if len(behind) < 2:
-                    continue
-            if not behind:
-                break
-            done, reduced = behind.pop(0)
+
+        def settle(done: Any, reduced: Any) -> Iterator[dict[str, Any]]:
             if reduced is not None:
-                positions[done.index].extend(exact_rows(reduced, self.base.token_text, done.start))
+                positions[done.index].extend(exact_rows(reduced, self.token_text, done.start))
             if done.last:
                 i = done.index
                 if not answers[i]:
@@ -230,6 +226,18 @@ class ShiftAnalyzer:
                 if not self.layers:
                     yield record
                 records.append(record)
+
+        # one chunk behind: a chunk's reductions are queued before the previous chunk is read back into rows, so
+        # on a GPU the device works on the next chunk while Python builds the records of the last
+        behind: tuple[Any, Any] | None = None
+        for cb, ca in pairs:
+            reduced = exact_reduce(ca.logprobs, cb.logprobs, cb.targets, top_k=self.options.top_k,
+                                   released_k=self.options.released_kl_k) if len(cb.targets) else None
+            if behind is not None:
+                yield from settle(*behind)
+            behind = (cb, reduced)
+        if behind is not None:
+            yield from settle(*behind)
         if self.layers:  # a second pass of both models, reading the chosen positions layer by layer
             self._read_layers(records, bprompts, aprompts, answers)
             yield from records
@@ -256,7 +264,7 @@ class ShiftAnalyzer:
         for r, acc in zip(records, diff):  # the activation-difference lens of this answer, per layer
             r["difference_lens"] = {
                 g: {str(layer): top_tokens(self.base.read_out(a["sum"][k:k + 1] / a["n"], layer)[0],
-                                           self.base.token_text)
+                                           self.token_text)
                     for k, layer in enumerate(self.layers)}
                 for g, a in acc.items() if a.get("n")}
 

@@ -88,7 +88,6 @@ class HFModel:
         self.score_chunk = score_chunk
         self._lock = threading.RLock()
         self._memo = TokenMemo()
-        self._token_texts: dict[int, str] = {}
         self.trained_format: dict[str, Any] | None = None
         """Set for models trained by alignkit: the method and template they were trained to be prompted with."""
         # a transformers PreTrainedModel (a PEFT model's base): its methods are not in torch.nn.Module's type
@@ -462,11 +461,8 @@ class HFModel:
         return scores_from_chunks(chunks, [c for _, c in pairs], self.tokenizer, top_k, reduce)
 
     def token_text(self, token_id: int) -> str:
-        """How one token reads on its own (for displays; remembered: the shift analysis asks for ~11 per position)."""
-        text = self._token_texts.get(token_id)
-        if text is None:
-            text = self._token_texts[token_id] = self.tokenizer.decode([token_id])
-        return text
+        """How one token reads on its own (for displays)."""
+        return self.tokenizer.decode([token_id])
 
     def vocab_fingerprint(self) -> str:
         """A hash of the tokenizer's vocabulary: two models can be compared token by token only if equal."""
